@@ -1,0 +1,99 @@
+//! Strict JSON request bodies: capped before buffering, unknown fields rejected, and every
+//! error names the offending field (`serde_path_to_error`).
+
+use axum::body::Body;
+use axum::extract::{FromRequest, Request};
+use axum::http::header;
+use http_body_util::BodyExt;
+use serde::de::DeserializeOwned;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// A JSON body of type `T`. Types used with it carry `#[serde(deny_unknown_fields)]`.
+pub struct StrictJson<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<AppState> for StrictJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, ApiError> {
+        let limit = state.config.max_body_bytes;
+        if let Some(length) = request
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.parse::<u64>().ok())
+        {
+            if length > limit as u64 {
+                return Err(ApiError::PayloadTooLarge { limit });
+            }
+        }
+        let content_type = request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or("");
+        if !content_type.starts_with("application/json") {
+            return Err(ApiError::BadRequest(
+                "expected a JSON body with Content-Type: application/json".into(),
+            ));
+        }
+        let bytes = read_capped(request.into_body(), limit).await?;
+        parse_json(&bytes).map(StrictJson)
+    }
+}
+
+/// Reads at most `limit` bytes; a longer (e.g. chunked) body fails as soon as it passes the
+/// limit, without buffering the rest.
+async fn read_capped(body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
+    let limited = http_body_util::Limited::new(body, limit);
+    match limited.collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) => {
+            if error
+                .downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                Err(ApiError::PayloadTooLarge { limit })
+            } else {
+                Err(ApiError::BadRequest(format!(
+                    "read the request body: {error}"
+                )))
+            }
+        }
+    }
+}
+
+/// Parses JSON into `T`, mapping errors to a 400 that names the field.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
+        let path = error.path().to_string();
+        let inner = error.into_inner();
+        let mut field = if path == "." { String::new() } else { path };
+        // serde reports an unknown field at its parent's path: name the field itself.
+        let text = inner.to_string();
+        if let Some(name) = text
+            .strip_prefix("unknown field `")
+            .and_then(|rest| rest.split('`').next())
+        {
+            field = if field.is_empty() {
+                name.to_string()
+            } else {
+                format!("{field}.{name}")
+            };
+        }
+        let message = if inner.is_syntax() || inner.is_eof() {
+            format!("malformed JSON: {inner}")
+        } else if field.is_empty() {
+            format!("invalid body: {inner}")
+        } else {
+            format!("invalid field `{field}`: {inner}")
+        };
+        ApiError::Validation { field, message }
+    })?;
+    deserializer
+        .end()
+        .map_err(|error| ApiError::BadRequest(format!("malformed JSON: {error}")))?;
+    Ok(value)
+}

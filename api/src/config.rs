@@ -1,0 +1,34 @@
+//! API replica configuration (built by the `chatd api` command line / `CHATD_*` environment).
+
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    pub database_url: String,
+    /// Connections in this replica's pool.
+    pub pool_size: usize,
+    /// Request bodies larger than this are refused with 413 before buffering.
+    pub max_body_bytes: usize,
+    /// Most queued messages per chat (429 beyond).
+    pub max_queue_len: i64,
+    /// How long a verified token stays cached in memory (revocation takes up to this long).
+    pub token_cache_ttl: Duration,
+    /// SSE comment keep-alive interval.
+    pub keep_alive: Duration,
+    /// Events buffered per chat hub before a slow subscriber is resynced from the database.
+    pub hub_buffer: usize,
+}
+
+impl ApiConfig {
+    pub fn new(database_url: impl Into<String>) -> ApiConfig {
+        ApiConfig {
+            database_url: database_url.into(),
+            pool_size: 32,
+            max_body_bytes: 1024 * 1024,
+            max_queue_len: 20,
+            token_cache_ttl: Duration::from_secs(30),
+            keep_alive: Duration::from_secs(15),
+            hub_buffer: 1024,
+        }
+    }
+}

@@ -1,0 +1,317 @@
+//! The task behind one chat's hub: notifications in, events out.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use chatd_shared::db::pool::PgPool;
+use chatd_shared::db::reads;
+use chatd_shared::db::rows::{FrameRow, MessageRow, QueuedRow};
+use chatd_shared::domain::ChatStatus;
+use chatd_shared::pubsub::{ChangeNotice, ChatNotice, FrameNotice, SeqEvent};
+
+use super::HubInput;
+
+/// One stream event, serialised once per replica (not once per subscriber).
+#[derive(Debug, Clone)]
+pub struct PreparedEvent {
+    pub seq: i64,
+    pub name: Arc<str>,
+    pub data: Arc<str>,
+}
+
+/// What a hub broadcasts to its subscribers.
+#[derive(Debug)]
+pub enum HubEvent {
+    Status {
+        status: ChatStatus,
+        version: i64,
+        attempt: i32,
+        last_error: Option<Value>,
+    },
+    /// New durable messages, oldest first.
+    Messages(Vec<MessageRow>),
+    Queue(Vec<QueuedRow>),
+    Frame {
+        attempt: i32,
+        /// Contiguous events, ascending seq.
+        events: Vec<PreparedEvent>,
+        created_at_us: i64,
+    },
+    Title(String),
+}
+
+/// What the hub has relayed so far.
+#[derive(Debug, Default)]
+struct HubState {
+    version: i64,
+    attempt: i32,
+    last_seq: i64,
+    last_message_id: i64,
+    title: String,
+}
+
+pub struct ChatHubTask {
+    chat_id: Uuid,
+    pool: PgPool,
+    sender: broadcast::Sender<Arc<HubEvent>>,
+    state: HubState,
+}
+
+impl ChatHubTask {
+    pub fn new(chat_id: Uuid, pool: PgPool, sender: broadcast::Sender<Arc<HubEvent>>) -> Self {
+        ChatHubTask {
+            chat_id,
+            pool,
+            sender,
+            state: HubState::default(),
+        }
+    }
+
+    /// Initial read (after LISTEN), then one input at a time until cancelled.
+    pub async fn run(
+        mut self,
+        mut inbox: mpsc::Receiver<HubInput>,
+        ready: watch::Sender<bool>,
+        cancel: CancellationToken,
+    ) {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match self.initial_read().await {
+                Ok(()) => break,
+                Err(error) => {
+                    tracing::warn!(chat_id = %self.chat_id, error = format!("{error:#}"), "hub initial read");
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+        let _ = ready.send(true);
+        loop {
+            let input = tokio::select! {
+                _ = cancel.cancelled() => return,
+                input = inbox.recv() => match input { Some(input) => input, None => return },
+            };
+            let result = match input {
+                HubInput::Notification(payload) => match serde_json::from_str(&payload) {
+                    Ok(ChatNotice::Frame(frame)) => self.on_frame(frame).await,
+                    Ok(ChatNotice::Change(change)) => self.on_change(change).await,
+                    Err(error) => {
+                        tracing::warn!(chat_id = %self.chat_id, error = %error, "unreadable chat notification");
+                        Ok(())
+                    }
+                },
+                HubInput::Resync => self.resync().await,
+            };
+            if let Err(error) = result {
+                tracing::warn!(chat_id = %self.chat_id, error = format!("{error:#}"), "hub update failed; resyncing");
+                // Retry as a full resync until the database answers again.
+                loop {
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    if self.resync().await.is_ok() {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn initial_read(&mut self) -> anyhow::Result<()> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_opt(
+                "SELECT c.version, c.attempt, c.title, \
+                 coalesce((SELECT max(id) FROM chat_messages WHERE chat_id = c.id), 0), \
+                 coalesce((SELECT max(seq_to) FROM chat_stream_frames f \
+                           WHERE f.chat_id = c.id AND f.attempt = c.attempt), 0) \
+                 FROM chats c WHERE c.id = $1",
+                &[&self.chat_id],
+            )
+            .await?;
+        if let Some(row) = row {
+            self.state = HubState {
+                version: row.get(0),
+                attempt: row.get(1),
+                title: row.get(2),
+                last_message_id: row.get(3),
+                last_seq: row.get(4),
+            };
+        }
+        Ok(())
+    }
+
+    fn broadcast(&self, event: HubEvent) {
+        // No receivers is fine: the last subscriber may just have left.
+        let _ = self.sender.send(Arc::new(event));
+    }
+
+    async fn on_frame(&mut self, frame: FrameNotice) -> anyhow::Result<()> {
+        if frame.attempt < self.state.attempt {
+            return Ok(()); // a fenced-out or finished attempt
+        }
+        if frame.attempt > self.state.attempt {
+            self.state.attempt = frame.attempt;
+            self.state.last_seq = 0;
+        }
+        if frame.seq_to <= self.state.last_seq {
+            return Ok(()); // duplicate
+        }
+        if frame.seq_from > self.state.last_seq + 1 {
+            // Gap: the missing frames are in the resume log (inserted before the notify).
+            return self.fill_frames().await;
+        }
+        let events: Vec<SeqEvent> = frame
+            .events
+            .into_iter()
+            .filter(|event| event.seq > self.state.last_seq)
+            .collect();
+        self.relay_frame(frame.attempt, events, frame.created_at_us);
+        Ok(())
+    }
+
+    fn relay_frame(&mut self, attempt: i32, events: Vec<SeqEvent>, created_at_us: i64) {
+        let Some(last) = events.last() else { return };
+        self.state.last_seq = last.seq;
+        let events = events.into_iter().map(prepare).collect();
+        self.broadcast(HubEvent::Frame {
+            attempt,
+            events,
+            created_at_us,
+        });
+    }
+
+    async fn fill_frames(&mut self) -> anyhow::Result<()> {
+        let client = self.pool.get().await?;
+        let frames = reads::frames_after(
+            &**client,
+            self.chat_id,
+            self.state.attempt,
+            self.state.last_seq,
+        )
+        .await?;
+        self.relay_rows(frames);
+        Ok(())
+    }
+
+    fn relay_rows(&mut self, frames: Vec<FrameRow>) {
+        for frame in frames {
+            let events: Vec<SeqEvent> = serde_json::from_value(frame.events).unwrap_or_default();
+            let events: Vec<SeqEvent> = events
+                .into_iter()
+                .filter(|event| event.seq > self.state.last_seq)
+                .collect();
+            // Stop at a hole in the log (cannot happen with one writer per attempt).
+            if events.first().map(|event| event.seq) != Some(self.state.last_seq + 1) {
+                if !events.is_empty() {
+                    tracing::warn!(chat_id = %self.chat_id, "hole in the resume log");
+                }
+                continue;
+            }
+            self.relay_frame(frame.attempt, events, frame.created_at_us);
+        }
+    }
+
+    async fn on_change(&mut self, change: ChangeNotice) -> anyhow::Result<()> {
+        if change.version <= self.state.version {
+            return Ok(()); // late or duplicate
+        }
+        let contiguous = change.version == self.state.version + 1;
+        if contiguous && !change.messages && !change.queue && !change.other {
+            // The notice carries everything a status change needs: no read.
+            self.apply_status(change.status, change.version, change.attempt, None);
+            return Ok(());
+        }
+        self.resync().await
+    }
+
+    fn apply_status(
+        &mut self,
+        status: ChatStatus,
+        version: i64,
+        attempt: i32,
+        last_error: Option<Value>,
+    ) {
+        self.state.version = version;
+        if attempt > self.state.attempt {
+            self.state.attempt = attempt;
+            self.state.last_seq = 0;
+        }
+        self.broadcast(HubEvent::Status {
+            status,
+            version,
+            attempt,
+            last_error,
+        });
+    }
+
+    /// Re-reads the chat, new messages, the queue and missing frames; broadcasts what changed.
+    async fn resync(&mut self) -> anyhow::Result<()> {
+        let client = self.pool.get().await?;
+        let Some(chat) = reads::chat_by_id(&**client, self.chat_id).await? else {
+            return Ok(()); // deleted
+        };
+        let messages =
+            reads::messages_after(&**client, self.chat_id, self.state.last_message_id).await?;
+        let version_changed = chat.version > self.state.version;
+        let queue = if version_changed {
+            Some(reads::queue(&**client, self.chat_id).await?)
+        } else {
+            None
+        };
+        if chat.attempt > self.state.attempt {
+            self.state.attempt = chat.attempt;
+            self.state.last_seq = 0;
+        }
+        let frames = if matches!(chat.status, ChatStatus::Running | ChatStatus::Interrupting) {
+            reads::frames_after(&**client, self.chat_id, chat.attempt, self.state.last_seq).await?
+        } else {
+            Vec::new()
+        };
+        drop(client);
+        // Frames before messages: a step's previews precede its durable message.
+        self.relay_rows(frames);
+        if let Some(last) = messages.last() {
+            self.state.last_message_id = last.id;
+            self.broadcast(HubEvent::Messages(messages));
+        }
+        if let Some(queue) = queue {
+            self.broadcast(HubEvent::Queue(queue));
+        }
+        if chat.title != self.state.title {
+            self.state.title = chat.title.clone();
+            self.broadcast(HubEvent::Title(chat.title.clone()));
+        }
+        if version_changed {
+            self.apply_status(chat.status, chat.version, chat.attempt, chat.last_error);
+        }
+        Ok(())
+    }
+}
+
+fn prepare(event: SeqEvent) -> PreparedEvent {
+    PreparedEvent {
+        seq: event.seq,
+        name: Arc::from(event.event.as_str()),
+        data: Arc::from(event.data.to_string().as_str()),
+    }
+}
+
+/// Prepares events read from the resume log (used by subscribers' own gap fills).
+pub fn prepare_rows(frame: FrameRow) -> (i32, Vec<PreparedEvent>, i64) {
+    let events: Vec<SeqEvent> = serde_json::from_value(frame.events).unwrap_or_default();
+    (
+        frame.attempt,
+        events.into_iter().map(prepare).collect(),
+        frame.created_at_us,
+    )
+}

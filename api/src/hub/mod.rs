@@ -1,0 +1,263 @@
+//! Per-replica fan-out of chat notifications.
+//!
+//! One `ChatHub` per chat that has local subscribers: it LISTENs the chat's channel while it
+//! has subscribers (reference counted), turns each notification into events with **at most
+//! one database read per replica per event** (never one per subscriber), and broadcasts them
+//! to its subscribers through a bounded `broadcast` channel. A subscriber that lags behind
+//! the channel's capacity resyncs from the database instead of seeing a gapped stream.
+//!
+//! **Invariant:** subscribe first, then snapshot: `Hubs::subscribe_chat` returns only after
+//! the channel is LISTENed, so anything committed after the caller's snapshot read arrives
+//! live.
+
+pub mod chat_hub;
+pub mod owner_hub;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use chatd_shared::db::pool::PgPool;
+use chatd_shared::pubsub::{
+    chat_channel, owner_channel, parse_chat_channel, parse_owner_channel, Listener, ListenerEvent,
+};
+
+pub use chat_hub::{HubEvent, PreparedEvent};
+pub use owner_hub::OwnerEvent;
+
+/// Input of a hub task.
+#[derive(Debug)]
+pub enum HubInput {
+    Notification(String),
+    /// The listener reconnected (or the inbox overflowed): re-read everything.
+    Resync,
+}
+
+struct HubEntry {
+    inbox: mpsc::Sender<HubInput>,
+    subscribers: usize,
+    /// Becomes true once the channel is LISTENed and the hub's initial read is done.
+    ready: watch::Receiver<bool>,
+    cancel: CancellationToken,
+}
+
+/// A hub's control entry and the sender its subscribers subscribe to.
+type HubSlot<E> = (HubEntry, broadcast::Sender<Arc<E>>);
+
+/// All hubs of this replica.
+pub struct Hubs {
+    pool: PgPool,
+    listener: Listener,
+    buffer: usize,
+    chats: Mutex<HashMap<Uuid, HubSlot<HubEvent>>>,
+    owners: Mutex<HashMap<Uuid, HubSlot<OwnerEvent>>>,
+}
+
+/// A live subscription to one chat. Dropping it unsubscribes.
+pub struct ChatSubscription {
+    pub events: broadcast::Receiver<Arc<HubEvent>>,
+    hubs: Arc<Hubs>,
+    chat_id: Uuid,
+}
+
+/// A live subscription to one user's chat-list events.
+pub struct OwnerSubscription {
+    pub events: broadcast::Receiver<Arc<OwnerEvent>>,
+    hubs: Arc<Hubs>,
+    owner_id: Uuid,
+}
+
+const INBOX_CAPACITY: usize = 4096;
+
+impl Hubs {
+    pub fn new(pool: PgPool, listener: Listener, buffer: usize) -> Arc<Hubs> {
+        Arc::new(Hubs {
+            pool,
+            listener,
+            buffer,
+            chats: Mutex::new(HashMap::new()),
+            owners: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Routes listener events to hubs until `events` closes.
+    pub async fn dispatch(self: Arc<Hubs>, mut events: mpsc::Receiver<ListenerEvent>) {
+        while let Some(event) = events.recv().await {
+            match event {
+                ListenerEvent::Notification { channel, payload } => {
+                    if let Some(chat_id) = parse_chat_channel(&channel) {
+                        self.deliver_chat(chat_id, HubInput::Notification(payload));
+                    } else if let Some(owner_id) = parse_owner_channel(&channel) {
+                        self.deliver_owner(owner_id, HubInput::Notification(payload));
+                    }
+                }
+                ListenerEvent::Reconnected => self.resync_all(),
+                ListenerEvent::Disconnected => {}
+            }
+        }
+    }
+
+    fn deliver_chat(&self, chat_id: Uuid, input: HubInput) {
+        let Ok(chats) = self.chats.lock() else { return };
+        if let Some((entry, _)) = chats.get(&chat_id) {
+            deliver(entry, input);
+        }
+    }
+
+    fn deliver_owner(&self, owner_id: Uuid, input: HubInput) {
+        let Ok(owners) = self.owners.lock() else {
+            return;
+        };
+        if let Some((entry, _)) = owners.get(&owner_id) {
+            deliver(entry, input);
+        }
+    }
+
+    fn resync_all(&self) {
+        if let Ok(chats) = self.chats.lock() {
+            for (entry, _) in chats.values() {
+                deliver(entry, HubInput::Resync);
+            }
+        }
+        if let Ok(owners) = self.owners.lock() {
+            for (entry, _) in owners.values() {
+                deliver(entry, HubInput::Resync);
+            }
+        }
+    }
+
+    /// Subscribes to a chat; returns once its channel is LISTENed.
+    pub async fn subscribe_chat(self: &Arc<Hubs>, chat_id: Uuid) -> ChatSubscription {
+        let (events, mut ready) = {
+            let mut chats = lock(&self.chats);
+            let (entry, sender) = chats.entry(chat_id).or_insert_with(|| {
+                let (inbox, inbox_rx) = mpsc::channel(INBOX_CAPACITY);
+                let (sender, _) = broadcast::channel(self.buffer);
+                let (ready_tx, ready) = watch::channel(false);
+                let cancel = CancellationToken::new();
+                let task = chat_hub::ChatHubTask::new(chat_id, self.pool.clone(), sender.clone());
+                let listener = self.listener.clone();
+                let task_cancel = cancel.clone();
+                tokio::spawn(async move {
+                    listener.listen(chat_channel(chat_id)).await;
+                    task.run(inbox_rx, ready_tx, task_cancel).await;
+                });
+                (
+                    HubEntry {
+                        inbox,
+                        subscribers: 0,
+                        ready,
+                        cancel,
+                    },
+                    sender,
+                )
+            });
+            entry.subscribers += 1;
+            (sender.subscribe(), entry.ready.clone())
+        };
+        metrics::gauge!("chatd_stream_subscribers").increment(1.0);
+        let _ = ready.wait_for(|ready| *ready).await;
+        ChatSubscription {
+            events,
+            hubs: self.clone(),
+            chat_id,
+        }
+    }
+
+    /// Subscribes to a user's chat-list events; returns once the channel is LISTENed.
+    pub async fn subscribe_owner(self: &Arc<Hubs>, owner_id: Uuid) -> OwnerSubscription {
+        let (events, mut ready) = {
+            let mut owners = lock(&self.owners);
+            let (entry, sender) = owners.entry(owner_id).or_insert_with(|| {
+                let (inbox, inbox_rx) = mpsc::channel(INBOX_CAPACITY);
+                let (sender, _) = broadcast::channel(self.buffer);
+                let (ready_tx, ready) = watch::channel(false);
+                let cancel = CancellationToken::new();
+                let task =
+                    owner_hub::OwnerHubTask::new(owner_id, self.pool.clone(), sender.clone());
+                let listener = self.listener.clone();
+                let task_cancel = cancel.clone();
+                tokio::spawn(async move {
+                    listener.listen(owner_channel(owner_id)).await;
+                    let _ = ready_tx.send(true);
+                    task.run(inbox_rx, task_cancel).await;
+                });
+                (
+                    HubEntry {
+                        inbox,
+                        subscribers: 0,
+                        ready,
+                        cancel,
+                    },
+                    sender,
+                )
+            });
+            entry.subscribers += 1;
+            (sender.subscribe(), entry.ready.clone())
+        };
+        let _ = ready.wait_for(|ready| *ready).await;
+        OwnerSubscription {
+            events,
+            hubs: self.clone(),
+            owner_id,
+        }
+    }
+
+    fn unsubscribe_chat(&self, chat_id: Uuid) {
+        metrics::gauge!("chatd_stream_subscribers").decrement(1.0);
+        let mut chats = lock(&self.chats);
+        if let Some((entry, _)) = chats.get_mut(&chat_id) {
+            entry.subscribers -= 1;
+            if entry.subscribers == 0 {
+                entry.cancel.cancel();
+                chats.remove(&chat_id);
+                // Under the map lock, so a concurrent re-subscribe's LISTEN comes after this.
+                self.listener.unlisten(chat_channel(chat_id));
+            }
+        }
+    }
+
+    fn unsubscribe_owner(&self, owner_id: Uuid) {
+        let mut owners = lock(&self.owners);
+        if let Some((entry, _)) = owners.get_mut(&owner_id) {
+            entry.subscribers -= 1;
+            if entry.subscribers == 0 {
+                entry.cancel.cancel();
+                owners.remove(&owner_id);
+                self.listener.unlisten(owner_channel(owner_id));
+            }
+        }
+    }
+}
+
+/// Hands an input to a hub; an overflowing inbox degrades to a resync, never a silent gap.
+fn deliver(entry: &HubEntry, input: HubInput) {
+    if let Err(mpsc::error::TrySendError::Full(_)) = entry.inbox.try_send(input) {
+        // The hub is far behind; it will drain and then see this resync.
+        let inbox = entry.inbox.clone();
+        tokio::spawn(async move {
+            let _ = inbox.send(HubInput::Resync).await;
+        });
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Drop for ChatSubscription {
+    fn drop(&mut self) {
+        self.hubs.unsubscribe_chat(self.chat_id);
+    }
+}
+
+impl Drop for OwnerSubscription {
+    fn drop(&mut self) {
+        self.hubs.unsubscribe_owner(self.owner_id);
+    }
+}

@@ -1,0 +1,60 @@
+//! The API replica: stateless HTTP + SSE in front of PostgreSQL.
+//!
+//! **Invariant:** this crate is the only one that knows the public API (routes, JSON DTOs,
+//! SSE). It never depends on `chatd-worker`.
+
+pub mod auth;
+pub mod body;
+pub mod client;
+pub mod config;
+pub mod cursor;
+pub mod dto;
+pub mod error;
+pub mod hub;
+pub mod routes;
+pub mod state;
+pub mod store;
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use chatd_shared::db::pool::build_pool;
+use chatd_shared::pubsub::Listener;
+
+pub use config::ApiConfig;
+
+/// Runs one API replica on `listener` until `shutdown` is cancelled.
+pub async fn run(
+    listener: TcpListener,
+    config: ApiConfig,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let pool = build_pool(&config.database_url, "chatd-api", config.pool_size)?;
+    let (sink, events) = tokio::sync::mpsc::channel(65_536);
+    let pubsub = Listener::spawn(
+        &config.database_url,
+        "chatd-api-listener",
+        Vec::new(),
+        sink,
+        shutdown.child_token(),
+    )?;
+    let hubs = hub::Hubs::new(pool.clone(), pubsub.clone(), config.hub_buffer);
+    tokio::spawn(hubs.clone().dispatch(events));
+    let state = state::AppState {
+        config: Arc::new(config),
+        pool,
+        listener: pubsub,
+        hubs,
+        tokens: Arc::new(auth::TokenCache::default()),
+        metrics: chatd_shared::telemetry::metrics_handle(),
+    };
+    let address = listener.local_addr().context("read the listen address")?;
+    tracing::info!(%address, "api listening");
+    axum::serve(listener, routes::router(state))
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+        .context("serve http")
+}

@@ -1,0 +1,196 @@
+//! `POST /chats`, `GET /chats`, `GET /chats/{id}`, `PATCH /chats/{id}`.
+
+use axum::extract::{Path, RawQuery, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use serde_json::Value;
+
+use crate::auth::CurrentUser;
+use crate::body::StrictJson;
+use crate::cursor::{decode_chat_cursor, encode_chat_cursor, parse_limit, parse_uuid, query_pairs};
+use crate::dto::{
+    Chat, ChatList, ChatResponse, CreateChatRequest, CreateChatResponse, Message, PatchChatRequest,
+};
+use crate::error::{ApiError, ApiResult};
+use crate::routes::json_response;
+use crate::state::AppState;
+use crate::store::chats::{self as store, ChatPatch, NewChat};
+use crate::store::content;
+
+pub async fn create(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    StrictJson(request): StrictJson<CreateChatRequest>,
+) -> ApiResult<Response> {
+    let message = request
+        .message
+        .map(|message| content::user_content(message, "message"))
+        .transpose()?;
+    if let Some(prompt) = &request.system_prompt {
+        content::plain_field(prompt, "system_prompt", 64 * 1024)?;
+    }
+    let title = request.title.unwrap_or_default();
+    content::plain_field(&title, "title", 200)?;
+    let labels = match &request.labels {
+        Some(labels) => content::labels(labels)?,
+        None => Value::Object(Default::default()),
+    };
+    let dynamic_tools = request.dynamic_tools.unwrap_or_default();
+    if dynamic_tools.len() > 128 {
+        return Err(ApiError::field(
+            "dynamic_tools",
+            "dynamic_tools: at most 128 tools",
+        ));
+    }
+    for (index, tool) in dynamic_tools.iter().enumerate() {
+        let valid = !tool.name.is_empty()
+            && tool.name.len() <= 64
+            && tool
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if !valid {
+            return Err(ApiError::field(
+                format!("dynamic_tools[{index}].name"),
+                "tool names are 1 to 64 characters of [A-Za-z0-9_-]",
+            ));
+        }
+    }
+    let dynamic_tools = serde_json::to_value(dynamic_tools).map_err(anyhow::Error::from)?;
+    let mut client = state.pool.get().await?;
+    let (transition, first_message) = store::create_chat(
+        &mut client,
+        NewChat {
+            owner_id: user.id,
+            title,
+            message,
+            model_config_id: request.model_config_id,
+            system_prompt: request.system_prompt,
+            labels,
+            dynamic_tools,
+            parent_chat_id: request.parent_chat_id,
+        },
+    )
+    .await?;
+    transition.publish(&client).await;
+    Ok(json_response(
+        StatusCode::CREATED,
+        CreateChatResponse {
+            chat: Chat::from(&transition.chat),
+            message: first_message.as_ref().map(Message::from),
+        },
+    ))
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    RawQuery(raw): RawQuery,
+) -> ApiResult<Response> {
+    let mut archived = false;
+    let mut labels = serde_json::Map::new();
+    let mut after = None;
+    let mut limit = None;
+    for (key, value) in query_pairs(raw.as_deref()) {
+        match key.as_str() {
+            "archived" => {
+                archived = match value.as_str() {
+                    "true" => true,
+                    "false" => false,
+                    _ => return Err(ApiError::field("archived", "archived: true or false")),
+                }
+            }
+            "label" => {
+                let (label_key, label_value) = value
+                    .split_once(':')
+                    .ok_or_else(|| ApiError::field("label", "label: expected key:value"))?;
+                labels.insert(
+                    label_key.to_string(),
+                    Value::String(label_value.to_string()),
+                );
+            }
+            "after" => after = Some(decode_chat_cursor(&value)?),
+            "limit" => limit = Some(value),
+            other => {
+                return Err(ApiError::field(
+                    other,
+                    format!("unknown query parameter `{other}`"),
+                ))
+            }
+        }
+    }
+    let limit = parse_limit(limit.as_deref(), 50, 100)?;
+    let client = state.pool.get().await?;
+    let mut rows = store::list_chats(
+        &client,
+        user.id,
+        archived,
+        &Value::Object(labels),
+        after.as_ref(),
+        limit + 1,
+    )
+    .await?;
+    let has_more = rows.len() as i64 > limit;
+    rows.truncate(limit as usize);
+    let next = match rows.last() {
+        Some(last) if has_more => Some(encode_chat_cursor(last.created_at, last.id)),
+        _ => None,
+    };
+    Ok(json_response(
+        StatusCode::OK,
+        ChatList {
+            items: rows.iter().map(Chat::from).collect(),
+            has_more,
+            next,
+        },
+    ))
+}
+
+pub async fn get(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    Path(chat_id): Path<String>,
+) -> ApiResult<Response> {
+    let chat_id = parse_uuid(&chat_id, "chat_id")?;
+    let client = state.pool.get().await?;
+    let chat = store::get_chat(&client, chat_id, user.id).await?;
+    Ok(json_response(
+        StatusCode::OK,
+        ChatResponse {
+            chat: Chat::from(&chat),
+        },
+    ))
+}
+
+pub async fn patch(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    Path(chat_id): Path<String>,
+    StrictJson(request): StrictJson<PatchChatRequest>,
+) -> ApiResult<Response> {
+    let chat_id = parse_uuid(&chat_id, "chat_id")?;
+    if let Some(title) = &request.title {
+        content::plain_field(title, "title", 200)?;
+    }
+    let labels = request.labels.as_ref().map(content::labels).transpose()?;
+    let mut client = state.pool.get().await?;
+    let transition = store::patch_chat(
+        &mut client,
+        chat_id,
+        user.id,
+        ChatPatch {
+            title: request.title,
+            labels,
+            archived: request.archived,
+            pin_order: request.pin_order,
+        },
+    )
+    .await?;
+    transition.publish(&client).await;
+    Ok(json_response(
+        StatusCode::OK,
+        ChatResponse {
+            chat: Chat::from(&transition.chat),
+        },
+    ))
+}

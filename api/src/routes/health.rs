@@ -1,0 +1,50 @@
+//! `/healthz`, `/readyz`, `/metrics`, `/api/v1/openapi.json`.
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::state::AppState;
+
+/// The OpenAPI document, kept next to the routes it describes (a test checks they agree).
+pub const OPENAPI_JSON: &str = include_str!("../openapi.json");
+
+pub async fn healthz() -> Response {
+    (StatusCode::OK, axum::Json(json!({"status": "ok"}))).into_response()
+}
+
+/// Ready when the database answers and the listener connection is up.
+pub async fn readyz(State(state): State<AppState>) -> Response {
+    let database = match state.pool.get().await {
+        Ok(client) => client.simple_query("SELECT 1").await.is_ok(),
+        Err(_) => false,
+    };
+    let listener = state.listener.is_connected();
+    let status = if database && listener {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        axum::Json(json!({"database": database, "listener": listener})),
+    )
+        .into_response()
+}
+
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    let status = state.pool.status();
+    metrics::gauge!("chatd_db_pool_size").set(status.size as f64);
+    metrics::gauge!("chatd_db_pool_available").set(status.available as f64);
+    metrics::gauge!("chatd_db_pool_waiting").set(status.waiting as f64);
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+pub async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI_JSON).into_response()
+}

@@ -1,0 +1,110 @@
+//! `GET /chats/{id}/messages` and `POST /chats/{id}/messages`.
+
+use axum::extract::{Path, RawQuery, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use serde_json::json;
+
+use chatd_shared::db::reads;
+
+use crate::auth::CurrentUser;
+use crate::body::StrictJson;
+use crate::cursor::{parse_int_id, parse_limit, parse_uuid, query_pairs};
+use crate::dto::{Message, MessageList, QueuedMessage, SendMessageRequest};
+use crate::error::{ApiError, ApiResult};
+use crate::routes::json_response;
+use crate::state::AppState;
+use crate::store::chats as chat_store;
+use crate::store::content;
+use crate::store::send::{self, NewMessage, SendOutcome};
+
+pub async fn list(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    Path(chat_id): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> ApiResult<Response> {
+    let chat_id = parse_uuid(&chat_id, "chat_id")?;
+    let mut before_id = None;
+    let mut limit = None;
+    for (key, value) in query_pairs(raw.as_deref()) {
+        match key.as_str() {
+            "before_id" => before_id = Some(parse_int_id(&value, "before_id")?),
+            "limit" => limit = Some(value),
+            other => {
+                return Err(ApiError::field(
+                    other,
+                    format!("unknown query parameter `{other}`"),
+                ))
+            }
+        }
+    }
+    let limit = parse_limit(limit.as_deref(), 50, 200)?;
+    let client = state.pool.get().await?;
+    chat_store::get_chat(&client, chat_id, user.id).await?;
+    let mut rows = chat_store::list_messages(&client, chat_id, before_id, limit + 1).await?;
+    let has_more = rows.len() as i64 > limit;
+    rows.truncate(limit as usize);
+    let queued = if before_id.is_none() {
+        Some(
+            reads::queue(&**client, chat_id)
+                .await?
+                .iter()
+                .map(QueuedMessage::from)
+                .collect(),
+        )
+    } else {
+        None
+    };
+    let next = match rows.last() {
+        Some(last) if has_more => Some(last.id.to_string()),
+        _ => None,
+    };
+    Ok(json_response(
+        StatusCode::OK,
+        MessageList {
+            items: rows.iter().map(Message::from).collect(),
+            has_more,
+            next,
+            queued,
+        },
+    ))
+}
+
+pub async fn send(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    Path(chat_id): Path<String>,
+    StrictJson(request): StrictJson<SendMessageRequest>,
+) -> ApiResult<Response> {
+    let chat_id = parse_uuid(&chat_id, "chat_id")?;
+    let content = content::user_content(request.content, "content")?;
+    let mut client = state.pool.get().await?;
+    let (transition, outcome) = send::send_message(
+        &mut client,
+        NewMessage {
+            chat_id,
+            owner_id: user.id,
+            content,
+            busy_behavior: request.busy_behavior,
+            model_config_id: request.model_config_id,
+        },
+        state.config.max_queue_len,
+    )
+    .await?;
+    transition.publish(&client).await;
+    Ok(outcome_response(outcome))
+}
+
+/// 201 `{message}` or 202 `{queued_message}`.
+pub(crate) fn outcome_response(outcome: SendOutcome) -> Response {
+    match outcome {
+        SendOutcome::Sent(row) => {
+            json_response(StatusCode::CREATED, json!({"message": Message::from(&row)}))
+        }
+        SendOutcome::Queued(row) => json_response(
+            StatusCode::ACCEPTED,
+            json!({"queued_message": QueuedMessage::from(&row)}),
+        ),
+    }
+}

@@ -1,0 +1,78 @@
+//! The router: every public route of `/api/v1`, plus health, readiness and metrics.
+
+mod chats;
+mod control;
+mod health;
+mod messages;
+mod stream;
+mod watch;
+
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::Router;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/chats", post(chats::create).get(chats::list))
+        .route("/chats/watch", get(watch::watch))
+        .route("/chats/{chat_id}", get(chats::get).patch(chats::patch))
+        .route(
+            "/chats/{chat_id}/messages",
+            get(messages::list).post(messages::send),
+        )
+        .route("/chats/{chat_id}/interrupt", post(control::interrupt))
+        .route(
+            "/chats/{chat_id}/queue/{queued_id}",
+            delete(control::delete_queued),
+        )
+        .route(
+            "/chats/{chat_id}/queue/{queued_id}/promote",
+            post(control::promote_queued),
+        )
+        .route("/chats/{chat_id}/stream", get(stream::stream))
+        .route("/openapi.json", get(health::openapi));
+    Router::new()
+        .nest("/api/v1", api)
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn(record_http_metrics))
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound("route")
+}
+
+/// `chatd_http_requests_total{route,status}` and `chatd_http_request_duration_seconds{route}`.
+async fn record_http_metrics(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|path| path.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".to_string());
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    metrics::counter!("chatd_http_requests_total", "route" => route.clone(), "status" => status)
+        .increment(1);
+    metrics::histogram!("chatd_http_request_duration_seconds", "route" => route)
+        .record(started.elapsed().as_secs_f64());
+    response
+}
+
+/// Helper for handlers that answer with a status and a JSON body.
+pub(crate) fn json_response(
+    status: axum::http::StatusCode,
+    body: impl serde::Serialize,
+) -> Response {
+    (status, axum::Json(body)).into_response()
+}

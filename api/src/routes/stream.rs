@@ -1,0 +1,333 @@
+//! `GET /chats/{id}/stream`: the resumable SSE stream of one chat (DESIGN.md section 5).
+//!
+//! Subscribe first, then read the snapshot (status, messages after the cursor, queue, the
+//! current attempt's frames after the cursor's seq), then relay live hub events, dropping
+//! what the snapshot already covered. Every event carries an `id:` (the stream cursor), so a
+//! reconnect with `Last-Event-ID` (or `?cursor=`) on any replica continues without gap or
+//! duplicate.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::extract::{Path, RawQuery, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use serde_json::json;
+use tokio::sync::broadcast::error::RecvError;
+use uuid::Uuid;
+
+use chatd_shared::db::reads;
+use chatd_shared::domain::ChatStatus;
+
+use crate::auth::CurrentUser;
+use crate::cursor::{parse_uuid, query_pairs, StreamCursor};
+use crate::dto::{Message, QueuedMessage};
+use crate::error::{ApiError, ApiResult};
+use crate::hub::chat_hub::prepare_rows;
+use crate::hub::{ChatSubscription, HubEvent, PreparedEvent};
+use crate::state::AppState;
+
+pub async fn stream(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    Path(chat_id): Path<String>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> ApiResult<Response> {
+    let chat_id = parse_uuid(&chat_id, "chat_id")?;
+    let mut cursor = None;
+    for (key, value) in query_pairs(raw.as_deref()) {
+        match key.as_str() {
+            "cursor" => cursor = Some(StreamCursor::parse(&value, "cursor")?),
+            other => {
+                return Err(ApiError::field(
+                    other,
+                    format!("unknown query parameter `{other}`"),
+                ))
+            }
+        }
+    }
+    if let Some(last_event_id) = headers.get("last-event-id") {
+        let text = last_event_id
+            .to_str()
+            .map_err(|_| ApiError::field("Last-Event-ID", "Last-Event-ID: not ASCII"))?;
+        cursor = Some(StreamCursor::parse(text, "Last-Event-ID")?);
+    }
+    // Subscribe first (returns once LISTENing), then snapshot.
+    let subscription =
+        tokio::time::timeout(Duration::from_secs(10), state.hubs.subscribe_chat(chat_id))
+            .await
+            .map_err(|_| ApiError::Unavailable("subscribe to the chat".into()))?;
+    let mut session = Session {
+        state: state.clone(),
+        chat_id,
+        owner_id: user.id,
+        subscription,
+        cursor: cursor.unwrap_or_default(),
+        version: 0,
+        turn_finished: false,
+        first: true,
+        closing: false,
+    };
+    let snapshot = session
+        .snapshot()
+        .await?
+        .ok_or(ApiError::NotFound("chat"))?;
+    let live = futures::stream::unfold(session, |mut session| async move {
+        session.next_batch().await.map(|batch| (batch, session))
+    });
+    let events = futures::stream::iter(vec![snapshot])
+        .chain(live)
+        .flat_map(|batch| futures::stream::iter(batch.into_iter().map(Ok::<Event, Infallible>)));
+    Ok(Sse::new(events)
+        .keep_alive(KeepAlive::new().interval(state.config.keep_alive))
+        .into_response())
+}
+
+/// One client connection's position and filters.
+struct Session {
+    state: AppState,
+    chat_id: Uuid,
+    owner_id: Uuid,
+    subscription: ChatSubscription,
+    cursor: StreamCursor,
+    /// Newest chat version sent.
+    version: i64,
+    /// The cursor's attempt ended normally (its previews were superseded by messages), so a
+    /// new attempt needs no `attempt_reset`.
+    turn_finished: bool,
+    first: bool,
+    /// A retry hint was sent: end the stream so the client reconnects with its cursor.
+    closing: bool,
+}
+
+impl Session {
+    /// Reads status, messages, queue and frames after the cursor. `None` when the chat is
+    /// gone or not the caller's.
+    async fn snapshot(&mut self) -> ApiResult<Option<Vec<Event>>> {
+        let client = self.state.pool.get().await?;
+        let Some(chat) = reads::chat_for_owner(&**client, self.chat_id, self.owner_id).await?
+        else {
+            return Ok(None);
+        };
+        let mut out = Vec::new();
+        let version_changed = chat.version > self.version;
+        if version_changed {
+            out.push(self.status_event(chat.status, chat.version, chat.last_error.clone()));
+        }
+        let messages =
+            reads::messages_after(&**client, self.chat_id, self.cursor.message_id).await?;
+        let queue = if version_changed || self.first {
+            Some(reads::queue(&**client, self.chat_id).await?)
+        } else {
+            None
+        };
+        let frames = if matches!(chat.status, ChatStatus::Running | ChatStatus::Interrupting) {
+            if chat.attempt != self.cursor.attempt {
+                self.switch_attempt(chat.attempt, &mut out);
+            }
+            reads::frames_after(&**client, self.chat_id, chat.attempt, self.cursor.seq).await?
+        } else {
+            Vec::new()
+        };
+        drop(client);
+        for frame in frames {
+            let (attempt, events, created_at_us) = prepare_rows(frame);
+            self.relay_events(attempt, &events, created_at_us, &mut out);
+        }
+        for message in &messages {
+            self.cursor.message_id = message.id;
+            out.push(self.event("message", &json!(Message::from(message))));
+        }
+        if let Some(queue) = queue {
+            let queued: Vec<QueuedMessage> = queue.iter().map(QueuedMessage::from).collect();
+            out.push(self.event("queue", &json!({"queued": queued})));
+        }
+        self.first = false;
+        Ok(Some(out))
+    }
+
+    /// The next batch of SSE events; `None` ends the stream.
+    async fn next_batch(&mut self) -> Option<Vec<Event>> {
+        if self.closing {
+            return None;
+        }
+        loop {
+            match self.subscription.events.recv().await {
+                Ok(event) => {
+                    let batch = self.translate(event).await;
+                    if !batch.is_empty() {
+                        return Some(batch);
+                    }
+                }
+                Err(RecvError::Lagged(_)) => {
+                    // Too slow for the hub's buffer: catch up from the database instead.
+                    return match self.snapshot().await {
+                        Ok(Some(batch)) => Some(batch),
+                        Ok(None) => None,
+                        Err(_) => Some(vec![self.retry_hint()]),
+                    };
+                }
+                Err(RecvError::Closed) => return None,
+            }
+        }
+    }
+
+    async fn translate(&mut self, event: Arc<HubEvent>) -> Vec<Event> {
+        let mut out = Vec::new();
+        match &*event {
+            HubEvent::Status {
+                status,
+                version,
+                attempt,
+                last_error,
+            } => {
+                if *version > self.version {
+                    if *attempt == self.cursor.attempt
+                        && matches!(
+                            status,
+                            ChatStatus::Waiting | ChatStatus::Error | ChatStatus::RequiresAction
+                        )
+                    {
+                        self.turn_finished = true;
+                    }
+                    out.push(self.status_event(*status, *version, last_error.clone()));
+                }
+            }
+            HubEvent::Messages(messages) => {
+                for message in messages {
+                    if message.id > self.cursor.message_id {
+                        self.cursor.message_id = message.id;
+                        out.push(self.event("message", &json!(Message::from(message))));
+                    }
+                }
+            }
+            HubEvent::Queue(queue) => {
+                let queued: Vec<QueuedMessage> = queue.iter().map(QueuedMessage::from).collect();
+                out.push(self.event("queue", &json!({"queued": queued})));
+            }
+            HubEvent::Title(title) => out.push(self.event("title", &json!({"title": title}))),
+            HubEvent::Frame {
+                attempt,
+                events,
+                created_at_us,
+            } => {
+                if *attempt < self.cursor.attempt {
+                    return out;
+                }
+                if *attempt > self.cursor.attempt {
+                    self.switch_attempt(*attempt, &mut out);
+                }
+                let first_new = events.iter().find(|event| event.seq > self.cursor.seq);
+                if let Some(first_new) = first_new {
+                    if first_new.seq > self.cursor.seq + 1 {
+                        // This subscriber missed frames (it joined mid-burst): read them.
+                        if let Err(error) = self.fill_gap(&mut out).await {
+                            tracing::warn!(chat_id = %self.chat_id, error = ?error, "stream gap fill");
+                            out.push(self.retry_hint());
+                            return out;
+                        }
+                    }
+                }
+                self.relay_events(*attempt, events, *created_at_us, &mut out);
+            }
+        }
+        out
+    }
+
+    async fn fill_gap(&mut self, out: &mut Vec<Event>) -> ApiResult<()> {
+        let client = self.state.pool.get().await?;
+        let frames = reads::frames_after(
+            &**client,
+            self.chat_id,
+            self.cursor.attempt,
+            self.cursor.seq,
+        )
+        .await?;
+        drop(client);
+        for frame in frames {
+            let (attempt, events, created_at_us) = prepare_rows(frame);
+            self.relay_events(attempt, &events, created_at_us, out);
+        }
+        Ok(())
+    }
+
+    /// A new attempt began: previews of the old one are void unless its turn finished.
+    fn switch_attempt(&mut self, attempt: i32, out: &mut Vec<Event>) {
+        let had_previews = self.cursor.seq > 0 && !self.turn_finished;
+        self.cursor.attempt = attempt;
+        self.cursor.seq = 0;
+        self.turn_finished = false;
+        if had_previews {
+            out.push(self.event("attempt_reset", &json!({"attempt": attempt})));
+        }
+    }
+
+    /// Appends the events that continue the cursor exactly (seq = cursor.seq + 1, …).
+    fn relay_events(
+        &mut self,
+        attempt: i32,
+        events: &[PreparedEvent],
+        created_at_us: i64,
+        out: &mut Vec<Event>,
+    ) {
+        if attempt != self.cursor.attempt {
+            return;
+        }
+        let mut relayed = false;
+        for event in events {
+            if event.seq != self.cursor.seq + 1 {
+                continue;
+            }
+            self.cursor.seq = event.seq;
+            relayed = true;
+            out.push(
+                Event::default()
+                    .event(&*event.name)
+                    .id(self.cursor.render())
+                    .data(&*event.data),
+            );
+        }
+        if relayed {
+            let now_us = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|elapsed| elapsed.as_micros() as i64)
+                .unwrap_or(0);
+            metrics::histogram!("chatd_relay_latency_seconds")
+                .record((now_us - created_at_us).max(0) as f64 / 1e6);
+        }
+    }
+
+    fn status_event(
+        &mut self,
+        status: ChatStatus,
+        version: i64,
+        last_error: Option<serde_json::Value>,
+    ) -> Event {
+        self.version = version;
+        let mut data = json!({"status": status, "version": version});
+        if let Some(last_error) = last_error {
+            data["last_error"] = last_error;
+        }
+        self.event("status", &data)
+    }
+
+    fn event(&self, name: &str, data: &serde_json::Value) -> Event {
+        Event::default()
+            .event(name)
+            .id(self.cursor.render())
+            .data(data.to_string())
+    }
+
+    /// Tells the client to reconnect (with its Last-Event-ID) when this replica cannot keep
+    /// its stream gap-free right now.
+    fn retry_hint(&mut self) -> Event {
+        self.closing = true;
+        Event::default()
+            .retry(Duration::from_secs(1))
+            .comment("resync: reconnect")
+    }
+}

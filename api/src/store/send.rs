@@ -1,0 +1,305 @@
+//! Sending, queueing, interrupting (DESIGN.md section 2).
+
+use serde_json::Value;
+use uuid::Uuid;
+
+use chatd_shared::db::rows::{ChatRow, MessageRow, QueuedRow};
+use chatd_shared::domain::{ChatStatus, Role};
+use chatd_shared::pubsub::ControlKind;
+
+use super::chats::{check_model_config, insert_message, lock_chat, LockedChat};
+use super::{update_chat_sql, Transition};
+use crate::dto::BusyBehavior;
+use crate::error::{ApiError, ApiResult};
+
+/// Result of a send: inserted into the history (201) or queued (202).
+pub enum SendOutcome {
+    Sent(MessageRow),
+    Queued(QueuedRow),
+}
+
+pub struct NewMessage {
+    pub chat_id: Uuid,
+    pub owner_id: Uuid,
+    pub content: Value,
+    pub busy_behavior: BusyBehavior,
+    pub model_config_id: Option<Uuid>,
+}
+
+/// Where a queued message goes.
+enum QueueEnd {
+    Head,
+    Tail,
+}
+
+pub async fn send_message(
+    client: &mut deadpool_postgres::Client,
+    message: NewMessage,
+    max_queue_len: i64,
+) -> ApiResult<(Transition, SendOutcome)> {
+    let transaction = client.transaction().await?;
+    let locked = lock_chat(&transaction, message.chat_id, message.owner_id).await?;
+    if locked.chat.archived {
+        return Err(ApiError::Conflict(
+            "chat is archived: unarchive it before sending".into(),
+        ));
+    }
+    if let Some(model_config_id) = message.model_config_id {
+        check_model_config(&*transaction, model_config_id, "model_config_id").await?;
+    }
+    let status = locked.chat.status;
+    let idle = matches!(status, ChatStatus::Waiting | ChatStatus::Error);
+    let queue_full = || ApiError::TooManyRequests {
+        message: format!("the chat's queue is full ({max_queue_len} messages)"),
+        retry_after_s: 5,
+    };
+    let insert = |transaction| {
+        insert_message(
+            transaction,
+            message.chat_id,
+            Role::User,
+            &message.content,
+            "both",
+            Some(message.owner_id),
+            message.model_config_id,
+        )
+    };
+    let (transition, outcome) = match (message.busy_behavior, status) {
+        (BusyBehavior::Queue, _) if !idle || locked.queue_len > 0 => {
+            if locked.queue_len >= max_queue_len {
+                return Err(queue_full());
+            }
+            let queued = enqueue(&transaction, &message, QueueEnd::Tail).await?;
+            let mut transition = if idle {
+                // Idle with a non-empty queue: keep FIFO by running the head now.
+                let mut transition =
+                    Transition::new(pop_head_and_run(&transaction, &locked).await?);
+                transition.messages = true;
+                transition
+            } else {
+                Transition::new(bump(&transaction, &locked.chat).await?)
+            };
+            transition.queue = true;
+            (transition, SendOutcome::Queued(queued))
+        }
+        (BusyBehavior::Interrupt, ChatStatus::Running | ChatStatus::Interrupting) => {
+            if locked.queue_len >= max_queue_len {
+                return Err(queue_full());
+            }
+            let queued = enqueue(&transaction, &message, QueueEnd::Head).await?;
+            let mut transition = Transition::new(
+                set_status(&transaction, message.chat_id, ChatStatus::Interrupting).await?,
+            );
+            if status == ChatStatus::Running {
+                transition.control = locked.worker_id.map(|id| (id, ControlKind::Interrupt));
+            }
+            transition.queue = true;
+            (transition, SendOutcome::Queued(queued))
+        }
+        _ => {
+            // Idle with an empty queue, or interrupt while pending / requires_action / idle.
+            let row = insert(&transaction).await?;
+            let chat = set_status(&transaction, message.chat_id, ChatStatus::Pending).await?;
+            let mut transition = Transition::new(chat);
+            transition.messages = true;
+            (transition, SendOutcome::Sent(row))
+        }
+    };
+    transaction.commit().await?;
+    Ok((transition, outcome))
+}
+
+/// running → interrupting; pending → waiting; requires_action → waiting; otherwise nothing.
+/// Returns the chat and, when something changed, the transition to publish.
+pub async fn interrupt(
+    client: &mut deadpool_postgres::Client,
+    chat_id: Uuid,
+    owner_id: Uuid,
+) -> ApiResult<(ChatRow, Option<Transition>)> {
+    let transaction = client.transaction().await?;
+    let locked = lock_chat(&transaction, chat_id, owner_id).await?;
+    let transition = match locked.chat.status {
+        ChatStatus::Running => {
+            let chat = set_status(&transaction, chat_id, ChatStatus::Interrupting).await?;
+            let mut transition = Transition::new(chat);
+            transition.control = locked.worker_id.map(|id| (id, ControlKind::Interrupt));
+            Some(transition)
+        }
+        ChatStatus::Pending | ChatStatus::RequiresAction => Some(Transition::new(
+            set_status(&transaction, chat_id, ChatStatus::Waiting).await?,
+        )),
+        _ => None,
+    };
+    transaction.commit().await?;
+    let chat = match &transition {
+        Some(transition) => transition.chat.clone(),
+        None => locked.chat,
+    };
+    Ok((chat, transition))
+}
+
+/// Deletes a queued message. Locks the chat row first so a concurrent auto-promotion by the
+/// worker cannot resurrect it.
+pub async fn delete_queued(
+    client: &mut deadpool_postgres::Client,
+    chat_id: Uuid,
+    owner_id: Uuid,
+    queued_id: i64,
+) -> ApiResult<Transition> {
+    let transaction = client.transaction().await?;
+    let locked = lock_chat(&transaction, chat_id, owner_id).await?;
+    let deleted = transaction
+        .execute(
+            "DELETE FROM chat_queued_messages WHERE id = $1 AND chat_id = $2",
+            &[&queued_id, &chat_id],
+        )
+        .await?;
+    if deleted == 0 {
+        return Err(ApiError::NotFound("queued message"));
+    }
+    let mut transition = Transition::new(bump(&transaction, &locked.chat).await?);
+    transaction.commit().await?;
+    transition.queue = true;
+    Ok(transition)
+}
+
+/// Promotes a queued message: idle → inserted and pending; busy → queue head (+ interrupt
+/// when running).
+pub async fn promote_queued(
+    client: &mut deadpool_postgres::Client,
+    chat_id: Uuid,
+    owner_id: Uuid,
+    queued_id: i64,
+) -> ApiResult<(Transition, SendOutcome)> {
+    let transaction = client.transaction().await?;
+    let locked = lock_chat(&transaction, chat_id, owner_id).await?;
+    let sql = format!(
+        "UPDATE chat_queued_messages q SET position = \
+         (SELECT min(position) - 1 FROM chat_queued_messages WHERE chat_id = $2) \
+         WHERE q.id = $1 AND q.chat_id = $2 RETURNING {}",
+        QueuedRow::COLUMNS
+    );
+    let moved = transaction
+        .query_opt(&sql, &[&queued_id, &chat_id])
+        .await?
+        .ok_or(ApiError::NotFound("queued message"))?;
+    let moved = QueuedRow::from_row(&moved);
+    let (mut transition, outcome) = match locked.chat.status {
+        ChatStatus::Waiting | ChatStatus::Error | ChatStatus::RequiresAction => {
+            let (chat, message) = pop_head(&transaction, &locked).await?;
+            let mut transition = Transition::new(chat);
+            transition.messages = true;
+            let message = message.ok_or(ApiError::NotFound("queued message"))?;
+            (transition, SendOutcome::Sent(message))
+        }
+        ChatStatus::Running => {
+            let chat = set_status(&transaction, chat_id, ChatStatus::Interrupting).await?;
+            let mut transition = Transition::new(chat);
+            transition.control = locked.worker_id.map(|id| (id, ControlKind::Interrupt));
+            (transition, SendOutcome::Queued(moved))
+        }
+        ChatStatus::Pending | ChatStatus::Interrupting => (
+            Transition::new(bump(&transaction, &locked.chat).await?),
+            SendOutcome::Queued(moved),
+        ),
+    };
+    transaction.commit().await?;
+    transition.queue = true;
+    Ok((transition, outcome))
+}
+
+async fn enqueue(
+    transaction: &tokio_postgres::Transaction<'_>,
+    message: &NewMessage,
+    end: QueueEnd,
+) -> ApiResult<QueuedRow> {
+    let position = match end {
+        QueueEnd::Head => {
+            "coalesce((SELECT min(position) FROM chat_queued_messages WHERE chat_id = $1), 0) - 1"
+        }
+        QueueEnd::Tail => {
+            "coalesce((SELECT max(position) FROM chat_queued_messages WHERE chat_id = $1), 0) + 1"
+        }
+    };
+    let sql = format!(
+        "INSERT INTO chat_queued_messages AS q (chat_id, content, model_config_id, created_by, \
+         position) VALUES ($1, $2, $3, $4, {position}) RETURNING {}",
+        QueuedRow::COLUMNS
+    );
+    let row = transaction
+        .query_one(
+            &sql,
+            &[
+                &message.chat_id,
+                &message.content,
+                &message.model_config_id,
+                &message.owner_id,
+            ],
+        )
+        .await?;
+    Ok(QueuedRow::from_row(&row))
+}
+
+/// Moves the queue head into the history and makes the chat pending.
+async fn pop_head_and_run(
+    transaction: &tokio_postgres::Transaction<'_>,
+    locked: &LockedChat,
+) -> ApiResult<ChatRow> {
+    Ok(pop_head(transaction, locked).await?.0)
+}
+
+async fn pop_head(
+    transaction: &tokio_postgres::Transaction<'_>,
+    locked: &LockedChat,
+) -> ApiResult<(ChatRow, Option<MessageRow>)> {
+    let chat_id = locked.chat.id;
+    let head = transaction
+        .query_opt(
+            "DELETE FROM chat_queued_messages WHERE id = \
+             (SELECT id FROM chat_queued_messages WHERE chat_id = $1 ORDER BY position, id LIMIT 1) \
+             RETURNING content, model_config_id, created_by",
+            &[&chat_id],
+        )
+        .await?;
+    let mut message = None;
+    if let Some(head) = head {
+        message = Some(
+            insert_message(
+                transaction,
+                chat_id,
+                Role::User,
+                &head.get::<_, Value>(0),
+                "both",
+                head.get(2),
+                head.get(1),
+            )
+            .await?,
+        );
+    }
+    let chat = set_status(transaction, chat_id, ChatStatus::Pending).await?;
+    Ok((chat, message))
+}
+
+/// Sets the status (clearing `last_error` when leaving `error`) and bumps the version.
+async fn set_status(
+    transaction: &tokio_postgres::Transaction<'_>,
+    chat_id: Uuid,
+    status: ChatStatus,
+) -> ApiResult<ChatRow> {
+    let sql = update_chat_sql(
+        "status = $2, last_error = CASE WHEN $2 = 'pending' THEN NULL ELSE c.last_error END, \
+         action_deadline_at = CASE WHEN $2 IN ('pending', 'waiting') THEN NULL ELSE c.action_deadline_at END",
+    );
+    let row = transaction
+        .query_one(&sql, &[&chat_id, &status.as_str()])
+        .await?;
+    Ok(ChatRow::from_row(&row))
+}
+
+/// Bumps the version only (the queue changed).
+async fn bump(transaction: &tokio_postgres::Transaction<'_>, chat: &ChatRow) -> ApiResult<ChatRow> {
+    let row = transaction
+        .query_one(&update_chat_sql("title = c.title"), &[&chat.id])
+        .await?;
+    Ok(ChatRow::from_row(&row))
+}

@@ -1,0 +1,103 @@
+//! Plain-SQL migrations from `migrations/`, compiled into the binary and applied in order under
+//! a session advisory lock, so many replicas may start (and migrate) at the same time.
+
+use anyhow::Context;
+
+/// One migration file. `version` is the numeric prefix of the file name.
+pub struct Migration {
+    pub version: i32,
+    pub name: &'static str,
+    pub sql: &'static str,
+}
+
+/// Every migration, oldest first. Add new files here.
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "0001_init",
+    sql: include_str!("../../../migrations/0001_init.sql"),
+}];
+
+/// Arbitrary constant key of the advisory lock that serialises migrations.
+const MIGRATION_LOCK_KEY: i64 = 0x6368_6174_645f_6d67; // "chatd_mg"
+
+/// A fingerprint of all migrations (used to name the tests' template database).
+pub fn fingerprint() -> String {
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    for migration in MIGRATIONS {
+        hasher.update(migration.version.to_le_bytes());
+        hasher.update(migration.sql.as_bytes());
+    }
+    hex::encode(&hasher.finalize()[..6])
+}
+
+/// Applies every migration not yet applied. Returns how many were applied.
+///
+/// # Locks
+/// Holds `pg_advisory_lock(MIGRATION_LOCK_KEY)` on this session for the whole run; each
+/// migration runs in its own transaction together with its `schema_migrations` row.
+pub async fn run(client: &mut tokio_postgres::Client) -> anyhow::Result<usize> {
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK_KEY])
+        .await
+        .context("take the migration lock")?;
+    let result = apply_pending(client).await;
+    let unlock = client
+        .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK_KEY])
+        .await
+        .context("release the migration lock");
+    let applied = result?;
+    unlock?;
+    Ok(applied)
+}
+
+async fn apply_pending(client: &mut tokio_postgres::Client) -> anyhow::Result<usize> {
+    client
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (
+                 version integer PRIMARY KEY,
+                 name text NOT NULL,
+                 applied_at timestamptz NOT NULL DEFAULT now())",
+        )
+        .await
+        .context("create schema_migrations")?;
+    let rows = client
+        .query("SELECT version FROM schema_migrations", &[])
+        .await
+        .context("read applied migrations")?;
+    let applied: std::collections::HashSet<i32> = rows.iter().map(|row| row.get(0)).collect();
+    let mut count = 0;
+    for migration in MIGRATIONS {
+        if applied.contains(&migration.version) {
+            continue;
+        }
+        let transaction = client.transaction().await.context("begin migration")?;
+        transaction
+            .batch_execute(migration.sql)
+            .await
+            .with_context(|| format!("apply migration {}", migration.name))?;
+        transaction
+            .execute(
+                "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
+                &[&migration.version, &migration.name],
+            )
+            .await
+            .context("record migration")?;
+        transaction.commit().await.context("commit migration")?;
+        tracing::info!(migration = migration.name, "applied migration");
+        count += 1;
+    }
+    Ok(count)
+}
+
+/// Connects to `database_url` with a plain (non-pooled) connection and migrates.
+pub async fn run_url(database_url: &str) -> anyhow::Result<usize> {
+    let (mut client, connection) = tokio_postgres::connect(database_url, tokio_postgres::NoTls)
+        .await
+        .context("connect to the database")?;
+    let driver = tokio::spawn(connection);
+    let result = run(&mut client).await;
+    drop(client);
+    let _ = driver.await;
+    result
+}

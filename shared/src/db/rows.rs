@@ -1,0 +1,135 @@
+//! Row types read by both the API and the worker, with their column lists.
+//!
+//! Each row type has a `COLUMNS` constant (the `SELECT` list, in the order `from_row` reads
+//! it) so queries in other modules stay in sync with the decoder.
+
+use serde_json::Value;
+use time::OffsetDateTime;
+use tokio_postgres::Row;
+use uuid::Uuid;
+
+use crate::domain::{ChatStatus, Role};
+
+/// A `chats` row as the API and pub/sub see it (not the lease internals).
+#[derive(Debug, Clone)]
+pub struct ChatRow {
+    pub id: Uuid,
+    pub owner_id: Uuid,
+    pub parent_chat_id: Option<Uuid>,
+    pub title: String,
+    pub status: ChatStatus,
+    pub version: i64,
+    pub attempt: i32,
+    pub model_config_id: Option<Uuid>,
+    pub labels: Value,
+    pub archived: bool,
+    pub pin_order: i32,
+    pub last_error: Option<Value>,
+    pub created_at: OffsetDateTime,
+    pub updated_at: OffsetDateTime,
+}
+
+impl ChatRow {
+    pub const COLUMNS: &'static str = "c.id, c.owner_id, c.parent_chat_id, c.title, c.status, \
+        c.version, c.attempt, c.model_config_id, c.labels, c.archived, c.pin_order, \
+        c.last_error, c.created_at, c.updated_at";
+
+    pub fn from_row(row: &Row) -> ChatRow {
+        let status: &str = row.get(4);
+        ChatRow {
+            id: row.get(0),
+            owner_id: row.get(1),
+            parent_chat_id: row.get(2),
+            title: row.get(3),
+            // The CHECK constraint on chats.status makes any other value impossible.
+            status: ChatStatus::parse(status).unwrap_or(ChatStatus::Error),
+            version: row.get(5),
+            attempt: row.get(6),
+            model_config_id: row.get(7),
+            labels: row.get(8),
+            archived: row.get(9),
+            pin_order: row.get(10),
+            last_error: row.get(11),
+            created_at: row.get(12),
+            updated_at: row.get(13),
+        }
+    }
+}
+
+/// A `chat_messages` row.
+#[derive(Debug, Clone)]
+pub struct MessageRow {
+    pub id: i64,
+    pub chat_id: Uuid,
+    pub role: Role,
+    /// JSON array of content parts (`domain::ContentPart`), passed through unparsed.
+    pub content: Value,
+    pub created_at: OffsetDateTime,
+    pub model_config_id: Option<Uuid>,
+    pub input_tokens: Option<i64>,
+    pub output_tokens: Option<i64>,
+    pub reasoning_tokens: Option<i64>,
+    pub cache_read_tokens: Option<i64>,
+    pub cache_write_tokens: Option<i64>,
+    pub cost_micros: Option<i64>,
+    pub runtime_ms: Option<i64>,
+}
+
+impl MessageRow {
+    pub const COLUMNS: &'static str = "m.id, m.chat_id, m.role, m.content, m.created_at, \
+        m.model_config_id, m.input_tokens, m.output_tokens, m.reasoning_tokens, \
+        m.cache_read_tokens, m.cache_write_tokens, m.cost_micros, m.runtime_ms";
+
+    pub fn from_row(row: &Row) -> MessageRow {
+        let role: &str = row.get(2);
+        MessageRow {
+            id: row.get(0),
+            chat_id: row.get(1),
+            role: Role::parse(role).unwrap_or(Role::User),
+            content: row.get(3),
+            created_at: row.get(4),
+            model_config_id: row.get(5),
+            input_tokens: row.get(6),
+            output_tokens: row.get(7),
+            reasoning_tokens: row.get(8),
+            cache_read_tokens: row.get(9),
+            cache_write_tokens: row.get(10),
+            cost_micros: row.get(11),
+            runtime_ms: row.get(12),
+        }
+    }
+}
+
+/// A `chat_queued_messages` row.
+#[derive(Debug, Clone)]
+pub struct QueuedRow {
+    pub id: i64,
+    pub chat_id: Uuid,
+    pub content: Value,
+    pub created_at: OffsetDateTime,
+}
+
+impl QueuedRow {
+    pub const COLUMNS: &'static str = "q.id, q.chat_id, q.content, q.created_at";
+
+    pub fn from_row(row: &Row) -> QueuedRow {
+        QueuedRow {
+            id: row.get(0),
+            chat_id: row.get(1),
+            content: row.get(2),
+            created_at: row.get(3),
+        }
+    }
+}
+
+/// One row of the resume log `chat_stream_frames`.
+#[derive(Debug, Clone)]
+pub struct FrameRow {
+    pub attempt: i32,
+    pub seq_from: i64,
+    pub seq_to: i64,
+    /// JSON array of `stream::SeqEvent`.
+    pub events: Value,
+    /// Database clock at insert, microseconds since the Unix epoch (relay latency).
+    pub created_at_us: i64,
+}

@@ -1,0 +1,14 @@
+//! PostgreSQL LISTEN/NOTIFY: channel names, payload types, post-commit publishing and the
+//! dedicated listener connection.
+//!
+//! **Invariant:** a notification is a hint. Every consumer stays correct if one is lost,
+//! duplicated, delayed or reordered: payloads carry versions/seqs, and every (re)connect is
+//! followed by a re-read from the database.
+
+pub mod listener;
+pub mod notices;
+pub mod publish;
+
+pub use listener::{Listener, ListenerEvent};
+pub use notices::*;
+pub use publish::publish;

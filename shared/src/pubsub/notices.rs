@@ -1,0 +1,183 @@
+//! Channel names and notification payloads.
+//!
+//! Payloads are compact JSON and must stay under PostgreSQL's 8000-byte limit; stream frames
+//! are split by the worker's flusher to guarantee it.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::domain::ChatStatus;
+
+/// Largest payload we publish (PostgreSQL rejects 8000 bytes and more).
+pub const MAX_PAYLOAD_BYTES: usize = 7900;
+
+/// "Something became pending": API / sweeper → all workers. Payload: optional chat id.
+pub const WAKE_CHANNEL: &str = "chatd_wake";
+/// Cache invalidation for configuration (providers, models): admin API → every process.
+pub const CONFIG_CHANNEL: &str = "chatd_config";
+
+/// Control channel of one worker: API → the owning worker.
+pub fn worker_channel(worker_id: Uuid) -> String {
+    format!("chatd_worker_{worker_id}")
+}
+
+/// Durable-change hints and stream frames of one chat → API replicas with subscribers.
+pub fn chat_channel(chat_id: Uuid) -> String {
+    format!("chatd_chat_{chat_id}")
+}
+
+/// Chat-list events of one user → API replicas with watch subscribers of that user.
+pub fn owner_channel(owner_id: Uuid) -> String {
+    format!("chatd_owner_{owner_id}")
+}
+
+/// Inverse of `chat_channel`.
+pub fn parse_chat_channel(channel: &str) -> Option<Uuid> {
+    channel
+        .strip_prefix("chatd_chat_")
+        .and_then(|id| Uuid::parse_str(id).ok())
+}
+
+/// Inverse of `owner_channel`.
+pub fn parse_owner_channel(channel: &str) -> Option<Uuid> {
+    channel
+        .strip_prefix("chatd_owner_")
+        .and_then(|id| Uuid::parse_str(id).ok())
+}
+
+/// A notification on a chat channel.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "t")]
+pub enum ChatNotice {
+    /// A durable change committed at `version`. Receivers drop anything not newer than what
+    /// they have and re-read the database for the parts flagged here.
+    #[serde(rename = "c")]
+    Change(ChangeNotice),
+    /// Stream events `seq_from..=seq_to` of `attempt`, already in the resume log.
+    #[serde(rename = "f")]
+    Frame(FrameNotice),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChangeNotice {
+    /// `chats.version` after the change.
+    #[serde(rename = "v")]
+    pub version: i64,
+    /// `chats.status` after the change.
+    #[serde(rename = "s")]
+    pub status: ChatStatus,
+    /// `chats.attempt` after the change.
+    #[serde(rename = "a")]
+    pub attempt: i32,
+    /// New messages were inserted.
+    #[serde(rename = "m", default, skip_serializing_if = "std::ops::Not::not")]
+    pub messages: bool,
+    /// The queue changed.
+    #[serde(rename = "q", default, skip_serializing_if = "std::ops::Not::not")]
+    pub queue: bool,
+    /// Anything else changed (title, labels, last_error, history edits): re-read the chat.
+    #[serde(rename = "o", default, skip_serializing_if = "std::ops::Not::not")]
+    pub other: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FrameNotice {
+    #[serde(rename = "a")]
+    pub attempt: i32,
+    #[serde(rename = "s")]
+    pub seq_from: i64,
+    #[serde(rename = "e")]
+    pub seq_to: i64,
+    /// Database clock when the frame was written, µs since the epoch (relay latency).
+    #[serde(rename = "ts")]
+    pub created_at_us: i64,
+    /// The events, each a `SeqEvent`.
+    #[serde(rename = "ev")]
+    pub events: Vec<SeqEvent>,
+}
+
+/// One event of an attempt's stream, numbered 1, 2, 3 … per attempt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SeqEvent {
+    pub seq: i64,
+    /// SSE event name: `message_part`, `retry`, `error`.
+    pub event: String,
+    /// SSE `data:` object, already in the public shape (it includes `attempt` and `seq`).
+    pub data: serde_json::Value,
+}
+
+/// A notification on a worker's control channel.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ControlNotice {
+    pub chat_id: Uuid,
+    pub version: i64,
+    pub kind: ControlKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ControlKind {
+    /// Persist partial output and release (running → interrupting was committed).
+    Interrupt,
+    /// Stop at once and write nothing (the lease was taken away).
+    Cancel,
+}
+
+/// A notification on an owner channel: a chat of that user changed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OwnerNotice {
+    #[serde(rename = "k")]
+    pub kind: OwnerEventKind,
+    #[serde(rename = "c")]
+    pub chat_id: Uuid,
+    #[serde(rename = "v")]
+    pub version: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OwnerEventKind {
+    Created,
+    Updated,
+    Status,
+    Title,
+    Archived,
+    Deleted,
+}
+
+/// Serialises a notice; these types cannot fail to serialise.
+pub fn to_payload<T: Serialize>(notice: &T) -> String {
+    serde_json::to_string(notice).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channel_names_fit_postgres_identifiers() {
+        let id = Uuid::new_v4();
+        for name in [chat_channel(id), owner_channel(id), worker_channel(id)] {
+            assert!(name.len() <= 63, "{name} is too long");
+        }
+        assert_eq!(parse_chat_channel(&chat_channel(id)), Some(id));
+        assert_eq!(parse_owner_channel(&owner_channel(id)), Some(id));
+        assert_eq!(parse_chat_channel("chatd_chat_nope"), None);
+    }
+
+    #[test]
+    fn change_notice_round_trips_compactly() {
+        let notice = ChatNotice::Change(ChangeNotice {
+            version: 7,
+            status: ChatStatus::Running,
+            attempt: 2,
+            messages: false,
+            queue: true,
+            other: false,
+        });
+        let payload = to_payload(&notice);
+        assert_eq!(payload, r#"{"t":"c","v":7,"s":"running","a":2,"q":true}"#);
+        let back: ChatNotice = serde_json::from_str(&payload).unwrap();
+        assert!(matches!(back, ChatNotice::Change(c) if c.version == 7 && c.queue && !c.messages));
+    }
+}

@@ -1,0 +1,447 @@
+//! The command-line contract (DESIGN.md section 1). Every flag also reads a `CHATD_*`
+//! environment variable; unknown `CHATD_*` variables are refused so a typo never silently
+//! falls back to a default.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use chatd_shared::domain::ProviderKind;
+use chatd_shared::telemetry::{init_logging, LogFormat};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "chatd",
+    version,
+    about = "Horizontally scalable backend for AI agent chats"
+)]
+pub struct Cli {
+    /// Log format: json (production) or pretty.
+    #[arg(long, global = true, env = "CHATD_LOG_FORMAT", value_enum, default_value_t = LogFormatArg::Json)]
+    pub log_format: LogFormatArg,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum LogFormatArg {
+    Json,
+    Pretty,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run a stateless HTTP API replica.
+    Api(ApiArgs),
+    /// Run a worker that acquires and runs chat turns.
+    Worker(WorkerArgs),
+    /// Run everything on one machine (embedded PostgreSQL, mock LLM, API, worker).
+    Dev(DevArgs),
+    /// Apply database migrations and exit.
+    Migrate(DatabaseArgs),
+    /// Run the deterministic, scriptable mock LLM server.
+    MockLlm(MockLlmArgs),
+    /// Create or continue a chat and print the streamed answer.
+    Chat(chatd_api::client::chat::ChatArgs),
+    /// Users, API tokens, providers and model configs.
+    #[command(subcommand)]
+    Admin(AdminCommand),
+    /// Load-test a running cluster through the public API.
+    Scaletest(chatd_api::client::scaletest::ScaletestArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct DatabaseArgs {
+    /// PostgreSQL connection URL.
+    #[arg(long, env = "CHATD_DATABASE_URL")]
+    pub database_url: String,
+}
+
+#[derive(Args, Debug)]
+pub struct ApiArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// Address to listen on.
+    #[arg(long, env = "CHATD_ADDR", default_value = "127.0.0.1:8080")]
+    pub addr: SocketAddr,
+    /// Database connections in this replica's pool.
+    #[arg(long, env = "CHATD_POOL_SIZE", default_value_t = 32)]
+    pub pool_size: usize,
+    /// Request body limit in bytes (413 beyond).
+    #[arg(long, env = "CHATD_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// Most queued messages per chat (429 beyond).
+    #[arg(long, env = "CHATD_MAX_QUEUE_LEN", default_value_t = 20)]
+    pub max_queue_len: i64,
+}
+
+#[derive(Args, Debug)]
+pub struct WorkerArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// Worker identity (default: a fresh UUID per process).
+    #[arg(long, env = "CHATD_WORKER_ID")]
+    pub worker_id: Option<Uuid>,
+    /// Database connections in this worker's pool.
+    #[arg(long, env = "CHATD_POOL_SIZE", default_value_t = 16)]
+    pub pool_size: usize,
+    /// Most turns this worker runs at once.
+    #[arg(long, env = "CHATD_MAX_CONCURRENT_TURNS", default_value_t = 512)]
+    pub max_concurrent_turns: usize,
+    /// Most chats claimed per acquire statement.
+    #[arg(long, env = "CHATD_ACQUIRE_BATCH", default_value_t = 64)]
+    pub acquire_batch: usize,
+    /// Poll for pending chats this often (ms), even when notifications work.
+    #[arg(long, env = "CHATD_ACQUIRE_INTERVAL_MS", default_value_t = 1000)]
+    pub acquire_interval_ms: u64,
+    /// Heartbeat interval (ms).
+    #[arg(long, env = "CHATD_HEARTBEAT_INTERVAL_MS", default_value_t = 5000)]
+    pub heartbeat_interval_ms: u64,
+    /// A lease with an older heartbeat is recovered (ms).
+    #[arg(long, env = "CHATD_STALE_AFTER_MS", default_value_t = 30000)]
+    pub stale_after_ms: u64,
+    /// Recovery sweep interval (ms).
+    #[arg(long, env = "CHATD_SWEEP_INTERVAL_MS", default_value_t = 5000)]
+    pub sweep_interval_ms: u64,
+    /// Stream flush interval (ms).
+    #[arg(long, env = "CHATD_STREAM_FLUSH_INTERVAL_MS", default_value_t = 20)]
+    pub stream_flush_interval_ms: u64,
+    /// On SIGTERM, running turns get this long to finish (ms).
+    #[arg(long, env = "CHATD_SHUTDOWN_GRACE_MS", default_value_t = 25000)]
+    pub shutdown_grace_ms: u64,
+    /// Most model steps per turn.
+    #[arg(long, env = "CHATD_MAX_STEPS", default_value_t = 100)]
+    pub max_steps: usize,
+    /// Provider requests per step before the turn fails (retryable errors only).
+    #[arg(long, env = "CHATD_MAX_PROVIDER_ATTEMPTS", default_value_t = 5)]
+    pub max_provider_attempts: u32,
+    /// A provider that sends nothing for this long is retried (ms).
+    #[arg(long, env = "CHATD_STARTUP_TIMEOUT_MS", default_value_t = 60000)]
+    pub startup_timeout_ms: u64,
+    /// Base64 32-byte key that encrypts provider API keys at rest.
+    #[arg(long, env = "CHATD_ENCRYPTION_KEY", hide_env_values = true)]
+    pub encryption_key: Option<String>,
+    /// Serve /metrics and /healthz on this address (optional).
+    #[arg(long, env = "CHATD_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+#[derive(Args, Debug)]
+pub struct DevArgs {
+    /// Folder for the embedded PostgreSQL data and the dev encryption key.
+    #[arg(long, env = "CHATD_DATA_DIR", default_value = ".chatd-dev")]
+    pub data_dir: std::path::PathBuf,
+    /// Address of the API.
+    #[arg(long, env = "CHATD_ADDR", default_value = "127.0.0.1:8080")]
+    pub addr: SocketAddr,
+}
+
+#[derive(Args, Debug)]
+pub struct MockLlmArgs {
+    /// Address to listen on.
+    #[arg(long, env = "CHATD_ADDR", default_value = "127.0.0.1:9090")]
+    pub addr: SocketAddr,
+}
+
+#[derive(Subcommand, Debug)]
+#[allow(clippy::enum_variant_names)] // the names are the subcommands of the contract
+pub enum AdminCommand {
+    /// Create a user; prints the user id.
+    CreateUser {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        #[arg(long)]
+        username: String,
+        #[arg(long)]
+        admin: bool,
+    },
+    /// Create an API token; prints only the token.
+    CreateToken {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        #[arg(long)]
+        username: String,
+        /// A label for the token.
+        #[arg(long, default_value = "cli")]
+        name: String,
+    },
+    /// Create a provider; prints the id.
+    CreateProvider {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        /// openai | openai-responses | anthropic | openai-compatible | mock
+        #[arg(long)]
+        kind: String,
+        #[arg(long)]
+        base_url: String,
+        #[arg(long)]
+        api_key: Option<String>,
+        /// Base64 32-byte key that encrypts the API key at rest.
+        #[arg(long, env = "CHATD_ENCRYPTION_KEY", hide_env_values = true)]
+        encryption_key: Option<String>,
+    },
+    /// Create a model config; prints the id.
+    CreateModel {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        #[arg(long)]
+        provider: Uuid,
+        #[arg(long)]
+        model: String,
+        #[arg(long)]
+        context_limit: Option<i32>,
+        /// Make this the default model.
+        #[arg(long)]
+        default: bool,
+    },
+}
+
+/// Every `CHATD_*` variable some flag reads.
+pub fn known_env_names() -> Vec<String> {
+    fn collect(command: &clap::Command, names: &mut Vec<String>) {
+        for arg in command.get_arguments() {
+            if let Some(env) = arg.get_env() {
+                names.push(env.to_string_lossy().into_owned());
+            }
+        }
+        for sub in command.get_subcommands() {
+            collect(sub, names);
+        }
+    }
+    let mut names = Vec::new();
+    collect(&Cli::command(), &mut names);
+    // Read by the test harness and `RUST_LOG`-style tooling, not by flags.
+    names.push("CHATD_TEST_DATABASE_URL".into());
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// Fails on a `CHATD_*` variable no flag reads.
+pub fn reject_unknown_env(vars: impl Iterator<Item = (String, String)>) -> anyhow::Result<()> {
+    let known = known_env_names();
+    for (name, _) in vars {
+        if name.starts_with("CHATD_") && !known.contains(&name) {
+            anyhow::bail!(
+                "unknown environment variable {name} (known: {})",
+                known.join(", ")
+            );
+        }
+    }
+    Ok(())
+}
+
+fn ms(value: u64) -> Duration {
+    Duration::from_millis(value)
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let log_format = match (&cli.command, cli.log_format) {
+        (Command::Dev(_), _) | (_, LogFormatArg::Pretty) => LogFormat::Pretty,
+        _ => LogFormat::Json,
+    };
+    let quiet = matches!(
+        cli.command,
+        Command::Chat(_) | Command::Admin(_) | Command::Scaletest(_)
+    );
+    if !quiet {
+        init_logging(log_format);
+    }
+    match cli.command {
+        Command::Api(args) => {
+            let mut config = chatd_api::ApiConfig::new(args.database.database_url);
+            config.pool_size = args.pool_size;
+            config.max_body_bytes = args.max_body_bytes;
+            config.max_queue_len = args.max_queue_len;
+            let listener = tokio::net::TcpListener::bind(args.addr)
+                .await
+                .with_context(|| format!("listen on {}", args.addr))?;
+            chatd_api::run(listener, config, shutdown_on_signal()).await
+        }
+        Command::Worker(args) => {
+            let shutdown = shutdown_on_signal();
+            if let Some(addr) = args.metrics_addr {
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("listen on {addr}"))?;
+                tokio::spawn(crate::dev::serve_worker_metrics(listener, shutdown.clone()));
+            }
+            chatd_worker::run(worker_config(args)?, shutdown).await
+        }
+        Command::Dev(args) => crate::dev::run(args, shutdown_on_signal()).await,
+        Command::Migrate(args) => {
+            let applied = chatd_shared::db::migrate::run_url(&args.database_url).await?;
+            println!("applied {applied} migration(s)");
+            Ok(())
+        }
+        Command::MockLlm(args) => {
+            let listener = tokio::net::TcpListener::bind(args.addr)
+                .await
+                .with_context(|| format!("listen on {}", args.addr))?;
+            tracing::info!(address = %args.addr, "mock llm listening");
+            chatd_worker::mock_llm::run(listener, shutdown_on_signal()).await
+        }
+        Command::Chat(args) => chatd_api::client::chat::run(args).await,
+        Command::Scaletest(args) => chatd_api::client::scaletest::run(args).await,
+        Command::Admin(command) => admin(command).await,
+    }
+}
+
+pub fn worker_config(args: WorkerArgs) -> anyhow::Result<chatd_worker::WorkerConfig> {
+    let mut config = chatd_worker::WorkerConfig::new(args.database.database_url);
+    if let Some(worker_id) = args.worker_id {
+        config.worker_id = worker_id;
+    }
+    config.pool_size = args.pool_size;
+    config.max_concurrent_turns = args.max_concurrent_turns;
+    config.acquire_batch = args.acquire_batch.max(1);
+    config.acquire_interval = ms(args.acquire_interval_ms);
+    config.heartbeat_interval = ms(args.heartbeat_interval_ms);
+    config.stale_after = ms(args.stale_after_ms);
+    config.sweep_interval = ms(args.sweep_interval_ms);
+    config.stream_flush_interval = ms(args.stream_flush_interval_ms.max(1));
+    config.shutdown_grace = ms(args.shutdown_grace_ms);
+    config.max_steps = args.max_steps.max(1);
+    config.max_provider_attempts = args.max_provider_attempts.max(1);
+    config.startup_timeout = ms(args.startup_timeout_ms);
+    config.encryption_key = args
+        .encryption_key
+        .as_deref()
+        .map(chatd_shared::crypto::parse_key)
+        .transpose()?;
+    anyhow::ensure!(
+        config.stale_after > config.heartbeat_interval * 2,
+        "--stale-after-ms must be more than twice --heartbeat-interval-ms"
+    );
+    Ok(config)
+}
+
+async fn connect(database: &DatabaseArgs) -> anyhow::Result<tokio_postgres::Client> {
+    let (client, connection) =
+        tokio_postgres::connect(&database.database_url, tokio_postgres::NoTls)
+            .await
+            .context("connect to the database")?;
+    tokio::spawn(connection);
+    Ok(client)
+}
+
+async fn admin(command: AdminCommand) -> anyhow::Result<()> {
+    use chatd_shared::db::admin as store;
+    match command {
+        AdminCommand::CreateUser {
+            database,
+            username,
+            admin,
+        } => {
+            let client = connect(&database).await?;
+            println!("{}", store::create_user(&client, &username, admin).await?);
+        }
+        AdminCommand::CreateToken {
+            database,
+            username,
+            name,
+        } => {
+            let client = connect(&database).await?;
+            println!("{}", store::create_token(&client, &username, &name).await?);
+        }
+        AdminCommand::CreateProvider {
+            database,
+            kind,
+            base_url,
+            api_key,
+            encryption_key,
+        } => {
+            let kind = ProviderKind::parse(&kind).ok_or_else(|| {
+                anyhow::anyhow!("unknown provider kind {kind:?} (openai, openai-responses, anthropic, openai-compatible, mock)")
+            })?;
+            let sealed = match api_key {
+                None => None,
+                Some(api_key) => {
+                    let key = encryption_key.ok_or_else(|| {
+                        anyhow::anyhow!("--api-key needs --encryption-key (or CHATD_ENCRYPTION_KEY) to encrypt it at rest")
+                    })?;
+                    let key = chatd_shared::crypto::parse_key(&key)?;
+                    Some(chatd_shared::crypto::seal(&key, &api_key)?)
+                }
+            };
+            let client = connect(&database).await?;
+            println!(
+                "{}",
+                store::create_provider(&client, kind, &base_url, sealed).await?
+            );
+        }
+        AdminCommand::CreateModel {
+            database,
+            provider,
+            model,
+            context_limit,
+            default,
+        } => {
+            let mut client = connect(&database).await?;
+            let id = store::create_model(
+                &mut client,
+                store::NewModel {
+                    provider_id: provider,
+                    model: &model,
+                    context_limit,
+                    is_default: default,
+                },
+            )
+            .await?;
+            println!("{id}");
+        }
+    }
+    Ok(())
+}
+
+/// A token cancelled on SIGINT or SIGTERM.
+pub fn shutdown_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut terminate =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(signal) => signal,
+                    Err(_) => {
+                        let _ = ctrl_c.await;
+                        cancel.cancel();
+                        return;
+                    }
+                };
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = terminate.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+        tracing::info!("shutting down");
+        cancel.cancel();
+    });
+    token
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_line_is_consistent_and_unknown_env_is_refused() {
+        Cli::command().debug_assert();
+        assert!(reject_unknown_env(
+            vec![("CHATD_DATABASE_URL".to_string(), String::new())].into_iter()
+        )
+        .is_ok());
+        assert!(reject_unknown_env(
+            vec![("CHATD_DATABSE_URL".to_string(), String::new())].into_iter()
+        )
+        .is_err());
+    }
+}

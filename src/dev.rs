@@ -1,0 +1,192 @@
+//! `chatd dev`: the whole system on one machine for a newcomer — embedded PostgreSQL,
+//! migrations, the mock LLM, one API and one worker in-process, a seeded default model and an
+//! admin token.
+
+use std::path::Path;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+
+use chatd_shared::pg_embed::{EmbeddedOptions, EmbeddedPostgres};
+
+use crate::cli::DevArgs;
+
+const DATABASE: &str = "chatd";
+const MOCK_PROVIDER_NAME: &str = "chatd-dev-mock";
+
+pub async fn run(args: DevArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("create {}", args.data_dir.display()))?;
+    let data_dir = args
+        .data_dir
+        .canonicalize()
+        .with_context(|| format!("resolve {}", args.data_dir.display()))?;
+    eprintln!(
+        "==> starting PostgreSQL in {}",
+        data_dir.join("postgres").display()
+    );
+    let postgres = EmbeddedPostgres::start(EmbeddedOptions::new(data_dir.join("postgres")))
+        .await
+        .context("start the embedded PostgreSQL")?;
+    let result = run_services(&args, &data_dir, &postgres, shutdown).await;
+    eprintln!("==> stopping PostgreSQL");
+    if let Err(error) = postgres.stop().await {
+        eprintln!("warning: stop PostgreSQL: {error:#}");
+    }
+    result
+}
+
+async fn run_services(
+    args: &DevArgs,
+    data_dir: &Path,
+    postgres: &EmbeddedPostgres,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    if let Err(error) = postgres.create_database(DATABASE, None).await {
+        let text = format!("{error:#}");
+        if !text.contains("already exists") {
+            return Err(error.context("create the chatd database"));
+        }
+    }
+    let database_url = postgres.url(DATABASE);
+    eprintln!("==> applying migrations");
+    chatd_shared::db::migrate::run_url(&database_url).await?;
+    let key_text = dev_encryption_key(data_dir)?;
+    let key = chatd_shared::crypto::parse_key(&key_text)?;
+
+    let mock_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("bind the mock LLM")?;
+    let mock_addr = mock_listener.local_addr()?;
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(chatd_worker::mock_llm::run(mock_listener, shutdown.clone()));
+
+    let token = seed(&database_url, &format!("http://{mock_addr}/v1")).await?;
+
+    let api_listener = tokio::net::TcpListener::bind(args.addr)
+        .await
+        .with_context(|| format!("listen on {} (pass --addr to choose another)", args.addr))?;
+    let api_addr = api_listener.local_addr()?;
+    tasks.spawn(chatd_api::run(
+        api_listener,
+        chatd_api::ApiConfig::new(database_url.clone()),
+        shutdown.clone(),
+    ));
+    let mut worker_config = chatd_worker::WorkerConfig::new(database_url.clone());
+    worker_config.encryption_key = Some(key);
+    tasks.spawn(chatd_worker::run(worker_config, shutdown.clone()));
+
+    let url = format!("http://{api_addr}");
+    println!();
+    println!("chatd dev is running");
+    println!("  URL:      {url}");
+    println!("  token:    {token}");
+    println!("  database: {database_url}");
+    println!("  mock LLM: http://{mock_addr}/v1");
+    println!();
+    println!("try:");
+    println!("  export CHATD_URL={url} CHATD_TOKEN={token}");
+    println!("  chatd chat \"hello\"");
+    println!();
+    println!("Ctrl-C stops everything.");
+
+    let mut first_error = None;
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        Some(result) = tasks.join_next() => {
+            first_error = flatten(result).err();
+            shutdown.cancel();
+        }
+    }
+    while let Some(result) = tasks.join_next().await {
+        if let Err(error) = flatten(result) {
+            first_error.get_or_insert(error);
+        }
+    }
+    match first_error {
+        Some(error) => Err(error),
+        None => Ok(()),
+    }
+}
+
+fn flatten(result: Result<anyhow::Result<()>, tokio::task::JoinError>) -> anyhow::Result<()> {
+    result.context("service task panicked")?
+}
+
+/// The dev encryption key, generated once and kept in the data folder.
+fn dev_encryption_key(data_dir: &Path) -> anyhow::Result<String> {
+    let path = data_dir.join("encryption.key");
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        return Ok(text.trim().to_string());
+    }
+    let key = chatd_shared::crypto::generate_key();
+    std::fs::write(&path, &key).with_context(|| format!("write {}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
+    }
+    Ok(key)
+}
+
+/// Points the dev provider at this run's mock LLM, makes sure a default model and the admin
+/// user exist, and mints a token for this session.
+async fn seed(database_url: &str, mock_base_url: &str) -> anyhow::Result<String> {
+    let (mut client, connection) = tokio_postgres::connect(database_url, tokio_postgres::NoTls)
+        .await
+        .context("connect to the database")?;
+    tokio::spawn(connection);
+    let transaction = client.transaction().await?;
+    let existing = transaction
+        .query_opt(
+            "UPDATE providers SET base_url = $2, updated_at = now() WHERE display_name = $1 \
+             RETURNING id",
+            &[&MOCK_PROVIDER_NAME, &mock_base_url],
+        )
+        .await?;
+    let provider_id: uuid::Uuid = match existing {
+        Some(row) => row.get(0),
+        None => transaction
+            .query_one(
+                "INSERT INTO providers (kind, display_name, base_url) \
+                 VALUES ('openai-compatible', $1, $2) RETURNING id",
+                &[&MOCK_PROVIDER_NAME, &mock_base_url],
+            )
+            .await?
+            .get(0),
+    };
+    let has_default = transaction
+        .query_opt(
+            "SELECT 1 FROM model_configs WHERE is_default AND NOT deleted",
+            &[],
+        )
+        .await?
+        .is_some();
+    if !has_default {
+        transaction
+            .execute(
+                "INSERT INTO model_configs (provider_id, model, display_name, is_default) \
+                 VALUES ($1, 'mock', 'Mock model', true)",
+                &[&provider_id],
+            )
+            .await?;
+    }
+    transaction.commit().await?;
+    chatd_shared::db::admin::ensure_user(&client, "admin", true).await?;
+    chatd_shared::db::admin::create_token(&client, "admin", "chatd-dev").await
+}
+
+/// `/metrics` and `/healthz` for a standalone worker (Kubernetes probes, Prometheus).
+pub async fn serve_worker_metrics(listener: tokio::net::TcpListener, shutdown: CancellationToken) {
+    use axum::routing::get;
+    let handle = chatd_shared::telemetry::metrics_handle();
+    let router = axum::Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(move || async move { handle.render() }));
+    if let Err(error) = axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+    {
+        tracing::warn!(error = %error, "worker metrics server stopped");
+    }
+}

@@ -1,0 +1,345 @@
+//! A real cluster for integration tests: the `chatd` binary run as separate processes
+//! (`mock-llm`, N × `api`, M × `worker`) against a fresh database on the shared test server.
+//! Children are killed when the `Cluster` is dropped; their logs go to
+//! `target/test-logs/<database>/<role>.log`.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use chatd_api::client::ApiClient;
+use chatd_shared::domain::ProviderKind;
+
+use super::pg::{test_database, TestDatabase};
+
+/// Fast timings so fault tests finish in seconds.
+pub const FAST_WORKER_ARGS: &[&str] = &[
+    "--heartbeat-interval-ms",
+    "300",
+    "--stale-after-ms",
+    "2000",
+    "--sweep-interval-ms",
+    "300",
+    "--acquire-interval-ms",
+    "200",
+    "--shutdown-grace-ms",
+    "2000",
+];
+
+pub struct Process {
+    pub child: Child,
+    pub url: String,
+    pub worker_id: Option<Uuid>,
+}
+
+pub struct Cluster {
+    pub db: TestDatabase,
+    pub mock_url: String,
+    pub apis: Vec<Process>,
+    pub workers: Vec<Process>,
+    /// Token of the test user `alice`.
+    pub token: String,
+    pub http: reqwest::Client,
+    mock: Process,
+    log_dir: PathBuf,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .expect("bind a free port")
+}
+
+impl Cluster {
+    /// Starts `apis` API replicas and `workers` workers (with `FAST_WORKER_ARGS`).
+    pub async fn start(apis: usize, workers: usize) -> Cluster {
+        match Cluster::try_start(apis, workers).await {
+            Ok(cluster) => cluster,
+            Err(error) => panic!("start the cluster: {error:#}"),
+        }
+    }
+
+    async fn try_start(apis: usize, workers: usize) -> anyhow::Result<Cluster> {
+        let db = test_database().await;
+        let log_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("target/test-logs")
+            .join(&db.name);
+        std::fs::create_dir_all(&log_dir)?;
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(64)
+            .build()?;
+        let mock_port = free_port();
+        let mock = spawn(
+            &log_dir,
+            "mock-llm",
+            &["mock-llm", "--addr", &format!("127.0.0.1:{mock_port}")],
+            &[],
+        )?;
+        let mock = Process {
+            child: mock,
+            url: format!("http://127.0.0.1:{mock_port}"),
+            worker_id: None,
+        };
+        wait_http_ok(&http, &format!("{}/healthz", mock.url)).await?;
+        let token = seed(&db, &format!("{}/v1", mock.url)).await?;
+        let mut cluster = Cluster {
+            db,
+            mock_url: mock.url.clone(),
+            apis: Vec::new(),
+            workers: Vec::new(),
+            token,
+            http,
+            mock,
+            log_dir,
+        };
+        for _ in 0..apis {
+            cluster.add_api().await?;
+        }
+        for _ in 0..workers {
+            cluster.add_worker(&[]).await?;
+        }
+        Ok(cluster)
+    }
+
+    pub async fn add_api(&mut self) -> anyhow::Result<()> {
+        let port = free_port();
+        let index = self.apis.len();
+        let child = spawn(
+            &self.log_dir,
+            &format!("api-{index}"),
+            &[
+                "api",
+                "--database-url",
+                &self.db.url,
+                "--addr",
+                &format!("127.0.0.1:{port}"),
+            ],
+            &[],
+        )?;
+        let url = format!("http://127.0.0.1:{port}");
+        wait_http_ok(&self.http, &format!("{url}/readyz")).await?;
+        self.apis.push(Process {
+            child,
+            url,
+            worker_id: None,
+        });
+        Ok(())
+    }
+
+    /// Starts a worker with `FAST_WORKER_ARGS` plus `extra` flags.
+    pub async fn add_worker(&mut self, extra: &[&str]) -> anyhow::Result<Uuid> {
+        let worker_id = Uuid::new_v4();
+        let index = self.workers.len();
+        let id_text = worker_id.to_string();
+        let mut args = vec![
+            "worker",
+            "--database-url",
+            &self.db.url,
+            "--worker-id",
+            &id_text,
+        ];
+        args.extend_from_slice(FAST_WORKER_ARGS);
+        args.extend_from_slice(extra);
+        let child = spawn(&self.log_dir, &format!("worker-{index}"), &args, &[])?;
+        self.workers.push(Process {
+            child,
+            url: String::new(),
+            worker_id: Some(worker_id),
+        });
+        Ok(worker_id)
+    }
+
+    /// A client of API replica `index` as the test user.
+    pub fn api(&self, index: usize) -> ApiClient {
+        ApiClient::new(&self.apis[index].url, &self.token, self.http.clone())
+    }
+
+    /// A client of API replica `index` with another token.
+    pub fn api_as(&self, index: usize, token: &str) -> ApiClient {
+        ApiClient::new(&self.apis[index].url, token, self.http.clone())
+    }
+
+    /// Creates another user and returns their token.
+    pub async fn create_user(&self, username: &str) -> String {
+        let client = self.db.connect().await.expect("connect");
+        chatd_shared::db::admin::create_user(&client, username, false)
+            .await
+            .expect("create user");
+        chatd_shared::db::admin::create_token(&client, username, "test")
+            .await
+            .expect("create token")
+    }
+
+    pub async fn sql(&self) -> tokio_postgres::Client {
+        self.db
+            .connect()
+            .await
+            .expect("connect to the test database")
+    }
+
+    /// Index of the worker process that owns `chat_id` now, if any.
+    pub async fn owner_worker(&self, chat_id: &str) -> Option<usize> {
+        let client = self.sql().await;
+        let chat_id = Uuid::parse_str(chat_id).ok()?;
+        let row = client
+            .query_opt("SELECT worker_id FROM chats WHERE id = $1", &[&chat_id])
+            .await
+            .ok()??;
+        let worker_id: Option<Uuid> = row.get(0);
+        self.workers
+            .iter()
+            .position(|worker| worker.worker_id.is_some() && worker.worker_id == worker_id)
+    }
+
+    pub fn signal_worker(&self, index: usize, signal: i32) {
+        let pid = self.workers[index].child.id() as i32;
+        // SAFETY: sending a signal to a child process we spawned and still own.
+        unsafe {
+            libc::kill(pid, signal);
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for process in self
+            .apis
+            .iter_mut()
+            .chain(self.workers.iter_mut())
+            .chain(std::iter::once(&mut self.mock))
+        {
+            let pid = process.child.id() as i32;
+            // A stopped (SIGSTOP) child must be continued to die promptly.
+            // SAFETY: signalling our own child.
+            unsafe {
+                libc::kill(pid, libc::SIGCONT);
+            }
+            let _ = process.child.kill();
+            let _ = process.child.wait();
+        }
+    }
+}
+
+fn spawn(
+    log_dir: &std::path::Path,
+    role: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> anyhow::Result<Child> {
+    let log = std::fs::File::create(log_dir.join(format!("{role}.log")))?;
+    let mut command = Command::new(env!("CARGO_BIN_EXE_chatd"));
+    command
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .env("RUST_LOG", "info");
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    command
+        .spawn()
+        .with_context(|| format!("spawn chatd {role}"))
+}
+
+async fn wait_http_ok(http: &reqwest::Client, url: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(response) = http.get(url).send().await {
+            if response.status().is_success() {
+                return Ok(());
+            }
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{url} did not become ready in 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Provider + default model pointing at the mock, and user `alice` with a token.
+async fn seed(db: &TestDatabase, mock_base_url: &str) -> anyhow::Result<String> {
+    let mut client = db.connect().await?;
+    let provider = chatd_shared::db::admin::create_provider(
+        &client,
+        ProviderKind::OpenaiCompatible,
+        mock_base_url,
+        None,
+    )
+    .await?;
+    chatd_shared::db::admin::create_model(
+        &mut client,
+        chatd_shared::db::admin::NewModel {
+            provider_id: provider,
+            model: "mock",
+            context_limit: None,
+            is_default: true,
+        },
+    )
+    .await?;
+    chatd_shared::db::admin::create_user(&client, "alice", false).await?;
+    chatd_shared::db::admin::create_token(&client, "alice", "test").await
+}
+
+/// Polls `check` until it returns `Some`, or panics after `timeout` naming `what`.
+pub async fn wait_until<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A user message with a mock directive.
+pub fn directive_message(text: &str, directive: Value) -> String {
+    format!("{text}\n@mock {directive}")
+}
+
+/// Creates a chat with `message` on `api`; returns (chat id, user message id).
+pub async fn create_chat(api: &ApiClient, message: &str) -> (String, i64) {
+    let (status, body) = api
+        .post("/chats", &json!({ "message": message }))
+        .await
+        .expect("create chat");
+    assert_eq!(status, 201, "create chat: {body}");
+    (
+        body["chat"]["id"].as_str().expect("chat id").to_string(),
+        body["message"]["id"].as_i64().expect("message id"),
+    )
+}
+
+/// The chat's messages, oldest first.
+pub async fn messages(api: &ApiClient, chat_id: &str) -> Vec<Value> {
+    let (status, body) = api
+        .get(&format!("/chats/{chat_id}/messages?limit=200"))
+        .await
+        .expect("list messages");
+    assert_eq!(status, 200, "list messages: {body}");
+    let mut items = body["items"].as_array().cloned().unwrap_or_default();
+    items.reverse();
+    items
+}
+
+pub async fn chat_status(api: &ApiClient, chat_id: &str) -> String {
+    let (_, body) = api
+        .get(&format!("/chats/{chat_id}"))
+        .await
+        .expect("get chat");
+    body["chat"]["status"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}

@@ -1,0 +1,6 @@
+// Each test binary uses only part of the harness.
+#![allow(dead_code)]
+
+pub mod cluster;
+pub mod pg;
+pub mod sse;

@@ -1,0 +1,108 @@
+//! Reading a chat's SSE stream in tests, and the stream-integrity checks (I1, I3).
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+
+use chatd_api::client::{ApiClient, StreamEvent};
+
+pub struct Reader {
+    events: Pin<Box<dyn Stream<Item = anyhow::Result<StreamEvent>> + Send>>,
+    /// Everything received so far, in order.
+    pub seen: Vec<StreamEvent>,
+}
+
+impl Reader {
+    pub async fn open(api: &ApiClient, chat_id: &str, cursor: Option<&str>) -> Reader {
+        let events = api.stream(chat_id, cursor).await.expect("open the stream");
+        Reader {
+            events: Box::pin(events),
+            seen: Vec::new(),
+        }
+    }
+
+    /// The next event; panics after `timeout`.
+    pub async fn next(&mut self, timeout: Duration) -> StreamEvent {
+        let event = tokio::time::timeout(timeout, self.events.next())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "no stream event within {timeout:?}; seen: {:?}",
+                    self.tail()
+                )
+            })
+            .expect("the stream ended")
+            .expect("read the stream");
+        self.seen.push(event.clone());
+        event
+    }
+
+    /// Reads until `predicate` holds for an event; returns it.
+    pub async fn until(
+        &mut self,
+        timeout: Duration,
+        predicate: impl Fn(&StreamEvent) -> bool,
+    ) -> StreamEvent {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let event = self.next(left.max(Duration::from_millis(1))).await;
+            if predicate(&event) {
+                return event;
+            }
+        }
+    }
+
+    /// Reads until an assistant message arrived and then status `waiting`.
+    pub async fn until_turn_done(&mut self, timeout: Duration) {
+        self.until(timeout, |event| {
+            event.event == "message" && event.data["role"] == "assistant"
+        })
+        .await;
+        self.until(timeout, |event| {
+            event.event == "status" && event.data["status"] == "waiting"
+        })
+        .await;
+    }
+
+    pub fn last_id(&self) -> String {
+        self.seen
+            .last()
+            .map(|event| event.id.clone())
+            .unwrap_or_default()
+    }
+
+    fn tail(&self) -> Vec<String> {
+        self.seen
+            .iter()
+            .rev()
+            .take(5)
+            .map(|event| format!("{} {} {}", event.event, event.id, event.data))
+            .collect()
+    }
+}
+
+/// Asserts I1 over `events` (seq 1, 2, 3 … per attempt, no gap, no duplicate; a new attempt
+/// restarts at 1) and returns the concatenated text deltas of the last attempt seen.
+pub fn assert_contiguous(events: &[StreamEvent]) -> String {
+    let mut attempt = -1;
+    let mut last_seq = 0;
+    let mut text = String::new();
+    for event in events.iter().filter(|event| event.event == "message_part") {
+        let event_attempt = event.data["attempt"].as_i64().expect("attempt");
+        let seq = event.data["seq"].as_i64().expect("seq");
+        if event_attempt != attempt {
+            assert!(event_attempt > attempt, "attempt went backwards: {event:?}");
+            attempt = event_attempt;
+            last_seq = 0;
+            text.clear();
+        }
+        assert_eq!(seq, last_seq + 1, "seq gap or duplicate at {event:?}");
+        last_seq = seq;
+        if event.data["part"]["type"] == "text" {
+            text.push_str(event.data["part"]["text"].as_str().unwrap_or_default());
+        }
+    }
+    text
+}

@@ -1,0 +1,16 @@
+//! The worker: acquires runnable chats, runs turns, publishes stream frames.
+//!
+//! **Invariant:** this crate never depends on `chatd-api`; it never knows the public wire
+//! format except the SSE `data` of stream events it publishes (documented in DESIGN.md).
+
+pub mod config;
+pub mod flusher;
+pub mod mock_llm;
+pub mod provider;
+pub mod recovery;
+pub mod runtime;
+pub mod store;
+pub mod turn;
+
+pub use config::WorkerConfig;
+pub use runtime::run;

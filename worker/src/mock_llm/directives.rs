@@ -1,0 +1,171 @@
+//! `@mock {json}` lines: how a test scripts the mock from inside the user message.
+//!
+//! Unknown keys and malformed JSON are rejected (HTTP 400) rather than ignored, so a typo in a
+//! test fails loudly instead of silently testing the default behaviour.
+
+use serde::Deserialize;
+
+/// Upper bound for token counts, so a typo cannot make the mock stream for hours.
+const MAX_TOKENS: usize = 1_000_000;
+/// Upper bound for every delay, for the same reason.
+const MAX_DELAY_MS: u64 = 3_600_000;
+
+/// The behaviour requested by the `@mock` lines of the last user message (see the module docs
+/// of `mock_llm` for each key).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Directives {
+    pub tokens: Option<usize>,
+    pub tokens_per_second: Option<f64>,
+    pub ttft_ms: Option<u64>,
+    pub error_status: Option<u16>,
+    pub retry_after_s: Option<u64>,
+    pub fail_times: Option<u32>,
+    pub cut_after: Option<usize>,
+    pub stall_ms: Option<u64>,
+    pub tool_calls: Option<Vec<ToolCallDirective>>,
+    pub reasoning_tokens: Option<usize>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolCallDirective {
+    pub name: String,
+    #[serde(default = "empty_object")]
+    pub arguments: serde_json::Value,
+}
+
+fn empty_object() -> serde_json::Value {
+    serde_json::Value::Object(serde_json::Map::new())
+}
+
+/// Reads every `@mock` line of `message` (later lines override earlier keys) and validates the
+/// result. The error is a sentence for the 400 body.
+pub fn parse_directives(message: &str) -> Result<Directives, String> {
+    let mut merged = serde_json::Map::new();
+    for line in message.lines() {
+        let Some(rest) = line.trim_start().strip_prefix("@mock") else {
+            continue;
+        };
+        if rest.starts_with(|character: char| character.is_alphanumeric() || character == '_') {
+            continue; // `@mockery` is prose, not a directive
+        }
+        let json = rest.trim();
+        match serde_json::from_str::<serde_json::Value>(json) {
+            Ok(serde_json::Value::Object(object)) => merged.extend(object),
+            Ok(_) => {
+                return Err(format!(
+                    "invalid @mock directive: expected a JSON object, got `{json}`"
+                ))
+            }
+            Err(error) => {
+                return Err(format!(
+                    "invalid @mock directive: bad JSON `{json}`: {error}"
+                ))
+            }
+        }
+    }
+    let directives: Directives = serde_json::from_value(serde_json::Value::Object(merged))
+        .map_err(|error| format!("invalid @mock directive: {error}"))?;
+    directives.validate()?;
+    Ok(directives)
+}
+
+impl Directives {
+    fn validate(&self) -> Result<(), String> {
+        let invalid = |message: String| Err(format!("invalid @mock directive: {message}"));
+        for (key, value) in [
+            ("tokens", self.tokens),
+            ("reasoning_tokens", self.reasoning_tokens),
+        ] {
+            if value.is_some_and(|count| count > MAX_TOKENS) {
+                return invalid(format!("`{key}` must be at most {MAX_TOKENS}"));
+            }
+        }
+        if let Some(rate) = self.tokens_per_second {
+            if !rate.is_finite() || rate < 0.0 {
+                return invalid("`tokens_per_second` must be a number >= 0".to_owned());
+            }
+        }
+        for (key, value) in [("ttft_ms", self.ttft_ms), ("stall_ms", self.stall_ms)] {
+            if value.is_some_and(|millis| millis > MAX_DELAY_MS) {
+                return invalid(format!("`{key}` must be at most {MAX_DELAY_MS}"));
+            }
+        }
+        if let Some(status) = self.error_status {
+            if !(400..=599).contains(&status) {
+                return invalid(format!("`error_status` must be 400-599, got {status}"));
+            }
+        }
+        if self
+            .retry_after_s
+            .is_some_and(|seconds| seconds > MAX_DELAY_MS / 1000)
+        {
+            return invalid("`retry_after_s` must be at most 3600".to_owned());
+        }
+        for call in self.tool_calls.iter().flatten() {
+            if call.name.trim().is_empty() {
+                return invalid("every entry of `tool_calls` needs a non-empty `name`".to_owned());
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_directive_means_defaults() {
+        assert_eq!(
+            parse_directives("just a question"),
+            Ok(Directives::default())
+        );
+        assert_eq!(
+            parse_directives("ask @mockery about it"),
+            Ok(Directives::default())
+        );
+    }
+
+    #[test]
+    fn directives_are_read_from_any_line_and_merged() {
+        let message =
+            "Hello\n  @mock {\"tokens\": 3, \"ttft_ms\": 5}\nmore text\n@mock {\"tokens\": 4}";
+        let directives = parse_directives(message).expect("valid directives");
+        assert_eq!(directives.tokens, Some(4));
+        assert_eq!(directives.ttft_ms, Some(5));
+        let calls = parse_directives(
+            r#"@mock {"tool_calls": [{"name": "read"}, {"name": "sum", "arguments": {"a": 1}}]}"#,
+        )
+        .expect("valid tool calls")
+        .tool_calls
+        .unwrap_or_default();
+        assert_eq!(calls.len(), 2);
+        assert_eq!(calls[0].arguments, serde_json::json!({}));
+        assert_eq!(calls[1].arguments, serde_json::json!({"a": 1}));
+    }
+
+    #[test]
+    fn bad_directives_name_the_problem() {
+        let error = |message: &str| parse_directives(message).expect_err("rejected");
+        let unknown = error("@mock {\"tokenz\": 3}");
+        assert!(unknown.contains("unknown field `tokenz`"), "{unknown}");
+        let bad_json = error("@mock {tokens: 3}");
+        assert!(bad_json.contains("bad JSON"), "{bad_json}");
+        let not_object = error("@mock [1]");
+        assert!(
+            not_object.contains("expected a JSON object"),
+            "{not_object}"
+        );
+        let wrong_type = error("@mock {\"tokens\": \"many\"}");
+        assert!(wrong_type.contains("invalid type"), "{wrong_type}");
+        let status = error("@mock {\"error_status\": 200}");
+        assert!(status.contains("error_status"), "{status}");
+        let rate = error("@mock {\"tokens_per_second\": -1}");
+        assert!(rate.contains("tokens_per_second"), "{rate}");
+        let nameless = error("@mock {\"tool_calls\": [{\"name\": \"\"}]}");
+        assert!(nameless.contains("name"), "{nameless}");
+        assert!(parse_directives("@mock").is_err());
+    }
+}

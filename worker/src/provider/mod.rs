@@ -1,0 +1,152 @@
+//! The provider layer: one streaming call to a model, whatever protocol the provider speaks.
+//!
+//! Every protocol maps onto the same [`ProviderEvent`] stream so the turn loop never knows which
+//! wire format it is talking to. Each protocol is a sibling module (`openai_chat` today; OpenAI
+//! Responses and Anthropic Messages will sit next to it) built from the shared [`sse`] decoder and
+//! the shared [`error`] classification.
+//!
+//! **Invariant:** a successful stream always ends with exactly one [`ProviderEvent::Finish`]; a
+//! stream that stops without its protocol's terminal marker yields a retryable "truncated" error
+//! instead, so partial output is never mistaken for a complete answer.
+//!
+//! **Invariant:** nothing here retries. Retrying (and re-sending a request that costs money) is
+//! the turn loop's decision, made from [`ProviderError::retryable`] and
+//! [`ProviderError::retry_after`].
+
+pub mod error;
+pub mod openai_chat;
+pub mod sse;
+
+use std::fmt;
+use std::pin::Pin;
+
+use chatd_shared::domain::{ContentPart, ProviderKind, Role};
+
+pub use error::{ErrorKind, ProviderError};
+
+/// Where and how to reach a provider; built from a `providers` row.
+#[derive(Clone)]
+pub struct ProviderEndpoint {
+    pub kind: ProviderKind,
+    /// API root including the version segment, e.g. `http://127.0.0.1:9090/v1`; a trailing slash
+    /// is tolerated.
+    pub base_url: String,
+    /// Sent as a bearer token when present; local servers (and the mock) need none.
+    pub api_key: Option<String>,
+}
+
+/// `Debug` by hand so the API key can never end up in a log line.
+impl fmt::Debug for ProviderEndpoint {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter
+            .debug_struct("ProviderEndpoint")
+            .field("kind", &self.kind)
+            .field("base_url", &self.base_url)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// One model step: the prompt as domain messages, translated per protocol by the client.
+#[derive(Debug, Clone)]
+pub struct ModelRequest {
+    pub model: String,
+    pub messages: Vec<PromptMessage>,
+    /// Upper bound on generated tokens; `None` leaves it to the provider's default.
+    pub max_output_tokens: Option<u32>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PromptMessage {
+    pub role: Role,
+    /// Blank text/reasoning parts are allowed here; every client drops them before sending.
+    pub content: Vec<ContentPart>,
+}
+
+/// The protocol-independent stream of one model step.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ProviderEvent {
+    TextDelta(String),
+    ReasoningDelta(String),
+    /// The first fragment of a tool call; `index` identifies the call in later events.
+    ToolCallStart {
+        index: usize,
+        id: String,
+        name: String,
+    },
+    ToolCallArgsDelta {
+        index: usize,
+        delta: String,
+    },
+    /// Emitted once per call when the step finishes, with the concatenated arguments parsed.
+    /// Arguments that are not valid JSON are kept verbatim as a JSON string value so nothing the
+    /// model said is lost; empty arguments become `{}`.
+    ToolCallEnd {
+        index: usize,
+        args: serde_json::Value,
+    },
+    /// Emitted at most once, before [`ProviderEvent::Finish`].
+    Usage(Usage),
+    /// Always the last event of a successful stream.
+    Finish {
+        reason: FinishReason,
+        /// The provider's id of the response (OpenAI chat: the chunk `id`), for accounting.
+        response_id: Option<String>,
+    },
+}
+
+/// Token counts of one step, normalised across providers.
+///
+/// `input_tokens` is the whole prompt *including* cached tokens (`cache_read_tokens` and
+/// `cache_write_tokens` are subsets of it), and `output_tokens` includes `reasoning_tokens`, so
+/// `input_tokens` alone says how full the context window is (compaction) and cost maths
+/// subtracts the cached parts before applying the plain input price.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub reasoning_tokens: i64,
+    pub cache_read_tokens: i64,
+    pub cache_write_tokens: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FinishReason {
+    Stop,
+    /// The output hit `max_output_tokens` (or the provider's limit).
+    Length,
+    /// The model wants tool results before it continues.
+    ToolCalls,
+    ContentFilter,
+    /// A reason this layer does not know, kept verbatim.
+    Other(String),
+}
+
+/// A boxed stream so callers need not name each protocol's stream type.
+pub type EventStream =
+    Pin<Box<dyn futures::Stream<Item = Result<ProviderEvent, ProviderError>> + Send>>;
+
+/// Sends the request and returns the event stream once response headers arrived with 2xx.
+///
+/// A non-2xx answer becomes `Err(ProviderError)` classified from the status, the body and the
+/// retry headers. Errors after that point (in-stream error objects, truncation, a dropped
+/// connection) arrive as the stream's final `Err` item.
+pub async fn stream(
+    http: &reqwest::Client,
+    endpoint: &ProviderEndpoint,
+    request: &ModelRequest,
+) -> Result<EventStream, ProviderError> {
+    match endpoint.kind {
+        ProviderKind::Openai | ProviderKind::OpenaiCompatible | ProviderKind::Mock => {
+            openai_chat::stream(http, endpoint, request).await
+        }
+        ProviderKind::OpenaiResponses | ProviderKind::Anthropic => Err(ProviderError::new(
+            ErrorKind::Config,
+            format!(
+                "provider kind {} is not supported yet",
+                endpoint.kind.as_str()
+            ),
+            false,
+        )),
+    }
+}

@@ -1,0 +1,142 @@
+//! The recovery sweep (runs on every worker; `SKIP LOCKED` keeps sweeps from colliding).
+//!
+//! - running/interrupting with a heartbeat older than `stale_after` → pending (running) or
+//!   waiting (interrupting);
+//! - waiting with a non-empty queue for over a second → the head is promoted, pending;
+//! - the resume log is trimmed: frames of superseded attempts, and of turns that ended a
+//!   minute ago.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use uuid::Uuid;
+
+use chatd_shared::domain::ChatStatus;
+use chatd_shared::pubsub::publish;
+
+use crate::store::{status_notices, Committed};
+
+/// One sweep. Returns how many chats were recovered.
+pub async fn sweep(
+    client: &mut tokio_postgres::Client,
+    stale_after: Duration,
+    trim_frames: bool,
+) -> Result<usize, tokio_postgres::Error> {
+    let stale_ms = stale_after.as_millis() as i64;
+    let rows = client
+        .query(
+            "WITH stale AS ( \
+                 SELECT id FROM chats WHERE status IN ('running', 'interrupting') \
+                 AND heartbeat_at < now() - ($1::bigint * interval '1 millisecond') \
+                 ORDER BY heartbeat_at FOR UPDATE SKIP LOCKED LIMIT 100) \
+             UPDATE chats c SET status = CASE WHEN c.status = 'running' THEN 'pending' ELSE 'waiting' END, \
+                 worker_id = NULL, heartbeat_at = NULL, version = c.version + 1, updated_at = now() \
+             FROM stale WHERE c.id = stale.id \
+             RETURNING c.id, c.owner_id, c.version, c.status, c.attempt",
+            &[&stale_ms],
+        )
+        .await?;
+    let mut notices = Vec::new();
+    for row in &rows {
+        let status = ChatStatus::parse(row.get(3)).unwrap_or(ChatStatus::Pending);
+        tracing::warn!(chat_id = %row.get::<_, Uuid>(0), status = status.as_str(), "recovered a stale lease");
+        notices.extend(status_notices(
+            row.get(0),
+            row.get(1),
+            row.get(2),
+            status,
+            row.get(4),
+        ));
+    }
+    metrics::counter!("chatd_stale_recoveries_total").increment(rows.len() as u64);
+    let promoted = promote_stranded_queues(client, &mut notices).await?;
+    publish(&*client, &notices).await?;
+    if trim_frames {
+        client
+            .execute(
+                "DELETE FROM chat_stream_frames f USING chats c WHERE f.chat_id = c.id AND \
+                 (f.attempt < c.attempt OR (c.status NOT IN ('running', 'interrupting') \
+                  AND c.updated_at < now() - interval '60 seconds'))",
+                &[],
+            )
+            .await?;
+        client
+            .execute(
+                "DELETE FROM chat_stream_frames f WHERE NOT EXISTS \
+                 (SELECT 1 FROM chats c WHERE c.id = f.chat_id)",
+                &[],
+            )
+            .await?;
+    }
+    let gauge = client
+        .query_one(
+            "SELECT count(*), coalesce(extract(epoch FROM now() - min(updated_at)), 0)::float8 \
+             FROM chats WHERE status = 'pending'",
+            &[],
+        )
+        .await?;
+    metrics::gauge!("chatd_pending_chats").set(gauge.get::<_, i64>(0) as f64);
+    metrics::gauge!("chatd_oldest_pending_age_seconds").set(gauge.get::<_, f64>(1));
+    Ok(rows.len() + promoted)
+}
+
+/// Waiting chats with a queue (left so by a crash between steps): promote the head.
+async fn promote_stranded_queues(
+    client: &mut tokio_postgres::Client,
+    notices: &mut Vec<(String, String)>,
+) -> Result<usize, tokio_postgres::Error> {
+    let transaction = client.transaction().await?;
+    let stranded = transaction
+        .query(
+            "SELECT c.id, c.owner_id FROM chats c WHERE c.status = 'waiting' AND NOT c.archived \
+             AND c.updated_at < now() - interval '1 second' \
+             AND EXISTS (SELECT 1 FROM chat_queued_messages q WHERE q.chat_id = c.id) \
+             FOR UPDATE SKIP LOCKED LIMIT 50",
+            &[],
+        )
+        .await?;
+    for chat in &stranded {
+        let chat_id: Uuid = chat.get(0);
+        let head = transaction
+            .query_one(
+                "DELETE FROM chat_queued_messages WHERE id = \
+                 (SELECT id FROM chat_queued_messages WHERE chat_id = $1 ORDER BY position, id LIMIT 1) \
+                 RETURNING content, model_config_id, created_by",
+                &[&chat_id],
+            )
+            .await?;
+        transaction
+            .execute(
+                "INSERT INTO chat_messages (chat_id, role, content, visibility, created_by, \
+                 model_config_id) VALUES ($1, 'user', $2, 'both', $4, $3)",
+                &[
+                    &chat_id,
+                    &head.get::<_, Value>(0),
+                    &head.get::<_, Option<Uuid>>(1),
+                    &head.get::<_, Option<Uuid>>(2),
+                ],
+            )
+            .await?;
+        let row = transaction
+            .query_one(
+                "UPDATE chats SET status = 'pending', version = version + 1, updated_at = now() \
+                 WHERE id = $1 RETURNING version, attempt",
+                &[&chat_id],
+            )
+            .await?;
+        notices.extend(crate::store::change_notices(
+            chat_id,
+            chat.get(1),
+            &Committed {
+                version: row.get(0),
+                status: ChatStatus::Pending,
+                attempt: row.get(1),
+                messages: true,
+                queue: true,
+                error: false,
+            },
+        ));
+    }
+    transaction.commit().await?;
+    Ok(stranded.len())
+}

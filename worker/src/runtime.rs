@@ -1,0 +1,356 @@
+//! The worker process: acquire loop, heartbeat, recovery sweep, control channel, flusher and
+//! graceful shutdown, all owned by `run`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use uuid::Uuid;
+
+use chatd_shared::db::pool::build_pool;
+use chatd_shared::domain::ChatStatus;
+use chatd_shared::pubsub::{
+    publish, worker_channel, ControlKind, ControlNotice, Listener, ListenerEvent, WAKE_CHANNEL,
+};
+
+use crate::config::WorkerConfig;
+use crate::flusher::StreamFlusher;
+use crate::recovery;
+use crate::store;
+use crate::turn::control::{StopReason, TurnControl};
+use crate::turn::{run_turn, TurnDeps};
+
+/// A turn this worker is running.
+struct RunningTurn {
+    attempt: i32,
+    /// `chats.version` when claimed: control notices older than this are late and ignored.
+    claimed_version: i64,
+    control: Arc<TurnControl>,
+}
+
+struct Shared {
+    config: Arc<WorkerConfig>,
+    turns: Mutex<HashMap<Uuid, RunningTurn>>,
+    wake: Notify,
+    /// Set when a running turn ends, so the acquire loop can use the freed capacity.
+    capacity_freed: Notify,
+}
+
+impl Shared {
+    fn turns(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, RunningTurn>> {
+        self.turns
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Runs the worker until `shutdown` is cancelled, then drains: stop acquiring, let running
+/// turns finish for `shutdown_grace`, release the rest to pending.
+pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let config = Arc::new(config);
+    let pool = build_pool(&config.database_url, "chatd-worker", config.pool_size)?;
+    let http = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .pool_max_idle_per_host(1024)
+        .build()
+        .context("build the http client")?;
+    let background = CancellationToken::new();
+    let flusher = StreamFlusher::new(pool.clone(), config.worker_id);
+    let shared = Arc::new(Shared {
+        config: config.clone(),
+        turns: Mutex::new(HashMap::new()),
+        wake: Notify::new(),
+        capacity_freed: Notify::new(),
+    });
+    let (sink, events) = mpsc::channel(4096);
+    Listener::spawn(
+        &config.database_url,
+        "chatd-worker-listener",
+        vec![WAKE_CHANNEL.to_string(), worker_channel(config.worker_id)],
+        sink,
+        background.clone(),
+    )?;
+    let tracker = TaskTracker::new();
+    tracker.spawn(
+        flusher
+            .clone()
+            .run(config.stream_flush_interval, background.clone()),
+    );
+    tracker.spawn(dispatch_notifications(shared.clone(), events));
+    tracker.spawn(heartbeat_loop(
+        shared.clone(),
+        pool.clone(),
+        background.clone(),
+    ));
+    tracker.spawn(sweep_loop(shared.clone(), pool.clone(), background.clone()));
+    let turns = TaskTracker::new();
+    let deps = TurnDeps {
+        config: config.clone(),
+        pool: pool.clone(),
+        http,
+        flusher,
+    };
+    tracing::info!(worker_id = %config.worker_id, "worker started");
+    acquire_loop(shared.clone(), pool.clone(), deps, &turns, shutdown.clone()).await;
+
+    // Graceful shutdown: no more acquiring; running turns get the grace period.
+    turns.close();
+    let running = shared.turns().len();
+    if running > 0 {
+        tracing::info!(running, grace = ?config.shutdown_grace, "waiting for running turns");
+    }
+    if tokio::time::timeout(config.shutdown_grace, turns.wait())
+        .await
+        .is_err()
+    {
+        let controls: Vec<Arc<TurnControl>> = shared
+            .turns()
+            .values()
+            .map(|turn| turn.control.clone())
+            .collect();
+        tracing::info!(count = controls.len(), "grace period over; releasing turns");
+        for control in controls {
+            control.stop(StopReason::Shutdown);
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(10), turns.wait()).await;
+    }
+    background.cancel();
+    tracker.close();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
+    tracing::info!("worker stopped");
+    Ok(())
+}
+
+async fn acquire_loop(
+    shared: Arc<Shared>,
+    pool: deadpool_postgres::Pool,
+    deps: TurnDeps,
+    turns: &TaskTracker,
+    shutdown: CancellationToken,
+) {
+    let config = shared.config.clone();
+    let mut ticker = tokio::time::interval(config.acquire_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let free = config
+            .max_concurrent_turns
+            .saturating_sub(shared.turns().len());
+        let mut claimed_full_batch = false;
+        if free > 0 {
+            let limit = free.min(config.acquire_batch) as i64;
+            match claim(&shared, &pool, &deps, turns, limit).await {
+                Ok(count) => claimed_full_batch = count as i64 == limit,
+                Err(error) => {
+                    tracing::warn!(error = format!("{error:#}"), "claim pending chats");
+                }
+            }
+        }
+        if claimed_full_batch {
+            continue; // more may be waiting
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+            _ = shared.wake.notified() => {}
+            _ = shared.capacity_freed.notified(), if free == 0 => {}
+        }
+    }
+}
+
+/// One acquire statement; spawns a task per claimed chat. Returns how many were claimed.
+async fn claim(
+    shared: &Arc<Shared>,
+    pool: &deadpool_postgres::Pool,
+    deps: &TurnDeps,
+    turns: &TaskTracker,
+    limit: i64,
+) -> anyhow::Result<usize> {
+    let client = pool.get().await.context("get a connection")?;
+    let claims = store::acquire(&client, shared.config.worker_id, limit)
+        .await
+        .context("claim pending chats")?;
+    if claims.is_empty() {
+        return Ok(0);
+    }
+    let mut notices = Vec::with_capacity(claims.len() * 2);
+    for claim in &claims {
+        metrics::histogram!("chatd_acquire_latency_seconds").record(claim.pending_seconds);
+        notices.extend(store::status_notices(
+            claim.chat_id,
+            claim.owner_id,
+            claim.version,
+            ChatStatus::Running,
+            claim.attempt,
+        ));
+    }
+    if let Err(error) = publish(&**client, &notices).await {
+        tracing::warn!(error = %error, "publish acquire hints");
+    }
+    drop(client);
+    for claim in claims.iter().cloned() {
+        let control = Arc::new(TurnControl::default());
+        shared.turns().insert(
+            claim.chat_id,
+            RunningTurn {
+                attempt: claim.attempt,
+                claimed_version: claim.version,
+                control: control.clone(),
+            },
+        );
+        let shared = shared.clone();
+        let deps = deps.clone();
+        turns.spawn(async move {
+            let chat_id = claim.chat_id;
+            let attempt = claim.attempt;
+            // A panic in a turn must not take the worker down; the lease then expires.
+            let outcome = tokio::spawn(run_turn(deps, claim, control)).await;
+            if let Err(error) = outcome {
+                tracing::error!(%chat_id, error = %error, "turn task panicked");
+            }
+            let mut running = shared.turns();
+            if running
+                .get(&chat_id)
+                .is_some_and(|turn| turn.attempt <= attempt)
+            {
+                running.remove(&chat_id);
+            }
+            drop(running);
+            shared.capacity_freed.notify_one();
+        });
+    }
+    Ok(claims.len())
+}
+
+async fn dispatch_notifications(shared: Arc<Shared>, mut events: mpsc::Receiver<ListenerEvent>) {
+    let control_channel = worker_channel(shared.config.worker_id);
+    while let Some(event) = events.recv().await {
+        match event {
+            ListenerEvent::Notification { channel, payload } => {
+                if channel == WAKE_CHANNEL {
+                    shared.wake.notify_one();
+                } else if channel == control_channel {
+                    match serde_json::from_str::<ControlNotice>(&payload) {
+                        Ok(notice) => control(&shared, notice),
+                        Err(error) => tracing::warn!(error = %error, "unreadable control notice"),
+                    }
+                }
+            }
+            // Notifications may have been missed: poll now (heartbeat repairs control).
+            ListenerEvent::Reconnected => shared.wake.notify_one(),
+            ListenerEvent::Disconnected => {}
+        }
+    }
+}
+
+fn control(shared: &Shared, notice: ControlNotice) {
+    let turns = shared.turns();
+    let Some(turn) = turns.get(&notice.chat_id) else {
+        return; // late or for a turn that already ended: nothing to do
+    };
+    if notice.version <= turn.claimed_version {
+        // Published before this turn was claimed (e.g. for the previous turn): ignore.
+        tracing::info!(chat_id = %notice.chat_id, version = notice.version, "ignored a late control notice");
+        return;
+    }
+    match notice.kind {
+        ControlKind::Interrupt => turn.control.stop(StopReason::Interrupt),
+        ControlKind::Cancel => turn.control.stop(StopReason::LeaseLost),
+    }
+}
+
+/// One batched heartbeat per interval. Turns missing from the result (or whose attempt
+/// changed) lost their lease; `interrupting` ones are interrupted (fallback for a lost
+/// control notification).
+async fn heartbeat_loop(
+    shared: Arc<Shared>,
+    pool: deadpool_postgres::Pool,
+    shutdown: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(shared.config.heartbeat_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let owned: Vec<(Uuid, i32)> = shared
+            .turns()
+            .iter()
+            .map(|(chat_id, turn)| (*chat_id, turn.attempt))
+            .collect();
+        if owned.is_empty() {
+            continue;
+        }
+        let chat_ids: Vec<Uuid> = owned.iter().map(|(chat_id, _)| *chat_id).collect();
+        let result = async {
+            let client = pool.get().await?;
+            anyhow::Ok(store::heartbeat(&client, shared.config.worker_id, &chat_ids).await?)
+        }
+        .await;
+        let leases = match result {
+            Ok(leases) => leases,
+            Err(error) => {
+                tracing::warn!(error = format!("{error:#}"), "heartbeat failed");
+                continue;
+            }
+        };
+        let by_chat: HashMap<Uuid, &store::LeaseState> =
+            leases.iter().map(|lease| (lease.chat_id, lease)).collect();
+        let turns = shared.turns();
+        for (chat_id, _) in owned {
+            let Some(turn) = turns.get(&chat_id) else {
+                continue;
+            };
+            match by_chat.get(&chat_id) {
+                // Renewed attempts (step restarts) are newer than the claim's: still ours.
+                Some(lease) if lease.attempt >= turn.attempt => {
+                    if lease.status == ChatStatus::Interrupting {
+                        turn.control.stop(StopReason::Interrupt);
+                    }
+                }
+                _ => {
+                    tracing::warn!(%chat_id, "lease lost; stopping the turn");
+                    turn.control.stop(StopReason::LeaseLost);
+                }
+            }
+        }
+    }
+}
+
+async fn sweep_loop(
+    shared: Arc<Shared>,
+    pool: deadpool_postgres::Pool,
+    shutdown: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(shared.config.sweep_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut round: u64 = 0;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        round += 1;
+        let result = async {
+            let mut client = pool.get().await?;
+            anyhow::Ok(
+                recovery::sweep(
+                    &mut client,
+                    shared.config.stale_after,
+                    round.is_multiple_of(6),
+                )
+                .await?,
+            )
+        }
+        .await;
+        match result {
+            Ok(recovered) if recovered > 0 => shared.wake.notify_one(),
+            Ok(_) => {}
+            Err(error) => tracing::warn!(error = format!("{error:#}"), "recovery sweep failed"),
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! Loading what a turn needs: the model (with its provider) and the prompt.
+
+use anyhow::Context;
+use serde_json::Value;
+use uuid::Uuid;
+
+use chatd_shared::domain::{ContentPart, ProviderKind, Role};
+
+use crate::provider::{PromptMessage, ProviderEndpoint};
+
+/// The resolved model of a turn.
+pub struct ModelChoice {
+    pub model_config_id: Uuid,
+    pub model: String,
+    pub max_output_tokens: Option<u32>,
+    pub endpoint: ProviderEndpoint,
+    /// Prices per million tokens, micro-dollars (None = unpriced).
+    pub input_price_micros: Option<i64>,
+    pub output_price_micros: Option<i64>,
+}
+
+/// Why a turn cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum ContextError {
+    #[error("no model is configured: create one with `chatd admin create-model --default`")]
+    NoModel,
+    #[error("{0}")]
+    Config(String),
+    #[error(transparent)]
+    Database(#[from] tokio_postgres::Error),
+}
+
+/// The prompt: system rows plus the messages from the latest compaction summary on, in order,
+/// with blank text/reasoning parts dropped. Also returns the model the newest user message
+/// (or the chat) asked for.
+pub async fn load_prompt(
+    client: &tokio_postgres::Client,
+    chat_id: Uuid,
+) -> Result<(Vec<PromptMessage>, Option<Uuid>), ContextError> {
+    let rows = client
+        .query(
+            "SELECT m.role, m.content, m.model_config_id, c.model_config_id FROM chat_messages m \
+             JOIN chats c ON c.id = m.chat_id \
+             WHERE m.chat_id = $1 AND NOT m.deleted AND m.visibility <> 'user' \
+             AND (m.role = 'system' OR m.id >= coalesce((SELECT max(id) FROM chat_messages \
+                  WHERE chat_id = $1 AND compressed AND NOT deleted), 0)) \
+             ORDER BY m.id",
+            &[&chat_id],
+        )
+        .await?;
+    let mut prompt = Vec::with_capacity(rows.len());
+    let mut wanted_model = None;
+    for row in &rows {
+        let role = Role::parse(row.get(0)).unwrap_or(Role::User);
+        let content: Value = row.get(1);
+        let parts: Vec<ContentPart> = serde_json::from_value(content)
+            .map_err(|error| ContextError::Config(format!("stored message content: {error}")))?;
+        let parts: Vec<ContentPart> = parts.into_iter().filter(|part| !part.is_blank()).collect();
+        if role == Role::User {
+            wanted_model = row.get::<_, Option<Uuid>>(2).or(row.get(3));
+        }
+        if !parts.is_empty() {
+            prompt.push(PromptMessage {
+                role,
+                content: parts,
+            });
+        }
+    }
+    Ok((prompt, wanted_model))
+}
+
+/// Resolves the wanted model, falling back to the default when it is disabled or deleted.
+pub async fn resolve_model(
+    client: &tokio_postgres::Client,
+    wanted: Option<Uuid>,
+    encryption_key: Option<&[u8; 32]>,
+) -> Result<ModelChoice, ContextError> {
+    let row = client
+        .query_opt(
+            "SELECT mc.id, mc.model, mc.max_output_tokens, p.kind, p.base_url, \
+             p.api_key_encrypted, mc.input_price_micros, mc.output_price_micros \
+             FROM model_configs mc JOIN providers p ON p.id = mc.provider_id \
+             WHERE mc.enabled AND NOT mc.deleted AND p.enabled \
+             AND (mc.id = $1 OR mc.is_default) \
+             ORDER BY (mc.id = $1) DESC NULLS LAST LIMIT 1",
+            &[&wanted],
+        )
+        .await?
+        .ok_or(ContextError::NoModel)?;
+    let kind_text: String = row.get(3);
+    let kind = ProviderKind::parse(&kind_text)
+        .ok_or_else(|| ContextError::Config(format!("unknown provider kind {kind_text}")))?;
+    let encrypted: Option<Vec<u8>> = row.get(5);
+    let api_key = match encrypted {
+        None => None,
+        Some(sealed) => {
+            let key = encryption_key.ok_or_else(|| {
+                ContextError::Config(
+                    "the provider has an API key but this worker has no --encryption-key".into(),
+                )
+            })?;
+            Some(
+                chatd_shared::crypto::open(key, &sealed)
+                    .context("decrypt the provider API key")
+                    .map_err(|error| ContextError::Config(format!("{error:#}")))?,
+            )
+        }
+    };
+    Ok(ModelChoice {
+        model_config_id: row.get(0),
+        model: row.get(1),
+        max_output_tokens: row.get::<_, Option<i32>>(2).map(|tokens| tokens as u32),
+        endpoint: ProviderEndpoint {
+            kind,
+            base_url: row.get(4),
+            api_key,
+        },
+        input_price_micros: row.get(6),
+        output_price_micros: row.get(7),
+    })
+}

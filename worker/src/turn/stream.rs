@@ -1,0 +1,133 @@
+//! A turn's outgoing event stream: numbers events 1, 2, 3 … per attempt and hands them to
+//! the worker's flusher.
+
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use chatd_shared::pubsub::SeqEvent;
+
+use crate::flusher::StreamFlusher;
+
+/// Text deltas longer than this are split into several events (frames must fit a NOTIFY).
+const MAX_DELTA_BYTES: usize = 2000;
+
+pub struct TurnStream {
+    flusher: Arc<StreamFlusher>,
+    chat_id: Uuid,
+    pub attempt: i32,
+    seq: i64,
+}
+
+impl TurnStream {
+    pub fn new(flusher: Arc<StreamFlusher>, chat_id: Uuid, attempt: i32) -> TurnStream {
+        TurnStream {
+            flusher,
+            chat_id,
+            attempt,
+            seq: 0,
+        }
+    }
+
+    /// A new lease epoch: numbering restarts at 1.
+    pub fn restart(&mut self, attempt: i32) {
+        self.attempt = attempt;
+        self.seq = 0;
+    }
+
+    fn push(&mut self, event: &str, mut data: Value) {
+        self.seq += 1;
+        if let Value::Object(map) = &mut data {
+            map.insert("attempt".into(), json!(self.attempt));
+            map.insert("seq".into(), json!(self.seq));
+            // When the worker produced the event (µs since the epoch): relay latency.
+            map.insert("ts".into(), json!(now_micros()));
+        }
+        self.flusher.push(
+            self.chat_id,
+            self.attempt,
+            SeqEvent {
+                seq: self.seq,
+                event: event.to_string(),
+                data,
+            },
+        );
+    }
+
+    /// An assistant `message_part`; long text is split at character boundaries.
+    pub fn text_delta(&mut self, kind: &str, text: &str) {
+        for piece in split_text(text, MAX_DELTA_BYTES) {
+            self.push(
+                "message_part",
+                json!({"role": "assistant", "part": {"type": kind, "text": piece}}),
+            );
+        }
+    }
+
+    pub fn tool_call_delta(&mut self, tool_call_id: &str, tool_name: &str, args_delta: &str) {
+        for piece in split_text(args_delta, MAX_DELTA_BYTES) {
+            self.push(
+                "message_part",
+                json!({"role": "assistant", "part": {"type": "tool-call", "tool_call_id": tool_call_id,
+                    "tool_name": tool_name, "args_delta": piece}}),
+            );
+        }
+    }
+
+    pub fn retry(&mut self, data: Value) {
+        self.push("retry", data);
+    }
+
+    pub fn error(&mut self, data: Value) {
+        self.push("error", data);
+    }
+
+    pub async fn flush(&self) {
+        // Bounded: a database outage must not wedge the turn here.
+        let _ =
+            tokio::time::timeout(std::time::Duration::from_secs(5), self.flusher.flush_now()).await;
+    }
+}
+
+fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+/// Splits `text` into pieces of at most `max` bytes without breaking a character.
+pub fn split_text(text: &str, max: usize) -> Vec<&str> {
+    if text.len() <= max {
+        return vec![text];
+    }
+    let mut pieces = Vec::new();
+    let mut rest = text;
+    while rest.len() > max {
+        let mut cut = max;
+        while !rest.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        pieces.push(&rest[..cut]);
+        rest = &rest[cut..];
+    }
+    if !rest.is_empty() {
+        pieces.push(rest);
+    }
+    pieces
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_text;
+
+    #[test]
+    fn split_keeps_characters_whole_and_text_intact() {
+        let text = "é".repeat(3000);
+        let pieces = split_text(&text, 2001);
+        assert!(pieces.iter().all(|piece| piece.len() <= 2001));
+        assert_eq!(pieces.concat(), text);
+        assert_eq!(split_text("short", 10), vec!["short"]);
+    }
+}
