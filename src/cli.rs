@@ -444,4 +444,35 @@ mod tests {
         )
         .is_err());
     }
+
+    #[test]
+    fn readme_documents_every_option() {
+        let readme = include_str!("../README.md");
+        for name in known_env_names() {
+            if name.starts_with("CHATD_SCALETEST_") {
+                continue; // documented by `chatd scaletest --help`, referenced as CHATD_SCALETEST_*
+            }
+            assert!(readme.contains(&name), "README.md does not document {name}");
+        }
+        fn flags(command: &clap::Command, out: &mut Vec<String>) {
+            for arg in command.get_arguments() {
+                if let Some(long) = arg.get_long() {
+                    out.push(format!("--{long}"));
+                }
+            }
+            for sub in command.get_subcommands() {
+                if sub.get_name() != "scaletest" {
+                    flags(sub, out);
+                }
+            }
+        }
+        let mut all = Vec::new();
+        flags(&Cli::command(), &mut all);
+        for flag in all {
+            if flag == "--help" || flag == "--version" {
+                continue;
+            }
+            assert!(readme.contains(&flag), "README.md does not document {flag}");
+        }
+    }
 }

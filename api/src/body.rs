@@ -70,19 +70,8 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
         let path = error.path().to_string();
         let inner = error.into_inner();
-        let mut field = if path == "." { String::new() } else { path };
-        // serde reports an unknown field at its parent's path: name the field itself.
-        let text = inner.to_string();
-        if let Some(name) = text
-            .strip_prefix("unknown field `")
-            .and_then(|rest| rest.split('`').next())
-        {
-            field = if field.is_empty() {
-                name.to_string()
-            } else {
-                format!("{field}.{name}")
-            };
-        }
+        // For an unknown field the path already ends with the field's own name.
+        let field = if path == "." { String::new() } else { path };
         let message = if inner.is_syntax() || inner.is_eof() {
             format!("malformed JSON: {inner}")
         } else if field.is_empty() {

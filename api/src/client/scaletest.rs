@@ -1,8 +1,49 @@
-//! `chatd scaletest` (being written).
+//! `chatd scaletest`: drives a running cluster through the public API only, like real clients,
+//! and reports latencies, throughput, stream integrity and errors (BENCHMARKS.md).
+//!
+//! Per chat `i`: create it (empty) on replica `i % n`, open `--subscribers` streams on the
+//! other replica(s) (`(i + 1) % n`, …) so every token crosses replicas, then for each turn
+//! POST a message carrying a `@mock` directive on the first replica and wait until every
+//! stream saw the turn's assistant message followed by `status: waiting`. Chats run
+//! concurrently (bounded by `--concurrency`); every turn is bounded by `--timeout-s`, so a run
+//! always ends. The process fails after printing the report when any integrity counter or
+//! error count is non-zero, or a turn did not complete.
+//!
+//! Module map: `driver` runs one chat, `subscriber` reads one stream, `integrity` checks seq
+//! and text per connection, `recorder` collects numbers across tasks, `stats` holds bounded
+//! samples and percentiles, `report` renders the table and the JSON.
+//!
+//! Each open stream is a TCP connection: with many chats in flight, raise the open-files limit
+//! (`ulimit -n`) of this process and of the API replicas.
+
+mod driver;
+mod integrity;
+mod recorder;
+mod report;
+mod stats;
+mod subscriber;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use self::driver::{drive_chat, ChatPlan};
+use self::recorder::Recorder;
+use self::report::RunConfig;
+use super::ApiClient;
+
+/// How often the progress line is printed.
+const PROGRESS_INTERVAL: Duration = Duration::from_secs(2);
 
 #[derive(clap::Args, Debug)]
 pub struct ScaletestArgs {
-    /// API base URLs; clients are spread over them.
+    /// API base URLs (repeat the flag or separate with commas); clients are spread over them:
+    /// chats are created and messaged on one replica and streamed from another.
     #[arg(
         long = "api",
         env = "CHATD_SCALETEST_API",
@@ -10,8 +51,291 @@ pub struct ScaletestArgs {
         required = true
     )]
     pub api: Vec<String>,
+    /// API token of the user that owns the test chats.
+    #[arg(long, env = "CHATD_SCALETEST_TOKEN", hide_env_values = true)]
+    pub token: String,
+    /// Number of chats.
+    #[arg(long, env = "CHATD_SCALETEST_CHATS", default_value_t = 10)]
+    pub chats: usize,
+    /// Turns (user message → assistant reply) per chat, sent one after another.
+    #[arg(long, env = "CHATD_SCALETEST_TURNS", default_value_t = 3)]
+    pub turns: usize,
+    /// Chats in flight at once [default: --chats].
+    #[arg(long, env = "CHATD_SCALETEST_CONCURRENCY", value_parser = clap::value_parser!(u64).range(1..))]
+    pub concurrency: Option<u64>,
+    /// Reply length in tokens (the mock model's `tokens` directive).
+    #[arg(long, env = "CHATD_SCALETEST_TOKENS", default_value_t = 20)]
+    pub tokens: u64,
+    /// Pace of the mock model's reply; 0 = instant.
+    #[arg(long, env = "CHATD_SCALETEST_TOKENS_PER_SECOND", default_value_t = 0.0)]
+    pub tokens_per_second: f64,
+    /// Streams opened per chat (each on another replica than the chat's own when possible).
+    #[arg(long, env = "CHATD_SCALETEST_SUBSCRIBERS", default_value_t = 1,
+        value_parser = clap::value_parser!(u64).range(1..))]
+    pub subscribers: u64,
+    /// Write the JSON report to this file (`-` = stdout; the table then goes to stderr).
+    #[arg(long, env = "CHATD_SCALETEST_JSON")]
+    pub json: Option<PathBuf>,
+    /// Time limit of one turn in seconds (POST → the reply and `status: waiting` on every
+    /// stream); also bounds creating the chat and opening its streams.
+    #[arg(long = "timeout-s", env = "CHATD_SCALETEST_TIMEOUT_S", default_value_t = 60,
+        value_parser = clap::value_parser!(u64).range(1..))]
+    pub timeout_s: u64,
 }
 
-pub async fn run(_args: ScaletestArgs) -> anyhow::Result<()> {
-    anyhow::bail!("scaletest is not built yet")
+pub async fn run(args: ScaletestArgs) -> anyhow::Result<()> {
+    let config = run_config(&args)?;
+    let http = reqwest::Client::builder()
+        // Every open stream holds its own connection; keep finished ones for reuse.
+        .pool_max_idle_per_host(100_000)
+        .connect_timeout(Duration::from_secs(10))
+        .tcp_nodelay(true)
+        .build()
+        .context("build the HTTP client")?;
+    let clients: Vec<ApiClient> = config
+        .api
+        .iter()
+        .map(|url| ApiClient::new(url, &args.token, http.clone()))
+        .collect();
+    let turns_planned = (config.chats as u64).saturating_mul(config.turns_per_chat as u64);
+    let recorder = Arc::new(Recorder::new(turns_planned));
+    eprintln!(
+        "scaletest: {} chats × {} turns, concurrency {}, {} subscriber(s), {} replica(s)",
+        config.chats,
+        config.turns_per_chat,
+        config.concurrency,
+        config.subscribers,
+        clients.len()
+    );
+
+    let progress_stop = CancellationToken::new();
+    let progress = tokio::spawn(print_progress(Arc::clone(&recorder), progress_stop.clone()));
+    let slots = Arc::new(Semaphore::new(config.concurrency));
+    let mut chats = JoinSet::new();
+    for index in 0..config.chats {
+        let slot = Arc::clone(&slots)
+            .acquire_owned()
+            .await
+            .context("wait for a free chat slot")?;
+        let plan = chat_plan(&config, &clients, index);
+        let chat_recorder = Arc::clone(&recorder);
+        chats.spawn(async move {
+            drive_chat(plan, chat_recorder).await;
+            drop(slot);
+        });
+        // Reap finished chats as we go so the set stays as small as the concurrency.
+        while let Some(joined) = chats.try_join_next() {
+            count_panic(&recorder, joined);
+        }
+    }
+    while let Some(joined) = chats.join_next().await {
+        count_panic(&recorder, joined);
+    }
+    progress_stop.cancel();
+    let _ = progress.await;
+
+    let report = recorder.report(config);
+    let table = report.render_table();
+    match &args.json {
+        Some(path) if path.as_os_str() == "-" => {
+            eprint!("{table}");
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&report).context("encode the report")?
+            );
+        }
+        Some(path) => {
+            print!("{table}");
+            let json = serde_json::to_vec_pretty(&report).context("encode the report")?;
+            std::fs::write(path, json)
+                .with_context(|| format!("write the report to {}", path.display()))?;
+            eprintln!("scaletest: report written to {}", path.display());
+        }
+        None => print!("{table}"),
+    }
+    let problems = report.problems();
+    if !problems.is_empty() {
+        anyhow::bail!("scaletest failed: {}", problems.join(", "));
+    }
+    Ok(())
+}
+
+/// Validated parameters.
+fn run_config(args: &ScaletestArgs) -> anyhow::Result<RunConfig> {
+    let api: Vec<String> = args
+        .api
+        .iter()
+        .map(|url| url.trim().to_string())
+        .filter(|url| !url.is_empty())
+        .collect();
+    if api.is_empty() {
+        anyhow::bail!("--api: give at least one API base URL");
+    }
+    if !args.tokens_per_second.is_finite() || args.tokens_per_second < 0.0 {
+        anyhow::bail!("--tokens-per-second: expected a number ≥ 0");
+    }
+    let concurrency = args
+        .concurrency
+        .map_or(args.chats, |concurrency| {
+            usize::try_from(concurrency).unwrap_or(usize::MAX)
+        })
+        .clamp(1, Semaphore::MAX_PERMITS);
+    Ok(RunConfig {
+        api,
+        chats: args.chats,
+        turns_per_chat: args.turns,
+        concurrency,
+        tokens: args.tokens,
+        tokens_per_second: args.tokens_per_second,
+        subscribers: usize::try_from(args.subscribers).unwrap_or(1),
+        timeout_s: args.timeout_s,
+    })
+}
+
+/// Chat `index` is created and messaged on replica `index % n`; its subscribers read from the
+/// other replicas in turn (the same one when there is only one).
+fn chat_plan(config: &RunConfig, clients: &[ApiClient], index: usize) -> ChatPlan {
+    let replicas = clients.len();
+    let home = index % replicas;
+    let readers = (0..config.subscribers)
+        .map(|subscriber| {
+            let replica = if replicas == 1 {
+                home
+            } else {
+                (home + 1 + subscriber % (replicas - 1)) % replicas
+            };
+            clients[replica].clone()
+        })
+        .collect();
+    ChatPlan {
+        index,
+        sender: clients[home].clone(),
+        readers,
+        turns: config.turns_per_chat,
+        tokens: config.tokens,
+        tokens_per_second: config.tokens_per_second,
+        turn_timeout: Duration::from_secs(config.timeout_s),
+    }
+}
+
+fn count_panic(recorder: &Recorder, joined: Result<(), tokio::task::JoinError>) {
+    if let Err(error) = joined {
+        recorder.error("panic", &error.to_string());
+    }
+}
+
+async fn print_progress(recorder: Arc<Recorder>, stop: CancellationToken) {
+    let started = tokio::time::Instant::now();
+    let mut ticks = tokio::time::interval_at(started + PROGRESS_INTERVAL, PROGRESS_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        let progress = recorder.progress();
+        eprintln!(
+            "scaletest: {:>6.1} s  turns {}/{}  errors {}  integrity violations {}",
+            started.elapsed().as_secs_f64(),
+            progress.turns_done,
+            progress.turns_planned,
+            progress.errors,
+            progress.integrity_violations,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(api: usize, subscribers: usize) -> RunConfig {
+        RunConfig {
+            api: (0..api)
+                .map(|replica| format!("http://replica{replica}"))
+                .collect(),
+            chats: 4,
+            turns_per_chat: 1,
+            concurrency: 4,
+            tokens: 20,
+            tokens_per_second: 0.0,
+            subscribers,
+            timeout_s: 60,
+        }
+    }
+
+    fn plan_urls(config: &RunConfig, index: usize) -> (String, Vec<String>) {
+        let clients: Vec<ApiClient> = config
+            .api
+            .iter()
+            .map(|url| ApiClient::new(url, "token", reqwest::Client::new()))
+            .collect();
+        let plan = chat_plan(config, &clients, index);
+        let readers = plan
+            .readers
+            .iter()
+            .map(|client| client.base_url.clone())
+            .collect();
+        (plan.sender.base_url, readers)
+    }
+
+    #[test]
+    fn streams_read_from_other_replicas() {
+        let two = config(2, 1);
+        assert_eq!(
+            plan_urls(&two, 0),
+            ("http://replica0".into(), vec!["http://replica1".into()])
+        );
+        assert_eq!(
+            plan_urls(&two, 1),
+            ("http://replica1".into(), vec!["http://replica0".into()])
+        );
+
+        let three = config(3, 3);
+        let (sender, readers) = plan_urls(&three, 2);
+        assert_eq!(sender, "http://replica2");
+        assert_eq!(
+            readers,
+            vec!["http://replica0", "http://replica1", "http://replica0"]
+        );
+
+        let one = config(1, 2);
+        assert_eq!(
+            plan_urls(&one, 3),
+            (
+                "http://replica0".into(),
+                vec!["http://replica0".into(), "http://replica0".into()]
+            )
+        );
+    }
+
+    #[test]
+    fn flags_parse_with_defaults_and_comma_lists() {
+        use clap::Parser;
+
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: ScaletestArgs,
+        }
+        let cli = Cli::try_parse_from([
+            "scaletest",
+            "--api",
+            "http://a:1,http://b:2",
+            "--api",
+            "http://c:3",
+            "--token",
+            "t",
+        ]);
+        let Ok(Cli { args }) = cli else {
+            panic!("flags should parse");
+        };
+        assert_eq!(args.api, vec!["http://a:1", "http://b:2", "http://c:3"]);
+        assert_eq!(
+            (args.chats, args.turns, args.tokens, args.subscribers),
+            (10, 3, 20, 1)
+        );
+        assert_eq!(args.timeout_s, 60);
+        let config = run_config(&args).unwrap_or_else(|error| panic!("{error}"));
+        assert_eq!(config.concurrency, 10);
+    }
 }

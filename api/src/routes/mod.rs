@@ -18,6 +18,22 @@ use axum::Router;
 use crate::error::ApiError;
 use crate::state::AppState;
 
+/// Every `/api/v1` route as `(method, path)`; the OpenAPI document must describe each one.
+pub const API_ROUTES: &[(&str, &str)] = &[
+    ("post", "/chats"),
+    ("get", "/chats"),
+    ("get", "/chats/watch"),
+    ("get", "/chats/{chat_id}"),
+    ("patch", "/chats/{chat_id}"),
+    ("get", "/chats/{chat_id}/messages"),
+    ("post", "/chats/{chat_id}/messages"),
+    ("post", "/chats/{chat_id}/interrupt"),
+    ("delete", "/chats/{chat_id}/queue/{queued_id}"),
+    ("post", "/chats/{chat_id}/queue/{queued_id}/promote"),
+    ("get", "/chats/{chat_id}/stream"),
+    ("get", "/openapi.json"),
+];
+
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/chats", post(chats::create).get(chats::list))
@@ -75,4 +91,38 @@ pub(crate) fn json_response(
     body: impl serde::Serialize,
 ) -> Response {
     (status, axum::Json(body)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::API_ROUTES;
+
+    #[test]
+    fn the_openapi_document_describes_exactly_the_routes() {
+        let document: serde_json::Value =
+            serde_json::from_str(super::health::OPENAPI_JSON).expect("valid JSON");
+        let paths = document["paths"].as_object().expect("paths");
+        let mut described = 0;
+        for (path, item) in paths {
+            for method in ["get", "post", "patch", "delete", "put"] {
+                if item.get(method).is_some() {
+                    described += 1;
+                    assert!(
+                        API_ROUTES.contains(&(method, path.as_str())),
+                        "{method} {path} is documented but not routed"
+                    );
+                }
+            }
+        }
+        for (method, path) in API_ROUTES {
+            assert!(
+                paths
+                    .get(*path)
+                    .and_then(|item| item.get(*method))
+                    .is_some(),
+                "{method} {path} is routed but not documented"
+            );
+        }
+        assert_eq!(described, API_ROUTES.len());
+    }
 }

@@ -75,7 +75,7 @@ impl Decoder {
                 match rest.first() {
                     Some(b'\n') => rest = &rest[1..],
                     Some(_) => {}
-                    None => {}
+                    None => self.skip_leading_lf = true,
                 }
             }
         }
@@ -222,11 +222,13 @@ mod tests {
 
     #[test]
     fn cr_then_lf_across_chunks_is_one_line_ending() {
-        let input = b"data: x\r\n\r\ndata: y\r\n\r\n";
+        // Were the LF after a chunk-final CR taken for a blank line, "x" would be dispatched
+        // alone.
+        let input = b"data: x\r\ndata: y\r\n\r\ndata: z\r\n\r\n";
         for cut in 0..input.len() {
             assert_eq!(
                 decode_chunked(input, &[cut]),
-                vec![event(None, "x", None), event(None, "y", None)],
+                vec![event(None, "x\ny", None), event(None, "z", None)],
                 "cut at {cut}"
             );
         }

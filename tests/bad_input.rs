@@ -1,0 +1,288 @@
+//! Bad input and isolation (S1, S2, S3, S6): clear 4xx errors naming the problem, and another
+//! user's chat answers exactly like a nonexistent one on every route.
+
+mod common;
+
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use common::cluster::{create_chat, Cluster};
+
+struct Raw {
+    status: u16,
+    body: String,
+}
+
+impl Raw {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or(Value::Null)
+    }
+}
+
+async fn raw(
+    cluster: &Cluster,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+    headers: &[(&str, &str)],
+) -> Raw {
+    let mut request = cluster
+        .http
+        .request(method, format!("{}/api/v1{path}", cluster.apis[0].url));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    if let Some(body) = body {
+        request = request
+            .header("content-type", "application/json")
+            .body(body.to_string());
+    }
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = request.send().await.expect("send");
+    Raw {
+        status: response.status().as_u16(),
+        body: response.text().await.unwrap_or_default(),
+    }
+}
+
+fn assert_field_error(response: &Raw, field: &str) {
+    assert_eq!(response.status, 400, "{}", response.body);
+    let body = response.json();
+    assert_eq!(body["error"]["code"], "validation", "{}", response.body);
+    assert_eq!(
+        body["error"]["details"]["field"], field,
+        "{}",
+        response.body
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_bodies_are_400s_that_name_the_field() {
+    let cluster = Cluster::start(1, 1).await;
+    let token = cluster.token.clone();
+    let post_chat = |body: &'static str| {
+        raw(
+            &cluster,
+            Method::POST,
+            "/chats",
+            Some(&token),
+            Some(body),
+            &[],
+        )
+    };
+
+    let malformed = post_chat("{\"message\": ").await;
+    assert_eq!(malformed.status, 400);
+    assert!(malformed.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("malformed JSON"));
+    assert_field_error(
+        &post_chat(r#"{"message": "hi", "owner_id": "x"}"#).await,
+        "owner_id",
+    );
+    assert_field_error(
+        &post_chat(r#"{"message": "hi", "status": "running"}"#).await,
+        "status",
+    );
+    assert_field_error(&post_chat(r#"{"message": 5}"#).await, "message");
+    assert_field_error(&post_chat(r#"{"message": "   "}"#).await, "message");
+    assert_field_error(&post_chat(r#"{"labels": {"a": 1}}"#).await, "labels.a");
+    assert_field_error(
+        &post_chat(r#"{"message": [{"type": "text", "text": "x", "role": "system"}]}"#).await,
+        "message",
+    );
+    let deep = format!(
+        "{{\"message\": {}\"x\"{}}}",
+        "[".repeat(10_000),
+        "]".repeat(10_000)
+    );
+    let response = raw(
+        &cluster,
+        Method::POST,
+        "/chats",
+        Some(&token),
+        Some(&deep),
+        &[],
+    )
+    .await;
+    assert_eq!(response.status, 400, "deeply nested JSON is refused");
+
+    let (chat_id, _) = create_chat(&cluster.api(0), "hello").await;
+    let send = raw(
+        &cluster,
+        Method::POST,
+        &format!("/chats/{chat_id}/messages"),
+        Some(&token),
+        Some(r#"{"content": "x", "busy_behavior": "sometimes"}"#),
+        &[],
+    )
+    .await;
+    assert_field_error(&send, "busy_behavior");
+    let system_role = raw(
+        &cluster,
+        Method::POST,
+        &format!("/chats/{chat_id}/messages"),
+        Some(&token),
+        Some(r#"{"content": "x", "role": "system"}"#),
+        &[],
+    )
+    .await;
+    assert_field_error(&system_role, "role");
+    // Nothing the client sent above reached the database as a system message.
+    let sql = cluster.sql().await;
+    let system_rows: i64 = sql
+        .query_one(
+            "SELECT count(*) FROM chat_messages WHERE role = 'system'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(system_rows, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn oversized_bodies_are_413_before_buffering() {
+    let cluster = Cluster::start(1, 1).await;
+    let big = format!("{{\"message\": \"{}\"}}", "x".repeat(11 * 1024 * 1024));
+    let response = raw(
+        &cluster,
+        Method::POST,
+        "/chats",
+        Some(&cluster.token),
+        Some(&big),
+        &[],
+    )
+    .await;
+    assert_eq!(response.status, 413, "{}", response.body);
+    assert_eq!(response.json()["error"]["code"], "payload_too_large");
+
+    // Chunked (no Content-Length): refused once it passes the limit.
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        (0..2048).map(|_| Ok(vec![b' '; 1024])).collect();
+    let response = cluster
+        .http
+        .post(format!("{}/api/v1/chats", cluster.apis[0].url))
+        .bearer_auth(&cluster.token)
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks)))
+        .send()
+        .await
+        .expect("send a chunked body");
+    assert_eq!(response.status(), 413);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_cursors_and_ids_are_400() {
+    let cluster = Cluster::start(1, 1).await;
+    let token = cluster.token.clone();
+    let (chat_id, _) = create_chat(&cluster.api(0), "hello").await;
+    let cases = [
+        (
+            format!("/chats/{chat_id}/stream"),
+            vec![("last-event-id", "abc")],
+            "Last-Event-ID",
+        ),
+        (
+            format!("/chats/{chat_id}/stream?cursor=1-2"),
+            vec![],
+            "cursor",
+        ),
+        (
+            format!("/chats/{chat_id}/messages?before_id=abc"),
+            vec![],
+            "before_id",
+        ),
+        (
+            format!("/chats/{chat_id}/messages?limit=100000"),
+            vec![],
+            "limit",
+        ),
+        ("/chats?after=%%%".to_string(), vec![], "after"),
+        ("/chats?after=bm9wZQ".to_string(), vec![], "after"),
+        ("/chats/not-a-uuid".to_string(), vec![], "chat_id"),
+        ("/chats?label=nocolon".to_string(), vec![], "label"),
+    ];
+    for (path, headers, field) in cases {
+        let response = raw(&cluster, Method::GET, &path, Some(&token), None, &headers).await;
+        assert_field_error(&response, field);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn missing_or_invalid_tokens_are_401() {
+    let cluster = Cluster::start(1, 1).await;
+    for token in [
+        None,
+        Some("garbage"),
+        Some("chatd_000000000000_000000000000000000000000000000000000000000000000"),
+    ] {
+        let response = raw(&cluster, Method::GET, "/chats", token, None, &[]).await;
+        assert_eq!(response.status, 401, "{token:?}: {}", response.body);
+        assert_eq!(response.json()["error"]["code"], "unauthorized");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn another_user_s_chat_is_404_identical_to_a_missing_one_on_every_route() {
+    let cluster = Cluster::start(1, 1).await;
+    let (alice_chat, _) = create_chat(&cluster.api(0), "alice's secret").await;
+    let bob = cluster.create_user("bob").await;
+    let missing = uuid::Uuid::new_v4().to_string();
+    let routes: Vec<(Method, &str, Option<&str>)> = vec![
+        (Method::GET, "/chats/{id}", None),
+        (
+            Method::PATCH,
+            "/chats/{id}",
+            Some(r#"{"title": "mine now"}"#),
+        ),
+        (Method::GET, "/chats/{id}/messages", None),
+        (
+            Method::POST,
+            "/chats/{id}/messages",
+            Some(r#"{"content": "hi"}"#),
+        ),
+        (Method::POST, "/chats/{id}/interrupt", None),
+        (Method::DELETE, "/chats/{id}/queue/1", None),
+        (Method::POST, "/chats/{id}/queue/1/promote", None),
+        (Method::GET, "/chats/{id}/stream", None),
+    ];
+    for (method, template, body) in routes {
+        let foreign = raw(
+            &cluster,
+            method.clone(),
+            &template.replace("{id}", &alice_chat),
+            Some(&bob),
+            body,
+            &[],
+        )
+        .await;
+        let absent = raw(
+            &cluster,
+            method.clone(),
+            &template.replace("{id}", &missing),
+            Some(&bob),
+            body,
+            &[],
+        )
+        .await;
+        assert_eq!(foreign.status, 404, "{method} {template}: {}", foreign.body);
+        assert_eq!(
+            foreign.body, absent.body,
+            "{method} {template} leaks existence"
+        );
+    }
+    // Bob's list is empty; Alice's chat is untouched.
+    let list = raw(&cluster, Method::GET, "/chats", Some(&bob), None, &[]).await;
+    assert_eq!(list.json()["items"], json!([]));
+    let (_, alice_view) = cluster
+        .api(0)
+        .get(&format!("/chats/{alice_chat}"))
+        .await
+        .unwrap();
+    assert_eq!(alice_view["chat"]["title"], "");
+}

@@ -1,0 +1,219 @@
+//! Worker faults with real processes (R1, R2, R13, I2, I4, I6): a SIGKILLed worker's chat
+//! completes elsewhere with `attempt_reset`; a paused worker comes back fenced out; SIGTERM
+//! releases unfinished turns; a stale lease holder cannot write.
+
+mod common;
+
+use std::time::Duration;
+
+use serde_json::json;
+use uuid::Uuid;
+
+use chatd_api::client::content_text;
+use chatd_shared::domain::Role;
+use chatd_worker::mock_llm::reply_text;
+use chatd_worker::store::{commit, NewRow, TurnEnd};
+use common::cluster::{create_chat, directive_message, messages, wait_until, Cluster};
+use common::sse::{assert_contiguous, Reader};
+
+const TURN: Duration = Duration::from_secs(40);
+
+async fn owner_after_first_parts(cluster: &Cluster, reader: &mut Reader, chat_id: &str) -> usize {
+    reader
+        .until(TURN, |event| {
+            event.event == "message_part" && event.data["seq"].as_i64() >= Some(5)
+        })
+        .await;
+    cluster
+        .owner_worker(chat_id)
+        .await
+        .expect("a worker owns the running chat")
+}
+
+async fn single_answer(cluster: &Cluster, chat_id: &str) -> String {
+    let stored = messages(&cluster.api(0), chat_id).await;
+    let answers: Vec<_> = stored.iter().filter(|m| m["role"] == "assistant").collect();
+    assert_eq!(
+        answers.len(),
+        1,
+        "exactly one final answer (I2): {stored:?}"
+    );
+    content_text(&answers[0]["content"])
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_worker_s_chat_completes_on_the_other_worker() {
+    let cluster = Cluster::start(2, 2).await;
+    let message = directive_message("crash me", json!({"tokens": 150, "tokens_per_second": 50}));
+    let (chat_id, message_id) = create_chat(&cluster.api(0), &message).await;
+    let mut reader = Reader::open(
+        &cluster.api(1),
+        &chat_id,
+        Some(&format!("{message_id}-0-0")),
+    )
+    .await;
+    let owner = owner_after_first_parts(&cluster, &mut reader, &chat_id).await;
+
+    cluster.signal_worker(owner, libc::SIGKILL);
+    reader.until_turn_done(TURN).await;
+
+    assert!(
+        reader
+            .seen
+            .iter()
+            .any(|event| event.event == "attempt_reset"),
+        "clients were told to drop the dead attempt's previews"
+    );
+    let final_text = assert_contiguous(&reader.seen);
+    let stored = single_answer(&cluster, &chat_id).await;
+    assert_eq!(stored, reply_text(&message, 150));
+    assert_eq!(
+        final_text, stored,
+        "the final attempt's deltas equal the stored text (I3)"
+    );
+    let survivor = cluster.owner_worker(&chat_id).await;
+    assert!(survivor.is_none(), "the chat was released after the turn");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_paused_worker_is_fenced_out_when_it_resumes() {
+    let cluster = Cluster::start(1, 2).await;
+    let message = directive_message("pause me", json!({"tokens": 120, "tokens_per_second": 40}));
+    let (chat_id, message_id) = create_chat(&cluster.api(0), &message).await;
+    let mut reader = Reader::open(
+        &cluster.api(0),
+        &chat_id,
+        Some(&format!("{message_id}-0-0")),
+    )
+    .await;
+    let owner = owner_after_first_parts(&cluster, &mut reader, &chat_id).await;
+    let sql = cluster.sql().await;
+    let chat_uuid = Uuid::parse_str(&chat_id).unwrap();
+    let first_attempt: i32 = sql
+        .query_one("SELECT attempt FROM chats WHERE id = $1", &[&chat_uuid])
+        .await
+        .unwrap()
+        .get(0);
+
+    cluster.signal_worker(owner, libc::SIGSTOP);
+    // Past stale_after, the other worker takes the chat over.
+    wait_until(TURN, "another worker to take the chat over", || async {
+        let row = sql
+            .query_one("SELECT attempt FROM chats WHERE id = $1", &[&chat_uuid])
+            .await
+            .ok()?;
+        (row.get::<_, i32>(0) > first_attempt).then_some(())
+    })
+    .await;
+    cluster.signal_worker(owner, libc::SIGCONT);
+    reader.until_turn_done(TURN).await;
+    // Give the resumed worker time to try its late writes.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    assert_eq!(
+        single_answer(&cluster, &chat_id).await,
+        reply_text(&message, 120)
+    );
+    let stale_rows: i64 = sql
+        .query_one(
+            "SELECT count(*) FROM chat_messages WHERE chat_id = $1 AND attempt = $2",
+            &[&chat_uuid, &first_attempt],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        stale_rows, 0,
+        "the fenced-out attempt wrote no message (I6)"
+    );
+    assert_contiguous(&reader.seen);
+    assert_eq!(
+        sql.query_one("SELECT status FROM chats WHERE id = $1", &[&chat_uuid])
+            .await
+            .unwrap()
+            .get::<_, String>(0),
+        "waiting"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_releases_unfinished_turns_to_another_worker() {
+    let cluster = Cluster::start(1, 2).await;
+    let message = directive_message("long", json!({"tokens": 300, "tokens_per_second": 50}));
+    let (chat_id, message_id) = create_chat(&cluster.api(0), &message).await;
+    let mut reader = Reader::open(
+        &cluster.api(0),
+        &chat_id,
+        Some(&format!("{message_id}-0-0")),
+    )
+    .await;
+    let owner = owner_after_first_parts(&cluster, &mut reader, &chat_id).await;
+
+    // The grace period (2 s) is shorter than the turn (6 s): the turn is released.
+    cluster.signal_worker(owner, libc::SIGTERM);
+    reader.until_turn_done(TURN).await;
+    assert_eq!(
+        single_answer(&cluster, &chat_id).await,
+        reply_text(&message, 300)
+    );
+    assert!(reader
+        .seen
+        .iter()
+        .any(|event| event.event == "attempt_reset"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stale_lease_holder_cannot_write() {
+    let cluster = Cluster::start(1, 1).await;
+    let message = directive_message("fenced", json!({"tokens": 200, "tokens_per_second": 40}));
+    let (chat_id, message_id) = create_chat(&cluster.api(0), &message).await;
+    let mut reader = Reader::open(
+        &cluster.api(0),
+        &chat_id,
+        Some(&format!("{message_id}-0-0")),
+    )
+    .await;
+    reader
+        .until(TURN, |event| event.event == "message_part")
+        .await;
+    let chat_uuid = Uuid::parse_str(&chat_id).unwrap();
+    let mut sql = cluster.sql().await;
+    let row = sql
+        .query_one(
+            "SELECT worker_id, attempt FROM chats WHERE id = $1",
+            &[&chat_uuid],
+        )
+        .await
+        .unwrap();
+    let (worker_id, attempt): (Uuid, i32) = (row.get(0), row.get(1));
+    let row = NewRow {
+        role: Role::Assistant,
+        content: json!([{"type": "text", "text": "stale"}]),
+        model_config_id: None,
+        usage: None,
+        runtime_ms: None,
+        provider_response_id: None,
+    };
+    // An older epoch of the real owner, and a stranger with the right epoch: both fenced.
+    for (who, epoch) in [(worker_id, attempt - 1), (Uuid::new_v4(), attempt)] {
+        let result = commit(
+            &mut sql,
+            chat_uuid,
+            who,
+            epoch,
+            std::slice::from_ref(&row),
+            TurnEnd::Done,
+        )
+        .await
+        .expect("the fenced commit runs");
+        assert!(result.is_none(), "a stale writer was let through");
+    }
+    reader.until_turn_done(TURN).await;
+    let texts: Vec<String> = messages(&cluster.api(0), &chat_id)
+        .await
+        .iter()
+        .filter(|m| m["role"] == "assistant")
+        .map(|m| content_text(&m["content"]))
+        .collect();
+    assert_eq!(texts, vec![reply_text(&message, 200)]);
+}

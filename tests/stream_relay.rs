@@ -1,0 +1,220 @@
+//! Streaming across replicas (I1, I3): a chat created on API A streams live on API B, a
+//! client resumes on the other replica with `Last-Event-ID`, and a killed LISTEN connection
+//! loses nothing. Real processes: mock LLM, 2 × api, 2 × worker, one PostgreSQL.
+
+mod common;
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use chatd_api::client::content_text;
+use chatd_worker::mock_llm::reply_text;
+use common::cluster::{create_chat, directive_message, messages, wait_until, Cluster};
+use common::sse::{assert_contiguous, Reader};
+
+const TURN: Duration = Duration::from_secs(30);
+
+#[tokio::test(flavor = "multi_thread")]
+async fn created_on_one_replica_streams_live_on_the_other() {
+    let cluster = Cluster::start(2, 2).await;
+    let (api_a, api_b) = (cluster.api(0), cluster.api(1));
+    let message = directive_message(
+        "tell me a story",
+        json!({"tokens": 40, "tokens_per_second": 200}),
+    );
+    let (chat_id, message_id) = create_chat(&api_a, &message).await;
+
+    let mut reader = Reader::open(&api_b, &chat_id, Some(&format!("{message_id}-0-0"))).await;
+    reader.until_turn_done(TURN).await;
+
+    let streamed = assert_contiguous(&reader.seen);
+    let stored = messages(&api_a, &chat_id).await;
+    let assistant: Vec<_> = stored.iter().filter(|m| m["role"] == "assistant").collect();
+    assert_eq!(assistant.len(), 1, "exactly one answer: {stored:?}");
+    let stored_text = content_text(&assistant[0]["content"]);
+    assert_eq!(
+        streamed, stored_text,
+        "streamed text equals the stored message (I3)"
+    );
+    assert_eq!(stored_text, reply_text(&message, 40));
+    assert!(
+        reader
+            .seen
+            .iter()
+            .filter(|e| e.event == "message_part")
+            .count()
+            >= 40,
+        "every token was relayed live"
+    );
+    // Every event carries an id that parses as a cursor.
+    assert!(reader
+        .seen
+        .iter()
+        .all(|event| event.id.split('-').count() == 3));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn resume_on_the_other_replica_has_no_gap_and_no_duplicate() {
+    let cluster = Cluster::start(2, 2).await;
+    let (api_a, api_b) = (cluster.api(0), cluster.api(1));
+    let message = directive_message("resume me", json!({"tokens": 60, "tokens_per_second": 40}));
+    let (chat_id, message_id) = create_chat(&api_a, &message).await;
+
+    let mut first = Reader::open(&api_a, &chat_id, Some(&format!("{message_id}-0-0"))).await;
+    first
+        .until(TURN, |event| {
+            event.event == "message_part" && event.data["seq"].as_i64() >= Some(10)
+        })
+        .await;
+    let cursor = first.last_id();
+    let before = first.seen.clone();
+    drop(first); // disconnect mid-turn
+
+    let mut second = Reader::open(&api_b, &chat_id, Some(&cursor)).await;
+    second.until_turn_done(TURN).await;
+
+    let mut all = before;
+    all.extend(second.seen.iter().cloned());
+    let streamed = assert_contiguous(&all);
+    assert_eq!(
+        streamed,
+        reply_text(&message, 60),
+        "no gap, no duplicate across the resume"
+    );
+    let resumed_first = second
+        .seen
+        .iter()
+        .find(|event| event.event == "message_part")
+        .expect("the resumed stream relayed parts");
+    let cursor_seq: i64 = cursor.rsplit('-').next().unwrap().parse().unwrap();
+    assert_eq!(resumed_first.data["seq"].as_i64(), Some(cursor_seq + 1));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_listen_connection_loses_nothing() {
+    let cluster = Cluster::start(2, 1).await;
+    let (api_a, api_b) = (cluster.api(0), cluster.api(1));
+    let message = directive_message("survive", json!({"tokens": 60, "tokens_per_second": 30}));
+    let (chat_id, message_id) = create_chat(&api_a, &message).await;
+    let mut reader = Reader::open(&api_b, &chat_id, Some(&format!("{message_id}-0-0"))).await;
+    reader
+        .until(TURN, |event| event.event == "message_part")
+        .await;
+
+    // Terminate every API replica's LISTEN connection mid-stream.
+    let sql = cluster.sql().await;
+    let killed = sql
+        .query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE application_name = 'chatd-api-listener' AND datname = current_database()",
+            &[],
+        )
+        .await
+        .expect("terminate listeners");
+    assert_eq!(
+        killed.len(),
+        2,
+        "both API replicas had a listener connection"
+    );
+
+    reader.until_turn_done(TURN).await;
+    let streamed = assert_contiguous(&reader.seen);
+    assert_eq!(streamed, reply_text(&message, 60));
+    // The replicas re-LISTENed.
+    wait_until(
+        Duration::from_secs(10),
+        "both listeners to reconnect",
+        || async {
+            let listeners = sql
+                .query(
+                    "SELECT 1 FROM pg_stat_activity WHERE application_name = 'chatd-api-listener' \
+                 AND datname = current_database()",
+                    &[],
+                )
+                .await
+                .ok()?;
+            (listeners.len() == 2).then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn late_and_duplicate_notifications_change_nothing() {
+    let cluster = Cluster::start(1, 1).await;
+    let api = cluster.api(0);
+    let message = directive_message("first", json!({"tokens": 5}));
+    let (chat_id, message_id) = create_chat(&api, &message).await;
+    let mut reader = Reader::open(&api, &chat_id, Some(&format!("{message_id}-0-0"))).await;
+    reader.until_turn_done(TURN).await;
+    let sql = cluster.sql().await;
+    let chat_uuid = uuid::Uuid::parse_str(&chat_id).unwrap();
+    let before = sql
+        .query_one(
+            "SELECT version, attempt, status FROM chats WHERE id = $1",
+            &[&chat_uuid],
+        )
+        .await
+        .unwrap();
+    let version: i64 = before.get(0);
+    let attempt: i32 = before.get(1);
+
+    // Replay stale hints: an old "pending" change, an old frame, a wake, an old interrupt.
+    let channel = format!("chatd_chat_{chat_id}");
+    let stale_change =
+        json!({"t": "c", "v": version - 2, "s": "pending", "a": attempt - 1}).to_string();
+    let stale_frame = json!({"t": "f", "a": attempt, "s": 1, "e": 1, "ts": 0,
+        "ev": [{"seq": 1, "event": "message_part", "data": {"attempt": attempt, "seq": 1, "role": "assistant", "part": {"type": "text", "text": "DUPLICATE"}}}]}).to_string();
+    for (channel, payload) in [
+        (channel.as_str(), stale_change.as_str()),
+        (channel.as_str(), stale_frame.as_str()),
+        ("chatd_wake", chat_id.as_str()),
+    ] {
+        sql.execute("SELECT pg_notify($1, $2)", &[&channel, &payload])
+            .await
+            .unwrap();
+    }
+    // Nothing new arrives on the stream (keep-alives are comments, not events).
+    let quiet = tokio::time::timeout(
+        Duration::from_millis(1500),
+        reader.next(Duration::from_secs(2)),
+    )
+    .await;
+    assert!(
+        quiet.is_err(),
+        "a stale notification produced an event: {quiet:?}"
+    );
+    let after = sql
+        .query_one(
+            "SELECT version, attempt, status FROM chats WHERE id = $1",
+            &[&chat_uuid],
+        )
+        .await
+        .unwrap();
+    assert_eq!(after.get::<_, i64>(0), version);
+    assert_eq!(after.get::<_, i32>(1), attempt);
+    assert_eq!(after.get::<_, String>(2), "waiting");
+
+    // A second turn still works and is not disturbed by the replayed hints.
+    let second = directive_message("second", json!({"tokens": 5}));
+    let (status, body) = api
+        .post(
+            &format!("/chats/{chat_id}/messages"),
+            &json!({"content": second}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{body}");
+    reader.until_turn_done(TURN).await;
+    let stored = messages(&api, &chat_id).await;
+    let answers: Vec<String> = stored
+        .iter()
+        .filter(|m| m["role"] == "assistant")
+        .map(|m| content_text(&m["content"]))
+        .collect();
+    assert_eq!(
+        answers,
+        vec![reply_text(&message, 5), reply_text(&second, 5)]
+    );
+}

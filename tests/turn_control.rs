@@ -1,0 +1,237 @@
+//! Interrupts and the queue (I2, I8): partial output is kept on interrupt, queued messages
+//! run in FIFO order exactly once, `busy_behavior=interrupt` jumps the queue, queue caps.
+
+mod common;
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use chatd_api::client::{content_text, ApiClient};
+use chatd_worker::mock_llm::reply_text;
+use common::cluster::{chat_status, create_chat, directive_message, messages, wait_until, Cluster};
+use common::sse::{assert_contiguous, Reader};
+
+const TURN: Duration = Duration::from_secs(30);
+
+async fn send(api: &ApiClient, chat_id: &str, body: Value) -> (u16, Value) {
+    api.post(&format!("/chats/{chat_id}/messages"), &body)
+        .await
+        .expect("send a message")
+}
+
+async fn wait_idle(api: &ApiClient, chat_id: &str) {
+    wait_until(
+        TURN,
+        "the chat to become idle with an empty queue",
+        || async {
+            let (_, body) = api
+                .get(&format!("/chats/{chat_id}/messages?limit=1"))
+                .await
+                .ok()?;
+            let queue_empty = body["queued"]
+                .as_array()
+                .is_some_and(|queue| queue.is_empty());
+            (queue_empty && chat_status(api, chat_id).await == "waiting").then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn interrupt_mid_stream_keeps_partial_text_and_stops_the_worker() {
+    let cluster = Cluster::start(2, 1).await;
+    let (api_a, api_b) = (cluster.api(0), cluster.api(1));
+    let message = directive_message(
+        "long answer",
+        json!({"tokens": 400, "tokens_per_second": 50}),
+    );
+    let (chat_id, message_id) = create_chat(&api_a, &message).await;
+    let mut reader = Reader::open(&api_b, &chat_id, Some(&format!("{message_id}-0-0"))).await;
+    reader
+        .until(TURN, |event| {
+            event.event == "message_part" && event.data["seq"].as_i64() >= Some(5)
+        })
+        .await;
+
+    let (status, body) = api_a
+        .post(&format!("/chats/{chat_id}/interrupt"), &json!({}))
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    reader
+        .until(TURN, |event| {
+            event.event == "status" && event.data["status"] == "waiting"
+        })
+        .await;
+
+    let stored = messages(&api_a, &chat_id).await;
+    let assistant: Vec<_> = stored.iter().filter(|m| m["role"] == "assistant").collect();
+    assert_eq!(assistant.len(), 1, "{stored:?}");
+    let partial = content_text(&assistant[0]["content"]);
+    let full = reply_text(&message, 400);
+    assert!(!partial.is_empty(), "the partial text was persisted");
+    assert!(
+        full.starts_with(&partial) && partial.len() < full.len(),
+        "partial: {partial:?}"
+    );
+    // The streamed deltas match what was kept, and nothing streams after the turn ended.
+    assert_eq!(assert_contiguous(&reader.seen), partial);
+    let after = tokio::time::timeout(Duration::from_millis(800), reader.next(TURN)).await;
+    assert!(after.is_err(), "the worker kept streaming: {after:?}");
+    assert_eq!(chat_status(&api_a, &chat_id).await, "waiting");
+    // Interrupt is idempotent.
+    let (status, _) = api_a
+        .post(&format!("/chats/{chat_id}/interrupt"), &json!({}))
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn messages_sent_while_busy_run_in_fifo_order_exactly_once() {
+    let cluster = Cluster::start(2, 2).await;
+    let api = cluster.api(0);
+    let first = directive_message("m0", json!({"tokens": 30, "tokens_per_second": 60}));
+    let (chat_id, _) = create_chat(&api, &first).await;
+    let mut sent = vec![first];
+    for index in 1..=3 {
+        let text = directive_message(&format!("m{index}"), json!({"tokens": 8}));
+        let (status, body) =
+            send(&cluster.api(index % 2), &chat_id, json!({"content": text})).await;
+        assert_eq!(status, 202, "queued while busy: {body}");
+        assert!(body["queued_message"]["id"].as_i64().is_some());
+        sent.push(text);
+    }
+    wait_idle(&api, &chat_id).await;
+
+    let stored = messages(&api, &chat_id).await;
+    let roles: Vec<&str> = stored.iter().map(|m| m["role"].as_str().unwrap()).collect();
+    assert_eq!(roles, ["user", "assistant"].repeat(4), "{stored:?}");
+    for (index, text) in sent.iter().enumerate() {
+        assert_eq!(
+            content_text(&stored[index * 2]["content"]),
+            *text,
+            "user message {index}"
+        );
+        let tokens = if index == 0 { 30 } else { 8 };
+        assert_eq!(
+            content_text(&stored[index * 2 + 1]["content"]),
+            reply_text(text, tokens),
+            "answer {index}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn busy_behavior_interrupt_jumps_the_queue() {
+    let cluster = Cluster::start(1, 1).await;
+    let api = cluster.api(0);
+    let first = directive_message("slow", json!({"tokens": 400, "tokens_per_second": 50}));
+    let (chat_id, message_id) = create_chat(&api, &first).await;
+    let mut reader = Reader::open(&api, &chat_id, Some(&format!("{message_id}-0-0"))).await;
+    reader
+        .until(TURN, |event| event.event == "message_part")
+        .await;
+
+    let queued = directive_message("queued", json!({"tokens": 3}));
+    let (status, _) = send(&api, &chat_id, json!({"content": queued})).await;
+    assert_eq!(status, 202);
+    let urgent = directive_message("urgent", json!({"tokens": 3}));
+    let (status, body) = send(
+        &api,
+        &chat_id,
+        json!({"content": urgent, "busy_behavior": "interrupt"}),
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    wait_idle(&api, &chat_id).await;
+
+    let stored = messages(&api, &chat_id).await;
+    let users: Vec<String> = stored
+        .iter()
+        .filter(|m| m["role"] == "user")
+        .map(|m| content_text(&m["content"]))
+        .collect();
+    assert_eq!(users, vec![first.clone(), urgent.clone(), queued.clone()]);
+    let answers: Vec<String> = stored
+        .iter()
+        .filter(|m| m["role"] == "assistant")
+        .map(|m| content_text(&m["content"]))
+        .collect();
+    assert_eq!(answers.len(), 3, "{stored:?}");
+    assert!(
+        reply_text(&first, 400).starts_with(&answers[0])
+            && answers[0].len() < reply_text(&first, 400).len()
+    );
+    assert_eq!(answers[1], reply_text(&urgent, 3));
+    assert_eq!(answers[2], reply_text(&queued, 3));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn queue_is_capped_and_can_be_managed() {
+    let cluster = Cluster::start(1, 1).await;
+    let api = cluster.api(0);
+    let first = directive_message("slow", json!({"tokens": 400, "tokens_per_second": 20}));
+    let (chat_id, _) = create_chat(&api, &first).await;
+    let mut queued_ids = Vec::new();
+    for index in 0..20 {
+        let (status, body) = send(&api, &chat_id, json!({"content": format!("q{index}")})).await;
+        assert_eq!(status, 202, "{body}");
+        queued_ids.push(body["queued_message"]["id"].as_i64().unwrap());
+    }
+    let response = cluster
+        .http
+        .post(format!(
+            "{}/api/v1/chats/{chat_id}/messages",
+            cluster.apis[0].url
+        ))
+        .bearer_auth(&cluster.token)
+        .json(&json!({"content": "one too many"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 429);
+    assert!(
+        response.headers().get("retry-after").is_some(),
+        "429 carries Retry-After"
+    );
+
+    // Delete one queued message; an unknown id is a 404.
+    let delete = |id: i64| {
+        cluster
+            .http
+            .delete(format!(
+                "{}/api/v1/chats/{chat_id}/queue/{id}",
+                cluster.apis[0].url
+            ))
+            .bearer_auth(&cluster.token)
+            .send()
+    };
+    assert_eq!(delete(queued_ids[5]).await.unwrap().status(), 200);
+    assert_eq!(delete(queued_ids[5]).await.unwrap().status(), 404);
+    // Promote the last one to the head (the chat is running, so it also interrupts).
+    let last = *queued_ids.last().unwrap();
+    let (status, body) = api
+        .post(
+            &format!("/chats/{chat_id}/queue/{last}/promote"),
+            &json!({}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 202, "{body}");
+    let (_, listing) = api
+        .get(&format!("/chats/{chat_id}/messages"))
+        .await
+        .unwrap();
+    let queue: Vec<i64> = listing["queued"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| q["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(queue.len(), 19);
+    assert!(!queue.contains(&queued_ids[5]));
+    // The promoted one is at the head, or already running (it left the queue).
+    assert!(queue[0] == last || !queue.contains(&last), "{queue:?}");
+}
