@@ -235,3 +235,39 @@ async fn queue_is_capped_and_can_be_managed() {
     // The promoted one is at the head, or already running (it left the queue).
     assert!(queue[0] == last || !queue.contains(&last), "{queue:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn workers_are_woken_by_notify_not_only_by_their_poll() {
+    let mut cluster = Cluster::start(1, 0).await;
+    // With a one-minute poll, only the `chatd_wake` notification can start the turn in time.
+    cluster
+        .add_worker(&["--acquire-interval-ms", "60000"])
+        .await
+        .expect("start a worker");
+    let api = cluster.api(0);
+    // Let the worker's startup poll pass, so the next acquire must come from a wake.
+    wait_until(
+        Duration::from_secs(10),
+        "the worker's listener to connect",
+        || async {
+            let sql = cluster.sql().await;
+            let rows = sql
+            .query(
+                "SELECT 1 FROM pg_stat_activity WHERE application_name = 'chatd-worker-listener' \
+                 AND datname = current_database()",
+                &[],
+            )
+            .await
+            .ok()?;
+            (!rows.is_empty()).then_some(())
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for round in 0..3 {
+        let message = directive_message(&format!("wake {round}"), json!({"tokens": 3}));
+        let (chat_id, message_id) = create_chat(&api, &message).await;
+        let mut reader = Reader::open(&api, &chat_id, Some(&format!("{message_id}-0-0"))).await;
+        reader.until_turn_done(Duration::from_secs(20)).await;
+    }
+}

@@ -143,7 +143,12 @@ impl Cluster {
             "--worker-id",
             &id_text,
         ];
-        args.extend_from_slice(FAST_WORKER_ARGS);
+        // `extra` overrides the fast defaults flag by flag.
+        for pair in FAST_WORKER_ARGS.chunks(2) {
+            if !extra.contains(&pair[0]) {
+                args.extend_from_slice(pair);
+            }
+        }
         args.extend_from_slice(extra);
         let child = spawn(&self.log_dir, &format!("worker-{index}"), &args, &[])?;
         self.workers.push(Process {

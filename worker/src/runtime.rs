@@ -67,7 +67,8 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
         capacity_freed: Notify::new(),
     });
     let (sink, events) = mpsc::channel(4096);
-    Listener::spawn(
+    // Held for the worker's lifetime: dropping the last handle stops the listener task.
+    let _listener = Listener::spawn(
         &config.database_url,
         "chatd-worker-listener",
         vec![WAKE_CHANNEL.to_string(), worker_channel(config.worker_id)],

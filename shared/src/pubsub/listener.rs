@@ -54,7 +54,9 @@ pub struct Listener {
 }
 
 impl Listener {
-    /// Starts the listener task. `initial_channels` are LISTENed for the whole lifetime;
+    /// Starts the listener task. It runs until `shutdown` is cancelled or the last handle is
+    /// dropped, so keep a handle for as long as notifications are wanted.
+    /// `initial_channels` are LISTENed for the whole lifetime;
     /// events go to `sink` (bounded: a slow consumer slows the listener, never loses events
     /// silently — PostgreSQL buffers them meanwhile).
     pub fn spawn(
