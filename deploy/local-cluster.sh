@@ -4,11 +4,12 @@
 # the command-line contract only (no `chatd dev`). Ctrl-C stops everything.
 #
 #   deploy/local-cluster.sh                 # build (release) and run
-#   CHATD_BIN=target/debug/chatd deploy/local-cluster.sh
+#   CLUSTER_BIN=target/debug/chatd deploy/local-cluster.sh
 #
 # Environment: CLUSTER_DIR (default .chatd-cluster), API_PORTS (default "8080 8081"),
 # WORKERS (default 2), MOCK_PORT (default 9090), PG_PORT (default 55432),
 # PG_STAT_STATEMENTS=1 to enable pg_stat_statements (for B4), WORKER_ARGS (extra worker flags).
+# Worker i serves /metrics on 127.0.0.1:910i.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -17,9 +18,9 @@ api_ports=${API_PORTS:-"8080 8081"}
 workers=${WORKERS:-2}
 mock_port=${MOCK_PORT:-9090}
 pg_port=${PG_PORT:-55432}
-bin=${CHATD_BIN:-target/release/chatd}
+bin=${CLUSTER_BIN:-target/release/chatd}
 
-if [ -z "${CHATD_BIN:-}" ]; then
+if [ -z "${CLUSTER_BIN:-}" ]; then
     echo "==> building chatd (release)"
     cargo build --release --quiet
 fi
@@ -86,7 +87,8 @@ for port in $api_ports; do
 done
 for index in $(seq 1 "$workers"); do
     # shellcheck disable=SC2086
-    "$bin" worker --database-url "$database_url" ${WORKER_ARGS:-} >"$cluster_dir/worker-$index.log" 2>&1 &
+    "$bin" worker --database-url "$database_url" --metrics-addr "127.0.0.1:$((9100 + index))" \
+        ${WORKER_ARGS:-} >"$cluster_dir/worker-$index.log" 2>&1 &
     pids+=($!)
 done
 for url in "${urls[@]}"; do

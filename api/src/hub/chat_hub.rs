@@ -272,11 +272,11 @@ impl ChatHubTask {
             self.state.attempt = chat.attempt;
             self.state.last_seq = 0;
         }
-        let frames = if matches!(chat.status, ChatStatus::Running | ChatStatus::Interrupting) {
-            reads::frames_after(&**client, self.chat_id, chat.attempt, self.state.last_seq).await?
-        } else {
-            Vec::new()
-        };
+        // Whatever the status: when this read is ahead of the notification queue (the turn
+        // already ended), the attempt's previews must still precede its durable message; the
+        // frame notices that arrive later are then dropped as duplicates.
+        let frames =
+            reads::frames_after(&**client, self.chat_id, chat.attempt, self.state.last_seq).await?;
         drop(client);
         // Frames before messages: a step's previews precede its durable message.
         self.relay_rows(frames);

@@ -131,6 +131,20 @@ impl Session {
             }
             reads::frames_after(&**client, self.chat_id, chat.attempt, self.cursor.seq).await?
         } else {
+            // The attempt is over and its messages are durable: skip its previews, including
+            // frame notices that the hub relays after this read.
+            let ended = matches!(
+                chat.status,
+                ChatStatus::Waiting | ChatStatus::Error | ChatStatus::RequiresAction
+            );
+            if ended && chat.attempt >= self.cursor.attempt {
+                let last_seq = reads::max_frame_seq(&**client, self.chat_id, chat.attempt).await?;
+                if chat.attempt > self.cursor.attempt || last_seq > self.cursor.seq {
+                    self.cursor.attempt = chat.attempt;
+                    self.cursor.seq = last_seq;
+                }
+                self.turn_finished = true;
+            }
             Vec::new()
         };
         drop(client);

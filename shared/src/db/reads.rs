@@ -88,3 +88,19 @@ pub async fn frames_after(
         })
         .collect())
 }
+
+/// The last seq written for `attempt` (0 when none, or already trimmed).
+pub async fn max_frame_seq(
+    client: &impl GenericClient,
+    chat_id: Uuid,
+    attempt: i32,
+) -> Result<i64, tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            "SELECT coalesce(max(seq_to), 0) FROM chat_stream_frames \
+             WHERE chat_id = $1 AND attempt = $2",
+            &[&chat_id, &attempt],
+        )
+        .await?;
+    Ok(row.get(0))
+}
