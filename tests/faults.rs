@@ -177,7 +177,8 @@ async fn a_stale_lease_holder_cannot_write() {
         .until(TURN, |event| event.event == "message_part")
         .await;
     let chat_uuid = Uuid::parse_str(&chat_id).unwrap();
-    let mut sql = cluster.sql().await;
+    let pool = chatd_shared::db::pool::build_pool(&cluster.db.url, "stale-writer", 1).unwrap();
+    let sql = pool.get().await.expect("a pooled connection");
     let row = sql
         .query_one(
             "SELECT worker_id, attempt FROM chats WHERE id = $1",
@@ -197,7 +198,7 @@ async fn a_stale_lease_holder_cannot_write() {
     // An older epoch of the real owner, and a stranger with the right epoch: both fenced.
     for (who, epoch) in [(worker_id, attempt - 1), (Uuid::new_v4(), attempt)] {
         let result = commit(
-            &mut sql,
+            &sql,
             chat_uuid,
             who,
             epoch,

@@ -64,9 +64,13 @@ impl FromRequestParts<AppState> for CurrentUser {
         let client = state.pool.get().await?;
         let row = client
             .query_opt(
-                "SELECT t.secret_hash, u.id, u.is_admin FROM api_tokens t \
+                &client
+                    .prepare_cached(
+                        "SELECT t.secret_hash, u.id, u.is_admin FROM api_tokens t \
                  JOIN users u ON u.id = t.user_id \
                  WHERE t.prefix = $1 AND (t.expires_at IS NULL OR t.expires_at > now())",
+                    )
+                    .await?,
                 &[&prefix],
             )
             .await?;

@@ -162,14 +162,14 @@ impl StreamFlusher {
         // Fenced: only frames of attempts this worker still holds are written.
         let rows = client
             .query(
-                "INSERT INTO chat_stream_frames (chat_id, attempt, seq_from, seq_to, events) \
+                &client.prepare_cached("INSERT INTO chat_stream_frames (chat_id, attempt, seq_from, seq_to, events) \
                  SELECT u.chat_id, u.attempt, u.seq_from, u.seq_to, u.events \
                  FROM unnest($1::uuid[], $2::int[], $3::bigint[], $4::bigint[], $5::jsonb[]) \
                      AS u(chat_id, attempt, seq_from, seq_to, events) \
                  JOIN chats c ON c.id = u.chat_id AND c.attempt = u.attempt AND c.worker_id = $6 \
                  ON CONFLICT DO NOTHING \
                  RETURNING chat_id, attempt, seq_from, \
-                     (extract(epoch FROM created_at) * 1000000)::bigint",
+                     (extract(epoch FROM created_at) * 1000000)::bigint").await?,
                 &[
                     &chat_ids,
                     &attempts,
@@ -201,7 +201,7 @@ impl StreamFlusher {
             notices.push((chat_channel(frame.chat_id), payload));
         }
         metrics::counter!("chatd_stream_frames_total").increment(notices.len() as u64);
-        publish(&**client, &notices).await?;
+        publish(&client, &notices).await?;
         Ok(())
     }
 }

@@ -18,21 +18,21 @@ use crate::store::{status_notices, Committed};
 
 /// One sweep. Returns how many chats were recovered.
 pub async fn sweep(
-    client: &mut tokio_postgres::Client,
+    client: &mut deadpool_postgres::Client,
     stale_after: Duration,
     trim_frames: bool,
 ) -> Result<usize, tokio_postgres::Error> {
     let stale_ms = stale_after.as_millis() as i64;
     let rows = client
         .query(
-            "WITH stale AS ( \
+            &client.prepare_cached("WITH stale AS ( \
                  SELECT id FROM chats WHERE status IN ('running', 'interrupting') \
                  AND heartbeat_at < now() - ($1::bigint * interval '1 millisecond') \
                  ORDER BY heartbeat_at FOR UPDATE SKIP LOCKED LIMIT 100) \
              UPDATE chats c SET status = CASE WHEN c.status = 'running' THEN 'pending' ELSE 'waiting' END, \
                  worker_id = NULL, heartbeat_at = NULL, version = c.version + 1, updated_at = now() \
              FROM stale WHERE c.id = stale.id \
-             RETURNING c.id, c.owner_id, c.version, c.status, c.attempt",
+             RETURNING c.id, c.owner_id, c.version, c.status, c.attempt").await?,
             &[&stale_ms],
         )
         .await?;
@@ -50,28 +50,32 @@ pub async fn sweep(
     }
     metrics::counter!("chatd_stale_recoveries_total").increment(rows.len() as u64);
     let promoted = promote_stranded_queues(client, &mut notices).await?;
-    publish(&*client, &notices).await?;
+    publish(client, &notices).await?;
     if trim_frames {
         client
             .execute(
-                "DELETE FROM chat_stream_frames f USING chats c WHERE f.chat_id = c.id AND \
+                &client.prepare_cached("DELETE FROM chat_stream_frames f USING chats c WHERE f.chat_id = c.id AND \
                  (f.attempt < c.attempt OR (c.status NOT IN ('running', 'interrupting') \
-                  AND c.updated_at < now() - interval '60 seconds'))",
+                  AND c.updated_at < now() - interval '60 seconds'))").await?,
                 &[],
             )
             .await?;
         client
             .execute(
-                "DELETE FROM chat_stream_frames f WHERE NOT EXISTS \
+                &client
+                    .prepare_cached(
+                        "DELETE FROM chat_stream_frames f WHERE NOT EXISTS \
                  (SELECT 1 FROM chats c WHERE c.id = f.chat_id)",
+                    )
+                    .await?,
                 &[],
             )
             .await?;
     }
     let gauge = client
         .query_one(
-            "SELECT count(*), coalesce(extract(epoch FROM now() - min(updated_at)), 0)::float8 \
-             FROM chats WHERE status = 'pending'",
+            &client.prepare_cached("SELECT count(*), coalesce(extract(epoch FROM now() - min(updated_at)), 0)::float8 \
+             FROM chats WHERE status = 'pending'").await?,
             &[],
         )
         .await?;
@@ -82,7 +86,7 @@ pub async fn sweep(
 
 /// Waiting chats with a queue (left so by a crash between steps): promote the head.
 async fn promote_stranded_queues(
-    client: &mut tokio_postgres::Client,
+    client: &mut deadpool_postgres::Client,
     notices: &mut Vec<(String, String)>,
 ) -> Result<usize, tokio_postgres::Error> {
     let transaction = client.transaction().await?;

@@ -94,6 +94,7 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
         pool: pool.clone(),
         http,
         flusher,
+        models: Arc::default(),
     };
     tracing::info!(worker_id = %config.worker_id, "worker started");
     acquire_loop(shared.clone(), pool.clone(), deps, &turns, shutdown.clone()).await;
@@ -188,7 +189,7 @@ async fn claim(
             claim.attempt,
         ));
     }
-    if let Err(error) = publish(&**client, &notices).await {
+    if let Err(error) = publish(&client, &notices).await {
         tracing::warn!(error = %error, "publish acquire hints");
     }
     drop(client);

@@ -30,13 +30,15 @@ pub struct Claim {
 /// # Locks
 /// `FOR UPDATE SKIP LOCKED` on the picked rows for the statement's duration only.
 pub async fn acquire(
-    client: &tokio_postgres::Client,
+    client: &deadpool_postgres::ClientWrapper,
     worker_id: Uuid,
     limit: i64,
 ) -> Result<Vec<Claim>, tokio_postgres::Error> {
     let rows = client
         .query(
-            "WITH picked AS ( \
+            &client
+                .prepare_cached(
+                    "WITH picked AS ( \
                  SELECT id, updated_at AS pending_since FROM chats \
                  WHERE status = 'pending' AND NOT archived \
                  ORDER BY updated_at FOR UPDATE SKIP LOCKED LIMIT $2) \
@@ -46,6 +48,8 @@ pub async fn acquire(
              FROM picked WHERE c.id = picked.id \
              RETURNING c.id, c.owner_id, c.attempt, c.version, c.crash_count, \
                  extract(epoch FROM (clock_timestamp() - picked.pending_since))::float8",
+                )
+                .await?,
             &[&worker_id, &limit],
         )
         .await?;
@@ -72,14 +76,18 @@ pub struct LeaseState {
 /// One statement for all of this worker's turns. Chats missing from the result lost their
 /// lease. Lease time is the database clock.
 pub async fn heartbeat(
-    client: &tokio_postgres::Client,
+    client: &deadpool_postgres::ClientWrapper,
     worker_id: Uuid,
     chat_ids: &[Uuid],
 ) -> Result<Vec<LeaseState>, tokio_postgres::Error> {
     let rows = client
         .query(
-            "UPDATE chats SET heartbeat_at = now() WHERE id = ANY($1) AND worker_id = $2 \
+            &client
+                .prepare_cached(
+                    "UPDATE chats SET heartbeat_at = now() WHERE id = ANY($1) AND worker_id = $2 \
              AND status IN ('running', 'interrupting') RETURNING id, status, attempt",
+                )
+                .await?,
             &[&chat_ids, &worker_id],
         )
         .await?;
@@ -137,141 +145,150 @@ pub struct Committed {
     pub error: bool,
 }
 
-/// Writes `rows` and applies `end` in one transaction, fenced by the lease. `Ok(None)` means
-/// the lease was lost and nothing was written.
+/// The single statement behind `commit`. Every part hangs off `owned` (the fenced row lock):
+/// when the lease is gone nothing is written and no row comes back. The promoted queue head is
+/// inserted after the step's rows (it reads their count), so message ids stay in order.
+const COMMIT_SQL: &str = "
+WITH owned AS (
+    SELECT id FROM chats
+    WHERE id = $1 AND worker_id = $2 AND attempt = $3 AND status IN ('running', 'interrupting')
+    FOR UPDATE),
+step AS (
+    INSERT INTO chat_messages (chat_id, role, content, visibility, model_config_id,
+        input_tokens, output_tokens, reasoning_tokens, cache_read_tokens, cache_write_tokens,
+        cost_micros, runtime_ms, provider_response_id, attempt)
+    SELECT owned.id, r.role, r.content, 'both', r.model_config_id, r.input_tokens,
+        r.output_tokens, r.reasoning_tokens, r.cache_read_tokens, r.cache_write_tokens,
+        r.cost_micros, r.runtime_ms, r.provider_response_id, $3
+    FROM owned, unnest($4::text[], $5::jsonb[], $6::uuid[], $7::int8[], $8::int8[], $9::int8[],
+        $10::int8[], $11::int8[], $12::int8[], $13::int8[], $14::text[]) WITH ORDINALITY
+        AS r(role, content, model_config_id, input_tokens, output_tokens, reasoning_tokens,
+             cache_read_tokens, cache_write_tokens, cost_micros, runtime_ms,
+             provider_response_id, ordinal)
+    ORDER BY r.ordinal
+    RETURNING id),
+head AS (
+    DELETE FROM chat_queued_messages
+    WHERE $15 AND EXISTS (SELECT 1 FROM owned) AND id = (
+        SELECT q.id FROM chat_queued_messages q WHERE q.chat_id = $1
+        ORDER BY q.position, q.id LIMIT 1)
+    RETURNING content, model_config_id, created_by),
+promoted AS (
+    INSERT INTO chat_messages (chat_id, role, content, visibility, created_by, model_config_id)
+    SELECT $1, 'user', head.content, 'both', head.created_by, head.model_config_id
+    FROM head, (SELECT count(*) FROM step) AS written
+    RETURNING id),
+updated AS (
+    UPDATE chats c SET
+        status = CASE WHEN $16::text IS NULL THEN c.status
+                      WHEN EXISTS (SELECT 1 FROM head) THEN 'pending'
+                      ELSE $16::text END,
+        worker_id = CASE WHEN $16::text IS NULL THEN c.worker_id END,
+        heartbeat_at = CASE WHEN $16::text IS NULL THEN c.heartbeat_at END,
+        last_error = CASE WHEN $16::text IS NULL THEN c.last_error ELSE $17::jsonb END,
+        crash_count = CASE WHEN $16::text IS NULL THEN c.crash_count
+                           WHEN $18 THEN c.crash_count - 1 ELSE 0 END,
+        version = c.version + 1,
+        updated_at = now()
+    FROM owned WHERE c.id = owned.id
+    RETURNING c.version, c.status, c.attempt)
+SELECT updated.version, updated.status, updated.attempt,
+    (SELECT count(*) FROM step), (SELECT count(*) FROM promoted)
+FROM updated";
+
+/// Writes `rows` and applies `end` in one statement (one round trip, atomic), fenced by the
+/// lease. `Ok(None)` means the lease was lost and nothing was written.
 ///
 /// # Locks
-/// Row lock on the chat (`FOR UPDATE`) for the transaction; message inserts happen under it,
-/// which keeps per-chat message ids in commit order.
+/// Row lock on the chat (`FOR UPDATE`) for the statement; the message inserts happen under
+/// it, which keeps per-chat message ids in commit order.
 pub async fn commit(
-    client: &mut tokio_postgres::Client,
+    client: &deadpool_postgres::ClientWrapper,
     chat_id: Uuid,
     worker_id: Uuid,
     attempt: i32,
     rows: &[NewRow],
     end: TurnEnd,
 ) -> Result<Option<Committed>, tokio_postgres::Error> {
-    let transaction = client.transaction().await?;
-    let owned = transaction
+    let roles: Vec<&str> = rows.iter().map(|row| row.role.as_str()).collect();
+    let contents: Vec<&Value> = rows.iter().map(|row| &row.content).collect();
+    let models: Vec<Option<Uuid>> = rows.iter().map(|row| row.model_config_id).collect();
+    let usage = |pick: fn(&RowUsage) -> Option<i64>| -> Vec<Option<i64>> {
+        rows.iter()
+            .map(|row| row.usage.as_ref().and_then(pick))
+            .collect()
+    };
+    let input = usage(|u| Some(u.input_tokens));
+    let output = usage(|u| Some(u.output_tokens));
+    let reasoning = usage(|u| Some(u.reasoning_tokens));
+    let cache_read = usage(|u| Some(u.cache_read_tokens));
+    let cache_write = usage(|u| Some(u.cache_write_tokens));
+    let cost = usage(|u| u.cost_micros);
+    let runtime: Vec<Option<i64>> = rows.iter().map(|row| row.runtime_ms).collect();
+    let response_ids: Vec<Option<&str>> = rows
+        .iter()
+        .map(|row| row.provider_response_id.as_deref())
+        .collect();
+    let (pop_queue, status, last_error, released) = match &end {
+        TurnEnd::Continue => (false, None, None, false),
+        TurnEnd::Done | TurnEnd::Interrupted => (true, Some(ChatStatus::Waiting), None, false),
+        TurnEnd::Failed(error) => (false, Some(ChatStatus::Error), Some(error), false),
+        TurnEnd::Released => (false, Some(ChatStatus::Pending), None, true),
+    };
+    let status = status.map(ChatStatus::as_str);
+    let row = client
         .query_opt(
-            "SELECT status FROM chats WHERE id = $1 AND worker_id = $2 AND attempt = $3 \
-             AND status IN ('running', 'interrupting') FOR UPDATE",
-            &[&chat_id, &worker_id, &attempt],
+            &client.prepare_cached(COMMIT_SQL).await?,
+            &[
+                &chat_id,
+                &worker_id,
+                &attempt,
+                &roles,
+                &contents,
+                &models,
+                &input,
+                &output,
+                &reasoning,
+                &cache_read,
+                &cache_write,
+                &cost,
+                &runtime,
+                &response_ids,
+                &pop_queue,
+                &status,
+                &last_error,
+                &released,
+            ],
         )
         .await?;
-    if owned.is_none() {
-        return Ok(None);
-    }
-    for row in rows {
-        let usage = row.usage;
-        transaction
-            .execute(
-                "INSERT INTO chat_messages (chat_id, role, content, visibility, model_config_id, \
-                 input_tokens, output_tokens, reasoning_tokens, cache_read_tokens, \
-                 cache_write_tokens, cost_micros, runtime_ms, provider_response_id, attempt) \
-                 VALUES ($1, $2, $3, 'both', $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-                &[
-                    &chat_id,
-                    &row.role.as_str(),
-                    &row.content,
-                    &row.model_config_id,
-                    &usage.map(|u| u.input_tokens),
-                    &usage.map(|u| u.output_tokens),
-                    &usage.map(|u| u.reasoning_tokens),
-                    &usage.map(|u| u.cache_read_tokens),
-                    &usage.map(|u| u.cache_write_tokens),
-                    &usage.and_then(|u| u.cost_micros),
-                    &row.runtime_ms,
-                    &row.provider_response_id,
-                    &attempt,
-                ],
-            )
-            .await?;
-    }
-    let mut popped = false;
-    let (status, last_error) = match &end {
-        TurnEnd::Continue => (None, None),
-        TurnEnd::Done | TurnEnd::Interrupted => {
-            let head = transaction
-                .query_opt(
-                    "DELETE FROM chat_queued_messages WHERE id = \
-                     (SELECT id FROM chat_queued_messages WHERE chat_id = $1 \
-                      ORDER BY position, id LIMIT 1) \
-                     RETURNING content, model_config_id, created_by",
-                    &[&chat_id],
-                )
-                .await?;
-            if let Some(head) = head {
-                popped = true;
-                transaction
-                    .execute(
-                        "INSERT INTO chat_messages (chat_id, role, content, visibility, \
-                         created_by, model_config_id) VALUES ($1, 'user', $2, 'both', $4, $3)",
-                        &[
-                            &chat_id,
-                            &head.get::<_, Value>(0),
-                            &head.get::<_, Option<Uuid>>(1),
-                            &head.get::<_, Option<Uuid>>(2),
-                        ],
-                    )
-                    .await?;
-                (Some(ChatStatus::Pending), None)
-            } else {
-                (Some(ChatStatus::Waiting), None)
-            }
+    Ok(row.map(|row| {
+        let written: i64 = row.get(3);
+        let promoted: i64 = row.get(4);
+        Committed {
+            version: row.get(0),
+            status: ChatStatus::parse(row.get(1)).unwrap_or(ChatStatus::Error),
+            attempt: row.get(2),
+            messages: written > 0 || promoted > 0,
+            queue: promoted > 0,
+            error: last_error.is_some(),
         }
-        TurnEnd::Failed(error) => (Some(ChatStatus::Error), Some(error.clone())),
-        TurnEnd::Released => (Some(ChatStatus::Pending), None),
-    };
-    let row = match status {
-        None => {
-            transaction
-                .query_one(
-                    "UPDATE chats SET version = version + 1, updated_at = now() WHERE id = $1 \
-                     RETURNING version, status, attempt",
-                    &[&chat_id],
-                )
-                .await?
-        }
-        Some(status) => {
-            // A released turn did not finish: keep its crash count; any other end resets it.
-            let keep_crash_count = matches!(end, TurnEnd::Released);
-            transaction
-                .query_one(
-                    "UPDATE chats SET status = $2, worker_id = NULL, heartbeat_at = NULL, \
-                     last_error = $3, version = version + 1, updated_at = now(), \
-                     crash_count = CASE WHEN $4 THEN crash_count - 1 ELSE 0 END \
-                     WHERE id = $1 RETURNING version, status, attempt",
-                    &[&chat_id, &status.as_str(), &last_error, &keep_crash_count],
-                )
-                .await?
-        }
-    };
-    transaction.commit().await?;
-    Ok(Some(Committed {
-        version: row.get(0),
-        status: ChatStatus::parse(row.get(1)).unwrap_or(ChatStatus::Error),
-        attempt: row.get(2),
-        messages: !rows.is_empty() || popped,
-        queue: popped,
-        error: last_error.is_some(),
     }))
 }
 
 /// Starts a new lease epoch for this worker's turn (a step restarting after partial output):
 /// clients see the attempt change and drop previews. `None` when the lease was lost.
 pub async fn renew_attempt(
-    client: &tokio_postgres::Client,
+    client: &deadpool_postgres::ClientWrapper,
     chat_id: Uuid,
     worker_id: Uuid,
     attempt: i32,
 ) -> Result<Option<(i32, i64)>, tokio_postgres::Error> {
     let row = client
         .query_opt(
-            "UPDATE chats SET attempt = attempt + 1, version = version + 1, updated_at = now(), \
+            &client.prepare_cached("UPDATE chats SET attempt = attempt + 1, version = version + 1, updated_at = now(), \
              heartbeat_at = now() \
              WHERE id = $1 AND worker_id = $2 AND attempt = $3 AND status = 'running' \
-             RETURNING attempt, version",
+             RETURNING attempt, version").await?,
             &[&chat_id, &worker_id, &attempt],
         )
         .await?;

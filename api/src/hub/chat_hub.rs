@@ -193,7 +193,7 @@ impl ChatHubTask {
     async fn fill_frames(&mut self) -> anyhow::Result<()> {
         let client = self.pool.get().await?;
         let frames = reads::frames_after(
-            &**client,
+            &client,
             self.chat_id,
             self.state.attempt,
             self.state.last_seq,
@@ -231,7 +231,7 @@ impl ChatHubTask {
             self.apply_status(change.status, change.version, change.attempt, None);
             return Ok(());
         }
-        self.resync().await
+        self.resync_with(change.queue || !contiguous).await
     }
 
     fn apply_status(
@@ -254,20 +254,26 @@ impl ChatHubTask {
         });
     }
 
-    /// Re-reads the chat, new messages, the queue and missing frames; broadcasts what changed.
-    async fn resync(&mut self) -> anyhow::Result<()> {
+    /// Re-reads the chat, new messages, the queue and missing frames in one statement;
+    /// broadcasts what changed. `with_queue` is false only when the notice said the queue did
+    /// not change and no notice was missed.
+    async fn resync_with(&mut self, with_queue: bool) -> anyhow::Result<()> {
         let client = self.pool.get().await?;
-        let Some(chat) = reads::chat_by_id(&**client, self.chat_id).await? else {
+        let sync = reads::chat_sync(
+            &client,
+            self.chat_id,
+            self.state.last_message_id,
+            with_queue,
+            self.state.attempt,
+            self.state.last_seq,
+        )
+        .await?;
+        drop(client);
+        let Some(sync) = sync else {
             return Ok(()); // deleted
         };
-        let messages =
-            reads::messages_after(&**client, self.chat_id, self.state.last_message_id).await?;
+        let chat = sync.chat;
         let version_changed = chat.version > self.state.version;
-        let queue = if version_changed {
-            Some(reads::queue(&**client, self.chat_id).await?)
-        } else {
-            None
-        };
         if chat.attempt > self.state.attempt {
             self.state.attempt = chat.attempt;
             self.state.last_seq = 0;
@@ -275,16 +281,12 @@ impl ChatHubTask {
         // Whatever the status: when this read is ahead of the notification queue (the turn
         // already ended), the attempt's previews must still precede its durable message; the
         // frame notices that arrive later are then dropped as duplicates.
-        let frames =
-            reads::frames_after(&**client, self.chat_id, chat.attempt, self.state.last_seq).await?;
-        drop(client);
-        // Frames before messages: a step's previews precede its durable message.
-        self.relay_rows(frames);
-        if let Some(last) = messages.last() {
+        self.relay_rows(sync.frames);
+        if let Some(last) = sync.messages.last() {
             self.state.last_message_id = last.id;
-            self.broadcast(HubEvent::Messages(messages));
+            self.broadcast(HubEvent::Messages(sync.messages));
         }
-        if let Some(queue) = queue {
+        if let Some(queue) = sync.queue.filter(|_| version_changed) {
             self.broadcast(HubEvent::Queue(queue));
         }
         if chat.title != self.state.title {
@@ -295,6 +297,11 @@ impl ChatHubTask {
             self.apply_status(chat.status, chat.version, chat.attempt, chat.last_error);
         }
         Ok(())
+    }
+
+    /// A full resync (reconnects, errors).
+    async fn resync(&mut self) -> anyhow::Result<()> {
+        self.resync_with(true).await
     }
 }
 

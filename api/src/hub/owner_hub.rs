@@ -84,7 +84,7 @@ impl OwnerHubTask {
             return Ok(());
         }
         let client = self.pool.get().await?;
-        let chat = reads::chat_by_id(&**client, notice.chat_id).await?;
+        let chat = reads::chat_by_id(&client, notice.chat_id).await?;
         drop(client);
         if let Some(chat) = chat.filter(|chat| chat.owner_id == self.owner_id) {
             if self.is_new(&chat) {

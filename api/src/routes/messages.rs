@@ -47,7 +47,7 @@ pub async fn list(
     rows.truncate(limit as usize);
     let queued = if before_id.is_none() {
         Some(
-            reads::queue(&**client, chat_id)
+            reads::queue(&client, chat_id)
                 .await?
                 .iter()
                 .map(QueuedMessage::from)

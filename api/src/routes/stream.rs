@@ -109,8 +109,7 @@ impl Session {
     /// gone or not the caller's.
     async fn snapshot(&mut self) -> ApiResult<Option<Vec<Event>>> {
         let client = self.state.pool.get().await?;
-        let Some(chat) = reads::chat_for_owner(&**client, self.chat_id, self.owner_id).await?
-        else {
+        let Some(chat) = reads::chat_for_owner(&client, self.chat_id, self.owner_id).await? else {
             return Ok(None);
         };
         let mut out = Vec::new();
@@ -118,10 +117,9 @@ impl Session {
         if version_changed {
             out.push(self.status_event(chat.status, chat.version, chat.last_error.clone()));
         }
-        let messages =
-            reads::messages_after(&**client, self.chat_id, self.cursor.message_id).await?;
+        let messages = reads::messages_after(&client, self.chat_id, self.cursor.message_id).await?;
         let queue = if version_changed || self.first {
-            Some(reads::queue(&**client, self.chat_id).await?)
+            Some(reads::queue(&client, self.chat_id).await?)
         } else {
             None
         };
@@ -129,7 +127,7 @@ impl Session {
             if chat.attempt != self.cursor.attempt {
                 self.switch_attempt(chat.attempt, &mut out);
             }
-            reads::frames_after(&**client, self.chat_id, chat.attempt, self.cursor.seq).await?
+            reads::frames_after(&client, self.chat_id, chat.attempt, self.cursor.seq).await?
         } else {
             // The attempt is over and its messages are durable: skip its previews, including
             // frame notices that the hub relays after this read.
@@ -138,7 +136,7 @@ impl Session {
                 ChatStatus::Waiting | ChatStatus::Error | ChatStatus::RequiresAction
             );
             if ended && chat.attempt >= self.cursor.attempt {
-                let last_seq = reads::max_frame_seq(&**client, self.chat_id, chat.attempt).await?;
+                let last_seq = reads::max_frame_seq(&client, self.chat_id, chat.attempt).await?;
                 if chat.attempt > self.cursor.attempt || last_seq > self.cursor.seq {
                     self.cursor.attempt = chat.attempt;
                     self.cursor.seq = last_seq;
@@ -254,13 +252,9 @@ impl Session {
 
     async fn fill_gap(&mut self, out: &mut Vec<Event>) -> ApiResult<()> {
         let client = self.state.pool.get().await?;
-        let frames = reads::frames_after(
-            &**client,
-            self.chat_id,
-            self.cursor.attempt,
-            self.cursor.seq,
-        )
-        .await?;
+        let frames =
+            reads::frames_after(&client, self.chat_id, self.cursor.attempt, self.cursor.seq)
+                .await?;
         drop(client);
         for frame in frames {
             let (attempt, events, created_at_us) = prepare_rows(frame);

@@ -322,7 +322,7 @@ pub async fn get_chat(
     chat_id: Uuid,
     owner_id: Uuid,
 ) -> ApiResult<ChatRow> {
-    reads::chat_for_owner(&***client, chat_id, owner_id)
+    reads::chat_for_owner(client, chat_id, owner_id)
         .await?
         .ok_or(ApiError::NotFound("chat"))
 }

@@ -81,7 +81,7 @@ impl Transition {
     /// Publishes the hints for this committed change. Failure is logged, not returned: the
     /// change is durable, and pollers/re-reads repair a lost hint.
     pub async fn publish(&self, client: &deadpool_postgres::Client) {
-        if let Err(error) = publish(&***client, &self.notices()).await {
+        if let Err(error) = publish(client, &self.notices()).await {
             tracing::warn!(chat_id = %self.chat.id, error = %error, "publish change hints");
         }
     }

@@ -1,6 +1,5 @@
 //! Reads shared by the API (snapshots, fan-out) and the worker.
 
-use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
 use super::rows::{ChatRow, FrameRow, MessageRow, QueuedRow};
@@ -8,7 +7,7 @@ use super::rows::{ChatRow, FrameRow, MessageRow, QueuedRow};
 /// The chat if it exists and belongs to `owner_id` (`None` for both "missing" and "not yours",
 /// which callers must answer identically).
 pub async fn chat_for_owner(
-    client: &impl GenericClient,
+    client: &deadpool_postgres::ClientWrapper,
     chat_id: Uuid,
     owner_id: Uuid,
 ) -> Result<Option<ChatRow>, tokio_postgres::Error> {
@@ -16,17 +15,21 @@ pub async fn chat_for_owner(
         "SELECT {} FROM chats c WHERE c.id = $1 AND c.owner_id = $2",
         ChatRow::COLUMNS
     );
-    let row = client.query_opt(&sql, &[&chat_id, &owner_id]).await?;
+    let row = client
+        .query_opt(&client.prepare_cached(&sql).await?, &[&chat_id, &owner_id])
+        .await?;
     Ok(row.as_ref().map(ChatRow::from_row))
 }
 
 /// The chat regardless of owner (internal fan-out only; never for answering a request).
 pub async fn chat_by_id(
-    client: &impl GenericClient,
+    client: &deadpool_postgres::ClientWrapper,
     chat_id: Uuid,
 ) -> Result<Option<ChatRow>, tokio_postgres::Error> {
     let sql = format!("SELECT {} FROM chats c WHERE c.id = $1", ChatRow::COLUMNS);
-    let row = client.query_opt(&sql, &[&chat_id]).await?;
+    let row = client
+        .query_opt(&client.prepare_cached(&sql).await?, &[&chat_id])
+        .await?;
     Ok(row.as_ref().map(ChatRow::from_row))
 }
 
@@ -35,7 +38,7 @@ pub async fn chat_by_id(
 /// Safe as a cursor within one chat because every insert into `chat_messages` happens under
 /// the chat row lock (DESIGN.md section 3, per-chat cursor safety).
 pub async fn messages_after(
-    client: &impl GenericClient,
+    client: &deadpool_postgres::ClientWrapper,
     chat_id: Uuid,
     after_id: i64,
 ) -> Result<Vec<MessageRow>, tokio_postgres::Error> {
@@ -44,36 +47,44 @@ pub async fn messages_after(
          AND m.visibility <> 'model' ORDER BY m.id",
         MessageRow::COLUMNS
     );
-    let rows = client.query(&sql, &[&chat_id, &after_id]).await?;
+    let rows = client
+        .query(&client.prepare_cached(&sql).await?, &[&chat_id, &after_id])
+        .await?;
     Ok(rows.iter().map(MessageRow::from_row).collect())
 }
 
 /// The queue in run order.
 pub async fn queue(
-    client: &impl GenericClient,
+    client: &deadpool_postgres::ClientWrapper,
     chat_id: Uuid,
 ) -> Result<Vec<QueuedRow>, tokio_postgres::Error> {
     let sql = format!(
         "SELECT {} FROM chat_queued_messages q WHERE q.chat_id = $1 ORDER BY q.position, q.id",
         QueuedRow::COLUMNS
     );
-    let rows = client.query(&sql, &[&chat_id]).await?;
+    let rows = client
+        .query(&client.prepare_cached(&sql).await?, &[&chat_id])
+        .await?;
     Ok(rows.iter().map(QueuedRow::from_row).collect())
 }
 
 /// Frames of `attempt` whose events end after `after_seq`, in seq order.
 pub async fn frames_after(
-    client: &impl GenericClient,
+    client: &deadpool_postgres::ClientWrapper,
     chat_id: Uuid,
     attempt: i32,
     after_seq: i64,
 ) -> Result<Vec<FrameRow>, tokio_postgres::Error> {
     let rows = client
         .query(
-            "SELECT attempt, seq_from, seq_to, events, \
+            &client
+                .prepare_cached(
+                    "SELECT attempt, seq_from, seq_to, events, \
              (extract(epoch FROM created_at) * 1000000)::bigint \
              FROM chat_stream_frames WHERE chat_id = $1 AND attempt = $2 AND seq_to > $3 \
              ORDER BY seq_from",
+                )
+                .await?,
             &[&chat_id, &attempt, &after_seq],
         )
         .await?;
@@ -91,16 +102,94 @@ pub async fn frames_after(
 
 /// The last seq written for `attempt` (0 when none, or already trimmed).
 pub async fn max_frame_seq(
-    client: &impl GenericClient,
+    client: &deadpool_postgres::ClientWrapper,
     chat_id: Uuid,
     attempt: i32,
 ) -> Result<i64, tokio_postgres::Error> {
     let row = client
         .query_one(
-            "SELECT coalesce(max(seq_to), 0) FROM chat_stream_frames \
+            &client
+                .prepare_cached(
+                    "SELECT coalesce(max(seq_to), 0) FROM chat_stream_frames \
              WHERE chat_id = $1 AND attempt = $2",
+                )
+                .await?,
             &[&chat_id, &attempt],
         )
         .await?;
     Ok(row.get(0))
+}
+
+/// Everything an API replica's hub needs after a change, read in one statement.
+pub struct ChatSync {
+    pub chat: ChatRow,
+    /// Visible messages after the given id, oldest first.
+    pub messages: Vec<MessageRow>,
+    /// The queue in run order, when asked for.
+    pub queue: Option<Vec<QueuedRow>>,
+    /// Frames of the chat's current attempt after the given position, in seq order.
+    pub frames: Vec<FrameRow>,
+}
+
+/// One read for a hub resync: the chat, its messages after `after_message_id`, the queue (when
+/// `with_queue`), and the current attempt's frames after `after_seq` (counted from 0 when the
+/// current attempt is not `known_attempt`). `None` when the chat is gone.
+pub async fn chat_sync(
+    client: &deadpool_postgres::ClientWrapper,
+    chat_id: Uuid,
+    after_message_id: i64,
+    with_queue: bool,
+    known_attempt: i32,
+    after_seq: i64,
+) -> Result<Option<ChatSync>, SyncError> {
+    let sql = format!(
+        "SELECT {chat_columns}, \
+           (SELECT coalesce(json_agg(m ORDER BY m.id), '[]'::json) FROM ( \
+              SELECT m.id, m.chat_id, m.role, m.content, m.created_at, m.model_config_id, \
+                  m.input_tokens, m.output_tokens, m.reasoning_tokens, m.cache_read_tokens, \
+                  m.cache_write_tokens, m.cost_micros, m.runtime_ms \
+              FROM chat_messages m WHERE m.chat_id = c.id AND m.id > $2::bigint AND NOT m.deleted \
+              AND m.visibility <> 'model') m), \
+           CASE WHEN $3::bool THEN (SELECT coalesce(json_agg(q ORDER BY q.position, q.id), '[]'::json) \
+              FROM (SELECT q.id, q.chat_id, q.content, q.created_at, q.position \
+                    FROM chat_queued_messages q WHERE q.chat_id = c.id) q) END, \
+           (SELECT coalesce(json_agg(f ORDER BY f.seq_from), '[]'::json) FROM ( \
+              SELECT f.attempt, f.seq_from, f.seq_to, f.events, \
+                  (extract(epoch FROM f.created_at) * 1000000)::bigint AS created_at_us \
+              FROM chat_stream_frames f WHERE f.chat_id = c.id AND f.attempt = c.attempt \
+              AND f.seq_to > CASE WHEN c.attempt = $4::int THEN $5::bigint ELSE 0::bigint END) f) \
+         FROM chats c WHERE c.id = $1",
+        chat_columns = ChatRow::COLUMNS
+    );
+    let row = client
+        .query_opt(
+            &client.prepare_cached(&sql).await?,
+            &[
+                &chat_id,
+                &after_message_id,
+                &with_queue,
+                &known_attempt,
+                &after_seq,
+            ],
+        )
+        .await?;
+    let Some(row) = row else { return Ok(None) };
+    let messages: serde_json::Value = row.get(14);
+    let queue: Option<serde_json::Value> = row.get(15);
+    let frames: serde_json::Value = row.get(16);
+    Ok(Some(ChatSync {
+        chat: ChatRow::from_row(&row),
+        messages: serde_json::from_value(messages)?,
+        queue: queue.map(serde_json::from_value).transpose()?,
+        frames: serde_json::from_value(frames)?,
+    }))
+}
+
+/// Why `chat_sync` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error(transparent)]
+    Database(#[from] tokio_postgres::Error),
+    #[error("decode the chat sync row: {0}")]
+    Decode(#[from] serde_json::Error),
 }

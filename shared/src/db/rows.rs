@@ -3,6 +3,7 @@
 //! Each row type has a `COLUMNS` constant (the `SELECT` list, in the order `from_row` reads
 //! it) so queries in other modules stay in sync with the decoder.
 
+use serde::Deserialize;
 use serde_json::Value;
 use time::OffsetDateTime;
 use tokio_postgres::Row;
@@ -56,14 +57,15 @@ impl ChatRow {
     }
 }
 
-/// A `chat_messages` row.
-#[derive(Debug, Clone)]
+/// A `chat_messages` row. Also decodable from `row_to_json` output (see `reads::chat_sync`).
+#[derive(Debug, Clone, Deserialize)]
 pub struct MessageRow {
     pub id: i64,
     pub chat_id: Uuid,
     pub role: Role,
     /// JSON array of content parts (`domain::ContentPart`), passed through unparsed.
     pub content: Value,
+    #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     pub model_config_id: Option<Uuid>,
     pub input_tokens: Option<i64>,
@@ -81,31 +83,37 @@ impl MessageRow {
         m.cache_read_tokens, m.cache_write_tokens, m.cost_micros, m.runtime_ms";
 
     pub fn from_row(row: &Row) -> MessageRow {
-        let role: &str = row.get(2);
+        MessageRow::from_row_at(row, 0)
+    }
+
+    /// Decodes the columns starting at `offset` (for joins that select other columns first).
+    pub fn from_row_at(row: &Row, offset: usize) -> MessageRow {
+        let role: &str = row.get(offset + 2);
         MessageRow {
-            id: row.get(0),
-            chat_id: row.get(1),
+            id: row.get(offset),
+            chat_id: row.get(offset + 1),
             role: Role::parse(role).unwrap_or(Role::User),
-            content: row.get(3),
-            created_at: row.get(4),
-            model_config_id: row.get(5),
-            input_tokens: row.get(6),
-            output_tokens: row.get(7),
-            reasoning_tokens: row.get(8),
-            cache_read_tokens: row.get(9),
-            cache_write_tokens: row.get(10),
-            cost_micros: row.get(11),
-            runtime_ms: row.get(12),
+            content: row.get(offset + 3),
+            created_at: row.get(offset + 4),
+            model_config_id: row.get(offset + 5),
+            input_tokens: row.get(offset + 6),
+            output_tokens: row.get(offset + 7),
+            reasoning_tokens: row.get(offset + 8),
+            cache_read_tokens: row.get(offset + 9),
+            cache_write_tokens: row.get(offset + 10),
+            cost_micros: row.get(offset + 11),
+            runtime_ms: row.get(offset + 12),
         }
     }
 }
 
 /// A `chat_queued_messages` row.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Deserialize)]
 pub struct QueuedRow {
     pub id: i64,
     pub chat_id: Uuid,
     pub content: Value,
+    #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
 }
 
@@ -123,7 +131,7 @@ impl QueuedRow {
 }
 
 /// One row of the resume log `chat_stream_frames`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Deserialize)]
 pub struct FrameRow {
     pub attempt: i32,
     pub seq_from: i64,

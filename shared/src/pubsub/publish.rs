@@ -4,11 +4,9 @@
 //! change committed, in their own statement. A NOTIFY inside a transaction that also writes
 //! durable rows can fail that commit when the notify queue is full, losing the rows.
 
-use tokio_postgres::GenericClient;
-
 /// Publishes every `(channel, payload)` pair with one statement (one round trip, one commit).
 pub async fn publish(
-    client: &impl GenericClient,
+    client: &deadpool_postgres::ClientWrapper,
     notices: &[(String, String)],
 ) -> Result<(), tokio_postgres::Error> {
     if notices.is_empty() {
@@ -24,7 +22,11 @@ pub async fn publish(
         .collect();
     client
         .execute(
-            "SELECT pg_notify(c, p) FROM unnest($1::text[], $2::text[]) AS t(c, p)",
+            &client
+                .prepare_cached(
+                    "SELECT pg_notify(c, p) FROM unnest($1::text[], $2::text[]) AS t(c, p)",
+                )
+                .await?,
             &[&channels, &payloads],
         )
         .await?;

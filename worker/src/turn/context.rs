@@ -9,6 +9,7 @@ use chatd_shared::domain::{ContentPart, ProviderKind, Role};
 use crate::provider::{PromptMessage, ProviderEndpoint};
 
 /// The resolved model of a turn.
+#[derive(Clone)]
 pub struct ModelChoice {
     pub model_config_id: Uuid,
     pub model: String,
@@ -34,17 +35,17 @@ pub enum ContextError {
 /// with blank text/reasoning parts dropped. Also returns the model the newest user message
 /// (or the chat) asked for.
 pub async fn load_prompt(
-    client: &tokio_postgres::Client,
+    client: &deadpool_postgres::ClientWrapper,
     chat_id: Uuid,
 ) -> Result<(Vec<PromptMessage>, Option<Uuid>), ContextError> {
     let rows = client
         .query(
-            "SELECT m.role, m.content, m.model_config_id, c.model_config_id FROM chat_messages m \
+            &client.prepare_cached("SELECT m.role, m.content, m.model_config_id, c.model_config_id FROM chat_messages m \
              JOIN chats c ON c.id = m.chat_id \
              WHERE m.chat_id = $1 AND NOT m.deleted AND m.visibility <> 'user' \
              AND (m.role = 'system' OR m.id >= coalesce((SELECT max(id) FROM chat_messages \
                   WHERE chat_id = $1 AND compressed AND NOT deleted), 0)) \
-             ORDER BY m.id",
+             ORDER BY m.id").await?,
             &[&chat_id],
         )
         .await?;
@@ -71,18 +72,22 @@ pub async fn load_prompt(
 
 /// Resolves the wanted model, falling back to the default when it is disabled or deleted.
 pub async fn resolve_model(
-    client: &tokio_postgres::Client,
+    client: &deadpool_postgres::ClientWrapper,
     wanted: Option<Uuid>,
     encryption_key: Option<&[u8; 32]>,
 ) -> Result<ModelChoice, ContextError> {
     let row = client
         .query_opt(
-            "SELECT mc.id, mc.model, mc.max_output_tokens, p.kind, p.base_url, \
+            &client
+                .prepare_cached(
+                    "SELECT mc.id, mc.model, mc.max_output_tokens, p.kind, p.base_url, \
              p.api_key_encrypted, mc.input_price_micros, mc.output_price_micros \
              FROM model_configs mc JOIN providers p ON p.id = mc.provider_id \
              WHERE mc.enabled AND NOT mc.deleted AND p.enabled \
              AND (mc.id = $1 OR mc.is_default) \
              ORDER BY (mc.id = $1) DESC NULLS LAST LIMIT 1",
+                )
+                .await?,
             &[&wanted],
         )
         .await?
@@ -118,4 +123,43 @@ pub async fn resolve_model(
         input_price_micros: row.get(6),
         output_price_micros: row.get(7),
     })
+}
+
+/// Resolved models cached for a few seconds per worker, so a turn does not pay a statement to
+/// re-resolve the same model. Configuration changes take effect within `MODEL_CACHE_TTL`.
+#[derive(Default)]
+pub struct ModelCache {
+    entries: std::sync::Mutex<
+        std::collections::HashMap<Option<Uuid>, (ModelChoice, std::time::Instant)>,
+    >,
+}
+
+/// How long a resolved model is reused.
+pub const MODEL_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl ModelCache {
+    pub async fn resolve(
+        &self,
+        client: &deadpool_postgres::ClientWrapper,
+        wanted: Option<Uuid>,
+        encryption_key: Option<&[u8; 32]>,
+    ) -> Result<ModelChoice, ContextError> {
+        if let Some(choice) = self.get(wanted) {
+            return Ok(choice);
+        }
+        let choice = resolve_model(client, wanted, encryption_key).await?;
+        if let Ok(mut entries) = self.entries.lock() {
+            if entries.len() > 1000 {
+                entries.clear();
+            }
+            entries.insert(wanted, (choice.clone(), std::time::Instant::now()));
+        }
+        Ok(choice)
+    }
+
+    fn get(&self, wanted: Option<Uuid>) -> Option<ModelChoice> {
+        let entries = self.entries.lock().ok()?;
+        let (choice, at) = entries.get(&wanted)?;
+        (at.elapsed() < MODEL_CACHE_TTL).then(|| choice.clone())
+    }
 }

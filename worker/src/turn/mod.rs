@@ -50,6 +50,7 @@ pub struct TurnDeps {
     pub pool: Pool,
     pub http: reqwest::Client,
     pub flusher: Arc<StreamFlusher>,
+    pub models: Arc<context::ModelCache>,
 }
 
 impl TurnContext {
@@ -73,7 +74,7 @@ impl TurnContext {
             chatd_shared::domain::ChatStatus::Running,
             attempt,
         );
-        let _ = publish(&**client, &notices).await;
+        let _ = publish(&client, &notices).await;
         Some(attempt)
     }
 
@@ -85,9 +86,9 @@ impl TurnContext {
         let mut end = Some(end);
         for _ in 0..6 {
             let result = async {
-                let mut client = self.pool.get().await?;
+                let client = self.pool.get().await?;
                 let committed = store::commit(
-                    &mut client,
+                    &client,
                     self.chat_id,
                     self.config.worker_id,
                     self.attempt(),
@@ -97,7 +98,7 @@ impl TurnContext {
                 .await?;
                 if let Some(committed) = &committed {
                     let notices = store::change_notices(self.chat_id, self.owner_id, committed);
-                    if let Err(error) = publish(&**client, &notices).await {
+                    if let Err(error) = publish(&client, &notices).await {
                         tracing::warn!(error = %error, "publish turn hints");
                     }
                 }
@@ -236,8 +237,10 @@ async fn prepare(
         .await
         .map_err(|error| ContextError::Config(format!("database connection: {error}")))?;
     let (prompt, wanted) = context::load_prompt(&client, claim.chat_id).await?;
-    let model =
-        context::resolve_model(&client, wanted, deps.config.encryption_key.as_ref()).await?;
+    let model = deps
+        .models
+        .resolve(&client, wanted, deps.config.encryption_key.as_ref())
+        .await?;
     Ok((model, prompt))
 }
 
@@ -353,12 +356,12 @@ async fn fail(turn: &TurnContext, stream: &mut TurnStream, error: &ProviderError
 
 /// A turn that could not even resolve its model fails with a config error.
 async fn fail_without_model(deps: &TurnDeps, claim: &Claim, message: &str) {
-    let Ok(mut client) = deps.pool.get().await else {
+    let Ok(client) = deps.pool.get().await else {
         return;
     };
     let error = json!({"kind": "config", "message": message, "retryable": false});
     if let Ok(Some(committed)) = store::commit(
-        &mut client,
+        &client,
         claim.chat_id,
         deps.config.worker_id,
         claim.attempt,
@@ -368,6 +371,6 @@ async fn fail_without_model(deps: &TurnDeps, claim: &Claim, message: &str) {
     .await
     {
         let notices = store::change_notices(claim.chat_id, claim.owner_id, &committed);
-        let _ = publish(&**client, &notices).await;
+        let _ = publish(&client, &notices).await;
     }
 }
