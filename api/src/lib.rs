@@ -53,6 +53,12 @@ pub async fn run(
     };
     let address = listener.local_addr().context("read the listen address")?;
     tracing::info!(%address, "api listening");
+    // Small SSE writes must leave at once: no Nagle delay (40 ms with delayed ACKs).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |stream| {
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, "set TCP_NODELAY");
+        }
+    });
     axum::serve(listener, routes::router(state))
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await

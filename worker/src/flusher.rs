@@ -18,10 +18,40 @@ use tokio::sync::{oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use chatd_shared::pubsub::{chat_channel, publish, FrameNotice, SeqEvent, MAX_PAYLOAD_BYTES};
+use chatd_shared::pubsub::{
+    bucket_channel, chat_bucket, publish, FrameNotice, SeqEvent, MAX_PAYLOAD_BYTES,
+};
 
-/// Room left in a payload for the frame envelope (`{"t":"f","a":…,"s":…,"e":…,"ts":…,"ev":[]}`).
-const ENVELOPE_BYTES: usize = 128;
+/// Room left in a payload for the envelopes: the packed notice (`{"t":"f","fr":[…]}`) and the
+/// frame's own fields (`{"id":"<uuid>","a":…,"s":…,"e":…,"ts":…,"ev":[]}`).
+const ENVELOPE_BYTES: usize = 192;
+
+/// Packs serialised frames into `{"t":"f","fr":[…]}` payloads under the NOTIFY limit. Each
+/// frame alone fits (see `split_frames`).
+fn pack_frames(frames: &[String]) -> Vec<String> {
+    const OPEN: &str = r#"{"t":"f","fr":["#;
+    const CLOSE: &str = "]}";
+    let mut payloads = Vec::new();
+    let mut current = String::from(OPEN);
+    for frame in frames {
+        let separator = usize::from(current.len() > OPEN.len());
+        if current.len() > OPEN.len()
+            && current.len() + separator + frame.len() + CLOSE.len() > MAX_PAYLOAD_BYTES
+        {
+            current.push_str(CLOSE);
+            payloads.push(std::mem::replace(&mut current, String::from(OPEN)));
+        }
+        if current.len() > OPEN.len() {
+            current.push(',');
+        }
+        current.push_str(frame);
+    }
+    if current.len() > OPEN.len() {
+        current.push_str(CLOSE);
+        payloads.push(current);
+    }
+    payloads
+}
 
 #[derive(Default)]
 struct Pending {
@@ -184,21 +214,32 @@ impl StreamFlusher {
             .iter()
             .map(|row| ((row.get(0), row.get(1), row.get(2)), row.get(3)))
             .collect();
-        let mut notices = Vec::with_capacity(written.len());
+        // One notification per bucket (split only when a payload would pass the limit):
+        // notifications per flush are bounded by the bucket count, not the chat count.
+        let mut by_bucket: HashMap<u32, Vec<String>> = HashMap::new();
         for frame in frames {
             let seq_from = frame.events.first().map(|e| e.seq).unwrap_or(0);
             let Some(created_at_us) = written.get(&(frame.chat_id, frame.attempt, seq_from)) else {
                 continue; // fenced out: this worker lost the chat
             };
             let notice = FrameNotice {
+                chat_id: frame.chat_id,
                 attempt: frame.attempt,
                 seq_from,
                 seq_to: frame.events.last().map(|e| e.seq).unwrap_or(0),
                 created_at_us: *created_at_us,
                 events: frame.events.clone(),
             };
-            let payload = serde_json::to_string(&chatd_shared::pubsub::ChatNotice::Frame(notice))?;
-            notices.push((chat_channel(frame.chat_id), payload));
+            by_bucket
+                .entry(chat_bucket(frame.chat_id))
+                .or_default()
+                .push(serde_json::to_string(&notice)?);
+        }
+        let mut notices = Vec::with_capacity(by_bucket.len());
+        for (bucket, frames) in by_bucket {
+            for payload in pack_frames(&frames) {
+                notices.push((bucket_channel(bucket), payload));
+            }
         }
         metrics::counter!("chatd_stream_frames_total").increment(notices.len() as u64);
         publish(&client, &notices).await?;
@@ -266,5 +307,38 @@ mod tests {
             }
         }
         assert_eq!(next, 101);
+    }
+
+    #[test]
+    fn packed_payloads_stay_under_the_limit_and_parse_back() {
+        let frames: Vec<String> = (0..200)
+            .map(|index| {
+                serde_json::to_string(&FrameNotice {
+                    chat_id: Uuid::new_v4(),
+                    attempt: 1,
+                    seq_from: index,
+                    seq_to: index,
+                    created_at_us: 0,
+                    events: vec![SeqEvent {
+                        seq: index,
+                        event: "message_part".into(),
+                        data: serde_json::json!({"part": {"type": "text", "text": "word "}}),
+                    }],
+                })
+                .unwrap()
+            })
+            .collect();
+        let payloads = pack_frames(&frames);
+        assert!(payloads.len() > 1);
+        let mut seen = 0;
+        for payload in payloads {
+            assert!(payload.len() < MAX_PAYLOAD_BYTES, "{}", payload.len());
+            let notice: chatd_shared::pubsub::ChatNotice = serde_json::from_str(&payload).unwrap();
+            match notice {
+                chatd_shared::pubsub::ChatNotice::Frames { frames } => seen += frames.len(),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(seen, 200);
     }
 }

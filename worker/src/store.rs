@@ -305,6 +305,7 @@ pub fn change_notices(
         (
             chat_channel(chat_id),
             to_payload(&ChatNotice::Change(ChangeNotice {
+                chat_id,
                 version: committed.version,
                 status: committed.status,
                 attempt: committed.attempt,

@@ -12,7 +12,7 @@ use chatd_shared::db::pool::PgPool;
 use chatd_shared::db::reads;
 use chatd_shared::db::rows::{FrameRow, MessageRow, QueuedRow};
 use chatd_shared::domain::ChatStatus;
-use chatd_shared::pubsub::{ChangeNotice, ChatNotice, FrameNotice, SeqEvent};
+use chatd_shared::pubsub::{ChangeNotice, FrameNotice, SeqEvent};
 
 use super::HubInput;
 
@@ -100,14 +100,9 @@ impl ChatHubTask {
                 input = inbox.recv() => match input { Some(input) => input, None => return },
             };
             let result = match input {
-                HubInput::Notification(payload) => match serde_json::from_str(&payload) {
-                    Ok(ChatNotice::Frame(frame)) => self.on_frame(frame).await,
-                    Ok(ChatNotice::Change(change)) => self.on_change(change).await,
-                    Err(error) => {
-                        tracing::warn!(chat_id = %self.chat_id, error = %error, "unreadable chat notification");
-                        Ok(())
-                    }
-                },
+                HubInput::Frame(frame) => self.on_frame(frame).await,
+                HubInput::Change(change) => self.on_change(change).await,
+                HubInput::Notification(_) => Ok(()), // owner payloads never come here
                 HubInput::Resync => self.resync().await,
             };
             if let Err(error) = result {

@@ -1,10 +1,12 @@
 //! Per-replica fan-out of chat notifications.
 //!
-//! One `ChatHub` per chat that has local subscribers: it LISTENs the chat's channel while it
-//! has subscribers (reference counted), turns each notification into events with **at most
-//! one database read per replica per event** (never one per subscriber), and broadcasts them
-//! to its subscribers through a bounded `broadcast` channel. A subscriber that lags behind
-//! the channel's capacity resyncs from the database instead of seeing a gapped stream.
+//! One `ChatHub` per chat that has local subscribers. Chats share `CHAT_BUCKETS` channels; a
+//! bucket is LISTENed while any of its chats has a hub here (reference counted), and the
+//! dispatcher parses each bucket notification once and routes its parts by chat id. A hub
+//! turns notifications into events with **at most one database read per replica per event**
+//! (never one per subscriber) and broadcasts them to its subscribers through a bounded
+//! `broadcast` channel. A subscriber that lags behind the channel's capacity resyncs from the
+//! database instead of seeing a gapped stream.
 //!
 //! **Invariant:** subscribe first, then snapshot: `Hubs::subscribe_chat` returns only after
 //! the channel is LISTENed, so anything committed after the caller's snapshot read arrives
@@ -22,7 +24,8 @@ use uuid::Uuid;
 
 use chatd_shared::db::pool::PgPool;
 use chatd_shared::pubsub::{
-    chat_channel, owner_channel, parse_chat_channel, parse_owner_channel, Listener, ListenerEvent,
+    bucket_channel, chat_bucket, owner_channel, parse_chat_channel, parse_owner_channel,
+    ChangeNotice, ChatNotice, FrameNotice, Listener, ListenerEvent,
 };
 
 pub use chat_hub::{HubEvent, PreparedEvent};
@@ -31,7 +34,10 @@ pub use owner_hub::OwnerEvent;
 /// Input of a hub task.
 #[derive(Debug)]
 pub enum HubInput {
+    /// A raw owner-channel payload.
     Notification(String),
+    Change(ChangeNotice),
+    Frame(FrameNotice),
     /// The listener reconnected (or the inbox overflowed): re-read everything.
     Resync,
 }
@@ -47,11 +53,18 @@ struct HubEntry {
 /// A hub's control entry and the sender its subscribers subscribe to.
 type HubSlot<E> = (HubEntry, broadcast::Sender<Arc<E>>);
 
+/// A LISTENed bucket: how many chat hubs use it, and whether its LISTEN is done.
+struct Bucket {
+    hubs: usize,
+    listening: watch::Receiver<bool>,
+}
+
 /// All hubs of this replica.
 pub struct Hubs {
     pool: PgPool,
     listener: Listener,
     buffer: usize,
+    buckets: Mutex<HashMap<u32, Bucket>>,
     chats: Mutex<HashMap<Uuid, HubSlot<HubEvent>>>,
     owners: Mutex<HashMap<Uuid, HubSlot<OwnerEvent>>>,
 }
@@ -78,6 +91,7 @@ impl Hubs {
             pool,
             listener,
             buffer,
+            buckets: Mutex::new(HashMap::new()),
             chats: Mutex::new(HashMap::new()),
             owners: Mutex::new(HashMap::new()),
         })
@@ -88,8 +102,20 @@ impl Hubs {
         while let Some(event) = events.recv().await {
             match event {
                 ListenerEvent::Notification { channel, payload } => {
-                    if let Some(chat_id) = parse_chat_channel(&channel) {
-                        self.deliver_chat(chat_id, HubInput::Notification(payload));
+                    if parse_chat_channel(&channel).is_some() {
+                        match serde_json::from_str::<ChatNotice>(&payload) {
+                            Ok(ChatNotice::Change(change)) => {
+                                self.deliver_chat(change.chat_id, HubInput::Change(change))
+                            }
+                            Ok(ChatNotice::Frames { frames }) => {
+                                for frame in frames {
+                                    self.deliver_chat(frame.chat_id, HubInput::Frame(frame));
+                                }
+                            }
+                            Err(error) => {
+                                tracing::warn!(%channel, %error, "unreadable chat notification")
+                            }
+                        }
                     } else if let Some(owner_id) = parse_owner_channel(&channel) {
                         self.deliver_owner(owner_id, HubInput::Notification(payload));
                     }
@@ -139,10 +165,10 @@ impl Hubs {
                 let (ready_tx, ready) = watch::channel(false);
                 let cancel = CancellationToken::new();
                 let task = chat_hub::ChatHubTask::new(chat_id, self.pool.clone(), sender.clone());
-                let listener = self.listener.clone();
+                let mut listening = self.retain_bucket(chat_bucket(chat_id));
                 let task_cancel = cancel.clone();
                 tokio::spawn(async move {
-                    listener.listen(chat_channel(chat_id)).await;
+                    let _ = listening.wait_for(|listening| *listening).await;
                     task.run(inbox_rx, ready_tx, task_cancel).await;
                 });
                 (
@@ -215,7 +241,45 @@ impl Hubs {
                 entry.cancel.cancel();
                 chats.remove(&chat_id);
                 // Under the map lock, so a concurrent re-subscribe's LISTEN comes after this.
-                self.listener.unlisten(chat_channel(chat_id));
+                self.release_bucket(chat_bucket(chat_id));
+            }
+        }
+    }
+
+    /// Counts one more hub on `bucket`, LISTENing it when it is the first. The receiver turns
+    /// true once the LISTEN is done. Called under the chats lock (ordering with release).
+    fn retain_bucket(&self, bucket: u32) -> watch::Receiver<bool> {
+        let mut buckets = lock(&self.buckets);
+        if let Some(entry) = buckets.get_mut(&bucket) {
+            entry.hubs += 1;
+            return entry.listening.clone();
+        }
+        let (listening_tx, listening) = watch::channel(false);
+        buckets.insert(
+            bucket,
+            Bucket {
+                hubs: 1,
+                listening: listening.clone(),
+            },
+        );
+        let listener = self.listener.clone();
+        // The LISTEN command is queued now (under the lock, so it is ordered after any
+        // UNLISTEN of the same bucket); its completion is awaited in the background.
+        let pending = listener.listen_queued(bucket_channel(bucket));
+        tokio::spawn(async move {
+            pending.await;
+            let _ = listening_tx.send(true);
+        });
+        listening
+    }
+
+    fn release_bucket(&self, bucket: u32) {
+        let mut buckets = lock(&self.buckets);
+        if let Some(entry) = buckets.get_mut(&bucket) {
+            entry.hubs -= 1;
+            if entry.hubs == 0 {
+                buckets.remove(&bucket);
+                self.listener.unlisten(bucket_channel(bucket));
             }
         }
     }

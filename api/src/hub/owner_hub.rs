@@ -57,6 +57,8 @@ impl OwnerHubTask {
                     }
                 }
                 HubInput::Resync => self.resync().await,
+                // Chat-channel inputs never reach an owner hub.
+                HubInput::Change(_) | HubInput::Frame(_) => Ok(()),
             };
             if let Err(error) = result {
                 tracing::warn!(owner_id = %self.owner_id, error = format!("{error:#}"), "watch hub update");

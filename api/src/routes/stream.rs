@@ -135,15 +135,22 @@ impl Session {
                 chat.status,
                 ChatStatus::Waiting | ChatStatus::Error | ChatStatus::RequiresAction
             );
-            if ended && chat.attempt >= self.cursor.attempt {
-                let last_seq = reads::max_frame_seq(&client, self.chat_id, chat.attempt).await?;
-                if chat.attempt > self.cursor.attempt || last_seq > self.cursor.seq {
-                    self.cursor.attempt = chat.attempt;
-                    self.cursor.seq = last_seq;
-                }
+            let holds_previews = chat.attempt == self.cursor.attempt && self.cursor.seq > 0;
+            if ended && holds_previews {
+                // The client has part of this attempt's previews (a lagging or resuming
+                // client): finish them, so its deltas add up to the message (I3).
                 self.turn_finished = true;
+                reads::frames_after(&client, self.chat_id, chat.attempt, self.cursor.seq).await?
+            } else {
+                if ended && chat.attempt > self.cursor.attempt {
+                    // Previews the client never saw: skip them (and their late notices).
+                    self.cursor.attempt = chat.attempt;
+                    self.cursor.seq =
+                        reads::max_frame_seq(&client, self.chat_id, chat.attempt).await?;
+                    self.turn_finished = true;
+                }
+                Vec::new()
             }
-            Vec::new()
         };
         drop(client);
         for frame in frames {

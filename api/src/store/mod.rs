@@ -45,6 +45,7 @@ impl Transition {
         let mut notices = vec![(
             chat_channel(chat.id),
             to_payload(&ChatNotice::Change(ChangeNotice {
+                chat_id: chat.id,
                 version: chat.version,
                 status: chat.status,
                 attempt: chat.attempt,

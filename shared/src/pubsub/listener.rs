@@ -92,6 +92,18 @@ impl Listener {
         }
     }
 
+    /// Queues a LISTEN of `channel` now and returns a future that completes once it ran (see
+    /// `listen`). Queuing synchronously lets callers order it against `unlisten` calls.
+    pub fn listen_queued(&self, channel: String) -> impl std::future::Future<Output = ()> {
+        let (ack, acked) = oneshot::channel();
+        let queued = self.commands.send(Command::Listen(channel, ack)).is_ok();
+        async move {
+            if queued {
+                let _ = acked.await;
+            }
+        }
+    }
+
     /// UNLISTENs `channel` (fire and forget).
     pub fn unlisten(&self, channel: String) {
         let _ = self.commands.send(Command::Unlisten(channel));

@@ -21,9 +21,27 @@ pub fn worker_channel(worker_id: Uuid) -> String {
     format!("chatd_worker_{worker_id}")
 }
 
-/// Durable-change hints and stream frames of one chat → API replicas with subscribers.
+/// Chats are spread over this many channels (`chatd_chat_<bucket>`). PostgreSQL matches every
+/// notification against a listening session's channel list linearly, so a replica with
+/// thousands of per-chat channels would pay thousands of compares per notification; with
+/// buckets the list is at most this long, and the flusher packs all frames of one bucket into
+/// one notification per flush. Every process must agree on it.
+pub const CHAT_BUCKETS: u32 = 64;
+
+/// The bucket of a chat (UUIDs are random, so buckets fill evenly).
+pub fn chat_bucket(chat_id: Uuid) -> u32 {
+    (chat_id.as_u128() % u128::from(CHAT_BUCKETS)) as u32
+}
+
+/// The channel carrying one bucket's durable-change hints and stream frames.
+pub fn bucket_channel(bucket: u32) -> String {
+    format!("chatd_chat_{bucket}")
+}
+
+/// Durable-change hints and stream frames of one chat → API replicas with subscribers to any
+/// chat of its bucket (they filter by the chat id in the payload).
 pub fn chat_channel(chat_id: Uuid) -> String {
-    format!("chatd_chat_{chat_id}")
+    bucket_channel(chat_bucket(chat_id))
 }
 
 /// Chat-list events of one user → API replicas with watch subscribers of that user.
@@ -31,11 +49,12 @@ pub fn owner_channel(owner_id: Uuid) -> String {
     format!("chatd_owner_{owner_id}")
 }
 
-/// Inverse of `chat_channel`.
-pub fn parse_chat_channel(channel: &str) -> Option<Uuid> {
+/// The bucket of a chat channel name.
+pub fn parse_chat_channel(channel: &str) -> Option<u32> {
     channel
         .strip_prefix("chatd_chat_")
-        .and_then(|id| Uuid::parse_str(id).ok())
+        .and_then(|bucket| bucket.parse::<u32>().ok())
+        .filter(|bucket| *bucket < CHAT_BUCKETS)
 }
 
 /// Inverse of `owner_channel`.
@@ -45,7 +64,7 @@ pub fn parse_owner_channel(channel: &str) -> Option<Uuid> {
         .and_then(|id| Uuid::parse_str(id).ok())
 }
 
-/// A notification on a chat channel.
+/// A notification on a chat (bucket) channel.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "t")]
 pub enum ChatNotice {
@@ -53,13 +72,18 @@ pub enum ChatNotice {
     /// they have and re-read the database for the parts flagged here.
     #[serde(rename = "c")]
     Change(ChangeNotice),
-    /// Stream events `seq_from..=seq_to` of `attempt`, already in the resume log.
+    /// Frames of one or more chats of the bucket, each already in the resume log.
     #[serde(rename = "f")]
-    Frame(FrameNotice),
+    Frames {
+        #[serde(rename = "fr")]
+        frames: Vec<FrameNotice>,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ChangeNotice {
+    #[serde(rename = "id")]
+    pub chat_id: Uuid,
     /// `chats.version` after the change.
     #[serde(rename = "v")]
     pub version: i64,
@@ -80,8 +104,11 @@ pub struct ChangeNotice {
     pub other: bool,
 }
 
+/// Stream events `seq_from..=seq_to` of one chat's `attempt`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FrameNotice {
+    #[serde(rename = "id")]
+    pub chat_id: Uuid,
     #[serde(rename = "a")]
     pub attempt: i32,
     #[serde(rename = "s")]
@@ -160,14 +187,17 @@ mod tests {
         for name in [chat_channel(id), owner_channel(id), worker_channel(id)] {
             assert!(name.len() <= 63, "{name} is too long");
         }
-        assert_eq!(parse_chat_channel(&chat_channel(id)), Some(id));
+        assert_eq!(parse_chat_channel(&chat_channel(id)), Some(chat_bucket(id)));
+        assert_eq!(parse_chat_channel("chatd_chat_64"), None);
         assert_eq!(parse_owner_channel(&owner_channel(id)), Some(id));
         assert_eq!(parse_chat_channel("chatd_chat_nope"), None);
     }
 
     #[test]
     fn change_notice_round_trips_compactly() {
+        let id = Uuid::nil();
         let notice = ChatNotice::Change(ChangeNotice {
+            chat_id: id,
             version: 7,
             status: ChatStatus::Running,
             attempt: 2,
@@ -176,7 +206,10 @@ mod tests {
             other: false,
         });
         let payload = to_payload(&notice);
-        assert_eq!(payload, r#"{"t":"c","v":7,"s":"running","a":2,"q":true}"#);
+        assert_eq!(
+            payload,
+            r#"{"t":"c","id":"00000000-0000-0000-0000-000000000000","v":7,"s":"running","a":2,"q":true}"#
+        );
         let back: ChatNotice = serde_json::from_str(&payload).unwrap();
         assert!(matches!(back, ChatNotice::Change(c) if c.version == 7 && c.queue && !c.messages));
     }
