@@ -218,3 +218,47 @@ async fn late_and_duplicate_notifications_change_nothing() {
         vec![reply_text(&message, 5), reply_text(&second, 5)]
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_message_never_overtakes_its_previews_when_the_resume_log_is_slow() {
+    let cluster = Cluster::start(2, 1).await;
+    let (api_a, api_b) = (cluster.api(0), cluster.api(1));
+    // Block every frame insert (readers still work) for longer than any flush timeout.
+    let mut blocker = cluster.sql().await;
+    let lock = blocker.transaction().await.expect("begin");
+    lock.batch_execute("LOCK TABLE chat_stream_frames IN EXCLUSIVE MODE")
+        .await
+        .expect("lock the resume log");
+    let message = directive_message("slow log", json!({"tokens": 30}));
+    let (chat_id, message_id) = create_chat(&api_a, &message).await;
+    let mut reader = Reader::open(&api_b, &chat_id, Some(&format!("{message_id}-0-0"))).await;
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let early = messages(&api_a, &chat_id).await;
+    assert!(
+        early.iter().all(|m| m["role"] != "assistant"),
+        "the answer was committed before its previews were written: {early:?}"
+    );
+    lock.commit().await.expect("release the lock");
+
+    reader.until_turn_done(TURN).await;
+    let streamed = assert_contiguous(&reader.seen);
+    assert_eq!(
+        streamed,
+        reply_text(&message, 30),
+        "all previews, then the message (I3)"
+    );
+    let first_message = reader
+        .seen
+        .iter()
+        .position(|e| e.event == "message" && e.data["role"] == "assistant")
+        .unwrap();
+    let last_part = reader
+        .seen
+        .iter()
+        .rposition(|e| e.event == "message_part")
+        .unwrap();
+    assert!(
+        last_part < first_message,
+        "a preview arrived after its durable message"
+    );
+}

@@ -175,8 +175,15 @@ async fn queue_is_capped_and_can_be_managed() {
     let first = directive_message("slow", json!({"tokens": 400, "tokens_per_second": 20}));
     let (chat_id, _) = create_chat(&api, &first).await;
     let mut queued_ids = Vec::new();
+    // Slow replies, so the queue stays put while the test inspects it.
+    let queued_text = |index: usize| {
+        directive_message(
+            &format!("q{index}"),
+            json!({"tokens": 400, "tokens_per_second": 20}),
+        )
+    };
     for index in 0..20 {
-        let (status, body) = send(&api, &chat_id, json!({"content": format!("q{index}")})).await;
+        let (status, body) = send(&api, &chat_id, json!({"content": queued_text(index)})).await;
         assert_eq!(status, 202, "{body}");
         queued_ids.push(body["queued_message"]["id"].as_i64().unwrap());
     }
@@ -220,20 +227,34 @@ async fn queue_is_capped_and_can_be_managed() {
         .await
         .unwrap();
     assert_eq!(status, 202, "{body}");
-    let (_, listing) = api
-        .get(&format!("/chats/{chat_id}/messages"))
-        .await
-        .unwrap();
-    let queue: Vec<i64> = listing["queued"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|q| q["id"].as_i64().unwrap())
-        .collect();
-    assert_eq!(queue.len(), 19);
+    // The interrupted turn ends and the promoted message runs next.
+    let queue: Vec<i64> = wait_until(TURN, "the promoted message to start", || async {
+        let (_, listing) = api.get(&format!("/chats/{chat_id}/messages")).await.ok()?;
+        let queue: Vec<i64> = listing["queued"]
+            .as_array()?
+            .iter()
+            .filter_map(|q| q["id"].as_i64())
+            .collect();
+        (!queue.contains(&last)).then_some(queue)
+    })
+    .await;
+    assert_eq!(
+        queue.len(),
+        18,
+        "20 queued, one deleted, one promoted: {queue:?}"
+    );
     assert!(!queue.contains(&queued_ids[5]));
-    // The promoted one is at the head, or already running (it left the queue).
-    assert!(queue[0] == last || !queue.contains(&last), "{queue:?}");
+    let users: Vec<String> = messages(&api, &chat_id)
+        .await
+        .iter()
+        .filter(|m| m["role"] == "user")
+        .map(|m| content_text(&m["content"]))
+        .collect();
+    assert_eq!(
+        users,
+        vec![first, queued_text(19)],
+        "the promoted message ran next"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

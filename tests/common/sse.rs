@@ -54,16 +54,26 @@ impl Reader {
         }
     }
 
-    /// Reads until an assistant message arrived and then status `waiting`.
+    /// Reads until an assistant message has arrived and the latest status is `waiting`. (A
+    /// snapshot sends the status before the messages, so the two may come in either order.)
     pub async fn until_turn_done(&mut self, timeout: Duration) {
-        self.until(timeout, |event| {
-            event.event == "message" && event.data["role"] == "assistant"
-        })
-        .await;
-        self.until(timeout, |event| {
-            event.event == "status" && event.data["status"] == "waiting"
-        })
-        .await;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut answered = false;
+        let mut status = String::new();
+        while !(answered && status == "waiting") {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let event = self.next(left.max(Duration::from_millis(1))).await;
+            match event.event.as_str() {
+                "message" if event.data["role"] == "assistant" => answered = true,
+                "status" => {
+                    status = event.data["status"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string()
+                }
+                _ => {}
+            }
+        }
     }
 
     pub fn last_id(&self) -> String {

@@ -141,14 +141,17 @@ impl StreamFlusher {
         if !events.is_empty() {
             let frames = split_frames(events);
             if let Err(error) = self.write(&frames).await {
-                // Keep them for the next tick: a hole in a stream is never acceptable.
+                // Keep them (and their waiters) for the next tick: a hole in a stream is never
+                // acceptable, and a turn must not commit its message before its previews.
                 tracing::warn!(
                     error = format!("{error:#}"),
                     frames = frames.len(),
                     "stream flush failed; retrying"
                 );
                 self.requeue(frames);
+                self.lock().waiters.extend(waiters);
                 tokio::time::sleep(Duration::from_millis(200)).await;
+                return;
             }
         }
         for waiter in waiters {

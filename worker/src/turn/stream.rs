@@ -83,10 +83,12 @@ impl TurnStream {
         self.push("error", data);
     }
 
+    /// Waits until every event pushed so far is written and published, so the step's durable
+    /// message can never overtake its previews. Unbounded on purpose: while the database is
+    /// down the flusher retries, and the lease (heartbeat) decides whether this turn may still
+    /// commit afterwards.
     pub async fn flush(&self) {
-        // Bounded: a database outage must not wedge the turn here.
-        let _ =
-            tokio::time::timeout(std::time::Duration::from_secs(5), self.flusher.flush_now()).await;
+        self.flusher.flush_now().await;
     }
 }
 
