@@ -28,7 +28,7 @@ impl ApiConfig {
             max_queue_len: 20,
             token_cache_ttl: Duration::from_secs(30),
             keep_alive: Duration::from_secs(15),
-            hub_buffer: 1024,
+            hub_buffer: 128,
         }
     }
 }

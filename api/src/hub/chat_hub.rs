@@ -81,7 +81,7 @@ impl ChatHubTask {
     ) {
         let mut backoff = Duration::from_millis(50);
         loop {
-            match self.initial_read().await {
+            match Box::pin(self.initial_read()).await {
                 Ok(()) => break,
                 Err(error) => {
                     tracing::warn!(chat_id = %self.chat_id, error = format!("{error:#}"), "hub initial read");
@@ -99,11 +99,13 @@ impl ChatHubTask {
                 _ = cancel.cancelled() => return,
                 input = inbox.recv() => match input { Some(input) => input, None => return },
             };
+            // Boxed: the database paths are large state machines, and thousands of idle hubs
+            // would each carry them inline.
             let result = match input {
-                HubInput::Frame(frame) => self.on_frame(frame).await,
-                HubInput::Change(change) => self.on_change(change).await,
+                HubInput::Frame(frame) => Box::pin(self.on_frame(frame)).await,
+                HubInput::Change(change) => Box::pin(self.on_change(change)).await,
                 HubInput::Notification(_) => Ok(()), // owner payloads never come here
-                HubInput::Resync => self.resync().await,
+                HubInput::Resync => Box::pin(self.resync()).await,
             };
             if let Err(error) = result {
                 tracing::warn!(chat_id = %self.chat_id, error = format!("{error:#}"), "hub update failed; resyncing");
@@ -113,7 +115,7 @@ impl ChatHubTask {
                         _ = cancel.cancelled() => return,
                         _ = tokio::time::sleep(backoff) => {}
                     }
-                    if self.resync().await.is_ok() {
+                    if Box::pin(self.resync()).await.is_ok() {
                         break;
                     }
                 }

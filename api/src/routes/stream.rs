@@ -177,14 +177,15 @@ impl Session {
         loop {
             match self.subscription.events.recv().await {
                 Ok(event) => {
-                    let batch = self.translate(event).await;
+                    // Boxed: keeps the database paths out of every idle stream's state.
+                    let batch = Box::pin(self.translate(event)).await;
                     if !batch.is_empty() {
                         return Some(batch);
                     }
                 }
                 Err(RecvError::Lagged(_)) => {
                     // Too slow for the hub's buffer: catch up from the database instead.
-                    return match self.snapshot().await {
+                    return match Box::pin(self.snapshot()).await {
                         Ok(Some(batch)) => Some(batch),
                         Ok(None) => None,
                         Err(_) => Some(vec![self.retry_hint()]),
@@ -244,7 +245,7 @@ impl Session {
                 if let Some(first_new) = first_new {
                     if first_new.seq > self.cursor.seq + 1 {
                         // This subscriber missed frames (it joined mid-burst): read them.
-                        if let Err(error) = self.fill_gap(&mut out).await {
+                        if let Err(error) = Box::pin(self.fill_gap(&mut out)).await {
                             tracing::warn!(chat_id = %self.chat_id, error = ?error, "stream gap fill");
                             out.push(self.retry_hint());
                             return out;
