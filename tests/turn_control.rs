@@ -292,3 +292,126 @@ async fn workers_are_woken_by_notify_not_only_by_their_poll() {
         reader.until_turn_done(Duration::from_secs(20)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn auto_promotion_wakes_a_worker_without_waiting_for_its_poll() {
+    let mut cluster = Cluster::start(1, 0).await;
+    cluster
+        .add_worker(&["--acquire-interval-ms", "60000"])
+        .await
+        .expect("start a worker");
+    let api = cluster.api(0);
+    let first = directive_message("first", json!({"tokens": 30, "tokens_per_second": 30}));
+    let (chat_id, _) = create_chat(&api, &first).await;
+    // The worker's startup poll or the create's wake runs the first turn.
+    wait_until(TURN, "the first turn to start", || async {
+        (chat_status(&api, &chat_id).await == "running").then_some(())
+    })
+    .await;
+    let queued = directive_message("queued", json!({"tokens": 3}));
+    let (status, _) = send(&api, &chat_id, json!({"content": queued})).await;
+    assert_eq!(status, 202);
+    // The finishing turn promotes the queued message to pending; only the wake published
+    // after that commit can start it before the one-minute poll.
+    wait_idle(&api, &chat_id).await;
+    let answers: Vec<String> = messages(&api, &chat_id)
+        .await
+        .iter()
+        .filter(|m| m["role"] == "assistant")
+        .map(|m| content_text(&m["content"]))
+        .collect();
+    assert_eq!(
+        answers,
+        vec![reply_text(&first, 30), reply_text(&queued, 3)]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_late_interrupt_for_an_earlier_turn_does_not_stop_the_next_one() {
+    let cluster = Cluster::start(1, 1).await;
+    let api = cluster.api(0);
+    let first = directive_message("first", json!({"tokens": 3}));
+    let (chat_id, message_id) = create_chat(&api, &first).await;
+    let mut reader = Reader::open(&api, &chat_id, Some(&format!("{message_id}-0-0"))).await;
+    reader.until_turn_done(TURN).await;
+    let sql = cluster.sql().await;
+    let chat_uuid = uuid::Uuid::parse_str(&chat_id).unwrap();
+    let old_version: i64 = sql
+        .query_one("SELECT version FROM chats WHERE id = $1", &[&chat_uuid])
+        .await
+        .unwrap()
+        .get(0);
+
+    let second = directive_message("second", json!({"tokens": 60, "tokens_per_second": 30}));
+    let (status, _) = send(&api, &chat_id, json!({"content": second})).await;
+    assert_eq!(status, 201);
+    let worker_id: uuid::Uuid = wait_until(TURN, "the second turn to start", || async {
+        let row = sql
+            .query_one("SELECT worker_id FROM chats WHERE id = $1", &[&chat_uuid])
+            .await
+            .ok()?;
+        row.get::<_, Option<uuid::Uuid>>(0)
+    })
+    .await;
+    // An interrupt notice from before this turn was claimed arrives late.
+    let payload =
+        json!({"chat_id": chat_id, "version": old_version, "kind": "interrupt"}).to_string();
+    sql.execute(
+        "SELECT pg_notify($1, $2)",
+        &[&format!("chatd_worker_{worker_id}"), &payload],
+    )
+    .await
+    .unwrap();
+    reader.until_turn_done(TURN).await;
+    let answers: Vec<String> = messages(&api, &chat_id)
+        .await
+        .iter()
+        .filter(|m| m["role"] == "assistant")
+        .map(|m| content_text(&m["content"]))
+        .collect();
+    assert_eq!(
+        answers,
+        vec![reply_text(&first, 3), reply_text(&second, 60)],
+        "the second answer is complete, not interrupted"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_watch_stream_reports_the_caller_s_chats_only() {
+    let cluster = Cluster::start(2, 1).await;
+    let bob = cluster.create_user("bob").await;
+    let response = cluster
+        .http
+        .get(format!("{}/api/v1/chats/watch", cluster.apis[1].url))
+        .bearer_auth(&cluster.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut events = Box::pin(eventsource_stream::Eventsource::eventsource(
+        response.bytes_stream(),
+    ));
+    // Bob's chat must not show up on Alice's watch stream.
+    create_chat(&cluster.api_as(0, &bob), "bob's chat").await;
+    let (chat_id, _) = create_chat(
+        &cluster.api(0),
+        &directive_message("watched", json!({"tokens": 3})),
+    )
+    .await;
+    let mut kinds = Vec::new();
+    while !(kinds.contains(&"created".to_string()) && kinds.contains(&"status".to_string())) {
+        let event = tokio::time::timeout(TURN, futures::StreamExt::next(&mut events))
+            .await
+            .expect("a watch event")
+            .expect("the stream is open")
+            .expect("read the stream");
+        assert_eq!(event.event, "chat");
+        let data: Value = serde_json::from_str(&event.data).unwrap();
+        assert_eq!(
+            data["chat"]["id"],
+            chat_id.as_str(),
+            "only the caller's chats: {data}"
+        );
+        kinds.push(data["kind"].as_str().unwrap().to_string());
+    }
+}
