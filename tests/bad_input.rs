@@ -181,8 +181,8 @@ async fn oversized_bodies_are_413_before_buffering() {
             "unexpected: {error:?}"
         ),
     }
-    let health = cluster
-        .http
+    // A fresh client: the pooled connection was the one the server closed.
+    let health = reqwest::Client::new()
         .get(format!("{}/healthz", cluster.apis[0].url))
         .send()
         .await

@@ -58,6 +58,8 @@ struct Pending {
     /// (chat, attempt) → events in seq order, each with its serialised length.
     events: HashMap<(Uuid, i32), Vec<(SeqEvent, usize)>>,
     waiters: Vec<oneshot::Sender<()>>,
+    /// Post-commit hints of turns and acquires, published with the next flush.
+    hints: Vec<(String, String)>,
 }
 
 pub struct StreamFlusher {
@@ -95,6 +97,16 @@ impl StreamFlusher {
             .push((event, size));
     }
 
+    /// Queues hints of an already committed change; they go out with the next flush, at once
+    /// when the flusher is idle. Under load many turns' hints share one NOTIFY statement.
+    pub fn publish_soon(&self, hints: Vec<(String, String)>) {
+        if hints.is_empty() {
+            return;
+        }
+        self.lock().hints.extend(hints);
+        self.wake.notify_one();
+    }
+
     /// Flushes now and waits until everything pushed before this call is written (so a
     /// turn's previews precede its durable message).
     pub async fn flush_now(&self) {
@@ -128,28 +140,34 @@ impl StreamFlusher {
     }
 
     async fn flush_once(&self) {
-        let (events, waiters) = {
+        let (events, waiters, hints) = {
             let mut pending = self.lock();
-            if pending.events.is_empty() && pending.waiters.is_empty() {
+            if pending.events.is_empty() && pending.waiters.is_empty() && pending.hints.is_empty() {
                 return;
             }
             (
                 std::mem::take(&mut pending.events),
                 std::mem::take(&mut pending.waiters),
+                std::mem::take(&mut pending.hints),
             )
         };
-        if !events.is_empty() {
-            let frames = split_frames(events);
-            if let Err(error) = self.write(&frames).await {
-                // Keep them (and their waiters) for the next tick: a hole in a stream is never
-                // acceptable, and a turn must not commit its message before its previews.
+        let frames = split_frames(events);
+        if !frames.is_empty() || !hints.is_empty() {
+            if let Err(error) = self.write(&frames, &hints).await {
+                // Keep everything (and the waiters) for the next tick: a hole in a stream is
+                // never acceptable, and a turn must not commit its message before its previews.
                 tracing::warn!(
                     error = format!("{error:#}"),
                     frames = frames.len(),
                     "stream flush failed; retrying"
                 );
                 self.requeue(frames);
-                self.lock().waiters.extend(waiters);
+                {
+                    let mut pending = self.lock();
+                    pending.waiters.extend(waiters);
+                    let newer = std::mem::replace(&mut pending.hints, hints);
+                    pending.hints.extend(newer);
+                }
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 return;
             }
@@ -178,8 +196,13 @@ impl StreamFlusher {
         }
     }
 
-    async fn write(&self, frames: &[OutFrame]) -> anyhow::Result<()> {
+    /// Writes `frames` (fenced) and publishes them followed by `hints`, in one NOTIFY statement.
+    async fn write(&self, frames: &[OutFrame], hints: &[(String, String)]) -> anyhow::Result<()> {
         let client = self.pool.get().await?;
+        if frames.is_empty() {
+            publish(&client, hints).await?;
+            return Ok(());
+        }
         let mut chat_ids = Vec::with_capacity(frames.len());
         let mut attempts = Vec::with_capacity(frames.len());
         let mut seq_froms = Vec::with_capacity(frames.len());
@@ -245,6 +268,8 @@ impl StreamFlusher {
             }
         }
         metrics::counter!("chatd_stream_frames_total").increment(notices.len() as u64);
+        // Frames first: a turn's hints always follow the previews it flushed before committing.
+        notices.extend_from_slice(hints);
         publish(&client, &notices).await?;
         Ok(())
     }

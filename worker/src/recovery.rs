@@ -136,6 +136,7 @@ async fn promote_stranded_queues(
                 status: ChatStatus::Pending,
                 attempt: row.get(1),
                 messages: true,
+                new_messages: Vec::new(),
                 queue: true,
                 error: false,
             },

@@ -14,7 +14,7 @@ use uuid::Uuid;
 use chatd_shared::db::pool::build_pool;
 use chatd_shared::domain::ChatStatus;
 use chatd_shared::pubsub::{
-    publish, worker_channel, ControlKind, ControlNotice, Listener, ListenerEvent, WAKE_CHANNEL,
+    worker_channel, ControlKind, ControlNotice, Listener, ListenerEvent, WAKE_CHANNEL,
 };
 
 use crate::config::WorkerConfig;
@@ -189,10 +189,8 @@ async fn claim(
             claim.attempt,
         ));
     }
-    if let Err(error) = publish(&client, &notices).await {
-        tracing::warn!(error = %error, "publish acquire hints");
-    }
     drop(client);
+    deps.flusher.publish_soon(notices);
     for claim in claims.iter().cloned() {
         let control = Arc::new(TurnControl::default());
         shared.turns().insert(

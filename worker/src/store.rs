@@ -7,6 +7,7 @@
 use serde_json::Value;
 use uuid::Uuid;
 
+use chatd_shared::db::rows::MessageRow;
 use chatd_shared::domain::{ChatStatus, Role};
 use chatd_shared::pubsub::{
     chat_channel, owner_channel, to_payload, ChangeNotice, ChatNotice, OwnerEventKind, OwnerNotice,
@@ -141,6 +142,8 @@ pub struct Committed {
     pub status: ChatStatus,
     pub attempt: i32,
     pub messages: bool,
+    /// The rows written (step and promoted queue head), oldest first.
+    pub new_messages: Vec<MessageRow>,
     pub queue: bool,
     pub error: bool,
 }
@@ -166,7 +169,7 @@ step AS (
              cache_read_tokens, cache_write_tokens, cost_micros, runtime_ms,
              provider_response_id, ordinal)
     ORDER BY r.ordinal
-    RETURNING id),
+    RETURNING id, chat_id, role, content, created_at, model_config_id, input_tokens, output_tokens, reasoning_tokens, cache_read_tokens, cache_write_tokens, cost_micros, runtime_ms),
 head AS (
     DELETE FROM chat_queued_messages
     WHERE $15 AND EXISTS (SELECT 1 FROM owned) AND id = (
@@ -177,7 +180,7 @@ promoted AS (
     INSERT INTO chat_messages (chat_id, role, content, visibility, created_by, model_config_id)
     SELECT $1, 'user', head.content, 'both', head.created_by, head.model_config_id
     FROM head, (SELECT count(*) FROM step) AS written
-    RETURNING id),
+    RETURNING id, chat_id, role, content, created_at, model_config_id, input_tokens, output_tokens, reasoning_tokens, cache_read_tokens, cache_write_tokens, cost_micros, runtime_ms),
 updated AS (
     UPDATE chats c SET
         status = CASE WHEN $16::text IS NULL THEN c.status
@@ -193,7 +196,9 @@ updated AS (
     FROM owned WHERE c.id = owned.id
     RETURNING c.version, c.status, c.attempt)
 SELECT updated.version, updated.status, updated.attempt,
-    (SELECT count(*) FROM step), (SELECT count(*) FROM promoted)
+    (SELECT count(*) FROM step), (SELECT count(*) FROM promoted),
+    (SELECT coalesce(json_agg(x ORDER BY x.id), '[]'::json)
+     FROM (SELECT * FROM step UNION ALL SELECT * FROM promoted) x)
 FROM updated";
 
 /// Writes `rows` and applies `end` in one statement (one round trip, atomic), fenced by the
@@ -264,11 +269,14 @@ pub async fn commit(
     Ok(row.map(|row| {
         let written: i64 = row.get(3);
         let promoted: i64 = row.get(4);
+        // Decoding our own rows cannot fail; if it did, receivers would simply re-read.
+        let new_messages = serde_json::from_value(row.get(5)).unwrap_or_default();
         Committed {
             version: row.get(0),
             status: ChatStatus::parse(row.get(1)).unwrap_or(ChatStatus::Error),
             attempt: row.get(2),
             messages: written > 0 || promoted > 0,
+            new_messages,
             queue: promoted > 0,
             error: last_error.is_some(),
         }
@@ -301,18 +309,23 @@ pub fn change_notices(
     owner_id: Uuid,
     committed: &Committed,
 ) -> Vec<(String, String)> {
+    let mut change = ChangeNotice {
+        chat_id,
+        version: committed.version,
+        status: committed.status,
+        attempt: committed.attempt,
+        messages: committed.messages,
+        queue: committed.queue,
+        other: committed.error,
+        new_messages: None,
+    };
+    if !committed.queue && !committed.new_messages.is_empty() {
+        change = change.embed_messages(committed.new_messages.clone());
+    }
     let mut notices = vec![
         (
             chat_channel(chat_id),
-            to_payload(&ChatNotice::Change(ChangeNotice {
-                chat_id,
-                version: committed.version,
-                status: committed.status,
-                attempt: committed.attempt,
-                messages: committed.messages,
-                queue: committed.queue,
-                other: committed.error,
-            })),
+            to_payload(&ChatNotice::Change(change)),
         ),
         (
             owner_channel(owner_id),
@@ -345,6 +358,7 @@ pub fn status_notices(
             status,
             attempt,
             messages: false,
+            new_messages: Vec::new(),
             queue: false,
             error: false,
         },

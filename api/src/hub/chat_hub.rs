@@ -223,8 +223,21 @@ impl ChatHubTask {
             return Ok(()); // late or duplicate
         }
         let contiguous = change.version == self.state.version + 1;
-        if contiguous && !change.messages && !change.queue && !change.other {
-            // The notice carries everything a status change needs: no read.
+        let complete = !change.messages || change.new_messages.is_some();
+        if contiguous && complete && !change.queue && !change.other {
+            // The notice carries everything this change needs (status, and the new messages
+            // when there are any): no read. Contiguity means no other change was missed.
+            if let Some(messages) = change.new_messages {
+                let last_message_id = self.state.last_message_id;
+                let messages: Vec<_> = messages
+                    .into_iter()
+                    .filter(|message| message.id > last_message_id)
+                    .collect();
+                if let Some(last) = messages.last() {
+                    self.state.last_message_id = last.id;
+                    self.broadcast(HubEvent::Messages(messages));
+                }
+            }
             self.apply_status(change.status, change.version, change.attempt, None);
             return Ok(());
         }

@@ -156,6 +156,7 @@ pub async fn create_chat(
     transaction.commit().await?;
     let mut transition = Transition::new(chat);
     transition.messages = first_message.is_some();
+    transition.new_messages = first_message.iter().cloned().collect();
     transition.owner_event = Some(OwnerEventKind::Created);
     Ok((transition, first_message))
 }

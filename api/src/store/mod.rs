@@ -8,7 +8,7 @@ pub mod chats;
 pub mod content;
 pub mod send;
 
-use chatd_shared::db::rows::ChatRow;
+use chatd_shared::db::rows::{ChatRow, MessageRow};
 use chatd_shared::domain::ChatStatus;
 use chatd_shared::pubsub::{
     chat_channel, owner_channel, publish, to_payload, worker_channel, ChangeNotice, ChatNotice,
@@ -21,6 +21,8 @@ pub struct Transition {
     /// The chat row after the change.
     pub chat: ChatRow,
     pub messages: bool,
+    /// Visible messages this change inserted, carried in the hint when they fit.
+    pub new_messages: Vec<MessageRow>,
     pub queue: bool,
     pub other: bool,
     pub owner_event: Option<OwnerEventKind>,
@@ -33,6 +35,7 @@ impl Transition {
         Transition {
             chat,
             messages: false,
+            new_messages: Vec::new(),
             queue: false,
             other: false,
             owner_event: None,
@@ -42,17 +45,22 @@ impl Transition {
 
     fn notices(&self) -> Vec<(String, String)> {
         let chat = &self.chat;
+        let mut change = ChangeNotice {
+            chat_id: chat.id,
+            version: chat.version,
+            status: chat.status,
+            attempt: chat.attempt,
+            messages: self.messages,
+            queue: self.queue,
+            other: self.other,
+            new_messages: None,
+        };
+        if self.messages && !self.new_messages.is_empty() {
+            change = change.embed_messages(self.new_messages.clone());
+        }
         let mut notices = vec![(
             chat_channel(chat.id),
-            to_payload(&ChatNotice::Change(ChangeNotice {
-                chat_id: chat.id,
-                version: chat.version,
-                status: chat.status,
-                attempt: chat.attempt,
-                messages: self.messages,
-                queue: self.queue,
-                other: self.other,
-            })),
+            to_payload(&ChatNotice::Change(change)),
         )];
         let owner_kind = self.owner_event.unwrap_or(OwnerEventKind::Updated);
         notices.push((

@@ -85,6 +85,7 @@ pub async fn send_message(
         if let Some((chat, row)) = send_to_idle_chat(client, &message).await? {
             let mut transition = Transition::new(chat);
             transition.messages = true;
+            transition.new_messages = vec![row.clone()];
             return Ok((transition, SendOutcome::Sent(row)));
         }
     }
@@ -153,6 +154,7 @@ pub async fn send_message(
             let chat = set_status(&transaction, message.chat_id, ChatStatus::Pending).await?;
             let mut transition = Transition::new(chat);
             transition.messages = true;
+            transition.new_messages = vec![row.clone()];
             (transition, SendOutcome::Sent(row))
         }
     };

@@ -3,7 +3,7 @@
 //! Each row type has a `COLUMNS` constant (the `SELECT` list, in the order `from_row` reads
 //! it) so queries in other modules stay in sync with the decoder.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use time::OffsetDateTime;
 use tokio_postgres::Row;
@@ -57,8 +57,9 @@ impl ChatRow {
     }
 }
 
-/// A `chat_messages` row. Also decodable from `row_to_json` output (see `reads::chat_sync`).
-#[derive(Debug, Clone, Deserialize)]
+/// A `chat_messages` row. Also decodable from `row_to_json` output (see `reads::chat_sync`),
+/// and carried inside change hints when small (`ChangeNotice::new_messages`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MessageRow {
     pub id: i64,
     pub chat_id: Uuid,

@@ -6,6 +6,7 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::db::rows::MessageRow;
 use crate::domain::ChatStatus;
 
 /// Largest payload we publish (PostgreSQL rejects 8000 bytes and more).
@@ -102,6 +103,28 @@ pub struct ChangeNotice {
     /// Anything else changed (title, labels, last_error, history edits): re-read the chat.
     #[serde(rename = "o", default, skip_serializing_if = "std::ops::Not::not")]
     pub other: bool,
+    /// The new visible messages themselves, when they fit the payload: a receiver whose
+    /// version is exactly `version - 1` relays them without reading the database.
+    #[serde(rename = "ms", default, skip_serializing_if = "Option::is_none")]
+    pub new_messages: Option<Vec<MessageRow>>,
+}
+
+/// Largest embedded message list (leaves room for the rest of the payload).
+const MAX_EMBEDDED_BYTES: usize = 6000;
+
+impl ChangeNotice {
+    /// Embeds `rows` when they are all visible and small enough; otherwise receivers re-read.
+    pub fn embed_messages(mut self, rows: Vec<MessageRow>) -> ChangeNotice {
+        self.messages = self.messages || !rows.is_empty();
+        let size: usize = rows
+            .iter()
+            .map(|row| row.content.to_string().len() + 300)
+            .sum();
+        if size <= MAX_EMBEDDED_BYTES {
+            self.new_messages = Some(rows);
+        }
+        self
+    }
 }
 
 /// Stream events `seq_from..=seq_to` of one chat's `attempt`.
@@ -204,6 +227,7 @@ mod tests {
             messages: false,
             queue: true,
             other: false,
+            new_messages: None,
         });
         let payload = to_payload(&notice);
         assert_eq!(

@@ -19,7 +19,6 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use chatd_shared::domain::{ContentPart, Role};
-use chatd_shared::pubsub::publish;
 
 use crate::config::WorkerConfig;
 use crate::flusher::StreamFlusher;
@@ -37,6 +36,8 @@ pub struct TurnContext {
     pub http: reqwest::Client,
     pub model: ModelChoice,
     pub control: Arc<TurnControl>,
+    /// Publishes this turn's post-commit hints (batched with other turns' under load).
+    pub flusher: Arc<StreamFlusher>,
     pub chat_id: Uuid,
     pub owner_id: Uuid,
     /// The lease epoch; changes when a step restarts after partial output.
@@ -74,7 +75,7 @@ impl TurnContext {
             chatd_shared::domain::ChatStatus::Running,
             attempt,
         );
-        let _ = publish(&client, &notices).await;
+        self.flusher.publish_soon(notices);
         Some(attempt)
     }
 
@@ -98,9 +99,7 @@ impl TurnContext {
                 .await?;
                 if let Some(committed) = &committed {
                     let notices = store::change_notices(self.chat_id, self.owner_id, committed);
-                    if let Err(error) = publish(&client, &notices).await {
-                        tracing::warn!(error = %error, "publish turn hints");
-                    }
+                    self.flusher.publish_soon(notices);
                 }
                 anyhow::Ok(committed.is_some())
             }
@@ -163,6 +162,7 @@ async fn run_turn_inner(deps: TurnDeps, claim: Claim, control: Arc<TurnControl>)
         http: deps.http.clone(),
         model,
         control,
+        flusher: deps.flusher.clone(),
         chat_id: claim.chat_id,
         owner_id: claim.owner_id,
         attempt: AtomicI32::new(claim.attempt),
@@ -371,6 +371,6 @@ async fn fail_without_model(deps: &TurnDeps, claim: &Claim, message: &str) {
     .await
     {
         let notices = store::change_notices(claim.chat_id, claim.owner_id, &committed);
-        let _ = publish(&client, &notices).await;
+        deps.flusher.publish_soon(notices);
     }
 }
