@@ -262,3 +262,26 @@ async fn a_message_never_overtakes_its_previews_when_the_resume_log_is_slow() {
         "a preview arrived after its durable message"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_change_whose_hint_was_lost_still_reaches_the_stream() {
+    let cluster = Cluster::start(1, 1).await;
+    let api = cluster.api(0);
+    let message = directive_message("quiet", json!({"tokens": 3}));
+    let (chat_id, message_id) = create_chat(&api, &message).await;
+    let mut reader = Reader::open(&api, &chat_id, Some(&format!("{message_id}-0-0"))).await;
+    reader.until_turn_done(TURN).await;
+    // A durable change committed without any notification (as if its NOTIFY were lost).
+    let sql = cluster.sql().await;
+    let chat_uuid = uuid::Uuid::parse_str(&chat_id).unwrap();
+    sql.execute(
+        "UPDATE chats SET title = 'renamed quietly', version = version + 1 WHERE id = $1",
+        &[&chat_uuid],
+    )
+    .await
+    .unwrap();
+    let title = reader
+        .until(Duration::from_secs(15), |event| event.event == "title")
+        .await;
+    assert_eq!(title.data["title"], "renamed quietly");
+}

@@ -17,6 +17,8 @@ pub struct ApiConfig {
     pub keep_alive: Duration,
     /// Events buffered per chat hub before a slow subscriber is resynced from the database.
     pub hub_buffer: usize,
+    /// How often hubs' relayed versions are checked against the database (lost hints).
+    pub hub_audit_interval: Duration,
 }
 
 impl ApiConfig {
@@ -29,6 +31,7 @@ impl ApiConfig {
             token_cache_ttl: Duration::from_secs(30),
             keep_alive: Duration::from_secs(15),
             hub_buffer: 128,
+            hub_audit_interval: Duration::from_secs(2),
         }
     }
 }

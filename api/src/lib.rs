@@ -43,6 +43,10 @@ pub async fn run(
     )?;
     let hubs = hub::Hubs::new(pool.clone(), pubsub.clone(), config.hub_buffer);
     tokio::spawn(hubs.clone().dispatch(events));
+    tokio::spawn(
+        hubs.clone()
+            .audit(config.hub_audit_interval, shutdown.child_token()),
+    );
     let state = state::AppState {
         config: Arc::new(config),
         pool,

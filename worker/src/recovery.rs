@@ -137,6 +137,7 @@ async fn promote_stranded_queues(
                 attempt: row.get(1),
                 messages: true,
                 new_messages: Vec::new(),
+                last_seq: None,
                 queue: true,
                 error: false,
             },

@@ -137,6 +137,7 @@ pub enum TurnEnd {
 }
 
 /// What a fenced commit changed (for the post-commit hints).
+#[derive(Clone)]
 pub struct Committed {
     pub version: i64,
     pub status: ChatStatus,
@@ -144,6 +145,8 @@ pub struct Committed {
     pub messages: bool,
     /// The rows written (step and promoted queue head), oldest first.
     pub new_messages: Vec<MessageRow>,
+    /// The last seq the attempt published before this commit (set by the turn).
+    pub last_seq: Option<i64>,
     pub queue: bool,
     pub error: bool,
 }
@@ -277,6 +280,7 @@ pub async fn commit(
             attempt: row.get(2),
             messages: written > 0 || promoted > 0,
             new_messages,
+            last_seq: None,
             queue: promoted > 0,
             error: last_error.is_some(),
         }
@@ -318,6 +322,7 @@ pub fn change_notices(
         queue: committed.queue,
         other: committed.error,
         new_messages: None,
+        last_seq: committed.last_seq,
     };
     if !committed.queue && !committed.new_messages.is_empty() {
         change = change.embed_messages(committed.new_messages.clone());
@@ -359,6 +364,7 @@ pub fn status_notices(
             attempt,
             messages: false,
             new_messages: Vec::new(),
+            last_seq: None,
             queue: false,
             error: false,
         },

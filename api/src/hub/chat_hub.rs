@@ -1,5 +1,6 @@
 //! The task behind one chat's hub: notifications in, events out.
 
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -60,15 +61,23 @@ pub struct ChatHubTask {
     pool: PgPool,
     sender: broadcast::Sender<Arc<HubEvent>>,
     state: HubState,
+    /// `state.version`, shared with the audit.
+    relayed_version: Arc<AtomicI64>,
 }
 
 impl ChatHubTask {
-    pub fn new(chat_id: Uuid, pool: PgPool, sender: broadcast::Sender<Arc<HubEvent>>) -> Self {
+    pub fn new(
+        chat_id: Uuid,
+        pool: PgPool,
+        sender: broadcast::Sender<Arc<HubEvent>>,
+        relayed_version: Arc<AtomicI64>,
+    ) -> Self {
         ChatHubTask {
             chat_id,
             pool,
             sender,
             state: HubState::default(),
+            relayed_version,
         }
     }
 
@@ -143,6 +152,8 @@ impl ChatHubTask {
                 last_message_id: row.get(3),
                 last_seq: row.get(4),
             };
+            self.relayed_version
+                .store(self.state.version, Ordering::Relaxed);
         }
         Ok(())
     }
@@ -226,7 +237,13 @@ impl ChatHubTask {
         let complete = !change.messages || change.new_messages.is_some();
         if contiguous && complete && !change.queue && !change.other {
             // The notice carries everything this change needs (status, and the new messages
-            // when there are any): no read. Contiguity means no other change was missed.
+            // when there are any): no read. Contiguity means no other change was missed; a
+            // frame notification that went missing shows as `last_seq` ahead of ours.
+            if let Some(last_seq) = change.last_seq {
+                if change.attempt == self.state.attempt && last_seq > self.state.last_seq {
+                    self.fill_frames().await?;
+                }
+            }
             if let Some(messages) = change.new_messages {
                 let last_message_id = self.state.last_message_id;
                 let messages: Vec<_> = messages
@@ -252,6 +269,7 @@ impl ChatHubTask {
         last_error: Option<Value>,
     ) {
         self.state.version = version;
+        self.relayed_version.store(version, Ordering::Relaxed);
         if attempt > self.state.attempt {
             self.state.attempt = attempt;
             self.state.last_seq = 0;

@@ -16,7 +16,9 @@ pub mod chat_hub;
 pub mod owner_hub;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -44,6 +46,8 @@ pub enum HubInput {
 
 struct HubEntry {
     inbox: mpsc::Sender<HubInput>,
+    /// The chat version the hub has relayed (for the audit); 0 for owner hubs.
+    version: Arc<AtomicI64>,
     subscribers: usize,
     /// Becomes true once the channel is LISTENed and the hub's initial read is done.
     ready: watch::Receiver<bool>,
@@ -155,6 +159,67 @@ impl Hubs {
         }
     }
 
+    /// Repairs lost hints: every `interval`, one statement compares every hub's relayed
+    /// version with the database; a hub still behind at the next round (so not merely waiting
+    /// for a notification in flight) resyncs.
+    pub async fn audit(self: Arc<Hubs>, interval: Duration, shutdown: CancellationToken) {
+        let mut behind: HashMap<Uuid, i64> = HashMap::new();
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = ticker.tick() => {}
+            }
+            let relayed: HashMap<Uuid, i64> = lock(&self.chats)
+                .iter()
+                .map(|(chat_id, (entry, _))| (*chat_id, entry.version.load(Ordering::Relaxed)))
+                .collect();
+            if relayed.is_empty() {
+                behind.clear();
+                continue;
+            }
+            let chat_ids: Vec<Uuid> = relayed.keys().copied().collect();
+            let current = async {
+                let client = self.pool.get().await?;
+                let statement = client
+                    .prepare_cached("SELECT id, version FROM chats WHERE id = ANY($1)")
+                    .await?;
+                anyhow::Ok(client.query(&statement, &[&chat_ids]).await?)
+            }
+            .await;
+            let rows = match current {
+                Ok(rows) => rows,
+                Err(error) => {
+                    tracing::warn!(error = format!("{error:#}"), "hub audit");
+                    continue;
+                }
+            };
+            let mut still_behind = HashMap::new();
+            for row in rows {
+                let chat_id: Uuid = row.get(0);
+                let version: i64 = row.get(1);
+                let Some(relayed_version) = relayed.get(&chat_id) else {
+                    continue;
+                };
+                if *relayed_version >= version {
+                    continue;
+                }
+                match behind.get(&chat_id) {
+                    Some(seen) if *relayed_version < *seen => {
+                        tracing::warn!(%chat_id, relayed = relayed_version, version, "hub missed a hint; resyncing");
+                        metrics::counter!("chatd_hub_audit_resyncs_total").increment(1);
+                        self.deliver_chat(chat_id, HubInput::Resync);
+                    }
+                    _ => {
+                        still_behind.insert(chat_id, version);
+                    }
+                }
+            }
+            behind = still_behind;
+        }
+    }
+
     /// Subscribes to a chat; returns once its channel is LISTENed.
     pub async fn subscribe_chat(self: &Arc<Hubs>, chat_id: Uuid) -> ChatSubscription {
         let (events, mut ready) = {
@@ -164,7 +229,13 @@ impl Hubs {
                 let (sender, _) = broadcast::channel(self.buffer);
                 let (ready_tx, ready) = watch::channel(false);
                 let cancel = CancellationToken::new();
-                let task = chat_hub::ChatHubTask::new(chat_id, self.pool.clone(), sender.clone());
+                let version = Arc::new(AtomicI64::new(0));
+                let task = chat_hub::ChatHubTask::new(
+                    chat_id,
+                    self.pool.clone(),
+                    sender.clone(),
+                    version.clone(),
+                );
                 let mut listening = self.retain_bucket(chat_bucket(chat_id));
                 let task_cancel = cancel.clone();
                 tokio::spawn(async move {
@@ -174,6 +245,7 @@ impl Hubs {
                 (
                     HubEntry {
                         inbox,
+                        version,
                         subscribers: 0,
                         ready,
                         cancel,
@@ -214,6 +286,7 @@ impl Hubs {
                 (
                     HubEntry {
                         inbox,
+                        version: Arc::new(AtomicI64::new(0)),
                         subscribers: 0,
                         ready,
                         cancel,

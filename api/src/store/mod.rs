@@ -54,6 +54,7 @@ impl Transition {
             queue: self.queue,
             other: self.other,
             new_messages: None,
+            last_seq: None,
         };
         if self.messages && !self.new_messages.is_empty() {
             change = change.embed_messages(self.new_messages.clone());

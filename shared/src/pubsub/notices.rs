@@ -107,6 +107,10 @@ pub struct ChangeNotice {
     /// version is exactly `version - 1` relays them without reading the database.
     #[serde(rename = "ms", default, skip_serializing_if = "Option::is_none")]
     pub new_messages: Option<Vec<MessageRow>>,
+    /// The last seq the attempt published before this change (worker commits): a receiver
+    /// that has relayed less fills from the resume log before relaying the messages.
+    #[serde(rename = "ls", default, skip_serializing_if = "Option::is_none")]
+    pub last_seq: Option<i64>,
 }
 
 /// Largest embedded message list (leaves room for the rest of the payload).
@@ -228,6 +232,7 @@ mod tests {
             queue: true,
             other: false,
             new_messages: None,
+            last_seq: None,
         });
         let payload = to_payload(&notice);
         assert_eq!(

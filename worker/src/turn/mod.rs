@@ -82,7 +82,9 @@ impl TurnContext {
     /// Commits `rows` and `end` fenced by the lease, retrying transient database errors.
     /// Returns false when the lease was lost (or the database stayed unreachable: then the
     /// lease expires and the sweep hands the chat to another worker).
-    async fn commit(&self, rows: &[NewRow], end: TurnEnd) -> bool {
+    /// `last_seq`: the last seq this attempt published (carried in the hint so API replicas can
+    /// tell whether they missed a frame notification).
+    async fn commit(&self, rows: &[NewRow], end: TurnEnd, last_seq: Option<i64>) -> bool {
         let mut delay = Duration::from_millis(100);
         let mut end = Some(end);
         for _ in 0..6 {
@@ -98,7 +100,9 @@ impl TurnContext {
                 )
                 .await?;
                 if let Some(committed) = &committed {
-                    let notices = store::change_notices(self.chat_id, self.owner_id, committed);
+                    let mut committed = committed.clone();
+                    committed.last_seq = last_seq;
+                    let notices = store::change_notices(self.chat_id, self.owner_id, &committed);
                     self.flusher.publish_soon(notices);
                 }
                 anyhow::Ok(committed.is_some())
@@ -170,7 +174,7 @@ async fn run_turn_inner(deps: TurnDeps, claim: Claim, control: Arc<TurnControl>)
     if claim.crash_count > deps.config.max_crash_count {
         let error = json!({"kind": "crash_loop", "message": format!(
             "the turn was started {} times without finishing; giving up", claim.crash_count - 1)});
-        turn.commit(&[], TurnEnd::Failed(error)).await;
+        turn.commit(&[], TurnEnd::Failed(error), None).await;
         return;
     }
     let mut stream = TurnStream::new(deps.flusher.clone(), claim.chat_id, claim.attempt);
@@ -195,7 +199,7 @@ async fn run_turn_inner(deps: TurnDeps, claim: Claim, control: Arc<TurnControl>)
                 };
                 let finished = !matches!(end, TurnEnd::Continue);
                 stream.flush().await;
-                if !turn.commit(&rows, end).await || finished {
+                if !turn.commit(&rows, end, Some(stream.last_seq())).await || finished {
                     return;
                 }
                 prompt.push(assistant);
@@ -206,10 +210,11 @@ async fn run_turn_inner(deps: TurnDeps, claim: Claim, control: Arc<TurnControl>)
                     Some(StopReason::Interrupt) => {
                         let (rows, _, _) = step_rows(&turn, &partial, runtime_ms, true);
                         stream.flush().await;
-                        turn.commit(&rows, TurnEnd::Interrupted).await;
+                        turn.commit(&rows, TurnEnd::Interrupted, Some(stream.last_seq()))
+                            .await;
                     }
                     Some(StopReason::Shutdown) => {
-                        turn.commit(&[], TurnEnd::Released).await;
+                        turn.commit(&[], TurnEnd::Released, None).await;
                     }
                     Some(StopReason::LeaseLost) | None => {}
                 }
@@ -224,7 +229,8 @@ async fn run_turn_inner(deps: TurnDeps, claim: Claim, control: Arc<TurnControl>)
     }
     let error = json!({"kind": "max_steps", "message": format!(
         "the turn reached the limit of {} steps", deps.config.max_steps)});
-    turn.commit(&[], TurnEnd::Failed(error)).await;
+    turn.commit(&[], TurnEnd::Failed(error), Some(stream.last_seq()))
+        .await;
 }
 
 async fn prepare(
@@ -351,7 +357,8 @@ async fn fail(turn: &TurnContext, stream: &mut TurnStream, error: &ProviderError
     });
     stream.error(data.clone());
     stream.flush().await;
-    turn.commit(&[], TurnEnd::Failed(data)).await;
+    turn.commit(&[], TurnEnd::Failed(data), Some(stream.last_seq()))
+        .await;
 }
 
 /// A turn that could not even resolve its model fails with a config error.

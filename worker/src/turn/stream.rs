@@ -30,6 +30,11 @@ impl TurnStream {
         }
     }
 
+    /// The last seq pushed in the current attempt (0 when none).
+    pub fn last_seq(&self) -> i64 {
+        self.seq
+    }
+
     /// A new lease epoch: numbering restarts at 1.
     pub fn restart(&mut self, attempt: i32) {
         self.attempt = attempt;
