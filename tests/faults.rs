@@ -13,7 +13,9 @@ use chatd_api::client::content_text;
 use chatd_shared::domain::Role;
 use chatd_worker::mock_llm::reply_text;
 use chatd_worker::store::{commit, NewRow, TurnEnd};
-use common::cluster::{create_chat, directive_message, messages, wait_until, Cluster};
+use common::cluster::{
+    assistant_texts, create_chat, directive_message, messages, wait_until, Cluster,
+};
 use common::sse::{assert_contiguous, Reader};
 
 const TURN: Duration = Duration::from_secs(40);
@@ -210,11 +212,6 @@ async fn a_stale_lease_holder_cannot_write() {
         assert!(result.is_none(), "a stale writer was let through");
     }
     reader.until_turn_done(TURN).await;
-    let texts: Vec<String> = messages(&cluster.api(0), &chat_id)
-        .await
-        .iter()
-        .filter(|m| m["role"] == "assistant")
-        .map(|m| content_text(&m["content"]))
-        .collect();
+    let texts: Vec<String> = assistant_texts(&cluster.api(0), &chat_id).await;
     assert_eq!(texts, vec![reply_text(&message, 200)]);
 }

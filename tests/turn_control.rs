@@ -9,7 +9,9 @@ use serde_json::{json, Value};
 
 use chatd_api::client::{content_text, ApiClient};
 use chatd_worker::mock_llm::reply_text;
-use common::cluster::{chat_status, create_chat, directive_message, messages, wait_until, Cluster};
+use common::cluster::{
+    assistant_texts, chat_status, create_chat, directive_message, messages, wait_until, Cluster,
+};
 use common::sse::{assert_contiguous, Reader};
 
 const TURN: Duration = Duration::from_secs(30);
@@ -314,12 +316,7 @@ async fn auto_promotion_wakes_a_worker_without_waiting_for_its_poll() {
     // The finishing turn promotes the queued message to pending; only the wake published
     // after that commit can start it before the one-minute poll.
     wait_idle(&api, &chat_id).await;
-    let answers: Vec<String> = messages(&api, &chat_id)
-        .await
-        .iter()
-        .filter(|m| m["role"] == "assistant")
-        .map(|m| content_text(&m["content"]))
-        .collect();
+    let answers: Vec<String> = assistant_texts(&api, &chat_id).await;
     assert_eq!(
         answers,
         vec![reply_text(&first, 30), reply_text(&queued, 3)]
@@ -363,12 +360,7 @@ async fn a_late_interrupt_for_an_earlier_turn_does_not_stop_the_next_one() {
     .await
     .unwrap();
     reader.until_turn_done(TURN).await;
-    let answers: Vec<String> = messages(&api, &chat_id)
-        .await
-        .iter()
-        .filter(|m| m["role"] == "assistant")
-        .map(|m| content_text(&m["content"]))
-        .collect();
+    let answers: Vec<String> = assistant_texts(&api, &chat_id).await;
     assert_eq!(
         answers,
         vec![reply_text(&first, 3), reply_text(&second, 60)],

@@ -348,3 +348,13 @@ pub async fn chat_status(api: &ApiClient, chat_id: &str) -> String {
         .unwrap_or_default()
         .to_string()
 }
+
+/// The texts of the chat's assistant messages, oldest first.
+pub async fn assistant_texts(api: &ApiClient, chat_id: &str) -> Vec<String> {
+    messages(api, chat_id)
+        .await
+        .iter()
+        .filter(|m| m["role"] == "assistant")
+        .map(|m| chatd_api::client::content_text(&m["content"]))
+        .collect()
+}

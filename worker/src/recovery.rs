@@ -8,7 +8,6 @@
 
 use std::time::Duration;
 
-use serde_json::Value;
 use uuid::Uuid;
 
 use chatd_shared::domain::ChatStatus;
@@ -101,26 +100,7 @@ async fn promote_stranded_queues(
         .await?;
     for chat in &stranded {
         let chat_id: Uuid = chat.get(0);
-        let head = transaction
-            .query_one(
-                "DELETE FROM chat_queued_messages WHERE id = \
-                 (SELECT id FROM chat_queued_messages WHERE chat_id = $1 ORDER BY position, id LIMIT 1) \
-                 RETURNING content, model_config_id, created_by",
-                &[&chat_id],
-            )
-            .await?;
-        transaction
-            .execute(
-                "INSERT INTO chat_messages (chat_id, role, content, visibility, created_by, \
-                 model_config_id) VALUES ($1, 'user', $2, 'both', $4, $3)",
-                &[
-                    &chat_id,
-                    &head.get::<_, Value>(0),
-                    &head.get::<_, Option<Uuid>>(1),
-                    &head.get::<_, Option<Uuid>>(2),
-                ],
-            )
-            .await?;
+        chatd_shared::db::queue::promote_head(&transaction, chat_id).await?;
         let row = transaction
             .query_one(
                 "UPDATE chats SET status = 'pending', version = version + 1, updated_at = now() \

@@ -306,29 +306,7 @@ async fn pop_head(
     locked: &LockedChat,
 ) -> ApiResult<(ChatRow, Option<MessageRow>)> {
     let chat_id = locked.chat.id;
-    let head = transaction
-        .query_opt(
-            "DELETE FROM chat_queued_messages WHERE id = \
-             (SELECT id FROM chat_queued_messages WHERE chat_id = $1 ORDER BY position, id LIMIT 1) \
-             RETURNING content, model_config_id, created_by",
-            &[&chat_id],
-        )
-        .await?;
-    let mut message = None;
-    if let Some(head) = head {
-        message = Some(
-            insert_message(
-                transaction,
-                chat_id,
-                Role::User,
-                &head.get::<_, Value>(0),
-                "both",
-                head.get(2),
-                head.get(1),
-            )
-            .await?,
-        );
-    }
+    let message = chatd_shared::db::queue::promote_head(transaction, chat_id).await?;
     let chat = set_status(transaction, chat_id, ChatStatus::Pending).await?;
     Ok((chat, message))
 }

@@ -6,5 +6,6 @@
 pub mod admin;
 pub mod migrate;
 pub mod pool;
+pub mod queue;
 pub mod reads;
 pub mod rows;
