@@ -215,3 +215,53 @@ async fn a_stale_lease_holder_cannot_write() {
     let texts: Vec<String> = assistant_texts(&cluster.api(0), &chat_id).await;
     assert_eq!(texts, vec![reply_text(&message, 200)]);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_turn_that_keeps_killing_its_worker_ends_in_error() {
+    let mut cluster = Cluster::start(1, 0).await;
+    let message = directive_message("doomed", json!({"tokens": 3}));
+    let (chat_id, message_id) = create_chat(&cluster.api(0), &message).await;
+    // As if five workers had already died running this turn (each acquire counts one).
+    let sql = cluster.sql().await;
+    let chat_uuid = Uuid::parse_str(&chat_id).unwrap();
+    sql.execute(
+        "UPDATE chats SET crash_count = 5 WHERE id = $1",
+        &[&chat_uuid],
+    )
+    .await
+    .unwrap();
+    let mut reader = Reader::open(
+        &cluster.api(0),
+        &chat_id,
+        Some(&format!("{message_id}-0-0")),
+    )
+    .await;
+    cluster.add_worker(&[]).await.expect("start a worker");
+    let failed = reader
+        .until(TURN, |event| {
+            event.event == "status" && event.data["status"] == "error"
+        })
+        .await;
+    assert_eq!(
+        failed.data["last_error"]["kind"], "crash_loop",
+        "{:?}",
+        failed.data
+    );
+    assert!(assistant_texts(&cluster.api(0), &chat_id).await.is_empty());
+    // The chat is usable again: the next message runs normally.
+    let next = directive_message("again", json!({"tokens": 3}));
+    let (status, _) = cluster
+        .api(0)
+        .post(
+            &format!("/chats/{chat_id}/messages"),
+            &json!({"content": next}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 201);
+    reader.until_turn_done(TURN).await;
+    assert_eq!(
+        assistant_texts(&cluster.api(0), &chat_id).await,
+        vec![reply_text(&next, 3)]
+    );
+}
