@@ -88,6 +88,7 @@ fn ask(text: &str) -> ModelRequest {
             message(Role::User, vec![ContentPart::text(text)]),
         ],
         max_output_tokens: None,
+        ..ModelRequest::default()
     }
 }
 

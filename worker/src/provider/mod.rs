@@ -14,6 +14,7 @@
 //! [`ProviderError::retry_after`].
 
 pub mod error;
+pub mod http;
 pub mod openai_chat;
 pub mod sse;
 
@@ -48,12 +49,43 @@ impl fmt::Debug for ProviderEndpoint {
 }
 
 /// One model step: the prompt as domain messages, translated per protocol by the client.
-#[derive(Debug, Clone)]
+///
+/// System prompts are `Role::System` messages at the start of `messages`; protocols with a
+/// separate field (Anthropic `system`, Responses `instructions`) lift them out.
+#[derive(Debug, Clone, Default)]
 pub struct ModelRequest {
     pub model: String,
     pub messages: Vec<PromptMessage>,
-    /// Upper bound on generated tokens; `None` leaves it to the provider's default.
+    /// Upper bound on generated tokens; `None` leaves it to the provider's default (Anthropic,
+    /// which requires one, then sends [`DEFAULT_MAX_OUTPUT_TOKENS`]).
     pub max_output_tokens: Option<u32>,
+    /// Function tools the model may call; empty means the request carries no tools.
+    pub tools: Vec<ToolSpec>,
+    /// OpenAI Responses only: chain onto a stored previous response instead of replaying the
+    /// whole history. Other protocols ignore it.
+    pub chain: Option<ResponseChain>,
+}
+
+/// `max_tokens` for protocols that require one when the model config sets none.
+pub const DEFAULT_MAX_OUTPUT_TOKENS: u32 = 8192;
+
+/// A function tool as offered to the model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolSpec {
+    pub name: String,
+    pub description: String,
+    /// JSON Schema of the arguments object.
+    pub parameters: serde_json::Value,
+}
+
+/// Server-side history for OpenAI Responses (`store: true` + `previous_response_id`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResponseChain {
+    /// The provider id of the response that ended `messages[..new_from]`.
+    pub previous_response_id: String,
+    /// Index into [`ModelRequest::messages`] of the first message the provider has not seen.
+    /// System messages are always re-sent (as `instructions`), whatever their index.
+    pub new_from: usize,
 }
 
 #[derive(Debug, Clone)]

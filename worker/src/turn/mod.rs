@@ -184,6 +184,7 @@ async fn run_turn_inner(deps: TurnDeps, claim: Claim, control: Arc<TurnControl>)
             model: turn.model.model.clone(),
             messages: std::mem::take(&mut prompt),
             max_output_tokens: turn.model.max_output_tokens,
+            ..ModelRequest::default()
         };
         let result = step::run_step(&turn, &mut stream, &request).await;
         prompt = request.messages;

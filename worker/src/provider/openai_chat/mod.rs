@@ -10,23 +10,17 @@ pub mod wire;
 #[cfg(test)]
 mod tests;
 
-use std::collections::VecDeque;
-use std::pin::Pin;
-
-use bytes::Bytes;
 use chatd_shared::domain::{ContentPart, Role};
-use futures::{Stream, StreamExt};
 
+use crate::provider::http::{endpoint_url, json_as_text, send_streaming};
+#[cfg(test)]
+use crate::provider::http::ParsedItem;
 use crate::provider::{EventStream, ModelRequest, PromptMessage, ProviderEndpoint, ProviderError};
 pub use parser::ChatStreamParser;
-use parser::ParsedItem;
 use wire::{
-    ChatMessage, ChatRequest, FunctionCall, MessageContent, RequestToolCall, StreamOptions,
+    ChatMessage, ChatRequest, FunctionCall, FunctionSpec, MessageContent, RequestTool,
+    RequestToolCall, StreamOptions,
 };
-
-/// Error bodies are read only this far: enough for any real error object, and a misbehaving
-/// server cannot make us buffer an unbounded body.
-const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
 
 /// Sends one streaming request; see [`crate::provider::stream`] for the contract.
 pub async fn stream(
@@ -34,28 +28,14 @@ pub async fn stream(
     endpoint: &ProviderEndpoint,
     request: &ModelRequest,
 ) -> Result<EventStream, ProviderError> {
-    let url = format!(
-        "{}/chat/completions",
-        endpoint.base_url.trim_end_matches('/')
-    );
     let mut builder = http
-        .post(url)
+        .post(endpoint_url(&endpoint.base_url, "chat/completions"))
         .header(reqwest::header::ACCEPT, "text/event-stream")
         .json(&build_request(request));
     if let Some(api_key) = &endpoint.api_key {
         builder = builder.bearer_auth(api_key);
     }
-    let response = builder
-        .send()
-        .await
-        .map_err(|error| ProviderError::from_transport(&error))?;
-    let status = response.status();
-    if !status.is_success() {
-        let headers = response.headers().clone();
-        let body = read_error_body(response).await;
-        return Err(ProviderError::from_http(status.as_u16(), &headers, &body));
-    }
-    Ok(Box::pin(parse_body(response.bytes_stream())))
+    send_streaming(builder, ChatStreamParser::new()).await
 }
 
 /// Maps the domain prompt onto Chat Completions messages.
@@ -76,6 +56,20 @@ pub fn build_request(request: &ModelRequest) -> ChatRequest {
             include_usage: true,
         }),
         max_tokens: request.max_output_tokens,
+        tools: (!request.tools.is_empty()).then(|| {
+            request
+                .tools
+                .iter()
+                .map(|tool| RequestTool {
+                    tool_type: "function".to_owned(),
+                    function: FunctionSpec {
+                        name: tool.name.clone(),
+                        description: tool.description.clone(),
+                        parameters: tool.parameters.clone(),
+                    },
+                })
+                .collect()
+        }),
     }
 }
 
@@ -149,71 +143,11 @@ fn push_messages(message: &PromptMessage, out: &mut Vec<ChatMessage>) {
     }
 }
 
-/// A JSON string is sent as its contents (tool output text, or tool-call arguments that were
-/// kept verbatim because they were not valid JSON); anything else as its JSON text.
-fn json_as_text(value: &serde_json::Value) -> String {
-    match value {
-        serde_json::Value::String(text) => text.clone(),
-        other => other.to_string(),
-    }
-}
-
-async fn read_error_body(response: reqwest::Response) -> String {
-    let mut body = Vec::new();
-    let mut chunks = response.bytes_stream();
-    while let Some(Ok(chunk)) = chunks.next().await {
-        let room = MAX_ERROR_BODY_BYTES - body.len();
-        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
-        if body.len() >= MAX_ERROR_BODY_BYTES {
-            break;
-        }
-    }
-    String::from_utf8_lossy(&body).into_owned()
-}
-
-/// State of the event stream built from a response body.
-struct BodyState<S> {
-    body: Pin<Box<S>>,
-    /// `None` once the body ended or failed.
-    parser: Option<ChatStreamParser>,
-    pending: VecDeque<ParsedItem>,
-}
-
-/// Drives the parser with body chunks, yielding events as they complete. Reading stops at the
-/// terminal event or the first error; dropping the stream drops the connection.
-fn parse_body<S>(body: S) -> impl Stream<Item = ParsedItem> + Send
+/// Test helper: the events of a body given as chunks.
+#[cfg(test)]
+fn parse_body<S>(body: S) -> impl futures::Stream<Item = ParsedItem> + Send
 where
-    S: Stream<Item = reqwest::Result<Bytes>> + Send + 'static,
+    S: futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Send + 'static,
 {
-    let state = BodyState {
-        body: Box::pin(body),
-        parser: Some(ChatStreamParser::new()),
-        pending: VecDeque::new(),
-    };
-    futures::stream::unfold(state, |mut state| async move {
-        loop {
-            if let Some(item) = state.pending.pop_front() {
-                return Some((item, state));
-            }
-            let parser = state.parser.as_mut()?;
-            if parser.is_done() {
-                state.parser = None;
-                continue;
-            }
-            match state.body.next().await {
-                Some(Ok(bytes)) => parser.push(&bytes, &mut state.pending),
-                Some(Err(error)) => {
-                    state.parser = None;
-                    state
-                        .pending
-                        .push_back(Err(ProviderError::from_transport(&error)));
-                }
-                None => {
-                    if let Some(parser) = state.parser.take() {
-                        parser.finish(&mut state.pending);
-                    }
-                }
-            }
-        }
-    })
+    crate::provider::http::parse_body(body, ChatStreamParser::new())
 }

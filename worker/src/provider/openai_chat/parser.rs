@@ -15,7 +15,8 @@ use crate::provider::openai_chat::wire::{ChatChunk, ToolCallFragment, WireUsage}
 use crate::provider::sse::{Decoder, SseEvent};
 use crate::provider::{ErrorKind, FinishReason, ProviderEvent, Usage};
 
-pub type ParsedItem = Result<ProviderEvent, ProviderError>;
+pub use crate::provider::http::ParsedItem;
+use crate::provider::http::{parse_arguments, StreamParser};
 
 /// Incremental parser for one streamed answer.
 #[derive(Debug, Default)]
@@ -47,14 +48,16 @@ impl ChatStreamParser {
     pub fn new() -> ChatStreamParser {
         ChatStreamParser::default()
     }
+}
 
+impl StreamParser for ChatStreamParser {
     /// Whether the stream reached its end (or failed); the caller can stop reading.
-    pub fn is_done(&self) -> bool {
+    fn is_done(&self) -> bool {
         self.done
     }
 
     /// Feeds the next bytes of the response body.
-    pub fn push(&mut self, bytes: &[u8], out: &mut VecDeque<ParsedItem>) {
+    fn push(&mut self, bytes: &[u8], out: &mut VecDeque<ParsedItem>) {
         if self.done {
             return;
         }
@@ -67,7 +70,7 @@ impl ChatStreamParser {
     }
 
     /// The body ended. Without `[DONE]` or a finish reason the answer is truncated.
-    pub fn finish(mut self, out: &mut VecDeque<ParsedItem>) {
+    fn finish(mut self, out: &mut VecDeque<ParsedItem>) {
         if self.done {
             return;
         }
@@ -85,6 +88,9 @@ impl ChatStreamParser {
         }
     }
 
+}
+
+impl ChatStreamParser {
     fn on_event(&mut self, event: &SseEvent, out: &mut VecDeque<ParsedItem>) {
         let data = event.data.trim();
         if data == "[DONE]" {
@@ -267,14 +273,6 @@ fn start_call(call: &mut ToolCallState, out: &mut VecDeque<ParsedItem>) {
             delta: call.arguments.clone(),
         }));
     }
-}
-
-/// Empty arguments mean "no arguments"; invalid JSON is kept verbatim as a JSON string.
-pub fn parse_arguments(raw: &str) -> serde_json::Value {
-    if raw.trim().is_empty() {
-        return serde_json::Value::Object(serde_json::Map::new());
-    }
-    serde_json::from_str(raw).unwrap_or_else(|_| serde_json::Value::String(raw.to_owned()))
 }
 
 pub fn parse_finish_reason(reason: &str) -> FinishReason {

@@ -7,6 +7,7 @@ use chatd_shared::domain::{ContentPart, Role};
 use serde_json::json;
 
 use super::parser::ChatStreamParser;
+use crate::provider::http::StreamParser;
 use super::{build_request, parse_body};
 use crate::provider::{ErrorKind, FinishReason, ModelRequest, PromptMessage, ProviderEvent, Usage};
 
@@ -388,6 +389,7 @@ fn request_mapping() {
                 ],
             },
         ],
+        ..ModelRequest::default()
     };
     let body = serde_json::to_value(build_request(&request)).expect("serialize request");
     assert_eq!(
