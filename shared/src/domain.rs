@@ -109,6 +109,25 @@ pub enum ContentPart {
         #[serde(default)]
         is_error: bool,
     },
+    /// Reasoning the provider returned encrypted (Anthropic `redacted_thinking`): sent back
+    /// verbatim, never shown.
+    RedactedReasoning {
+        data: String,
+    },
+    /// A tool the provider ran itself (Anthropic `server_tool_use`, e.g. web search). It stays in
+    /// the assistant message with its result; chatd never executes it.
+    ProviderToolCall {
+        tool_call_id: String,
+        tool_name: String,
+        args: serde_json::Value,
+    },
+    /// The result block of a [`ContentPart::ProviderToolCall`], kept as the provider sent it
+    /// (`block_type` e.g. `web_search_tool_result`) so it can be replayed exactly.
+    ProviderToolResult {
+        tool_call_id: String,
+        block_type: String,
+        content: serde_json::Value,
+    },
     File {
         media_type: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -33,8 +33,11 @@ pub fn user_content(input: MessageInput, field: &str) -> Result<Value, ApiError>
             ContentPart::File { media_type, .. } => check_text(media_type, &part_field)?,
             ContentPart::Source { url, .. } => check_text(url, &part_field)?,
             ContentPart::Reasoning { .. }
+            | ContentPart::RedactedReasoning { .. }
             | ContentPart::ToolCall { .. }
-            | ContentPart::ToolResult { .. } => {
+            | ContentPart::ToolResult { .. }
+            | ContentPart::ProviderToolCall { .. }
+            | ContentPart::ProviderToolResult { .. } => {
                 return Err(ApiError::field(
                     format!("{part_field}.type"),
                     format!("{part_field}.type: users may send text, file and source parts only"),

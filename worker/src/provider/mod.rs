@@ -99,7 +99,25 @@ pub struct PromptMessage {
 #[derive(Debug, Clone, PartialEq)]
 pub enum ProviderEvent {
     TextDelta(String),
+    /// Reasoning text. Deltas after a [`ProviderEvent::ReasoningSignature`] start a new block.
     ReasoningDelta(String),
+    /// Ends the current reasoning block with the provider's signature (Anthropic
+    /// `signature_delta`), which must be sent back with the block in later requests.
+    ReasoningSignature(String),
+    /// An encrypted reasoning block (Anthropic `redacted_thinking`), replayed verbatim.
+    RedactedReasoning(String),
+    /// A complete call of a tool the provider executes itself (Anthropic `server_tool_use`).
+    ProviderToolCall {
+        id: String,
+        name: String,
+        args: serde_json::Value,
+    },
+    /// The provider's result block of such a call (e.g. `web_search_tool_result`).
+    ProviderToolResult {
+        tool_call_id: String,
+        block_type: String,
+        content: serde_json::Value,
+    },
     /// The first fragment of a tool call; `index` identifies the call in later events.
     ToolCallStart {
         index: usize,

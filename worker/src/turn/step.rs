@@ -196,6 +196,10 @@ async fn stream_once(
                     call.args = args;
                 }
             }
+            ProviderEvent::ReasoningSignature(_)
+            | ProviderEvent::RedactedReasoning(_)
+            | ProviderEvent::ProviderToolCall { .. }
+            | ProviderEvent::ProviderToolResult { .. } => {}
             ProviderEvent::Usage(usage) => output.usage = usage,
             ProviderEvent::Finish {
                 reason,
