@@ -77,6 +77,10 @@ pub struct ApiArgs {
     /// Most queued messages per chat (429 beyond).
     #[arg(long, env = "CHATD_MAX_QUEUE_LEN", default_value_t = 20)]
     pub max_queue_len: i64,
+    /// Base64 32-byte key that encrypts provider API keys set through the admin API (the
+    /// workers' key). Without it, requests that set an API key are refused.
+    #[arg(long, env = "CHATD_ENCRYPTION_KEY", hide_env_values = true)]
+    pub encryption_key: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -125,6 +129,18 @@ pub struct WorkerArgs {
     /// Base64 32-byte key that encrypts provider API keys at rest.
     #[arg(long, env = "CHATD_ENCRYPTION_KEY", hide_env_values = true)]
     pub encryption_key: Option<String>,
+    /// Built-in tools offered to models, comma-separated (current_time, sleep).
+    #[arg(long, env = "CHATD_TOOLS", value_delimiter = ',', default_value = "")]
+    pub tools: Vec<String>,
+    /// A tool call running longer than this gets an error result (ms).
+    #[arg(long, env = "CHATD_TOOL_TIMEOUT_MS", default_value_t = 600000)]
+    pub tool_timeout_ms: u64,
+    /// How long a chat waits in requires_action for client tool results (ms).
+    #[arg(long, env = "CHATD_ACTION_TIMEOUT_MS", default_value_t = 3600000)]
+    pub action_timeout_ms: u64,
+    /// Bound on generating a chat title; 0 disables automatic titles (ms).
+    #[arg(long, env = "CHATD_TITLE_TIMEOUT_MS", default_value_t = 20000)]
+    pub title_timeout_ms: u64,
     /// Serve /metrics and /healthz on this address (optional).
     #[arg(long, env = "CHATD_METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,
@@ -257,6 +273,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             config.pool_size = args.pool_size;
             config.max_body_bytes = args.max_body_bytes;
             config.max_queue_len = args.max_queue_len;
+            config.encryption_key = args
+                .encryption_key
+                .as_deref()
+                .map(chatd_shared::crypto::parse_key)
+                .transpose()
+                .context("--encryption-key")?
+                .map(chatd_api::config::EncryptionKey);
             let listener = tokio::net::TcpListener::bind(args.addr)
                 .await
                 .with_context(|| format!("listen on {}", args.addr))?;
@@ -308,6 +331,16 @@ pub fn worker_config(args: WorkerArgs) -> anyhow::Result<chatd_worker::WorkerCon
     config.max_steps = args.max_steps.max(1);
     config.max_provider_attempts = args.max_provider_attempts.max(1);
     config.startup_timeout = ms(args.startup_timeout_ms);
+    config.builtin_tools = args
+        .tools
+        .iter()
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .collect();
+    chatd_worker::tool::builtin_tools(&config.builtin_tools).map_err(anyhow::Error::msg)?;
+    config.tool_timeout = ms(args.tool_timeout_ms.max(1));
+    config.action_timeout = ms(args.action_timeout_ms.max(1));
+    config.title_timeout = ms(args.title_timeout_ms);
     config.encryption_key = args
         .encryption_key
         .as_deref()

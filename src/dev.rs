@@ -67,11 +67,9 @@ async fn run_services(
         .await
         .with_context(|| format!("listen on {} (pass --addr to choose another)", args.addr))?;
     let api_addr = api_listener.local_addr()?;
-    tasks.spawn(chatd_api::run(
-        api_listener,
-        chatd_api::ApiConfig::new(database_url.clone()),
-        shutdown.clone(),
-    ));
+    let mut api_config = chatd_api::ApiConfig::new(database_url.clone());
+    api_config.encryption_key = Some(chatd_api::config::EncryptionKey(key));
+    tasks.spawn(chatd_api::run(api_listener, api_config, shutdown.clone()));
     let mut worker_config = chatd_worker::WorkerConfig::new(database_url.clone());
     worker_config.encryption_key = Some(key);
     tasks.spawn(chatd_worker::run(worker_config, shutdown.clone()));

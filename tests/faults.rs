@@ -196,6 +196,7 @@ async fn a_stale_lease_holder_cannot_write() {
         usage: None,
         runtime_ms: None,
         provider_response_id: None,
+        compressed: false,
     };
     // An older epoch of the real owner, and a stranger with the right epoch: both fenced.
     for (who, epoch) in [(worker_id, attempt - 1), (Uuid::new_v4(), attempt)] {

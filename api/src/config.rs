@@ -19,6 +19,19 @@ pub struct ApiConfig {
     pub hub_buffer: usize,
     /// How often hubs' relayed versions are checked against the database (lost hints).
     pub hub_audit_interval: Duration,
+    /// Seals provider API keys written through the admin API (`--encryption-key`). Without
+    /// it, requests that set an API key are refused.
+    pub encryption_key: Option<EncryptionKey>,
+}
+
+/// A 32-byte AES-256-GCM key whose `Debug` never shows the key.
+#[derive(Clone)]
+pub struct EncryptionKey(pub [u8; 32]);
+
+impl std::fmt::Debug for EncryptionKey {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("EncryptionKey(<redacted>)")
+    }
 }
 
 impl ApiConfig {
@@ -32,6 +45,7 @@ impl ApiConfig {
             keep_alive: Duration::from_secs(15),
             hub_buffer: 128,
             hub_audit_interval: Duration::from_secs(2),
+            encryption_key: None,
         }
     }
 }

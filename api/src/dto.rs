@@ -76,7 +76,7 @@ impl From<&MessageRow> for Message {
             id: row.id,
             chat_id: row.chat_id,
             role: row.role.as_str().to_string(),
-            content: row.content.clone(),
+            content: decode_content(&row.content),
             created_at: row.created_at,
             model_config_id: row.model_config_id,
             usage: has_usage.then(|| Usage {
@@ -90,6 +90,34 @@ impl From<&MessageRow> for Message {
             runtime_ms: row.runtime_ms,
         }
     }
+}
+
+/// Tool results are stored NUL-safe (`domain::encode_tool_result`); clients get them back
+/// exactly as produced. Content without encoded results is returned as stored.
+fn decode_content(content: &Value) -> Value {
+    let Value::Array(parts) = content else {
+        return content.clone();
+    };
+    let encoded = |part: &Value| {
+        part.get("result")
+            .and_then(Value::as_object)
+            .is_some_and(|result| result.contains_key(chatd_shared::domain::ENCODED_RESULT_KEY))
+    };
+    if !parts.iter().any(encoded) {
+        return content.clone();
+    }
+    Value::Array(
+        parts
+            .iter()
+            .map(|part| {
+                let mut part = part.clone();
+                if let Some(result) = part.get_mut("result") {
+                    *result = chatd_shared::domain::decode_tool_result(result.take());
+                }
+                part
+            })
+            .collect(),
+    )
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -106,7 +134,7 @@ impl From<&QueuedRow> for QueuedMessage {
         QueuedMessage {
             id: row.id,
             chat_id: row.chat_id,
-            content: row.content.clone(),
+            content: decode_content(&row.content),
             created_at: row.created_at,
         }
     }
@@ -129,6 +157,10 @@ pub struct DynamicTool {
     pub description: String,
     #[serde(default = "empty_schema")]
     pub schema: Value,
+    /// "Must run alone": a step mixing it with other calls runs nothing and every call gets a
+    /// policy error the model can read.
+    #[serde(default)]
+    pub exclusive: bool,
 }
 
 fn empty_schema() -> Value {

@@ -203,3 +203,188 @@ impl ProviderKind {
         })
     }
 }
+
+/// A tool call that still waits for its result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PendingToolCall {
+    pub tool_call_id: String,
+    pub tool_name: String,
+    pub args: serde_json::Value,
+}
+
+/// The calls of the first assistant message in `messages` (role, parts; oldest first) that no
+/// later tool result answers, in call order. Pass the latest assistant message and what
+/// follows it.
+pub fn pending_tool_calls<'a>(
+    messages: impl IntoIterator<Item = (&'a str, &'a [ContentPart])>,
+) -> Vec<PendingToolCall> {
+    let mut pending: Vec<PendingToolCall> = Vec::new();
+    let mut seen_assistant = false;
+    for (role, parts) in messages {
+        if role == "assistant" {
+            if seen_assistant {
+                break;
+            }
+            seen_assistant = true;
+            pending = parts
+                .iter()
+                .filter_map(|part| match part {
+                    ContentPart::ToolCall {
+                        tool_call_id,
+                        tool_name,
+                        args,
+                    } => Some(PendingToolCall {
+                        tool_call_id: tool_call_id.clone(),
+                        tool_name: tool_name.clone(),
+                        args: args.clone(),
+                    }),
+                    _ => None,
+                })
+                .collect();
+            continue;
+        }
+        for part in parts {
+            if let ContentPart::ToolResult { tool_call_id, .. } = part {
+                pending.retain(|call| &call.tool_call_id != tool_call_id);
+            }
+        }
+    }
+    pending
+}
+
+/// Key of the wrapper object that stores a tool result containing NUL characters.
+///
+/// PostgreSQL's `jsonb` cannot hold `\u0000`, but tool output (a binary file read as text, a
+/// process's output) legitimately can. Such a result is stored as `{"$chatd_json": "<the JSON
+/// text of the result>"}`, where the NULs are the six characters `\u0000` inside a string.
+/// A result that happens to be an object with exactly this one key is wrapped too, so decoding
+/// is always exact.
+pub const ENCODED_RESULT_KEY: &str = "$chatd_json";
+
+/// The storage form of a tool result (see [`ENCODED_RESULT_KEY`]).
+pub fn encode_tool_result(result: serde_json::Value) -> serde_json::Value {
+    let needs_wrapping = contains_nul(&result)
+        || matches!(&result, serde_json::Value::Object(map)
+            if map.len() == 1 && map.contains_key(ENCODED_RESULT_KEY));
+    if !needs_wrapping {
+        return result;
+    }
+    let mut wrapper = serde_json::Map::new();
+    wrapper.insert(
+        ENCODED_RESULT_KEY.to_owned(),
+        serde_json::Value::String(result.to_string()),
+    );
+    serde_json::Value::Object(wrapper)
+}
+
+/// Inverse of [`encode_tool_result`].
+pub fn decode_tool_result(stored: serde_json::Value) -> serde_json::Value {
+    if let serde_json::Value::Object(map) = &stored {
+        if map.len() == 1 {
+            if let Some(serde_json::Value::String(text)) = map.get(ENCODED_RESULT_KEY) {
+                if let Ok(decoded) = serde_json::from_str(text) {
+                    return decoded;
+                }
+            }
+        }
+    }
+    stored
+}
+
+/// Whether any string (or object key) inside `value` contains a NUL character.
+pub fn contains_nul(value: &serde_json::Value) -> bool {
+    match value {
+        serde_json::Value::String(text) => text.contains('\0'),
+        serde_json::Value::Array(items) => items.iter().any(contains_nul),
+        serde_json::Value::Object(map) => map
+            .iter()
+            .any(|(key, item)| key.contains('\0') || contains_nul(item)),
+        _ => false,
+    }
+}
+
+/// `value` with every NUL character (in strings and keys) replaced by U+FFFD: for model output
+/// and event data, which cannot be refused but must be storable.
+pub fn replace_nul(value: serde_json::Value) -> serde_json::Value {
+    let fix = |text: String| {
+        if text.contains('\0') {
+            text.replace('\0', "\u{FFFD}")
+        } else {
+            text
+        }
+    };
+    match value {
+        serde_json::Value::String(text) => serde_json::Value::String(fix(text)),
+        serde_json::Value::Array(items) => {
+            serde_json::Value::Array(items.into_iter().map(replace_nul).collect())
+        }
+        serde_json::Value::Object(map) => serde_json::Value::Object(
+            map.into_iter()
+                .map(|(key, item)| (fix(key), replace_nul(item)))
+                .collect(),
+        ),
+        other => other,
+    }
+}
+
+/// Decodes every tool result of `parts` in place (storage form → what providers and clients
+/// see).
+pub fn decode_parts(parts: &mut [ContentPart]) {
+    for part in parts {
+        if let ContentPart::ToolResult { result, .. } = part {
+            *result = decode_tool_result(std::mem::take(result));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn nul_results_round_trip_and_plain_results_stay_unchanged() {
+        for value in [
+            json!("bin\u{0}ary"),
+            json!({"out": ["a\u{0}", 1], "k\u{0}": true}),
+            json!({"$chatd_json": "looks encoded"}),
+        ] {
+            let stored = encode_tool_result(value.clone());
+            assert!(!contains_nul(&stored), "{stored}");
+            assert_eq!(decode_tool_result(stored), value);
+        }
+        let plain = json!({"ok": true, "$chatd_json": 1});
+        assert_eq!(encode_tool_result(plain.clone()), plain);
+        assert_eq!(decode_tool_result(plain.clone()), plain);
+    }
+
+    #[test]
+    fn pending_calls_are_those_without_results() {
+        let assistant = vec![
+            ContentPart::text("calling"),
+            ContentPart::ToolCall {
+                tool_call_id: "a".into(),
+                tool_name: "x".into(),
+                args: json!({}),
+            },
+            ContentPart::ToolCall {
+                tool_call_id: "b".into(),
+                tool_name: "y".into(),
+                args: json!({"n": 1}),
+            },
+        ];
+        let results = vec![ContentPart::ToolResult {
+            tool_call_id: "a".into(),
+            tool_name: "x".into(),
+            result: json!("done"),
+            is_error: false,
+        }];
+        let pending = pending_tool_calls([
+            ("assistant", assistant.as_slice()),
+            ("tool", results.as_slice()),
+        ]);
+        assert_eq!(pending.len(), 1);
+        assert_eq!(pending[0].tool_call_id, "b");
+        assert!(pending_tool_calls([("user", results.as_slice())]).is_empty());
+    }
+}

@@ -2,5 +2,6 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod models;
 pub mod pg;
 pub mod sse;

@@ -99,7 +99,12 @@ pub fn assert_contiguous(events: &[StreamEvent]) -> String {
     let mut attempt = -1;
     let mut last_seq = 0;
     let mut text = String::new();
-    for event in events.iter().filter(|event| event.event == "message_part") {
+    // Every event of an attempt's sequence (previews, `retry`, `error`) carries its seq.
+    let sequenced = |event: &&StreamEvent| {
+        matches!(event.event.as_str(), "message_part" | "retry" | "error")
+            && event.data.get("seq").is_some()
+    };
+    for event in events.iter().filter(sequenced) {
         let event_attempt = event.data["attempt"].as_i64().expect("attempt");
         let seq = event.data["seq"].as_i64().expect("seq");
         if event_attempt != attempt {

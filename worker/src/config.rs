@@ -33,6 +33,14 @@ pub struct WorkerConfig {
     pub max_crash_count: i32,
     /// 32-byte key for provider API keys at rest (None: keys cannot be used).
     pub encryption_key: Option<[u8; 32]>,
+    /// Names of the built-in tools offered to models (see `tool::builtin`).
+    pub builtin_tools: Vec<String>,
+    /// A tool call running longer than this gets an error result.
+    pub tool_timeout: Duration,
+    /// How long a chat waits in `requires_action` for client tool results before it fails.
+    pub action_timeout: Duration,
+    /// Bound on generating a chat's title; zero disables automatic titles.
+    pub title_timeout: Duration,
 }
 
 impl WorkerConfig {
@@ -54,6 +62,10 @@ impl WorkerConfig {
             startup_timeout: Duration::from_secs(60),
             max_crash_count: 5,
             encryption_key: None,
+            builtin_tools: Vec::new(),
+            tool_timeout: Duration::from_secs(600),
+            action_timeout: Duration::from_secs(3600),
+            title_timeout: Duration::from_secs(20),
         }
     }
 }

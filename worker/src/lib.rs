@@ -10,6 +10,7 @@ pub mod provider;
 pub mod recovery;
 pub mod runtime;
 pub mod store;
+pub mod tool;
 pub mod turn;
 
 pub use config::WorkerConfig;

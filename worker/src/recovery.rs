@@ -49,6 +49,7 @@ pub async fn sweep(
     }
     metrics::counter!("chatd_stale_recoveries_total").increment(rows.len() as u64);
     let promoted = promote_stranded_queues(client, &mut notices).await?;
+    let expired = expire_actions(client, &mut notices).await?;
     publish(client, &notices).await?;
     if trim_frames {
         client
@@ -80,7 +81,63 @@ pub async fn sweep(
         .await?;
     metrics::gauge!("chatd_pending_chats").set(gauge.get::<_, i64>(0) as f64);
     metrics::gauge!("chatd_oldest_pending_age_seconds").set(gauge.get::<_, f64>(1));
-    Ok(rows.len() + promoted)
+    Ok(rows.len() + promoted + expired)
+}
+
+/// The result unanswered client tool calls get when their deadline passes.
+pub const ACTION_TIMEOUT_RESULT: &str =
+    "the client did not return this tool call's result before the deadline";
+
+/// Chats in `requires_action` past `action_deadline_at` → `error` (kind `action_timeout`) with
+/// synthetic results for the unanswered calls, so the history stays valid for a next message.
+async fn expire_actions(
+    client: &mut deadpool_postgres::Client,
+    notices: &mut Vec<(String, String)>,
+) -> Result<usize, tokio_postgres::Error> {
+    let transaction = client.transaction().await?;
+    let expired = transaction
+        .query(
+            "SELECT id, owner_id FROM chats WHERE status = 'requires_action' \
+             AND action_deadline_at < now() ORDER BY action_deadline_at \
+             FOR UPDATE SKIP LOCKED LIMIT 50",
+            &[],
+        )
+        .await?;
+    for chat in &expired {
+        let chat_id: Uuid = chat.get(0);
+        let closed = chatd_shared::db::tool_calls::close_pending(
+            &transaction,
+            chat_id,
+            ACTION_TIMEOUT_RESULT,
+        )
+        .await?;
+        let error = serde_json::json!({"kind": "action_timeout", "retryable": false,
+            "message": "the client did not return tool results before the deadline"});
+        let row = transaction
+            .query_one(
+                "UPDATE chats SET status = 'error', last_error = $2, action_deadline_at = NULL, \
+                 version = version + 1, updated_at = now() WHERE id = $1 RETURNING version, attempt",
+                &[&chat_id, &error],
+            )
+            .await?;
+        tracing::info!(%chat_id, "client tool results timed out");
+        notices.extend(crate::store::change_notices(
+            chat_id,
+            chat.get(1),
+            &Committed {
+                version: row.get(0),
+                status: ChatStatus::Error,
+                attempt: row.get(1),
+                messages: closed.is_some(),
+                new_messages: closed.into_iter().collect(),
+                last_seq: None,
+                queue: false,
+                error: true,
+            },
+        ));
+    }
+    transaction.commit().await?;
+    Ok(expired.len())
 }
 
 /// Waiting chats with a queue (left so by a crash between steps): promote the head.

@@ -58,6 +58,8 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
         .pool_max_idle_per_host(1024)
         .build()
         .context("build the http client")?;
+    let builtin_tools =
+        crate::tool::builtin_tools(&config.builtin_tools).map_err(anyhow::Error::msg)?;
     let background = CancellationToken::new();
     let flusher = StreamFlusher::new(pool.clone(), config.worker_id);
     let shared = Arc::new(Shared {
@@ -95,6 +97,7 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
         http,
         flusher,
         models: Arc::default(),
+        builtin_tools: Arc::new(builtin_tools),
     };
     tracing::info!(worker_id = %config.worker_id, "worker started");
     acquire_loop(shared.clone(), pool.clone(), deps, &turns, shutdown.clone()).await;

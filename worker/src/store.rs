@@ -110,6 +110,8 @@ pub struct NewRow {
     pub usage: Option<RowUsage>,
     pub runtime_ms: Option<i64>,
     pub provider_response_id: Option<String>,
+    /// A compaction summary: prompts start from the latest such row.
+    pub compressed: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -134,6 +136,9 @@ pub enum TurnEnd {
     Failed(Value),
     /// Shutdown: back to pending for another worker.
     Released,
+    /// The step called client-executed tools: `requires_action` until the results arrive or
+    /// the deadline (now + the duration, database clock) passes.
+    RequiresAction(std::time::Duration),
 }
 
 /// What a fenced commit changed (for the post-commit hints).
@@ -162,15 +167,16 @@ WITH owned AS (
 step AS (
     INSERT INTO chat_messages (chat_id, role, content, visibility, model_config_id,
         input_tokens, output_tokens, reasoning_tokens, cache_read_tokens, cache_write_tokens,
-        cost_micros, runtime_ms, provider_response_id, attempt)
+        cost_micros, runtime_ms, provider_response_id, attempt, compressed)
     SELECT owned.id, r.role, r.content, 'both', r.model_config_id, r.input_tokens,
         r.output_tokens, r.reasoning_tokens, r.cache_read_tokens, r.cache_write_tokens,
-        r.cost_micros, r.runtime_ms, r.provider_response_id, $3
+        r.cost_micros, r.runtime_ms, r.provider_response_id, $3, r.compressed
     FROM owned, unnest($4::text[], $5::jsonb[], $6::uuid[], $7::int8[], $8::int8[], $9::int8[],
-        $10::int8[], $11::int8[], $12::int8[], $13::int8[], $14::text[]) WITH ORDINALITY
+        $10::int8[], $11::int8[], $12::int8[], $13::int8[], $14::text[], $19::bool[])
+        WITH ORDINALITY
         AS r(role, content, model_config_id, input_tokens, output_tokens, reasoning_tokens,
              cache_read_tokens, cache_write_tokens, cost_micros, runtime_ms,
-             provider_response_id, ordinal)
+             provider_response_id, compressed, ordinal)
     ORDER BY r.ordinal
     RETURNING id, chat_id, role, content, created_at, model_config_id, input_tokens, output_tokens, reasoning_tokens, cache_read_tokens, cache_write_tokens, cost_micros, runtime_ms),
 head AS (
@@ -194,6 +200,8 @@ updated AS (
         last_error = CASE WHEN $16::text IS NULL THEN c.last_error ELSE $17::jsonb END,
         crash_count = CASE WHEN $16::text IS NULL THEN c.crash_count
                            WHEN $18 THEN c.crash_count - 1 ELSE 0 END,
+        action_deadline_at = CASE WHEN $16::text = 'requires_action'
+                                  THEN now() + make_interval(secs => $20::float8) END,
         version = c.version + 1,
         updated_at = now()
     FROM owned WHERE c.id = owned.id
@@ -237,8 +245,14 @@ pub async fn commit(
         .iter()
         .map(|row| row.provider_response_id.as_deref())
         .collect();
+    let compressed: Vec<bool> = rows.iter().map(|row| row.compressed).collect();
+    let mut action_seconds = 0.0_f64;
     let (pop_queue, status, last_error, released) = match &end {
         TurnEnd::Continue => (false, None, None, false),
+        TurnEnd::RequiresAction(timeout) => {
+            action_seconds = timeout.as_secs_f64();
+            (false, Some(ChatStatus::RequiresAction), None, false)
+        }
         TurnEnd::Done | TurnEnd::Interrupted => (true, Some(ChatStatus::Waiting), None, false),
         TurnEnd::Failed(error) => (false, Some(ChatStatus::Error), Some(error), false),
         TurnEnd::Released => (false, Some(ChatStatus::Pending), None, true),
@@ -266,6 +280,8 @@ pub async fn commit(
                 &status,
                 &last_error,
                 &released,
+                &compressed,
+                &action_seconds,
             ],
         )
         .await?;

@@ -55,6 +55,29 @@ pub async fn create(
                 "tool names are 1 to 64 characters of [A-Za-z0-9_-]",
             ));
         }
+        if dynamic_tools[..index]
+            .iter()
+            .any(|other| other.name == tool.name)
+        {
+            return Err(ApiError::field(
+                format!("dynamic_tools[{index}].name"),
+                format!(
+                    "dynamic_tools[{index}].name: `{}` is declared twice",
+                    tool.name
+                ),
+            ));
+        }
+        content::plain_field(
+            &tool.description,
+            &format!("dynamic_tools[{index}].description"),
+            16 * 1024,
+        )?;
+        if !tool.schema.is_object() || chatd_shared::domain::contains_nul(&tool.schema) {
+            return Err(ApiError::field(
+                format!("dynamic_tools[{index}].schema"),
+                format!("dynamic_tools[{index}].schema must be a JSON Schema object without NUL"),
+            ));
+        }
     }
     let dynamic_tools = serde_json::to_value(dynamic_tools).map_err(anyhow::Error::from)?;
     let mut client = state.pool.get().await?;

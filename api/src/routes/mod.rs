@@ -1,10 +1,13 @@
 //! The router: every public route of `/api/v1`, plus health, readiness and metrics.
 
+mod admin;
 mod chats;
 mod control;
 mod health;
 mod messages;
+mod spend;
 mod stream;
+mod tool_results;
 mod watch;
 
 use std::time::Instant;
@@ -31,6 +34,19 @@ pub const API_ROUTES: &[(&str, &str)] = &[
     ("delete", "/chats/{chat_id}/queue/{queued_id}"),
     ("post", "/chats/{chat_id}/queue/{queued_id}/promote"),
     ("get", "/chats/{chat_id}/stream"),
+    ("post", "/chats/{chat_id}/tool-results"),
+    ("get", "/chats/{chat_id}/cost"),
+    ("get", "/users/me/usage"),
+    ("get", "/providers"),
+    ("post", "/providers"),
+    ("get", "/providers/{provider_id}"),
+    ("patch", "/providers/{provider_id}"),
+    ("delete", "/providers/{provider_id}"),
+    ("get", "/model-configs"),
+    ("post", "/model-configs"),
+    ("get", "/model-configs/{model_config_id}"),
+    ("patch", "/model-configs/{model_config_id}"),
+    ("delete", "/model-configs/{model_config_id}"),
     ("get", "/openapi.json"),
 ];
 
@@ -53,6 +69,29 @@ pub fn router(state: AppState) -> Router {
             post(control::promote_queued),
         )
         .route("/chats/{chat_id}/stream", get(stream::stream))
+        .route("/chats/{chat_id}/tool-results", post(tool_results::submit))
+        .route("/chats/{chat_id}/cost", get(spend::chat_cost))
+        .route("/users/me/usage", get(spend::user_usage))
+        .route(
+            "/providers",
+            get(admin::providers::list).post(admin::providers::create),
+        )
+        .route(
+            "/providers/{provider_id}",
+            get(admin::providers::get)
+                .patch(admin::providers::patch)
+                .delete(admin::providers::delete),
+        )
+        .route(
+            "/model-configs",
+            get(admin::models::list).post(admin::models::create),
+        )
+        .route(
+            "/model-configs/{model_config_id}",
+            get(admin::models::get)
+                .patch(admin::models::patch)
+                .delete(admin::models::delete),
+        )
         .route("/openapi.json", get(health::openapi));
     Router::new()
         .nest("/api/v1", api)

@@ -165,6 +165,14 @@ impl Session {
             let queued: Vec<QueuedMessage> = queue.iter().map(QueuedMessage::from).collect();
             out.push(self.event("queue", &json!({"queued": queued})));
         }
+        if self.first && !chat.title.is_empty() {
+            // A title set before this connection (or while it was away) is not replayed by
+            // any hint: state it once.
+            out.push(self.event("title", &json!({"title": chat.title})));
+        }
+        if version_changed && chat.status == ChatStatus::RequiresAction {
+            out.push(self.action_required().await?);
+        }
         self.first = false;
         Ok(Some(out))
     }
@@ -215,6 +223,17 @@ impl Session {
                         self.turn_finished = true;
                     }
                     out.push(self.status_event(*status, *version, last_error.clone()));
+                    if *status == ChatStatus::RequiresAction {
+                        // Published after the commit that stored the calls, so the read sees
+                        // them.
+                        match Box::pin(self.action_required()).await {
+                            Ok(event) => out.push(event),
+                            Err(error) => {
+                                tracing::warn!(chat_id = %self.chat_id, error = ?error, "read pending tool calls");
+                                out.push(self.retry_hint());
+                            }
+                        }
+                    }
                 }
             }
             HubEvent::Messages(messages) => {
@@ -315,6 +334,13 @@ impl Session {
             metrics::histogram!("chatd_relay_latency_seconds")
                 .record((now_us - created_at_us).max(0) as f64 / 1e6);
         }
+    }
+
+    /// `action_required {tool_calls}`: the dynamic tool calls waiting for the client.
+    async fn action_required(&self) -> ApiResult<Event> {
+        let client = self.state.pool.get().await?;
+        let pending = chatd_shared::db::tool_calls::load_pending(&**client, self.chat_id).await?;
+        Ok(self.event("action_required", &json!({"tool_calls": pending})))
     }
 
     fn status_event(

@@ -4,9 +4,12 @@
 //! state, writes, bumps `chats.version`, commits — and only then publishes notifications
 //! (`Transition::publish`).
 
+pub mod admin;
 pub mod chats;
 pub mod content;
 pub mod send;
+pub mod spend;
+pub mod tool_results;
 
 use chatd_shared::db::rows::{ChatRow, MessageRow};
 use chatd_shared::domain::ChatStatus;

@@ -8,6 +8,7 @@ use chatd_shared::domain::{ChatStatus, Role};
 use chatd_shared::pubsub::ControlKind;
 
 use super::chats::{check_model_config, insert_message, lock_chat, LockedChat};
+use super::tool_results::close_if_waiting;
 use super::{update_chat_sql, Transition};
 use crate::dto::BusyBehavior;
 use crate::error::{ApiError, ApiResult};
@@ -150,11 +151,12 @@ pub async fn send_message(
         }
         _ => {
             // Idle with an empty queue, or interrupt while pending / requires_action / idle.
+            let closed = close_if_waiting(&transaction, &locked).await?;
             let row = insert(&transaction).await?;
             let chat = set_status(&transaction, message.chat_id, ChatStatus::Pending).await?;
             let mut transition = Transition::new(chat);
             transition.messages = true;
-            transition.new_messages = vec![row.clone()];
+            transition.new_messages = closed.into_iter().chain([row.clone()]).collect();
             (transition, SendOutcome::Sent(row))
         }
     };
@@ -178,9 +180,14 @@ pub async fn interrupt(
             transition.control = locked.worker_id.map(|id| (id, ControlKind::Interrupt));
             Some(transition)
         }
-        ChatStatus::Pending | ChatStatus::RequiresAction => Some(Transition::new(
-            set_status(&transaction, chat_id, ChatStatus::Waiting).await?,
-        )),
+        ChatStatus::Pending | ChatStatus::RequiresAction => {
+            let closed = close_if_waiting(&transaction, &locked).await?;
+            let mut transition =
+                Transition::new(set_status(&transaction, chat_id, ChatStatus::Waiting).await?);
+            transition.messages = closed.is_some();
+            transition.new_messages = closed.into_iter().collect();
+            Some(transition)
+        }
         _ => None,
     };
     transaction.commit().await?;
@@ -239,6 +246,7 @@ pub async fn promote_queued(
     let moved = QueuedRow::from_row(&moved);
     let (mut transition, outcome) = match locked.chat.status {
         ChatStatus::Waiting | ChatStatus::Error | ChatStatus::RequiresAction => {
+            close_if_waiting(&transaction, &locked).await?;
             let (chat, message) = pop_head(&transaction, &locked).await?;
             let mut transition = Transition::new(chat);
             transition.messages = true;

@@ -9,3 +9,4 @@ pub mod pool;
 pub mod queue;
 pub mod reads;
 pub mod rows;
+pub mod tool_calls;

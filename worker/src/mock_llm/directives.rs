@@ -9,6 +9,9 @@ use serde::Deserialize;
 const MAX_TOKENS: usize = 1_000_000;
 /// Upper bound for every delay, for the same reason.
 const MAX_DELAY_MS: u64 = 3_600_000;
+/// Upper bound for `tool_steps`: an agent loop test never needs more, and a typo must not make a
+/// turn call tools forever.
+const MAX_TOOL_STEPS: usize = 1_000;
 
 /// The behaviour requested by the `@mock` lines of the last user message (see the module docs
 /// of `mock_llm` for each key).
@@ -24,7 +27,67 @@ pub struct Directives {
     pub cut_after: Option<usize>,
     pub stall_ms: Option<u64>,
     pub tool_calls: Option<Vec<ToolCallDirective>>,
+    /// How many consecutive model steps call `tool_calls` before the mock answers in text.
+    pub tool_steps: Option<usize>,
     pub reasoning_tokens: Option<usize>,
+    pub stream_error_after: Option<usize>,
+    pub stream_error_type: Option<StreamErrorKind>,
+    pub cached_tokens: Option<usize>,
+    /// Responses only: clear the stored responses and do not store this one.
+    pub forget_responses: Option<bool>,
+}
+
+/// The kind of an injected in-stream error; each protocol spells it its own way.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StreamErrorKind {
+    #[default]
+    Overloaded,
+    RateLimit,
+    ServerError,
+    InvalidRequest,
+}
+
+impl StreamErrorKind {
+    /// OpenAI's `type` of the error object (Chat Completions).
+    pub fn openai_type(self) -> &'static str {
+        match self {
+            StreamErrorKind::Overloaded => "overloaded_error",
+            StreamErrorKind::RateLimit => "requests",
+            StreamErrorKind::ServerError => "server_error",
+            StreamErrorKind::InvalidRequest => "invalid_request_error",
+        }
+    }
+
+    /// OpenAI's `code` (Chat Completions error object, Responses `error` event).
+    pub fn openai_code(self) -> &'static str {
+        match self {
+            StreamErrorKind::Overloaded => "server_overloaded",
+            StreamErrorKind::RateLimit => "rate_limit_exceeded",
+            StreamErrorKind::ServerError => "server_error",
+            StreamErrorKind::InvalidRequest => "invalid_request_error",
+        }
+    }
+
+    /// Anthropic's `error.type`.
+    pub fn anthropic_type(self) -> &'static str {
+        match self {
+            StreamErrorKind::Overloaded => "overloaded_error",
+            StreamErrorKind::RateLimit => "rate_limit_error",
+            StreamErrorKind::ServerError => "api_error",
+            StreamErrorKind::InvalidRequest => "invalid_request_error",
+        }
+    }
+
+    /// The human-readable message, the same in every protocol.
+    pub fn message(self) -> &'static str {
+        match self {
+            StreamErrorKind::Overloaded => "mock stream error: overloaded",
+            StreamErrorKind::RateLimit => "mock stream error: rate limited",
+            StreamErrorKind::ServerError => "mock stream error: internal server error",
+            StreamErrorKind::InvalidRequest => "mock stream error: invalid request",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -77,6 +140,7 @@ impl Directives {
         for (key, value) in [
             ("tokens", self.tokens),
             ("reasoning_tokens", self.reasoning_tokens),
+            ("cached_tokens", self.cached_tokens),
         ] {
             if value.is_some_and(|count| count > MAX_TOKENS) {
                 return invalid(format!("`{key}` must be at most {MAX_TOKENS}"));
@@ -107,6 +171,19 @@ impl Directives {
             if call.name.trim().is_empty() {
                 return invalid("every entry of `tool_calls` needs a non-empty `name`".to_owned());
             }
+        }
+        if let Some(steps) = self.tool_steps {
+            if !(1..=MAX_TOOL_STEPS).contains(&steps) {
+                return invalid(format!(
+                    "`tool_steps` must be 1-{MAX_TOOL_STEPS}, got {steps}"
+                ));
+            }
+            if self.tool_calls.as_ref().is_none_or(Vec::is_empty) {
+                return invalid("`tool_steps` needs `tool_calls`".to_owned());
+            }
+        }
+        if self.stream_error_type.is_some() && self.stream_error_after.is_none() {
+            return invalid("`stream_error_type` needs `stream_error_after`".to_owned());
         }
         Ok(())
     }
@@ -144,6 +221,12 @@ mod tests {
         assert_eq!(calls.len(), 2);
         assert_eq!(calls[0].arguments, serde_json::json!({}));
         assert_eq!(calls[1].arguments, serde_json::json!({"a": 1}));
+        let errors = parse_directives(
+            r#"@mock {"stream_error_after": 2, "stream_error_type": "rate_limit", "cached_tokens": 3}"#,
+        )
+        .expect("valid stream error");
+        assert_eq!(errors.stream_error_type, Some(StreamErrorKind::RateLimit));
+        assert_eq!(errors.cached_tokens, Some(3));
     }
 
     #[test]
@@ -166,6 +249,18 @@ mod tests {
         assert!(rate.contains("tokens_per_second"), "{rate}");
         let nameless = error("@mock {\"tool_calls\": [{\"name\": \"\"}]}");
         assert!(nameless.contains("name"), "{nameless}");
+        let steps = error("@mock {\"tool_steps\": 0, \"tool_calls\": [{\"name\": \"t\"}]}");
+        assert!(steps.contains("tool_steps"), "{steps}");
+        let lonely_steps = error("@mock {\"tool_steps\": 2}");
+        assert!(
+            lonely_steps.contains("needs `tool_calls`"),
+            "{lonely_steps}"
+        );
+        let error_type = error("@mock {\"stream_error_type\": \"overloaded\"}");
+        assert!(error_type.contains("stream_error_after"), "{error_type}");
+        let unknown_type =
+            error("@mock {\"stream_error_after\": 1, \"stream_error_type\": \"meteor\"}");
+        assert!(unknown_type.contains("unknown variant"), "{unknown_type}");
         assert!(parse_directives("@mock").is_err());
     }
 }

@@ -7,11 +7,11 @@
 use std::ops::Range;
 use std::time::Duration;
 
-use crate::mock_llm::directives::{parse_directives, Directives};
+use crate::mock_llm::conversation::{Conversation, Ending, ToolResult};
+use crate::mock_llm::directives::{parse_directives, Directives, StreamErrorKind};
 use crate::mock_llm::reply::{
-    count_words, generated_token, piece_ends, reasoning_seed, reply_seed, tool_results_reply,
+    generated_token, piece_ends, reasoning_seed, reply_seed, tool_results_reply,
 };
-use crate::provider::openai_chat::wire::ChatRequest;
 
 /// Reply length when no `tokens` directive is given.
 pub const DEFAULT_TOKENS: usize = 12;
@@ -19,13 +19,15 @@ pub const DEFAULT_TOKENS: usize = 12;
 #[derive(Debug)]
 pub struct Plan {
     pub model: String,
-    /// `chatcmpl-mock-<hash of the request body>`: stable across identical requests.
+    /// The protocol's response id, chosen by the caller (e.g. `chatcmpl-mock-<body hash>`).
     pub response_id: String,
-    pub include_usage: bool,
-    /// Whitespace-separated words in all request messages.
+    /// Words of all text in the conversation (see [`Conversation::prompt_words`]).
     pub prompt_tokens: usize,
+    /// How many of `prompt_tokens` are reported as read from the prompt cache (≤ prompt_tokens).
+    pub cached_tokens: usize,
     pub reasoning: TextSource,
     pub output: Output,
+    pub finish: Finish,
     pub ttft: Duration,
     /// Time between content chunks; `None` streams as fast as possible.
     pub chunk_interval: Option<Duration>,
@@ -36,6 +38,17 @@ pub struct Plan {
     pub fail_times: Option<u32>,
     /// What a failing request gets (see [`Failure`]).
     pub failure: Failure,
+    /// `forget_responses`: the Responses route clears its store and does not store this answer.
+    pub forget_responses: bool,
+}
+
+/// Why the answer ends, in protocol-neutral terms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finish {
+    Stop,
+    /// The reasoning and text were cut at the request's output limit.
+    Length,
+    ToolCalls,
 }
 
 /// The injected failure of a request that is meant to fail.
@@ -47,9 +60,14 @@ pub enum Failure {
         status: u16,
         retry_after_s: Option<u64>,
     },
-    /// Stream this many content chunks, then end the body without a finish chunk or `[DONE]`.
+    /// Stream this many content chunks, then end the body without a terminal event.
     Cut {
         after: usize,
+    },
+    /// Stream this many content chunks, then the protocol's in-stream error event, then end.
+    StreamError {
+        after: usize,
+        kind: StreamErrorKind,
     },
 }
 
@@ -68,11 +86,15 @@ pub enum TextSource {
 
 #[derive(Debug)]
 pub struct PlannedToolCall {
-    /// `call_<n>`, numbered after the tool calls already in the conversation.
+    /// `<prefix><n>` (e.g. `call_3`), numbered after the tool calls already in the conversation.
     pub id: String,
+    /// `n` of the id, for protocols that derive more ids from it (Responses item ids).
+    pub number: usize,
     pub name: String,
     /// The arguments as JSON text, streamed in 2-3 fragments.
     pub arguments: String,
+    /// The same arguments as a value (Anthropic sends an object in non-streaming answers).
+    pub arguments_value: serde_json::Value,
     pub fragments: Vec<Range<usize>>,
 }
 
@@ -120,74 +142,76 @@ impl TextSource {
             .map(|index| self.piece(index))
             .collect()
     }
+
+    /// The first `max` tokens. A generated text keeps its seed, so it reads like
+    /// [`crate::mock_llm::reply_text`] with `max` tokens.
+    fn truncated(self, max: usize) -> TextSource {
+        match self {
+            TextSource::Generated { seed, count } => TextSource::Generated {
+                seed,
+                count: count.min(max),
+            },
+            TextSource::Fixed { text, mut ends } => {
+                ends.truncate(max);
+                let text = match ends.last() {
+                    Some(&end) => text.get(..end).unwrap_or_default().to_owned(),
+                    None => String::new(),
+                };
+                TextSource::Fixed { text, ends }
+            }
+        }
+    }
 }
 
 impl Plan {
-    /// Plans the answer to `request`; `Err` is the message of a 400 answer.
-    pub fn from_request(request: &ChatRequest, body_hash: u64) -> Result<Plan, String> {
-        let last_user_text = request
-            .messages
-            .iter()
-            .rev()
-            .find(|message| message.role == "user")
-            .and_then(|message| message.content.as_ref())
-            .map(|content| content.text().into_owned())
-            .unwrap_or_default();
-        let directives = parse_directives(&last_user_text)?;
-        let last_role = request.messages.last().map(|message| message.role.as_str());
-        let output = match (last_role, &directives.tool_calls) {
-            (Some("tool"), _) => Output::Text(quote_tool_results(request)),
-            (Some("user"), Some(calls)) if !calls.is_empty() => {
-                let first_number = request
-                    .messages
-                    .iter()
-                    .filter_map(|message| message.tool_calls.as_ref())
-                    .map(Vec::len)
-                    .sum::<usize>();
-                Output::ToolCalls(
-                    calls
-                        .iter()
-                        .enumerate()
-                        .map(|(index, call)| {
-                            let arguments = call.arguments.to_string();
-                            PlannedToolCall {
-                                id: format!("call_{}", first_number + index),
-                                name: call.name.clone(),
-                                fragments: fragment_ranges(&arguments),
-                                arguments,
-                            }
-                        })
-                        .collect(),
-                )
+    /// Plans the answer to `conversation`; `Err` is the message of a 400 answer. Tool call ids
+    /// are `tool_call_prefix` followed by a number.
+    pub fn from_conversation(
+        conversation: &Conversation,
+        response_id: String,
+        tool_call_prefix: &str,
+    ) -> Result<Plan, String> {
+        let directives = parse_directives(&conversation.last_user_text)?;
+        let budget = conversation
+            .max_tokens
+            .map_or(usize::MAX, |max| usize::try_from(max).unwrap_or(usize::MAX));
+        let requested_reasoning = directives.reasoning_tokens.unwrap_or(0);
+        let reasoning_count = requested_reasoning.min(budget);
+        let mut truncated = reasoning_count < requested_reasoning;
+        let text_budget = budget - reasoning_count;
+        let output = match planned_tool_calls(conversation, &directives, tool_call_prefix) {
+            Some(calls) => Output::ToolCalls(calls),
+            None => {
+                let text = match &conversation.ending {
+                    Ending::ToolResults(results) => quote_tool_results(results),
+                    _ => TextSource::Generated {
+                        seed: reply_seed(&conversation.last_user_text),
+                        count: directives.tokens.unwrap_or(DEFAULT_TOKENS),
+                    },
+                };
+                truncated |= text.token_count() > text_budget;
+                Output::Text(text.truncated(text_budget))
             }
-            _ => Output::Text(TextSource::Generated {
-                seed: reply_seed(&last_user_text),
-                count: directives.tokens.unwrap_or(DEFAULT_TOKENS),
-            }),
         };
-        let prompt_tokens = request
-            .messages
-            .iter()
-            .filter_map(|message| message.content.as_ref())
-            .map(|content| count_words(&content.text()))
-            .sum();
-        let reasoning = TextSource::Generated {
-            seed: reasoning_seed(&last_user_text),
-            count: directives.reasoning_tokens.unwrap_or(0),
+        let finish = match (&output, truncated) {
+            (Output::ToolCalls(_), _) => Finish::ToolCalls,
+            (Output::Text(_), true) => Finish::Length,
+            (Output::Text(_), false) => Finish::Stop,
         };
         let mut plan = Plan {
-            model: if request.model.is_empty() {
-                "mock".to_owned()
-            } else {
-                request.model.clone()
+            model: conversation.model.clone(),
+            response_id,
+            prompt_tokens: conversation.prompt_words,
+            cached_tokens: directives
+                .cached_tokens
+                .unwrap_or(0)
+                .min(conversation.prompt_words),
+            reasoning: TextSource::Generated {
+                seed: reasoning_seed(&conversation.last_user_text),
+                count: reasoning_count,
             },
-            response_id: format!("chatcmpl-mock-{body_hash:016x}"),
-            include_usage: request
-                .stream_options
-                .is_some_and(|options| options.include_usage),
-            prompt_tokens,
-            reasoning,
             output,
+            finish,
             ttft: Duration::from_millis(directives.ttft_ms.unwrap_or(0)),
             chunk_interval: directives
                 .tokens_per_second
@@ -197,12 +221,14 @@ impl Plan {
             stall_at: 0,
             fail_times: directives.fail_times,
             failure: failure_of(&directives),
+            forget_responses: directives.forget_responses.unwrap_or(false),
         };
         plan.stall_at = plan.content_chunks() / 2;
         Ok(plan)
     }
 
-    /// Reasoning tokens plus text tokens or tool-call chunks (header and fragments).
+    /// Reasoning tokens plus text tokens or tool-call chunks (header and fragments); also the
+    /// output token count every protocol reports.
     pub fn content_chunks(&self) -> usize {
         self.reasoning.token_count() + self.output_chunks()
     }
@@ -245,23 +271,70 @@ impl Plan {
         }
     }
 
+    /// Chat Completions' name of [`Plan::finish`].
     pub fn finish_reason(&self) -> &'static str {
-        match self.output {
-            Output::Text(_) => "stop",
-            Output::ToolCalls(_) => "tool_calls",
+        match self.finish {
+            Finish::Stop => "stop",
+            Finish::Length => "length",
+            Finish::ToolCalls => "tool_calls",
         }
     }
 }
 
+/// The scripted tool calls, when they apply: the request offers tools, and it ends with a user
+/// message or with tool results of fewer than `tool_steps` (default 1) tool-calling steps since
+/// the last user message.
+fn planned_tool_calls(
+    conversation: &Conversation,
+    directives: &Directives,
+    prefix: &str,
+) -> Option<Vec<PlannedToolCall>> {
+    let calls = directives
+        .tool_calls
+        .as_ref()
+        .filter(|calls| !calls.is_empty())?;
+    let steps = directives.tool_steps.unwrap_or(1);
+    let wants_calls = match conversation.ending {
+        Ending::UserMessage | Ending::ToolResults(_) => conversation.tool_rounds_since_user < steps,
+        Ending::Other => false,
+    };
+    if !conversation.offers_tools || !wants_calls {
+        return None;
+    }
+    let planned = calls
+        .iter()
+        .enumerate()
+        .map(|(index, call)| {
+            let number = conversation.tool_calls_so_far + index;
+            let arguments = call.arguments.to_string();
+            PlannedToolCall {
+                id: format!("{prefix}{number}"),
+                number,
+                name: call.name.clone(),
+                fragments: fragment_ranges(&arguments),
+                arguments,
+                arguments_value: call.arguments.clone(),
+            }
+        })
+        .collect();
+    Some(planned)
+}
+
 /// Without `fail_times` the failure applies to every request; with it, the first requests fail
-/// with `error_status`, or are cut when only `cut_after` is given, or get a 500.
+/// with `error_status`, else the `cut_after` cut, else the `stream_error_after` error, else a 500.
 fn failure_of(directives: &Directives) -> Failure {
     let status = directives.error_status.map(|status| Failure::Status {
         status,
         retry_after_s: directives.retry_after_s,
     });
     let cut = directives.cut_after.map(|after| Failure::Cut { after });
-    match (status.or(cut), directives.fail_times) {
+    let stream_error = directives
+        .stream_error_after
+        .map(|after| Failure::StreamError {
+            after,
+            kind: directives.stream_error_type.unwrap_or_default(),
+        });
+    match (status.or(cut).or(stream_error), directives.fail_times) {
         (Some(failure), _) => failure,
         (None, Some(_)) => Failure::Status {
             status: 500,
@@ -271,38 +344,12 @@ fn failure_of(directives: &Directives) -> Failure {
     }
 }
 
-/// The trailing `tool` messages, named after the assistant calls they answer.
-fn quote_tool_results(request: &ChatRequest) -> TextSource {
-    let trailing = request
-        .messages
-        .iter()
-        .rev()
-        .take_while(|message| message.role == "tool")
-        .count();
-    let first = request.messages.len() - trailing;
-    let results: Vec<(String, String)> = request.messages[first..]
-        .iter()
-        .map(|message| {
-            let call_id = message.tool_call_id.clone().unwrap_or_default();
-            let name = request
-                .messages
-                .iter()
-                .filter_map(|candidate| candidate.tool_calls.as_ref())
-                .flatten()
-                .find(|call| call.id == call_id)
-                .map_or(call_id.clone(), |call| call.function.name.clone());
-            let content = message
-                .content
-                .as_ref()
-                .map(|content| content.text().into_owned())
-                .unwrap_or_default();
-            (name, content)
-        })
-        .collect();
+/// The reply to trailing tool results: [`tool_results_reply`], one piece per word.
+fn quote_tool_results(results: &[ToolResult]) -> TextSource {
     let text = tool_results_reply(
         results
             .iter()
-            .map(|(name, content)| (name.as_str(), content.as_str())),
+            .map(|result| (result.name.as_str(), result.content.as_str())),
     );
     TextSource::Fixed {
         ends: piece_ends(&text),
@@ -369,6 +416,15 @@ mod tests {
         );
         assert_eq!(
             failure_of(&directives(
+                r#"{"fail_times": 1, "stream_error_after": 2, "stream_error_type": "server_error"}"#
+            )),
+            Failure::StreamError {
+                after: 2,
+                kind: StreamErrorKind::ServerError
+            }
+        );
+        assert_eq!(
+            failure_of(&directives(
                 r#"{"error_status": 429, "retry_after_s": 2, "cut_after": 3}"#
             )),
             Failure::Status {
@@ -376,5 +432,79 @@ mod tests {
                 retry_after_s: Some(2)
             }
         );
+    }
+
+    fn conversation(text: &str, ending: Ending, offers_tools: bool) -> Conversation {
+        Conversation {
+            model: "m".to_owned(),
+            last_user_text: text.to_owned(),
+            ending,
+            offers_tools,
+            prompt_words: 7,
+            ..Conversation::default()
+        }
+    }
+
+    fn plan(conversation: &Conversation) -> Plan {
+        Plan::from_conversation(conversation, "id".to_owned(), "call_").expect("valid plan")
+    }
+
+    #[test]
+    fn tool_calls_need_offered_tools_and_stop_after_tool_steps() {
+        let script = r#"@mock {"tool_calls": [{"name": "t"}], "tool_steps": 2}"#;
+        let results = Ending::ToolResults(vec![ToolResult {
+            name: "t".to_owned(),
+            content: "r".to_owned(),
+        }]);
+        let without_tools = plan(&conversation(script, Ending::UserMessage, false));
+        assert!(matches!(without_tools.output, Output::Text(_)));
+        assert_eq!(without_tools.finish, Finish::Stop);
+        let first = plan(&conversation(script, Ending::UserMessage, true));
+        assert_eq!(first.finish, Finish::ToolCalls);
+        let mut second_step = conversation(script, results.clone(), true);
+        second_step.tool_rounds_since_user = 1;
+        second_step.tool_calls_so_far = 1;
+        let second = plan(&second_step);
+        match &second.output {
+            Output::ToolCalls(calls) => assert_eq!(calls[0].id, "call_1"),
+            Output::Text(_) => panic!("the second step calls the tool again"),
+        }
+        second_step.tool_rounds_since_user = 2;
+        let answer = plan(&second_step);
+        match &answer.output {
+            Output::Text(text) => assert_eq!(text.full_text(), "Tool results: t: r"),
+            Output::ToolCalls(_) => panic!("after tool_steps rounds the mock answers"),
+        }
+    }
+
+    #[test]
+    fn max_tokens_cuts_reasoning_then_text_and_cached_tokens_are_bounded() {
+        let mut limited = conversation(
+            r#"@mock {"tokens": 10, "reasoning_tokens": 3, "cached_tokens": 50}"#,
+            Ending::UserMessage,
+            false,
+        );
+        limited.max_tokens = Some(5);
+        let cut = plan(&limited);
+        assert_eq!(cut.finish, Finish::Length);
+        assert_eq!(cut.finish_reason(), "length");
+        assert_eq!(cut.content_chunks(), 5);
+        assert_eq!(cut.reasoning.token_count(), 3);
+        assert_eq!(cut.cached_tokens, 7, "at most the prompt");
+        limited.max_tokens = Some(13);
+        assert_eq!(plan(&limited).finish, Finish::Stop);
+        let mut quoted = conversation(
+            "",
+            Ending::ToolResults(vec![ToolResult {
+                name: "t".to_owned(),
+                content: "one two three".to_owned(),
+            }]),
+            false,
+        );
+        quoted.max_tokens = Some(3);
+        match plan(&quoted).output {
+            Output::Text(text) => assert_eq!(text.full_text(), "Tool results: t: "),
+            Output::ToolCalls(_) => panic!("text expected"),
+        }
     }
 }

@@ -85,6 +85,12 @@ pub fn reasoning_text(last_user_message: &str, tokens: usize) -> String {
         .collect()
 }
 
+/// The signature of a thinking block (Anthropic `signature_delta`): `sig-<FNV-1a of the text>`,
+/// so a client that sends the block back unchanged sends the same signature.
+pub fn reasoning_signature(thinking: &str) -> String {
+    format!("sig-{:016x}", fnv1a(thinking.as_bytes()))
+}
+
 /// The reply to a request that ends with tool results: `Tool results: <name>: <content>; …`,
 /// each content cut to [`MAX_QUOTED_RESULT_CHARS`] characters (then ending in `…`).
 pub fn tool_results_reply<'a>(results: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {

@@ -13,9 +13,11 @@
 //! the turn loop's decision, made from [`ProviderError::retryable`] and
 //! [`ProviderError::retry_after`].
 
+pub mod anthropic;
 pub mod error;
 pub mod http;
 pub mod openai_chat;
+pub mod openai_responses;
 pub mod sse;
 
 use std::fmt;
@@ -190,13 +192,7 @@ pub async fn stream(
         ProviderKind::Openai | ProviderKind::OpenaiCompatible | ProviderKind::Mock => {
             openai_chat::stream(http, endpoint, request).await
         }
-        ProviderKind::OpenaiResponses | ProviderKind::Anthropic => Err(ProviderError::new(
-            ErrorKind::Config,
-            format!(
-                "provider kind {} is not supported yet",
-                endpoint.kind.as_str()
-            ),
-            false,
-        )),
+        ProviderKind::Anthropic => anthropic::stream(http, endpoint, request).await,
+        ProviderKind::OpenaiResponses => openai_responses::stream(http, endpoint, request).await,
     }
 }

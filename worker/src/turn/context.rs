@@ -4,9 +4,10 @@ use anyhow::Context;
 use serde_json::Value;
 use uuid::Uuid;
 
-use chatd_shared::domain::{ContentPart, ProviderKind, Role};
+use chatd_shared::domain::{decode_parts, ContentPart, ProviderKind, Role};
 
 use crate::provider::{PromptMessage, ProviderEndpoint};
+use crate::tool::DynamicTool;
 
 /// The resolved model of a turn.
 #[derive(Clone)]
@@ -18,6 +19,13 @@ pub struct ModelChoice {
     /// Prices per million tokens, micro-dollars (None = unpriced).
     pub input_price_micros: Option<i64>,
     pub output_price_micros: Option<i64>,
+    /// Cache prices; `None` bills cached tokens at the input price.
+    pub cache_read_price_micros: Option<i64>,
+    pub cache_write_price_micros: Option<i64>,
+    /// The model's context window in tokens.
+    pub context_limit: i64,
+    /// Compact when a step's input tokens reach this percentage of `context_limit` (0 = never).
+    pub compression_threshold: i64,
 }
 
 /// Why a turn cannot start.
@@ -31,43 +39,79 @@ pub enum ContextError {
     Database(#[from] tokio_postgres::Error),
 }
 
-/// The prompt: system rows plus the messages from the latest compaction summary on, in order,
-/// with blank text/reasoning parts dropped. Also returns the model the newest user message
-/// (or the chat) asked for.
+/// What a turn reads about its chat before the first step.
+#[derive(Debug, Default)]
+pub struct LoadedChat {
+    /// System rows plus the messages from the latest compaction summary on, in order, with
+    /// blank text/reasoning parts dropped and tool results decoded from their storage form.
+    pub prompt: Vec<PromptMessage>,
+    /// The model the newest user message (or the chat) asked for.
+    pub wanted_model: Option<Uuid>,
+    /// The chat's client-executed tools.
+    pub dynamic_tools: Vec<DynamicTool>,
+    /// Whether the chat still has no title (the turn then generates one).
+    pub untitled: bool,
+    /// The newest assistant row with a provider response id: (response id, its model config,
+    /// index in `prompt` of the first message after it). Lets OpenAI Responses chain.
+    pub last_response: Option<(String, Option<Uuid>, usize)>,
+}
+
+/// Loads the prompt and the chat's tool and title state in one statement.
 pub async fn load_prompt(
     client: &deadpool_postgres::ClientWrapper,
     chat_id: Uuid,
-) -> Result<(Vec<PromptMessage>, Option<Uuid>), ContextError> {
+) -> Result<LoadedChat, ContextError> {
     let rows = client
         .query(
-            &client.prepare_cached("SELECT m.role, m.content, m.model_config_id, c.model_config_id FROM chat_messages m \
-             JOIN chats c ON c.id = m.chat_id \
-             WHERE m.chat_id = $1 AND NOT m.deleted AND m.visibility <> 'user' \
-             AND (m.role = 'system' OR m.id >= coalesce((SELECT max(id) FROM chat_messages \
-                  WHERE chat_id = $1 AND compressed AND NOT deleted), 0)) \
-             ORDER BY m.id").await?,
+            &client
+                .prepare_cached(
+                    "SELECT m.role, m.content, m.model_config_id, c.model_config_id, \
+             c.dynamic_tools, c.title = '', m.provider_response_id FROM chats c \
+             LEFT JOIN chat_messages m ON m.chat_id = c.id AND NOT m.deleted \
+                 AND m.visibility <> 'user' \
+                 AND (m.role = 'system' OR m.id >= coalesce((SELECT max(id) FROM chat_messages \
+                      WHERE chat_id = $1 AND compressed AND NOT deleted), 0)) \
+             WHERE c.id = $1 ORDER BY m.id",
+                )
+                .await?,
             &[&chat_id],
         )
         .await?;
-    let mut prompt = Vec::with_capacity(rows.len());
-    let mut wanted_model = None;
-    for row in &rows {
-        let role = Role::parse(row.get(0)).unwrap_or(Role::User);
-        let content: Value = row.get(1);
-        let parts: Vec<ContentPart> = serde_json::from_value(content)
-            .map_err(|error| ContextError::Config(format!("stored message content: {error}")))?;
-        let parts: Vec<ContentPart> = parts.into_iter().filter(|part| !part.is_blank()).collect();
-        if role == Role::User {
-            wanted_model = row.get::<_, Option<Uuid>>(2).or(row.get(3));
+    let mut loaded = LoadedChat::default();
+    for (index, row) in rows.iter().enumerate() {
+        if index == 0 {
+            let tools: Value = row.get(4);
+            loaded.dynamic_tools = serde_json::from_value(tools)
+                .map_err(|error| ContextError::Config(format!("stored dynamic tools: {error}")))?;
+            loaded.untitled = row.get(5);
+            loaded.wanted_model = row.get(3);
         }
-        if !parts.is_empty() {
-            prompt.push(PromptMessage {
-                role,
-                content: parts,
-            });
+        let Some(role) = row.get::<_, Option<&str>>(0) else {
+            continue; // a chat without messages (LEFT JOIN)
+        };
+        let role = Role::parse(role).unwrap_or(Role::User);
+        let content: Value = row.get(1);
+        let mut parts: Vec<ContentPart> = serde_json::from_value(content)
+            .map_err(|error| ContextError::Config(format!("stored message content: {error}")))?;
+        parts.retain(|part| !part.is_blank());
+        decode_parts(&mut parts);
+        if role == Role::User {
+            loaded.wanted_model = row.get::<_, Option<Uuid>>(2).or(row.get(3));
+        }
+        if parts.is_empty() {
+            continue;
+        }
+        loaded.prompt.push(PromptMessage {
+            role,
+            content: parts,
+        });
+        if role == Role::Assistant {
+            if let Some(response_id) = row.get::<_, Option<String>>(6) {
+                loaded.last_response = Some((response_id, row.get(2), loaded.prompt.len()));
+            }
         }
     }
-    Ok((prompt, wanted_model))
+    Ok(loaded)
 }
 
 /// Resolves the wanted model, falling back to the default when it is disabled or deleted.
@@ -81,7 +125,9 @@ pub async fn resolve_model(
             &client
                 .prepare_cached(
                     "SELECT mc.id, mc.model, mc.max_output_tokens, p.kind, p.base_url, \
-             p.api_key_encrypted, mc.input_price_micros, mc.output_price_micros \
+             p.api_key_encrypted, mc.input_price_micros, mc.output_price_micros, \
+             mc.cache_read_price_micros, mc.cache_write_price_micros, mc.context_limit, \
+             mc.compression_threshold \
              FROM model_configs mc JOIN providers p ON p.id = mc.provider_id \
              WHERE mc.enabled AND NOT mc.deleted AND p.enabled \
              AND (mc.id = $1 OR mc.is_default) \
@@ -122,6 +168,10 @@ pub async fn resolve_model(
         },
         input_price_micros: row.get(6),
         output_price_micros: row.get(7),
+        cache_read_price_micros: row.get(8),
+        cache_write_price_micros: row.get(9),
+        context_limit: i64::from(row.get::<_, i32>(10)),
+        compression_threshold: i64::from(row.get::<_, i32>(11)),
     })
 }
 

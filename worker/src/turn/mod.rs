@@ -4,17 +4,21 @@
 //! **Invariant:** no transaction is held open across a provider call or any network wait; a
 //! database connection is taken from the pool only around each statement/transaction.
 
+pub mod compaction;
 pub mod context;
 pub mod control;
+pub mod rows;
 pub mod step;
 pub mod stream;
+pub mod summary;
+pub mod title;
 
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use deadpool_postgres::Pool;
-use serde_json::{json, Value};
+use serde_json::json;
 use tracing::Instrument;
 use uuid::Uuid;
 
@@ -22,9 +26,10 @@ use chatd_shared::domain::{ContentPart, Role};
 
 use crate::config::WorkerConfig;
 use crate::flusher::StreamFlusher;
-use crate::provider::{ModelRequest, PromptMessage, ProviderError};
-use crate::store::{self, Claim, NewRow, RowUsage, TurnEnd};
-use context::{ContextError, ModelChoice};
+use crate::provider::{ModelRequest, PromptMessage, ProviderError, ResponseChain};
+use crate::store::{self, Claim, NewRow, TurnEnd};
+use crate::tool::{self, execute::CallRequest, CallOutcome, Tool, Toolset};
+use context::{ContextError, LoadedChat, ModelChoice};
 use control::{StopReason, TurnControl};
 use step::{StepOutput, StepResult};
 pub use stream::TurnStream;
@@ -52,6 +57,8 @@ pub struct TurnDeps {
     pub http: reqwest::Client,
     pub flusher: Arc<StreamFlusher>,
     pub models: Arc<context::ModelCache>,
+    /// The built-in tools this worker offers (`--tools`).
+    pub builtin_tools: Arc<Vec<Arc<dyn Tool>>>,
 }
 
 impl TurnContext {
@@ -134,6 +141,7 @@ fn clone_end(end: Option<&TurnEnd>) -> TurnEnd {
         Some(TurnEnd::Interrupted) => TurnEnd::Interrupted,
         Some(TurnEnd::Failed(error)) => TurnEnd::Failed(error.clone()),
         Some(TurnEnd::Released) => TurnEnd::Released,
+        Some(TurnEnd::RequiresAction(timeout)) => TurnEnd::RequiresAction(*timeout),
     }
 }
 
@@ -151,7 +159,7 @@ pub async fn run_turn(deps: TurnDeps, claim: Claim, control: Arc<TurnControl>) {
 
 async fn run_turn_inner(deps: TurnDeps, claim: Claim, control: Arc<TurnControl>) {
     let prepared = prepare(&deps, &claim).await;
-    let (model, mut prompt) = match prepared {
+    let (model, loaded) = match prepared {
         Ok(prepared) => prepared,
         Err(error) => {
             let message = error.to_string();
@@ -177,6 +185,17 @@ async fn run_turn_inner(deps: TurnDeps, claim: Claim, control: Arc<TurnControl>)
         turn.commit(&[], TurnEnd::Failed(error), None).await;
         return;
     }
+    let toolset = Toolset::new(deps.builtin_tools.to_vec(), loaded.dynamic_tools);
+    let tools = toolset.specs();
+    let mut prompt = loaded.prompt;
+    let mut chain = loaded
+        .last_response
+        .filter(|(_, model_config_id, _)| *model_config_id == Some(turn.model.model_config_id))
+        .map(|(previous_response_id, _, new_from)| ResponseChain {
+            previous_response_id,
+            new_from,
+        });
+    let title_question = loaded.untitled.then(|| last_user_text(&prompt));
     let mut stream = TurnStream::new(deps.flusher.clone(), claim.chat_id, claim.attempt);
     for _ in 0..deps.config.max_steps {
         let step_started = Instant::now();
@@ -184,41 +203,17 @@ async fn run_turn_inner(deps: TurnDeps, claim: Claim, control: Arc<TurnControl>)
             model: turn.model.model.clone(),
             messages: std::mem::take(&mut prompt),
             max_output_tokens: turn.model.max_output_tokens,
-            ..ModelRequest::default()
+            tools: tools.clone(),
+            chain: chain.take(),
         };
         let result = step::run_step(&turn, &mut stream, &request).await;
         prompt = request.messages;
         metrics::counter!("chatd_steps_total").increment(1);
-        let runtime_ms = step_started.elapsed().as_millis() as i64;
-        match result {
-            StepResult::Done(output) => {
-                let (rows, assistant, tool_messages) = step_rows(&turn, &output, runtime_ms, false);
-                let end = if output.tool_calls.is_empty() {
-                    TurnEnd::Done
-                } else {
-                    TurnEnd::Continue
-                };
-                let finished = !matches!(end, TurnEnd::Continue);
-                stream.flush().await;
-                if !turn.commit(&rows, end, Some(stream.last_seq())).await || finished {
-                    return;
-                }
-                prompt.push(assistant);
-                prompt.extend(tool_messages);
-            }
+        let output = match result {
+            StepResult::Done(output) => output,
             StepResult::Stopped(partial) => {
-                match turn.control.reason() {
-                    Some(StopReason::Interrupt) => {
-                        let (rows, _, _) = step_rows(&turn, &partial, runtime_ms, true);
-                        stream.flush().await;
-                        turn.commit(&rows, TurnEnd::Interrupted, Some(stream.last_seq()))
-                            .await;
-                    }
-                    Some(StopReason::Shutdown) => {
-                        turn.commit(&[], TurnEnd::Released, None).await;
-                    }
-                    Some(StopReason::LeaseLost) | None => {}
-                }
+                let runtime_ms = step_started.elapsed().as_millis() as i64;
+                stop(&turn, &mut stream, &partial, &[], runtime_ms).await;
                 return;
             }
             StepResult::Failed(error) => {
@@ -226,6 +221,113 @@ async fn run_turn_inner(deps: TurnDeps, claim: Claim, control: Arc<TurnControl>)
                 return;
             }
             StepResult::LeaseLost => return,
+        };
+        let calls: Vec<CallRequest> = output
+            .tool_calls
+            .iter()
+            .map(|call| CallRequest {
+                id: call.id.clone(),
+                name: call.name.clone(),
+                args: call.args.clone(),
+            })
+            .collect();
+        let execution = if calls.is_empty() {
+            None
+        } else {
+            Some(
+                tool::execute(
+                    &toolset,
+                    &calls,
+                    turn.chat_id,
+                    turn.owner_id,
+                    deps.config.tool_timeout,
+                    &turn.control.token,
+                )
+                .await,
+            )
+        };
+        let runtime_ms = step_started.elapsed().as_millis() as i64;
+        let outcomes = execution
+            .as_ref()
+            .map_or(&[][..], |execution| execution.outcomes.as_slice());
+        if execution
+            .as_ref()
+            .is_some_and(|execution| execution.interrupted)
+        {
+            stop(&turn, &mut stream, &output, outcomes, runtime_ms).await;
+            return;
+        }
+        let built = rows::step_rows(
+            &turn.model,
+            &output,
+            outcomes,
+            tool::execute::INTERRUPTED_RESULT,
+            runtime_ms,
+        );
+        let pending = outcomes
+            .iter()
+            .any(|outcome| matches!(outcome, CallOutcome::Pending));
+        let end = if pending {
+            TurnEnd::RequiresAction(deps.config.action_timeout)
+        } else if calls.is_empty() {
+            TurnEnd::Done
+        } else {
+            TurnEnd::Continue
+        };
+        let continues = matches!(end, TurnEnd::Continue);
+        stream.flush().await;
+        if !turn.commit(&built.rows, end, Some(stream.last_seq())).await {
+            return;
+        }
+        if !continues {
+            if let (false, Some(question)) = (pending, title_question) {
+                let answer = output
+                    .parts
+                    .iter()
+                    .filter_map(|part| match part {
+                        ContentPart::Text { text } => Some(text.as_str()),
+                        _ => None,
+                    })
+                    .collect::<String>();
+                title::spawn(
+                    deps.clone(),
+                    turn.chat_id,
+                    turn.owner_id,
+                    turn.model.clone(),
+                    (question, answer),
+                );
+            }
+            return;
+        }
+        let seen = prompt.len()
+            + built
+                .prompt
+                .iter()
+                .take_while(|message| message.role == Role::Assistant)
+                .count();
+        prompt.extend(built.prompt);
+        chain = output
+            .response_id
+            .clone()
+            .map(|previous_response_id| ResponseChain {
+                previous_response_id,
+                new_from: seen,
+            });
+        if compaction::should_compact(&turn.model, &output.usage) {
+            let summary = tokio::select! {
+                summary = compaction::summarise(&turn.http, &turn.model, &prompt) => summary,
+                _ = turn.control.token.cancelled() => None,
+            };
+            if let Some(compaction) = summary {
+                if !turn
+                    .commit(&[compaction.row], TurnEnd::Continue, None)
+                    .await
+                {
+                    return;
+                }
+                prompt = compaction.prompt;
+                chain = None;
+            }
         }
     }
     let error = json!({"kind": "max_steps", "message": format!(
@@ -234,117 +336,72 @@ async fn run_turn_inner(deps: TurnDeps, claim: Claim, control: Arc<TurnControl>)
         .await;
 }
 
+/// The turn was stopped from outside while streaming or while tools ran. An interrupt keeps
+/// what was produced (unanswered calls get synthetic results so the history stays valid for
+/// every provider); a shutdown releases the chat to another worker; a lost lease writes
+/// nothing.
+async fn stop(
+    turn: &TurnContext,
+    stream: &mut TurnStream,
+    partial: &StepOutput,
+    outcomes: &[CallOutcome],
+    runtime_ms: i64,
+) {
+    match turn.control.reason() {
+        Some(StopReason::Interrupt) => {
+            // Pending (client) calls will never be answered now either.
+            let outcomes: Vec<CallOutcome> = outcomes
+                .iter()
+                .filter(|outcome| !matches!(outcome, CallOutcome::Pending))
+                .cloned()
+                .collect();
+            let built = rows::step_rows(
+                &turn.model,
+                partial,
+                &outcomes,
+                tool::execute::INTERRUPTED_RESULT,
+                runtime_ms,
+            );
+            stream.flush().await;
+            turn.commit(&built.rows, TurnEnd::Interrupted, Some(stream.last_seq()))
+                .await;
+        }
+        Some(StopReason::Shutdown) => {
+            turn.commit(&[], TurnEnd::Released, None).await;
+        }
+        Some(StopReason::LeaseLost) | None => {}
+    }
+}
+
+/// The text of the newest user message of the prompt.
+fn last_user_text(prompt: &[PromptMessage]) -> String {
+    prompt
+        .iter()
+        .rev()
+        .find(|message| message.role == Role::User)
+        .map(|message| chatd_shared::domain::plain_text(&message.content))
+        .unwrap_or_default()
+}
+
 async fn prepare(
     deps: &TurnDeps,
     claim: &Claim,
-) -> Result<(ModelChoice, Vec<PromptMessage>), ContextError> {
+) -> Result<(ModelChoice, LoadedChat), ContextError> {
     let client = deps
         .pool
         .get()
         .await
         .map_err(|error| ContextError::Config(format!("database connection: {error}")))?;
-    let (prompt, wanted) = context::load_prompt(&client, claim.chat_id).await?;
+    let loaded = context::load_prompt(&client, claim.chat_id).await?;
     let model = deps
         .models
-        .resolve(&client, wanted, deps.config.encryption_key.as_ref())
+        .resolve(
+            &client,
+            loaded.wanted_model,
+            deps.config.encryption_key.as_ref(),
+        )
         .await?;
-    Ok((model, prompt))
-}
-
-/// The assistant row (and tool rows) of a step, plus the prompt messages they become.
-fn step_rows(
-    turn: &TurnContext,
-    output: &StepOutput,
-    runtime_ms: i64,
-    interrupted: bool,
-) -> (Vec<NewRow>, PromptMessage, Vec<PromptMessage>) {
-    let mut parts = Vec::new();
-    if !output.reasoning.trim().is_empty() {
-        parts.push(ContentPart::Reasoning {
-            text: output.reasoning.clone(),
-            signature: None,
-        });
-    }
-    if !output.text.trim().is_empty() {
-        parts.push(ContentPart::text(output.text.clone()));
-    }
-    let mut tool_parts = Vec::new();
-    for call in &output.tool_calls {
-        if call.id.is_empty() {
-            continue;
-        }
-        parts.push(ContentPart::ToolCall {
-            tool_call_id: call.id.clone(),
-            tool_name: call.name.clone(),
-            args: call.args.clone(),
-        });
-        // Tools arrive with the next issue; until then every call gets an error result the
-        // model can read, which keeps the history valid for every provider.
-        let message = if interrupted {
-            "the turn was interrupted before this tool ran".to_string()
-        } else {
-            format!("tool `{}` is not available", call.name)
-        };
-        tool_parts.push(ContentPart::ToolResult {
-            tool_call_id: call.id.clone(),
-            tool_name: call.name.clone(),
-            result: Value::String(message),
-            is_error: true,
-        });
-    }
-    let usage = &output.usage;
-    let cost = cost_micros(&turn.model, usage.input_tokens, usage.output_tokens);
-    let mut rows = Vec::new();
-    if !parts.is_empty() {
-        rows.push(NewRow {
-            role: Role::Assistant,
-            content: serde_json::to_value(&parts).unwrap_or(Value::Array(Vec::new())),
-            model_config_id: Some(turn.model.model_config_id),
-            usage: Some(RowUsage {
-                input_tokens: usage.input_tokens,
-                output_tokens: usage.output_tokens,
-                reasoning_tokens: usage.reasoning_tokens,
-                cache_read_tokens: usage.cache_read_tokens,
-                cache_write_tokens: usage.cache_write_tokens,
-                cost_micros: cost,
-            }),
-            runtime_ms: Some(runtime_ms),
-            provider_response_id: output.response_id.clone(),
-        });
-    }
-    if !tool_parts.is_empty() {
-        rows.push(NewRow {
-            role: Role::Tool,
-            content: serde_json::to_value(&tool_parts).unwrap_or(Value::Array(Vec::new())),
-            model_config_id: Some(turn.model.model_config_id),
-            usage: None,
-            runtime_ms: None,
-            provider_response_id: None,
-        });
-    }
-    let assistant = PromptMessage {
-        role: Role::Assistant,
-        content: parts,
-    };
-    let tools = if tool_parts.is_empty() {
-        Vec::new()
-    } else {
-        vec![PromptMessage {
-            role: Role::Tool,
-            content: tool_parts,
-        }]
-    };
-    (rows, assistant, tools)
-}
-
-/// Cost in micro-dollars, rounded up; `None` when the model has no prices.
-pub fn cost_micros(model: &ModelChoice, input_tokens: i64, output_tokens: i64) -> Option<i64> {
-    if model.input_price_micros.is_none() && model.output_price_micros.is_none() {
-        return None;
-    }
-    let total = input_tokens as i128 * model.input_price_micros.unwrap_or(0) as i128
-        + output_tokens as i128 * model.output_price_micros.unwrap_or(0) as i128;
-    Some(((total + 999_999) / 1_000_000) as i64)
+    Ok((model, loaded))
 }
 
 /// Publishes the `error` event, then commits the `error` state with `last_error`.

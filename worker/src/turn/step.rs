@@ -1,17 +1,29 @@
 //! One model step: stream the provider's answer (publishing deltas), with retries.
 //!
-//! Retries only retryable errors. Before the first event the request is simply re-sent after
-//! a backoff (a `retry` event tells clients). After partial output the step starts over in a
-//! new lease epoch, so clients see `attempt_reset` and drop the previews.
+//! Retries only retryable errors, with exponential backoff (capped, jittered, `backon`) or the
+//! provider's `Retry-After`. Before the first event the request is simply re-sent after the
+//! delay (a `retry` event tells clients). After partial output the step starts over in a new
+//! lease epoch, so clients see `attempt_reset` and drop the previews. Cancellation (interrupt,
+//! shutdown, lost lease) is never retried.
 
 use std::time::{Duration, Instant};
 
+use backon::BackoffBuilder;
 use futures::StreamExt;
 use serde_json::json;
 
-use crate::provider::{self, FinishReason, ModelRequest, ProviderError, ProviderEvent, Usage};
+use chatd_shared::domain::ContentPart;
+
+use crate::provider::{
+    self, ErrorKind, FinishReason, ModelRequest, ProviderError, ProviderEvent, Usage,
+};
 
 use super::{TurnContext, TurnStream};
+
+/// First retry delay; doubles per attempt up to [`MAX_RETRY_DELAY`].
+const FIRST_RETRY_DELAY: Duration = Duration::from_millis(500);
+/// DESIGN.md section 6: backoff is capped at 60 s.
+pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(60);
 
 /// A tool call the model made in this step.
 #[derive(Debug, Clone)]
@@ -19,19 +31,65 @@ pub struct ToolCall {
     pub id: String,
     pub name: String,
     pub args: serde_json::Value,
-    /// Raw argument text while streaming.
-    args_text: String,
 }
 
 /// What a step produced (possibly partial).
 #[derive(Debug, Default)]
 pub struct StepOutput {
-    pub text: String,
-    pub reasoning: String,
+    /// Reasoning, text and provider-executed tool parts in stream order (deltas merged).
+    pub parts: Vec<ContentPart>,
+    /// Calls of chatd-run or client-run tools, in call order.
     pub tool_calls: Vec<ToolCall>,
     pub usage: Usage,
     pub finish: Option<FinishReason>,
     pub response_id: Option<String>,
+}
+
+impl StepOutput {
+    /// Whether anything reached the client (then a retry must reset the attempt).
+    pub fn produced(&self) -> bool {
+        !self.tool_calls.is_empty() || self.parts.iter().any(|part| !part.is_blank())
+    }
+
+    fn push_text(&mut self, text: &str) {
+        if let Some(ContentPart::Text { text: last }) = self.parts.last_mut() {
+            last.push_str(text);
+        } else {
+            self.parts.push(ContentPart::text(text));
+        }
+    }
+
+    /// Reasoning deltas extend the open block; a signed block is closed.
+    fn push_reasoning(&mut self, text: &str) {
+        if let Some(ContentPart::Reasoning {
+            text: last,
+            signature: None,
+        }) = self.parts.last_mut()
+        {
+            last.push_str(text);
+        } else {
+            self.parts.push(ContentPart::Reasoning {
+                text: text.to_owned(),
+                signature: None,
+            });
+        }
+    }
+
+    fn sign_reasoning(&mut self, signature: String) {
+        if let Some(ContentPart::Reasoning {
+            signature: slot @ None,
+            ..
+        }) = self.parts.last_mut()
+        {
+            *slot = Some(signature);
+        } else {
+            // A signature for an empty thinking block: keep it, the provider needs it back.
+            self.parts.push(ContentPart::Reasoning {
+                text: String::new(),
+                signature: Some(signature),
+            });
+        }
+    }
 }
 
 pub enum StepResult {
@@ -43,11 +101,25 @@ pub enum StepResult {
     LeaseLost,
 }
 
+/// The retry delays of one step: `max_attempts - 1` exponential, jittered, capped delays.
+pub fn retry_delays(max_attempts: u32) -> impl Iterator<Item = Duration> {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(FIRST_RETRY_DELAY)
+        .with_max_delay(MAX_RETRY_DELAY)
+        .with_factor(2.0)
+        .with_jitter()
+        .with_max_times(max_attempts.saturating_sub(1) as usize)
+        .build()
+        // backon's jitter adds up to one more base delay; keep the documented cap.
+        .map(|delay| delay.min(MAX_RETRY_DELAY))
+}
+
 pub async fn run_step(
     turn: &TurnContext,
     stream: &mut TurnStream,
     request: &ModelRequest,
 ) -> StepResult {
+    let mut delays = retry_delays(turn.config.max_provider_attempts);
     let mut provider_attempt: u32 = 0;
     loop {
         provider_attempt += 1;
@@ -67,17 +139,16 @@ pub async fn run_step(
             Ok(()) => return StepResult::Done(output),
             Err(error) => error,
         };
-        let produced = !output.text.is_empty()
-            || !output.reasoning.is_empty()
-            || !output.tool_calls.is_empty();
-        if !error.retryable || provider_attempt >= turn.config.max_provider_attempts {
+        let next_delay = if error.retryable { delays.next() } else { None };
+        let Some(backoff) = next_delay else {
             return StepResult::Failed(error);
-        }
-        let delay = backoff_delay(provider_attempt, error.retry_after);
+        };
+        // The provider's own delay wins (it is only set when within (0, 60 s]).
+        let delay = error.retry_after.unwrap_or(backoff).min(MAX_RETRY_DELAY);
         metrics::counter!("chatd_provider_retries_total",
-            "provider" => turn.model.endpoint.kind.as_str(), "kind" => format!("{:?}", error.kind))
+            "provider" => turn.model.endpoint.kind.as_str(), "kind" => error.kind.as_str())
         .increment(1);
-        if produced {
+        if output.produced() {
             // Partial output is void: restart the step in a new lease epoch.
             match turn.renew_attempt().await {
                 Some(attempt) => stream.restart(attempt),
@@ -90,9 +161,11 @@ pub async fn run_step(
             "delay_ms": delay.as_millis() as u64,
             "kind": error.kind,
             "message": error.message,
+            "status_code": error.status_code,
             "retrying_at": retrying_at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
         }));
-        tracing::info!(attempt = provider_attempt, delay_ms = delay.as_millis() as u64, error = %error.message, "retrying provider request");
+        tracing::info!(attempt = provider_attempt, delay_ms = delay.as_millis() as u64,
+            error = %error.message, "retrying provider request");
         tokio::select! {
             _ = turn.control.token.cancelled() => return StepResult::Stopped(StepOutput::default()),
             _ = tokio::time::sleep(delay) => {}
@@ -100,16 +173,12 @@ pub async fn run_step(
     }
 }
 
-/// Exponential backoff (0.5 s · 2ⁿ, capped at 60 s, ±20 % jitter), or the server's
-/// `Retry-After` when it gave one.
-pub fn backoff_delay(attempt: u32, retry_after: Option<Duration>) -> Duration {
-    if let Some(retry_after) = retry_after {
-        return retry_after.min(Duration::from_secs(60));
-    }
-    let base = Duration::from_millis(500).saturating_mul(1 << attempt.saturating_sub(1).min(10));
-    let base = base.min(Duration::from_secs(60));
-    let jitter = 0.8 + rand::random::<f64>() * 0.4;
-    base.mul_f64(jitter).min(Duration::from_secs(60))
+fn startup_timeout_error(startup_timeout: Duration) -> ProviderError {
+    ProviderError::new(
+        ErrorKind::StartupTimeout,
+        format!("the provider sent nothing within {startup_timeout:?}"),
+        true,
+    )
 }
 
 /// One provider request, streamed to the end. Publishes deltas as they arrive.
@@ -121,36 +190,25 @@ async fn stream_once(
     started: Instant,
 ) -> Result<(), ProviderError> {
     let startup_timeout = turn.config.startup_timeout;
-    let startup_error = || ProviderError {
-        kind: provider::error::ErrorKind::StartupTimeout,
-        message: format!("the provider sent nothing within {startup_timeout:?}"),
-        retryable: true,
-        status_code: None,
-        retry_after: None,
-    };
     let mut events = tokio::time::timeout(
         startup_timeout,
         provider::stream(&turn.http, &turn.model.endpoint, request),
     )
     .await
-    .map_err(|_| startup_error())??;
+    .map_err(|_| startup_timeout_error(startup_timeout))??;
     let mut first = true;
+    // Provider call index → position in `output.tool_calls`.
+    let mut index_to_call: Vec<Option<usize>> = Vec::new();
     loop {
         let next = if first {
             tokio::time::timeout(startup_timeout, events.next())
                 .await
-                .map_err(|_| startup_error())?
+                .map_err(|_| startup_timeout_error(startup_timeout))?
         } else {
             events.next().await
         };
         let Some(event) = next else {
-            return Err(ProviderError {
-                kind: provider::error::ErrorKind::Generic,
-                message: "the provider stream ended without finishing (truncated)".into(),
-                retryable: true,
-                status_code: None,
-                retry_after: None,
-            });
+            return Err(ProviderError::truncated());
         };
         let event = event?;
         if first {
@@ -163,43 +221,66 @@ async fn stream_once(
             ProviderEvent::TextDelta(text) => {
                 if !text.is_empty() {
                     stream.text_delta("text", &text);
-                    output.text.push_str(&text);
+                    output.push_text(&text);
                 }
             }
             ProviderEvent::ReasoningDelta(text) => {
                 if !text.is_empty() {
                     stream.text_delta("reasoning", &text);
-                    output.reasoning.push_str(&text);
+                    output.push_reasoning(&text);
                 }
+            }
+            ProviderEvent::ReasoningSignature(signature) => output.sign_reasoning(signature),
+            ProviderEvent::RedactedReasoning(data) => {
+                output.parts.push(ContentPart::RedactedReasoning { data });
+            }
+            ProviderEvent::ProviderToolCall { id, name, args } => {
+                output.parts.push(ContentPart::ProviderToolCall {
+                    tool_call_id: id,
+                    tool_name: name,
+                    args,
+                });
+            }
+            ProviderEvent::ProviderToolResult {
+                tool_call_id,
+                block_type,
+                content,
+            } => {
+                output.parts.push(ContentPart::ProviderToolResult {
+                    tool_call_id,
+                    block_type,
+                    content,
+                });
             }
             ProviderEvent::ToolCallStart { index, id, name } => {
-                while output.tool_calls.len() <= index {
-                    output.tool_calls.push(ToolCall {
-                        id: String::new(),
-                        name: String::new(),
-                        args: serde_json::Value::Null,
-                        args_text: String::new(),
-                    });
+                // Some compatible servers omit call ids; results must still match their call.
+                let id = if id.is_empty() {
+                    format!("call_{}_{index}", uuid::Uuid::new_v4().simple())
+                } else {
+                    id
+                };
+                if index_to_call.len() <= index {
+                    index_to_call.resize(index + 1, None);
                 }
+                index_to_call[index] = Some(output.tool_calls.len());
                 stream.tool_call_delta(&id, &name, "");
-                output.tool_calls[index].id = id;
-                output.tool_calls[index].name = name;
+                output.tool_calls.push(ToolCall {
+                    id,
+                    name,
+                    args: serde_json::Value::Null,
+                });
             }
             ProviderEvent::ToolCallArgsDelta { index, delta } => {
-                if let Some(call) = output.tool_calls.get_mut(index) {
-                    stream.tool_call_delta(&call.id, &call.name, &delta);
-                    call.args_text.push_str(&delta);
+                if let Some(call) = call_at(output, &index_to_call, index) {
+                    let (id, name) = (call.id.clone(), call.name.clone());
+                    stream.tool_call_delta(&id, &name, &delta);
                 }
             }
             ProviderEvent::ToolCallEnd { index, args } => {
-                if let Some(call) = output.tool_calls.get_mut(index) {
+                if let Some(call) = call_at(output, &index_to_call, index) {
                     call.args = args;
                 }
             }
-            ProviderEvent::ReasoningSignature(_)
-            | ProviderEvent::RedactedReasoning(_)
-            | ProviderEvent::ProviderToolCall { .. }
-            | ProviderEvent::ProviderToolResult { .. } => {}
             ProviderEvent::Usage(usage) => output.usage = usage,
             ProviderEvent::Finish {
                 reason,
@@ -207,30 +288,64 @@ async fn stream_once(
             } => {
                 output.finish = Some(reason);
                 output.response_id = response_id;
+                for call in &mut output.tool_calls {
+                    if call.args.is_null() {
+                        call.args = serde_json::Value::Object(serde_json::Map::new());
+                    }
+                }
                 return Ok(());
             }
         }
     }
 }
 
+fn call_at<'a>(
+    output: &'a mut StepOutput,
+    index_to_call: &[Option<usize>],
+    index: usize,
+) -> Option<&'a mut ToolCall> {
+    let position = index_to_call.get(index).copied().flatten()?;
+    output.tool_calls.get_mut(position)
+}
+
 #[cfg(test)]
 mod tests {
-    use super::backoff_delay;
-    use std::time::Duration;
+    use super::*;
 
     #[test]
-    fn backoff_grows_caps_and_honours_retry_after() {
-        let first = backoff_delay(1, None);
-        assert!(first >= Duration::from_millis(400) && first <= Duration::from_millis(600));
-        assert!(backoff_delay(4, None) >= Duration::from_millis(3200));
-        assert!(backoff_delay(30, None) <= Duration::from_secs(60));
+    fn retry_delays_grow_are_capped_and_bounded_in_number() {
+        let delays: Vec<Duration> = retry_delays(5).collect();
+        assert_eq!(delays.len(), 4, "5 attempts = 4 retries");
+        assert!(delays[0] >= FIRST_RETRY_DELAY && delays[0] <= FIRST_RETRY_DELAY * 2);
+        assert!(delays[3] >= FIRST_RETRY_DELAY * 8);
+        assert!(retry_delays(40).all(|delay| delay <= MAX_RETRY_DELAY));
+        assert_eq!(retry_delays(1).count(), 0);
+    }
+
+    #[test]
+    fn reasoning_blocks_split_at_signatures_and_text_merges() {
+        let mut output = StepOutput::default();
+        output.push_reasoning("think ");
+        output.push_reasoning("more");
+        output.sign_reasoning("sig1".into());
+        output.push_reasoning("again");
+        output.push_text("Hel");
+        output.push_text("lo");
         assert_eq!(
-            backoff_delay(1, Some(Duration::from_secs(3))),
-            Duration::from_secs(3)
+            output.parts,
+            vec![
+                ContentPart::Reasoning {
+                    text: "think more".into(),
+                    signature: Some("sig1".into())
+                },
+                ContentPart::Reasoning {
+                    text: "again".into(),
+                    signature: None
+                },
+                ContentPart::text("Hello"),
+            ]
         );
-        assert_eq!(
-            backoff_delay(1, Some(Duration::from_secs(600))),
-            Duration::from_secs(60)
-        );
+        assert!(output.produced());
+        assert!(!StepOutput::default().produced());
     }
 }

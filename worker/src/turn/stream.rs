@@ -42,6 +42,10 @@ impl TurnStream {
     }
 
     fn push(&mut self, event: &str, mut data: Value) {
+        // A frame that cannot be stored would block the flusher: never let NUL through.
+        if chatd_shared::domain::contains_nul(&data) {
+            data = chatd_shared::domain::replace_nul(data);
+        }
         self.seq += 1;
         if let Value::Object(map) = &mut data {
             map.insert("attempt".into(), json!(self.attempt));
@@ -60,9 +64,11 @@ impl TurnStream {
         );
     }
 
-    /// An assistant `message_part`; long text is split at character boundaries.
+    /// An assistant `message_part`; long text is split at character boundaries. NUL (which
+    /// `jsonb` cannot hold) becomes U+FFFD, exactly as in the stored message (I3).
     pub fn text_delta(&mut self, kind: &str, text: &str) {
-        for piece in split_text(text, MAX_DELTA_BYTES) {
+        let text = without_nul(text);
+        for piece in split_text(&text, MAX_DELTA_BYTES) {
             self.push(
                 "message_part",
                 json!({"role": "assistant", "part": {"type": kind, "text": piece}}),
@@ -71,7 +77,8 @@ impl TurnStream {
     }
 
     pub fn tool_call_delta(&mut self, tool_call_id: &str, tool_name: &str, args_delta: &str) {
-        for piece in split_text(args_delta, MAX_DELTA_BYTES) {
+        let args_delta = without_nul(args_delta);
+        for piece in split_text(&args_delta, MAX_DELTA_BYTES) {
             self.push(
                 "message_part",
                 json!({"role": "assistant", "part": {"type": "tool-call", "tool_call_id": tool_call_id,
@@ -94,6 +101,15 @@ impl TurnStream {
     /// commit afterwards.
     pub async fn flush(&self) {
         self.flusher.flush_now().await;
+    }
+}
+
+/// Model output cannot be refused, but stored JSON cannot contain NUL.
+pub fn without_nul(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.contains('\0') {
+        std::borrow::Cow::Owned(text.replace('\0', "\u{FFFD}"))
+    } else {
+        std::borrow::Cow::Borrowed(text)
     }
 }
 

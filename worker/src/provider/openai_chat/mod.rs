@@ -12,9 +12,9 @@ mod tests;
 
 use chatd_shared::domain::{ContentPart, Role};
 
-use crate::provider::http::{endpoint_url, json_as_text, send_streaming};
 #[cfg(test)]
 use crate::provider::http::ParsedItem;
+use crate::provider::http::{endpoint_url, json_as_text, send_streaming};
 use crate::provider::{EventStream, ModelRequest, PromptMessage, ProviderEndpoint, ProviderError};
 pub use parser::ChatStreamParser;
 use wire::{

@@ -87,7 +87,6 @@ impl StreamParser for ChatStreamParser {
             out.push_back(Err(ProviderError::truncated()));
         }
     }
-
 }
 
 impl ChatStreamParser {

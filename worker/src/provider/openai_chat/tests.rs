@@ -7,8 +7,8 @@ use chatd_shared::domain::{ContentPart, Role};
 use serde_json::json;
 
 use super::parser::ChatStreamParser;
-use crate::provider::http::StreamParser;
 use super::{build_request, parse_body};
+use crate::provider::http::StreamParser;
 use crate::provider::{ErrorKind, FinishReason, ModelRequest, PromptMessage, ProviderEvent, Usage};
 
 /// A parsed item with the error reduced to what tests compare.

@@ -1,130 +1,32 @@
-//! Through-the-boundary tests: the mock on a real socket, called by the real provider client.
+//! The Chat Completions route driven by the real OpenAI chat client (`ProviderKind::Mock`).
 
 use std::time::Duration;
 
-use chatd_shared::domain::{ContentPart, ProviderKind, Role};
+use chatd_shared::domain::ProviderKind;
 use futures::StreamExt;
 use serde_json::json;
-use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
-use super::{reply_text, run, tool_results_reply};
-use crate::provider::{
-    self, ErrorKind, FinishReason, ModelRequest, PromptMessage, ProviderEndpoint, ProviderError,
-    ProviderEvent,
+use super::{
+    ask, ask_with_tools, finish_reason, text_deltas, two_calls_answered, two_calls_quoted,
+    usage_of, MockServer, DEADLINE, TWO_CALLS,
 };
+use crate::mock_llm::reply_text;
+use crate::provider::{self, ErrorKind, FinishReason, ProviderEvent};
 
-/// Generous bound for conditions that should hold in milliseconds.
-const DEADLINE: Duration = Duration::from_secs(20);
-
-struct MockServer {
-    http: reqwest::Client,
-    endpoint: ProviderEndpoint,
-    base_url: String,
-    shutdown: CancellationToken,
-    task: JoinHandle<anyhow::Result<()>>,
-}
-
-impl MockServer {
-    async fn start() -> MockServer {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind mock");
-        let address = listener.local_addr().expect("mock address");
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(run(listener, shutdown.clone()));
-        let base_url = format!("http://{address}/v1/");
-        MockServer {
-            http: reqwest::Client::new(),
-            endpoint: ProviderEndpoint {
-                kind: ProviderKind::Mock,
-                base_url: base_url.clone(),
-                api_key: Some("test-key".to_owned()),
-            },
-            base_url,
-            shutdown,
-            task,
-        }
-    }
-
-    async fn call(
-        &self,
-        request: &ModelRequest,
-    ) -> Result<Vec<Result<ProviderEvent, ProviderError>>, ProviderError> {
-        let stream = provider::stream(&self.http, &self.endpoint, request).await?;
-        Ok(tokio::time::timeout(DEADLINE, stream.collect::<Vec<_>>())
-            .await
-            .expect("stream ends before the deadline"))
-    }
-
-    /// A call that must succeed end to end.
-    async fn events(&self, request: &ModelRequest) -> Vec<ProviderEvent> {
-        self.call(request)
-            .await
-            .expect("request accepted")
-            .into_iter()
-            .map(|item| item.expect("no stream error"))
-            .collect()
-    }
-
-    async fn stop(self) {
-        self.shutdown.cancel();
-        let result = tokio::time::timeout(DEADLINE, self.task)
-            .await
-            .expect("mock shuts down before the deadline")
-            .expect("mock task does not panic");
-        result.expect("mock serves without error");
-    }
-}
-
-fn message(role: Role, content: Vec<ContentPart>) -> PromptMessage {
-    PromptMessage { role, content }
-}
-
-fn ask(text: &str) -> ModelRequest {
-    ModelRequest {
-        model: "mock-model".to_owned(),
-        messages: vec![
-            message(Role::System, vec![ContentPart::text("You are a test.")]),
-            message(Role::User, vec![ContentPart::text(text)]),
-        ],
-        max_output_tokens: None,
-        ..ModelRequest::default()
-    }
-}
-
-fn text_deltas(events: &[ProviderEvent]) -> Vec<&str> {
-    events
-        .iter()
-        .filter_map(|event| match event {
-            ProviderEvent::TextDelta(delta) => Some(delta.as_str()),
-            _ => None,
-        })
-        .collect()
-}
-
-fn finish_reason(events: &[ProviderEvent]) -> Option<&FinishReason> {
-    match events.last() {
-        Some(ProviderEvent::Finish { reason, .. }) => Some(reason),
-        _ => None,
-    }
-}
+const MOCK: ProviderKind = ProviderKind::Mock;
 
 #[tokio::test]
 async fn default_reply_is_predictable_one_token_per_chunk_with_usage() {
     let server = MockServer::start().await;
     let question = "What is the capital of France?";
-    let events = server.events(&ask(question)).await;
+    let events = server.events(MOCK, &ask(question)).await;
     let deltas = text_deltas(&events);
     assert_eq!(deltas.len(), 12);
     assert_eq!(deltas.concat(), reply_text(question, 12));
     assert!(deltas[..11]
         .iter()
         .all(|token| token.ends_with(' ') && token.trim().len() + 1 == token.len()));
-    let usage = events.iter().find_map(|event| match event {
-        ProviderEvent::Usage(usage) => Some(*usage),
-        _ => None,
-    });
-    let usage = usage.expect("usage event");
+    let usage = usage_of(&events).expect("usage event");
     assert_eq!(
         usage.input_tokens,
         4 + 6,
@@ -150,7 +52,7 @@ async fn default_reply_is_predictable_one_token_per_chunk_with_usage() {
 async fn tokens_reasoning_pacing_and_stall_keep_the_text_exact() {
     let server = MockServer::start().await;
     let question = "Count for me\n@mock {\"tokens\": 5, \"reasoning_tokens\": 3, \"tokens_per_second\": 500, \"ttft_ms\": 5, \"stall_ms\": 5}";
-    let events = server.events(&ask(question)).await;
+    let events = server.events(MOCK, &ask(question)).await;
     let reasoning: Vec<&ProviderEvent> = events
         .iter()
         .filter(|event| matches!(event, ProviderEvent::ReasoningDelta(_)))
@@ -174,7 +76,10 @@ async fn tokens_reasoning_pacing_and_stall_keep_the_text_exact() {
 async fn error_status_is_classified_with_retry_after() {
     let server = MockServer::start().await;
     let error = server
-        .call(&ask("@mock {\"error_status\": 429, \"retry_after_s\": 7}"))
+        .call(
+            MOCK,
+            &ask("@mock {\"error_status\": 429, \"retry_after_s\": 7}"),
+        )
         .await
         .expect_err("429 answer");
     assert_eq!(error.kind, ErrorKind::RateLimit);
@@ -184,7 +89,7 @@ async fn error_status_is_classified_with_retry_after() {
     assert!(error.message.contains("mock error"), "{}", error.message);
 
     let overloaded = server
-        .call(&ask("@mock {\"error_status\": 529}"))
+        .call(MOCK, &ask("@mock {\"error_status\": 529}"))
         .await
         .expect_err("529 answer");
     assert_eq!(
@@ -201,7 +106,7 @@ async fn fail_times_fails_identical_requests_then_succeeds() {
     let question = "@mock {\"fail_times\": 2}\nflaky";
     for attempt in 0..2 {
         let error = server
-            .call(&ask(question))
+            .call(MOCK, &ask(question))
             .await
             .expect_err("failing attempt");
         assert_eq!(
@@ -210,12 +115,12 @@ async fn fail_times_fails_identical_requests_then_succeeds() {
             "attempt {attempt}"
         );
     }
-    let events = server.events(&ask(question)).await;
+    let events = server.events(MOCK, &ask(question)).await;
     assert_eq!(text_deltas(&events).concat(), reply_text(question, 12));
     // A different request body has its own counter.
     let mut other = ask(question);
     other.model = "another-model".to_owned();
-    assert!(server.call(&other).await.is_err());
+    assert!(server.call(MOCK, &other).await.is_err());
     server.stop().await;
 }
 
@@ -223,7 +128,7 @@ async fn fail_times_fails_identical_requests_then_succeeds() {
 async fn cut_after_truncates_and_fail_times_turns_it_into_one_bad_attempt() {
     let server = MockServer::start().await;
     let items = server
-        .call(&ask("@mock {\"cut_after\": 3, \"tokens\": 10}"))
+        .call(MOCK, &ask("@mock {\"cut_after\": 3, \"tokens\": 10}"))
         .await
         .expect("stream starts");
     assert_eq!(items.len(), 4);
@@ -239,9 +144,12 @@ async fn cut_after_truncates_and_fail_times_turns_it_into_one_bad_attempt() {
     }
 
     let question = "@mock {\"cut_after\": 2, \"fail_times\": 1}";
-    let first = server.call(&ask(question)).await.expect("stream starts");
+    let first = server
+        .call(MOCK, &ask(question))
+        .await
+        .expect("stream starts");
     assert!(matches!(first.last(), Some(Err(error)) if error.message.contains("truncated")));
-    let second = server.events(&ask(question)).await;
+    let second = server.events(MOCK, &ask(question)).await;
     assert_eq!(text_deltas(&second).concat(), reply_text(question, 12));
     server.stop().await;
 }
@@ -249,8 +157,14 @@ async fn cut_after_truncates_and_fail_times_turns_it_into_one_bad_attempt() {
 #[tokio::test]
 async fn tool_calls_stream_in_fragments_and_follow_up_quotes_results() {
     let server = MockServer::start().await;
-    let question = r#"@mock {"tool_calls": [{"name": "read_file", "arguments": {"path": "/tmp/a.txt"}}, {"name": "sum", "arguments": {"a": 1, "b": 2}}]}"#;
-    let events = server.events(&ask(question)).await;
+    let question = TWO_CALLS;
+    let without_tools = server.events(MOCK, &ask(question)).await;
+    assert_eq!(
+        finish_reason(&without_tools),
+        Some(&FinishReason::Stop),
+        "no tools offered, so no tool calls"
+    );
+    let events = server.events(MOCK, &ask_with_tools(question)).await;
     let starts: Vec<(usize, &str, &str)> = events
         .iter()
         .filter_map(|event| match event {
@@ -289,44 +203,9 @@ async fn tool_calls_stream_in_fragments_and_follow_up_quotes_results() {
     assert!(text_deltas(&events).is_empty());
     assert_eq!(finish_reason(&events), Some(&FinishReason::ToolCalls));
 
-    let mut follow_up = ask(question);
-    follow_up.messages.push(message(
-        Role::Assistant,
-        vec![
-            ContentPart::ToolCall {
-                tool_call_id: "call_0".to_owned(),
-                tool_name: "read_file".to_owned(),
-                args: json!({"path": "/tmp/a.txt"}),
-            },
-            ContentPart::ToolCall {
-                tool_call_id: "call_1".to_owned(),
-                tool_name: "sum".to_owned(),
-                args: json!({"a": 1, "b": 2}),
-            },
-        ],
-    ));
-    follow_up.messages.push(message(
-        Role::Tool,
-        vec![
-            ContentPart::ToolResult {
-                tool_call_id: "call_0".to_owned(),
-                tool_name: "read_file".to_owned(),
-                result: json!("hello  world"),
-                is_error: false,
-            },
-            ContentPart::ToolResult {
-                tool_call_id: "call_1".to_owned(),
-                tool_name: "sum".to_owned(),
-                result: json!({"total": 3}),
-                is_error: false,
-            },
-        ],
-    ));
-    let events = server.events(&follow_up).await;
-    assert_eq!(
-        text_deltas(&events).concat(),
-        tool_results_reply([("read_file", "hello  world"), ("sum", "{\"total\":3}")])
-    );
+    let follow_up = two_calls_answered(ask_with_tools(question));
+    let events = server.events(MOCK, &follow_up).await;
+    assert_eq!(text_deltas(&events).concat(), two_calls_quoted());
     assert!(!events
         .iter()
         .any(|event| matches!(event, ProviderEvent::ToolCallStart { .. })));
@@ -335,10 +214,47 @@ async fn tool_calls_stream_in_fragments_and_follow_up_quotes_results() {
 }
 
 #[tokio::test]
+async fn stream_error_is_classified_and_fail_times_lets_the_retry_succeed() {
+    let server = MockServer::start().await;
+    let question = "@mock {\"stream_error_after\": 2, \"fail_times\": 1, \"cached_tokens\": 3}";
+    let first = server
+        .call(MOCK, &ask(question))
+        .await
+        .expect("stream starts");
+    assert_eq!(first.len(), 3, "{first:?}");
+    assert!(first[..2]
+        .iter()
+        .all(|item| matches!(item, Ok(ProviderEvent::TextDelta(_)))));
+    match &first[2] {
+        Err(error) => {
+            assert_eq!((error.kind, error.retryable), (ErrorKind::Overloaded, true));
+            assert!(
+                error.message.contains("mock stream error"),
+                "{}",
+                error.message
+            );
+        }
+        Ok(event) => panic!("expected the stream error, got {event:?}"),
+    }
+    let second = server.events(MOCK, &ask(question)).await;
+    assert_eq!(text_deltas(&second).concat(), reply_text(question, 12));
+    let usage = usage_of(&second).expect("usage event");
+    assert_eq!((usage.input_tokens, usage.cache_read_tokens), (4 + 7, 3));
+    let limited = provider::ModelRequest {
+        max_output_tokens: Some(5),
+        ..ask("long answer\n@mock {\"tokens\": 9}")
+    };
+    let events = server.events(MOCK, &limited).await;
+    assert_eq!(text_deltas(&events).len(), 5);
+    assert_eq!(finish_reason(&events), Some(&FinishReason::Length));
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn bad_directives_are_config_errors() {
     let server = MockServer::start().await;
     let error = server
-        .call(&ask("@mock {\"tokenz\": 3}"))
+        .call(MOCK, &ask("@mock {\"tokenz\": 3}"))
         .await
         .expect_err("400 answer");
     assert_eq!(
@@ -351,7 +267,7 @@ async fn bad_directives_are_config_errors() {
         error.message
     );
     let error = server
-        .call(&ask("@mock {tokens"))
+        .call(MOCK, &ask("@mock {tokens"))
         .await
         .expect_err("400 answer");
     assert_eq!(error.kind, ErrorKind::Config);
@@ -399,7 +315,7 @@ async fn a_dropped_client_stops_its_stream() {
     let server = MockServer::start().await;
     // 1000 tokens at 20 per second would keep the stream open for 50 s.
     let request = ask("@mock {\"tokens\": 1000, \"tokens_per_second\": 20}");
-    let mut stream = provider::stream(&server.http, &server.endpoint, &request)
+    let mut stream = provider::stream(&server.http, &server.endpoint(MOCK), &request)
         .await
         .expect("stream starts");
     let first = tokio::time::timeout(DEADLINE, stream.next())

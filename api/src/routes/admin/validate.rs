@@ -1,0 +1,161 @@
+//! Validation of admin input. Every error is a 400 naming the field.
+
+use crate::error::ApiError;
+
+/// Longest accepted `base_url`.
+pub const MAX_BASE_URL_BYTES: usize = 2048;
+/// Longest accepted provider API key.
+pub const MAX_API_KEY_BYTES: usize = 4096;
+/// Longest accepted `model` / `display_name`.
+pub const MAX_NAME_BYTES: usize = 200;
+
+/// A provider base URL: absolute `http`/`https` with a host, no credentials, query or
+/// fragment (the worker appends paths such as `/chat/completions` to it), no whitespace or
+/// control characters. Returns it without trailing slashes.
+///
+/// Private and loopback addresses are allowed on purpose: only administrators set base URLs,
+/// and self-hosted models (and the mock LLM) live there.
+pub fn base_url(text: &str) -> Result<String, ApiError> {
+    let bad = |reason: &str| ApiError::field("base_url", format!("base_url: {reason}"));
+    if text.len() > MAX_BASE_URL_BYTES {
+        return Err(bad(&format!("longer than {MAX_BASE_URL_BYTES} bytes")));
+    }
+    if text.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(bad("must not contain whitespace or control characters"));
+    }
+    let url = reqwest::Url::parse(text)
+        .map_err(|error| bad(&format!("not an absolute URL ({error})")))?;
+    if url.scheme() != "http" && url.scheme() != "https" {
+        return Err(bad("the scheme must be http or https"));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(bad("a host is required"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(bad(
+            "must not contain credentials; set api_key instead (it is encrypted at rest)",
+        ));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(bad("must not have a query or fragment"));
+    }
+    Ok(text.trim_end_matches('/').to_string())
+}
+
+/// A short name (`model`, `display_name`): at most `MAX_NAME_BYTES`, no control characters;
+/// `required` names must not be blank.
+pub fn name(text: &str, field: &str, required: bool) -> Result<String, ApiError> {
+    if text.len() > MAX_NAME_BYTES {
+        return Err(ApiError::field(
+            field,
+            format!("{field}: longer than {MAX_NAME_BYTES} bytes"),
+        ));
+    }
+    if text.chars().any(char::is_control) {
+        return Err(ApiError::field(
+            field,
+            format!("{field}: control characters are not allowed"),
+        ));
+    }
+    let trimmed = text.trim();
+    if required && trimmed.is_empty() {
+        return Err(ApiError::field(
+            field,
+            format!("{field}: must not be blank"),
+        ));
+    }
+    Ok(trimmed.to_string())
+}
+
+/// A provider API key: not blank, at most `MAX_API_KEY_BYTES`, no whitespace or control
+/// characters (it travels in an HTTP header). The message never echoes the key.
+pub fn api_key(text: &str) -> Result<&str, ApiError> {
+    let bad = |reason: &str| ApiError::field("api_key", format!("api_key: {reason}"));
+    if text.is_empty() {
+        return Err(bad("must not be empty (use null to remove the key)"));
+    }
+    if text.len() > MAX_API_KEY_BYTES {
+        return Err(bad(&format!("longer than {MAX_API_KEY_BYTES} bytes")));
+    }
+    if text.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(bad("must not contain whitespace or control characters"));
+    }
+    Ok(text)
+}
+
+/// `value` must lie in `min..=max`.
+pub fn range<T: PartialOrd + std::fmt::Display>(
+    value: T,
+    field: &str,
+    min: T,
+    max: T,
+) -> Result<T, ApiError> {
+    if value < min || value > max {
+        return Err(ApiError::field(
+            field,
+            format!("{field}: must be between {min} and {max}"),
+        ));
+    }
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field_of(result: Result<String, ApiError>) -> String {
+        match result {
+            Err(ApiError::Validation { field, .. }) => field,
+            other => panic!("expected a validation error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn base_urls_are_checked_and_normalised() {
+        assert_eq!(
+            base_url("https://api.openai.com/v1/").unwrap(),
+            "https://api.openai.com/v1"
+        );
+        assert_eq!(
+            base_url("http://127.0.0.1:9090/v1").unwrap(),
+            "http://127.0.0.1:9090/v1"
+        );
+        let too_long = format!("https://x.example/{}", "a".repeat(MAX_BASE_URL_BYTES));
+        for bad in [
+            "",
+            "api.openai.com/v1",
+            "/v1",
+            "ftp://example.com",
+            "file:///etc/passwd",
+            "https://user:pass@example.com/v1",
+            "https://user@example.com/v1",
+            "https://example.com/v1?key=1",
+            "https://example.com/v1#x",
+            " https://example.com",
+            "https://exa\tmple.com",
+            "https://example.com/\0",
+            "http://",
+            too_long.as_str(),
+        ] {
+            assert_eq!(field_of(base_url(bad)), "base_url", "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn names_keys_and_ranges() {
+        assert_eq!(name("  gpt-4o ", "model", true).unwrap(), "gpt-4o");
+        assert_eq!(field_of(name("  ", "model", true)), "model");
+        assert_eq!(name("", "display_name", false).unwrap(), "");
+        assert_eq!(
+            field_of(name("a\nb", "display_name", false)),
+            "display_name"
+        );
+        assert!(api_key("sk-abc").is_ok());
+        for bad in ["", "sk abc", "sk\u{0}"] {
+            assert!(api_key(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(range(70, "compression_threshold", 0, 100).unwrap(), 70);
+        assert!(range(101, "compression_threshold", 0, 100).is_err());
+        assert!(range(-1, "compression_threshold", 0, 100).is_err());
+    }
+}

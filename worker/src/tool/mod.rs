@@ -1,0 +1,138 @@
+//! Tools: the [`Tool`] trait, the per-turn [`Toolset`] (built-ins plus the chat's dynamic
+//! tools) and the execution of one step's calls ([`execute`]).
+//!
+//! Built-in tools run inside the worker. **Dynamic tools** are declared by the client at chat
+//! creation and executed by the client: a step that calls one ends the turn in
+//! `requires_action` and the results come back through `POST /chats/{id}/tool-results`.
+//!
+//! **Invariant:** every call of a step gets exactly one result (or stays pending for the
+//! client), whatever happens — unknown tool, bad arguments, a failing or panicking tool, a
+//! timeout, an interrupt — so the next provider request is always valid.
+
+pub mod builtin;
+pub mod execute;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use serde::Deserialize;
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::provider::ToolSpec;
+
+pub use execute::{execute, CallOutcome, StepExecution};
+
+/// A tool chatd runs itself.
+pub trait Tool: Send + Sync {
+    /// Name, description and JSON schema offered to the model.
+    fn spec(&self) -> ToolSpec;
+
+    /// "Must run alone": a step that mixes this tool with other calls runs nothing and every
+    /// call gets a policy error, so the model retries with the call on its own.
+    fn exclusive(&self) -> bool {
+        false
+    }
+
+    /// Runs the call. `Err` is an error result the model reads (not a turn failure). The
+    /// future is dropped when the turn is interrupted: tools must be cancel-safe.
+    fn call(&self, args: Value, context: ToolContext) -> BoxFuture<'static, Result<Value, String>>;
+}
+
+/// What a tool knows about the call.
+#[derive(Debug, Clone)]
+pub struct ToolContext {
+    pub chat_id: Uuid,
+    pub owner_id: Uuid,
+    pub tool_call_id: String,
+}
+
+/// A client-executed tool from `chats.dynamic_tools`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct DynamicTool {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default = "object_schema")]
+    pub schema: Value,
+    #[serde(default)]
+    pub exclusive: bool,
+}
+
+fn object_schema() -> Value {
+    serde_json::json!({"type": "object"})
+}
+
+/// Where a tool name leads.
+pub enum ToolKind<'a> {
+    Builtin(&'a Arc<dyn Tool>),
+    Dynamic(&'a DynamicTool),
+}
+
+/// The tools of one turn. Built-ins win a name clash with a dynamic tool (the API refuses
+/// dynamic tools named like an enabled built-in only when it knows them; the worker decides).
+#[derive(Clone, Default)]
+pub struct Toolset {
+    builtin: BTreeMap<String, Arc<dyn Tool>>,
+    dynamic: Vec<DynamicTool>,
+}
+
+impl Toolset {
+    pub fn new(builtin: Vec<Arc<dyn Tool>>, dynamic: Vec<DynamicTool>) -> Toolset {
+        let builtin: BTreeMap<String, Arc<dyn Tool>> = builtin
+            .into_iter()
+            .map(|tool| (tool.spec().name, tool))
+            .collect();
+        let dynamic = dynamic
+            .into_iter()
+            .filter(|tool| !builtin.contains_key(&tool.name))
+            .collect();
+        Toolset { builtin, dynamic }
+    }
+
+    /// Specs offered to the model: built-ins by name, then dynamic tools in declared order.
+    pub fn specs(&self) -> Vec<ToolSpec> {
+        let mut specs: Vec<ToolSpec> = self.builtin.values().map(|tool| tool.spec()).collect();
+        specs.extend(self.dynamic.iter().map(|tool| ToolSpec {
+            name: tool.name.clone(),
+            description: tool.description.clone(),
+            parameters: tool.schema.clone(),
+        }));
+        specs
+    }
+
+    pub fn lookup(&self, name: &str) -> Option<ToolKind<'_>> {
+        if let Some(tool) = self.builtin.get(name) {
+            return Some(ToolKind::Builtin(tool));
+        }
+        self.dynamic
+            .iter()
+            .find(|tool| tool.name == name)
+            .map(ToolKind::Dynamic)
+    }
+
+    pub fn is_exclusive(&self, name: &str) -> bool {
+        match self.lookup(name) {
+            Some(ToolKind::Builtin(tool)) => tool.exclusive(),
+            Some(ToolKind::Dynamic(tool)) => tool.exclusive,
+            None => false,
+        }
+    }
+}
+
+/// The worker's enabled built-ins, by the names in its configuration. Unknown names are a
+/// configuration error (reported at startup).
+pub fn builtin_tools(names: &[String]) -> Result<Vec<Arc<dyn Tool>>, String> {
+    names
+        .iter()
+        .map(|name| {
+            builtin::by_name(name).ok_or_else(|| {
+                format!(
+                    "unknown built-in tool `{name}` (available: {})",
+                    builtin::NAMES.join(", ")
+                )
+            })
+        })
+        .collect()
+}

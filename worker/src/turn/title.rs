@@ -1,0 +1,164 @@
+//! Automatic titles: after a chat's first exchange the model names it, in the background,
+//! bounded in time. The title is published as a change (API replicas emit `title` on the chat
+//! stream and on the watch stream).
+//!
+//! **Invariant:** a title never blocks or fails a turn, and never overwrites a title a user set
+//! (the update only applies while the title is still empty).
+
+use std::time::Duration;
+
+use uuid::Uuid;
+
+use chatd_shared::domain::{ChatStatus, ContentPart, Role};
+use chatd_shared::pubsub::{
+    chat_channel, owner_channel, to_payload, ChangeNotice, ChatNotice, OwnerEventKind, OwnerNotice,
+};
+
+use super::context::ModelChoice;
+use super::summary::collect_text;
+use super::TurnDeps;
+use crate::provider::{ModelRequest, PromptMessage};
+
+/// Longest title kept (characters).
+const MAX_TITLE_CHARS: usize = 80;
+/// How much of the exchange the title request quotes (characters per side).
+const QUOTE_CHARS: usize = 2000;
+
+const TITLE_INSTRUCTION: &str = "Write a short title (at most six words) for the conversation \
+below. Reply with the title only: no quotes, no full stop.";
+
+/// Starts title generation for `chat_id` in the background.
+pub fn spawn(
+    deps: TurnDeps,
+    chat_id: Uuid,
+    owner_id: Uuid,
+    model: ModelChoice,
+    exchange: (String, String),
+) {
+    let limit = deps.config.title_timeout;
+    if limit.is_zero() {
+        return;
+    }
+    tokio::spawn(async move {
+        match generate(&deps.http, &model, &exchange, limit).await {
+            Some(title) => {
+                if let Err(error) = store(&deps, chat_id, owner_id, &title).await {
+                    tracing::warn!(error = format!("{error:#}"), %chat_id, "store the chat title");
+                }
+            }
+            None => tracing::debug!(%chat_id, "no title generated"),
+        }
+    });
+}
+
+async fn generate(
+    http: &reqwest::Client,
+    model: &ModelChoice,
+    (question, answer): &(String, String),
+    limit: Duration,
+) -> Option<String> {
+    let quote = |text: &str| text.chars().take(QUOTE_CHARS).collect::<String>();
+    let request = ModelRequest {
+        model: model.model.clone(),
+        messages: vec![
+            PromptMessage {
+                role: Role::System,
+                content: vec![ContentPart::text(TITLE_INSTRUCTION)],
+            },
+            PromptMessage {
+                role: Role::User,
+                content: vec![ContentPart::text(format!(
+                    "User: {}\n\nAssistant: {}",
+                    quote(question),
+                    quote(answer)
+                ))],
+            },
+        ],
+        max_output_tokens: Some(32),
+        ..ModelRequest::default()
+    };
+    match collect_text(http, model, &request, limit).await {
+        Ok((text, _)) => clean_title(&text),
+        Err(error) => {
+            tracing::debug!(error = %error, "title request failed");
+            None
+        }
+    }
+}
+
+/// First non-empty line, without quotes or a trailing full stop, at most
+/// [`MAX_TITLE_CHARS`] characters.
+pub fn clean_title(raw: &str) -> Option<String> {
+    let line = raw.lines().map(str::trim).find(|line| !line.is_empty())?;
+    let line = line
+        .trim_start_matches("Title:")
+        .trim()
+        .trim_matches(|character| matches!(character, '"' | '\'' | '`' | '*'))
+        .trim_end_matches('.')
+        .trim();
+    let title: String = line
+        .chars()
+        .filter(|character| !character.is_control())
+        .take(MAX_TITLE_CHARS)
+        .collect();
+    let title = title.trim().to_owned();
+    (!title.is_empty()).then_some(title)
+}
+
+async fn store(deps: &TurnDeps, chat_id: Uuid, owner_id: Uuid, title: &str) -> anyhow::Result<()> {
+    let client = deps.pool.get().await?;
+    let row = client
+        .query_opt(
+            "UPDATE chats SET title = $2, version = version + 1, updated_at = now() \
+             WHERE id = $1 AND title = '' RETURNING version, status, attempt",
+            &[&chat_id, &title],
+        )
+        .await?;
+    let Some(row) = row else {
+        return Ok(()); // a user titled it meanwhile
+    };
+    let version: i64 = row.get(0);
+    let status = ChatStatus::parse(row.get(1)).unwrap_or(ChatStatus::Waiting);
+    let change = ChangeNotice {
+        chat_id,
+        version,
+        status,
+        attempt: row.get(2),
+        messages: false,
+        queue: false,
+        other: true,
+        new_messages: None,
+        last_seq: None,
+    };
+    deps.flusher.publish_soon(vec![
+        (
+            chat_channel(chat_id),
+            to_payload(&ChatNotice::Change(change)),
+        ),
+        (
+            owner_channel(owner_id),
+            to_payload(&OwnerNotice {
+                kind: OwnerEventKind::Title,
+                chat_id,
+                version,
+            }),
+        ),
+    ]);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::clean_title;
+
+    #[test]
+    fn titles_are_cleaned_and_bounded() {
+        assert_eq!(
+            clean_title("\n  \"Rust lifetimes.\"\nmore"),
+            Some("Rust lifetimes".into())
+        );
+        assert_eq!(clean_title("Title: Paris trip"), Some("Paris trip".into()));
+        assert_eq!(clean_title("   \n "), None);
+        assert_eq!(clean_title(&"x".repeat(500)).map(|t| t.len()), Some(80));
+    }
+}
