@@ -6,8 +6,9 @@
 //! Two layers:
 //! - `recorded_*` tests replay bodies recorded from that server (byte for byte) through chatd's
 //!   stream parsers and error classifier. They always run.
-//! - `live_*` tests talk to a running server through chatd's provider layer, and one runs a chat
-//!   turn per protocol through a real cluster. They need `LLAMA_URL` (e.g.
+//! - `live_*` tests talk to a running server through chatd's provider layer, and
+//!   `live_cluster_*` run two chat turns per protocol through a real cluster (API and worker
+//!   processes, a provider and model created with `chatd admin`). They need `LLAMA_URL` (e.g.
 //!   `export LLAMA_URL=$(scripts/llama-server start)`); without it each prints a loud "skipped"
 //!   line straight to stderr (past the test harness's capture) and returns.
 //!
@@ -308,6 +309,65 @@ fn recorded_length_answers_finish_with_the_limit() {
         let text = assert_length_answer(protocol, name, &events);
         assert_eq!(text, RECORDED_STORY_START, "{name}");
     }
+}
+
+#[test]
+fn recorded_keepalive_comments_are_ignored() {
+    // Long answers from a server sending `:` keep-alive comments every second (the chat one
+    // starts with one, before any data).
+    for (protocol, (name, body)) in [
+        (Protocol::Chat, fixture!("chat_keepalive.sse")),
+        (Protocol::Responses, fixture!("responses_keepalive.sse")),
+        (Protocol::Messages, fixture!("messages_keepalive.sse")),
+    ] {
+        let text = utf8(name, body);
+        assert!(
+            text.lines().any(|line| line == ":"),
+            "{name} still holds a keep-alive comment (re-record it if not)"
+        );
+        let events = replay_fixture(protocol, name, body);
+        let (answer, usage, reason) = assert_complete_answer(name, &events);
+        assert_eq!(answer, recorded_text(protocol, &text), "{name}");
+        // 300 tokens as recorded; record.sh asks for more when an answer carried no keep-alive.
+        assert!(usage.output_tokens >= 300, "{name}: {usage:?}");
+        if protocol.reports_length() {
+            assert_eq!(reason, FinishReason::Length, "{name}");
+        }
+    }
+}
+
+/// The answer text a recorded body holds, read with plain JSON lookups: Chat's
+/// `choices[].delta.content`, the output text of Responses' `response.completed`, Messages'
+/// `text_delta`s.
+fn recorded_text(protocol: Protocol, body: &str) -> String {
+    let mut text = String::new();
+    for line in body.lines() {
+        let Some(Ok(data)) = line
+            .strip_prefix("data: ")
+            .map(serde_json::from_str::<Value>)
+        else {
+            continue;
+        };
+        match protocol {
+            Protocol::Chat => {
+                for choice in data["choices"].as_array().into_iter().flatten() {
+                    text.push_str(choice["delta"]["content"].as_str().unwrap_or_default());
+                }
+            }
+            Protocol::Responses if data["type"] == "response.completed" => {
+                for item in data["response"]["output"].as_array().into_iter().flatten() {
+                    for part in item["content"].as_array().into_iter().flatten() {
+                        text.push_str(part["text"].as_str().unwrap_or_default());
+                    }
+                }
+            }
+            Protocol::Messages if data["delta"]["type"] == "text_delta" => {
+                text.push_str(data["delta"]["text"].as_str().unwrap_or_default());
+            }
+            _ => {}
+        }
+    }
+    text
 }
 
 #[test]

@@ -28,6 +28,9 @@ pub const FAST_WORKER_ARGS: &[&str] = &[
     "200",
     "--shutdown-grace-ms",
     "2000",
+    // Automatic titles change chats in the background; tests that want them turn them on.
+    "--title-timeout-ms",
+    "0",
 ];
 
 pub struct Process {

@@ -73,7 +73,11 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
     let _listener = Listener::spawn(
         &config.database_url,
         "chatd-worker-listener",
-        vec![WAKE_CHANNEL.to_string(), worker_channel(config.worker_id)],
+        vec![
+            WAKE_CHANNEL.to_string(),
+            worker_channel(config.worker_id),
+            chatd_shared::pubsub::CONFIG_CHANNEL.to_string(),
+        ],
         sink,
         background.clone(),
     )?;
@@ -83,7 +87,12 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
             .clone()
             .run(config.stream_flush_interval, background.clone()),
     );
-    tracker.spawn(dispatch_notifications(shared.clone(), events));
+    let models: Arc<crate::turn::context::ModelCache> = Arc::default();
+    tracker.spawn(dispatch_notifications(
+        shared.clone(),
+        models.clone(),
+        events,
+    ));
     tracker.spawn(heartbeat_loop(
         shared.clone(),
         pool.clone(),
@@ -96,7 +105,7 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
         pool: pool.clone(),
         http,
         flusher,
-        models: Arc::default(),
+        models,
         builtin_tools: Arc::new(builtin_tools),
     };
     tracing::info!(worker_id = %config.worker_id, "worker started");
@@ -228,13 +237,20 @@ async fn claim(
     Ok(claims.len())
 }
 
-async fn dispatch_notifications(shared: Arc<Shared>, mut events: mpsc::Receiver<ListenerEvent>) {
+async fn dispatch_notifications(
+    shared: Arc<Shared>,
+    models: Arc<crate::turn::context::ModelCache>,
+    mut events: mpsc::Receiver<ListenerEvent>,
+) {
     let control_channel = worker_channel(shared.config.worker_id);
     while let Some(event) = events.recv().await {
         match event {
             ListenerEvent::Notification { channel, payload } => {
                 if channel == WAKE_CHANNEL {
                     shared.wake.notify_one();
+                } else if channel == chatd_shared::pubsub::CONFIG_CHANNEL {
+                    // A provider or model changed: resolve afresh (any payload will do).
+                    models.clear();
                 } else if channel == control_channel {
                     match serde_json::from_str::<ControlNotice>(&payload) {
                         Ok(notice) => control(&shared, notice),
@@ -242,8 +258,12 @@ async fn dispatch_notifications(shared: Arc<Shared>, mut events: mpsc::Receiver<
                     }
                 }
             }
-            // Notifications may have been missed: poll now (heartbeat repairs control).
-            ListenerEvent::Reconnected => shared.wake.notify_one(),
+            // Notifications may have been missed: poll now (heartbeat repairs control), and
+            // forget models whose change notice may be lost.
+            ListenerEvent::Reconnected => {
+                models.clear();
+                shared.wake.notify_one();
+            }
             ListenerEvent::Disconnected => {}
         }
     }

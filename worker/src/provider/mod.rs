@@ -1,9 +1,9 @@
 //! The provider layer: one streaming call to a model, whatever protocol the provider speaks.
 //!
 //! Every protocol maps onto the same [`ProviderEvent`] stream so the turn loop never knows which
-//! wire format it is talking to. Each protocol is a sibling module (`openai_chat` today; OpenAI
-//! Responses and Anthropic Messages will sit next to it) built from the shared [`sse`] decoder and
-//! the shared [`error`] classification.
+//! wire format it is talking to. Each protocol is a sibling module (`openai_chat`,
+//! `openai_responses`, `anthropic`) built from the shared [`http`] plumbing, the [`sse`] decoder
+//! and the [`error`] classification.
 //!
 //! **Invariant:** a successful stream always ends with exactly one [`ProviderEvent::Finish`]; a
 //! stream that stops without its protocol's terminal marker yields a retryable "truncated" error
@@ -11,7 +11,9 @@
 //!
 //! **Invariant:** nothing here retries. Retrying (and re-sending a request that costs money) is
 //! the turn loop's decision, made from [`ProviderError::retryable`] and
-//! [`ProviderError::retry_after`].
+//! [`ProviderError::retry_after`]. (The one exception is not a retry: an OpenAI Responses
+//! request whose `previous_response_id` the server rejected as unknown — before generating
+//! anything — is sent once more with the full history.)
 
 pub mod anthropic;
 pub mod error;
@@ -130,7 +132,9 @@ pub enum ProviderEvent {
         index: usize,
         delta: String,
     },
-    /// Emitted once per call when the step finishes, with the concatenated arguments parsed.
+    /// Emitted once per call when the call is complete (at the end of the step for Chat
+    /// Completions, at the call's done/stop event for Responses and Anthropic), always before
+    /// [`ProviderEvent::Finish`], with the concatenated arguments parsed.
     /// Arguments that are not valid JSON are kept verbatim as a JSON string value so nothing the
     /// model said is lost; empty arguments become `{}`.
     ToolCallEnd {

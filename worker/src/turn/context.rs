@@ -207,6 +207,13 @@ impl ModelCache {
         Ok(choice)
     }
 
+    /// Forgets every resolved model (a `chatd_config` notice or a listener reconnect).
+    pub fn clear(&self) {
+        if let Ok(mut entries) = self.entries.lock() {
+            entries.clear();
+        }
+    }
+
     fn get(&self, wanted: Option<Uuid>) -> Option<ModelChoice> {
         let entries = self.entries.lock().ok()?;
         let (choice, at) = entries.get(&wanted)?;

@@ -271,8 +271,11 @@ mod tests {
             5,
         );
         assert_eq!(built.rows.len(), 2);
-        let stored = serde_json::to_string(&built.rows[1].content).expect("json");
-        assert!(!stored.contains("\\u0000"), "{stored}");
+        assert!(
+            !chatd_shared::domain::contains_nul(&built.rows[1].content),
+            "{}",
+            built.rows[1].content
+        );
         assert_eq!(
             built.rows[0].content,
             json!([{"type": "text", "text": "a\u{FFFD}b"},

@@ -201,9 +201,10 @@ async fn send(
     )))
 }
 
-/// Whether an error answer says the `previous_response_id` is unknown: OpenAI's 400 with code
-/// `previous_response_not_found` (or `param: previous_response_id` and "not found"), or a 404
-/// that mentions the previous response.
+/// Whether an error answer rejects the chain: OpenAI's 400 with code
+/// `previous_response_not_found` (or about `previous_response_id` and "not found"), a server
+/// that does not support the field at all (llama.cpp's 400 "does not support
+/// 'previous_response_id'"), or a 404 that mentions the previous response.
 pub fn is_unknown_previous_response(status: u16, body: &str) -> bool {
     let error = serde_json::from_str::<serde_json::Value>(body)
         .ok()
@@ -221,7 +222,16 @@ pub fn is_unknown_previous_response(status: u16, body: &str) -> bool {
         return matches!(status, 400 | 404);
     }
     match status {
-        400 => param == "previous_response_id" && message.contains("not found"),
+        400 => {
+            let about_chaining =
+                param == "previous_response_id" || message.contains("previous_response_id");
+            // OpenAI: "… not found"; servers without stored responses (llama.cpp) reject the
+            // field itself: "llama.cpp does not support 'previous_response_id'".
+            about_chaining
+                && (message.contains("not found")
+                    || message.contains("not support")
+                    || message.contains("unsupported"))
+        }
         404 => {
             let text = body.to_ascii_lowercase();
             text.contains("previous response") || text.contains("previous_response")

@@ -187,6 +187,9 @@ fn unknown_previous_response_is_recognised_only_in_its_shapes() {
         404,
         "previous response resp_1 does not exist"
     ));
+    // Recorded from llama.cpp's server (worker/tests/fixtures/llamacpp): no stored responses.
+    let llama = r#"{"error":{"code":400,"message":"llama.cpp does not support 'previous_response_id'.","type":"invalid_request_error"}}"#;
+    assert!(is_unknown_previous_response(400, llama));
     assert!(!is_unknown_previous_response(500, openai));
     assert!(!is_unknown_previous_response(404, "Not Found"));
     let other = r#"{"error":{"message":"Invalid 'input'","param":"input","code":"invalid_value"}}"#;
