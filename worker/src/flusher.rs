@@ -271,6 +271,7 @@ impl StreamFlusher {
         // Frames first: a turn's hints always follow the previews it flushed before committing.
         notices.extend_from_slice(hints);
         publish(&client, &notices).await?;
+        record_publish_delay(frames);
         Ok(())
     }
 }
@@ -303,6 +304,22 @@ fn split_frames(events: HashMap<(Uuid, i32), Vec<(SeqEvent, usize)>>) -> Vec<Out
         }
     }
     frames
+}
+
+/// `chatd_frame_publish_delay_seconds`: from an event's creation by the turn (its `ts`, taken
+/// right after the provider's bytes were parsed) to the NOTIFY that published it — the delay the
+/// worker adds between receiving a token and publishing it.
+fn record_publish_delay(frames: &[OutFrame]) {
+    let now_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_micros() as i64)
+        .unwrap_or(0);
+    let histogram = metrics::histogram!("chatd_frame_publish_delay_seconds");
+    for event in frames.iter().flat_map(|frame| &frame.events) {
+        if let Some(ts) = event.data.get("ts").and_then(serde_json::Value::as_i64) {
+            histogram.record((now_us - ts).max(0) as f64 / 1e6);
+        }
+    }
 }
 
 #[cfg(test)]
