@@ -446,9 +446,21 @@ async fn cost_figures(cluster: &Cluster, kind: &str) {
     assert_eq!(cost["cost_micros"], total, "{cost}");
 }
 
-/// After the first exchange the chat gets a title, published on its stream.
+/// After the first exchange the chat gets a title, published on its stream and on the
+/// owner's watch stream.
 async fn automatic_title(cluster: &Cluster, model: &str) {
     let api = cluster.api(0);
+    let watch = cluster
+        .http
+        .get(format!("{}/api/v1/chats/watch", cluster.apis[1].url))
+        .bearer_auth(&cluster.token)
+        .send()
+        .await
+        .expect("open the watch stream");
+    assert_eq!(watch.status(), 200);
+    let mut watch = Box::pin(eventsource_stream::Eventsource::eventsource(
+        watch.bytes_stream(),
+    ));
     let (chat_id, message_id) = create_chat_on(&api, model, "name this chat", json!([])).await;
     let mut reader = Reader::open(
         &cluster.api(1),
@@ -464,6 +476,18 @@ async fn automatic_title(cluster: &Cluster, model: &str) {
         .await
         .expect("get chat");
     assert_eq!(chat["chat"]["title"], title);
+    loop {
+        let event = tokio::time::timeout(TURN, futures::StreamExt::next(&mut watch))
+            .await
+            .expect("a watch event")
+            .expect("the watch stream is open")
+            .expect("read the watch stream");
+        let data: Value = serde_json::from_str(&event.data).expect("watch event JSON");
+        if data["kind"] == "title" && data["chat"]["id"] == chat_id.as_str() {
+            assert_eq!(data["chat"]["title"], title, "{data}");
+            break;
+        }
+    }
 }
 
 async fn agent_loop_for(kind: &str) {
@@ -479,6 +503,20 @@ async fn agent_loop_for(kind: &str) {
     compaction(&cluster, kind).await;
     cost_figures(&cluster, kind).await;
     automatic_title(&cluster, &model).await;
+    if kind == "openai-responses" {
+        // Follow-up steps chained onto the stored response instead of replaying the history.
+        let stats: Value = cluster
+            .http
+            .get(format!("{}/mock/stats", cluster.mock_url))
+            .send()
+            .await
+            .expect("mock stats")
+            .json()
+            .await
+            .expect("mock stats JSON");
+        let chained = stats["requests"]["responses_chained"].as_i64().unwrap_or(0);
+        assert!(chained > 0, "no chained Responses request: {stats}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
