@@ -1,8 +1,8 @@
 //! The agent loop end to end, once per provider protocol (OpenAI Chat Completions, OpenAI
 //! Responses, Anthropic Messages), through real API and worker processes and `chatd mock-llm`:
 //! built-in tool calls, the exclusive-tool policy, dynamic (client) tools across replicas,
-//! retries (429 then success, partial output then `attempt_reset`), interruption while a tool
-//! runs, compaction, titles and cost figures.
+//! retries (429 then success, partial output then `attempt_reset`, bounded retries ending in a
+//! structured error), interruption while a tool runs, compaction, titles and cost figures.
 
 mod common;
 
@@ -28,6 +28,10 @@ async fn tool_cluster() -> Cluster {
                 "current_time,sleep",
                 "--title-timeout-ms",
                 "5000",
+                "--max-provider-attempts",
+                "2",
+                "--startup-timeout-ms",
+                "1500",
             ])
             .await
             .expect("start a worker");
@@ -287,6 +291,42 @@ async fn retry_after_429(cluster: &Cluster, model: &str) {
     assert_eq!(texts, [reply_text(&message, 12)]);
 }
 
+/// Retries are bounded: an overloaded provider (529) and a silent one (startup timeout) are
+/// retried once (`--max-provider-attempts 2`), then the turn ends in `error` with a structured
+/// `error` event and `last_error`.
+async fn retries_exhausted(cluster: &Cluster, model: &str) {
+    let api = cluster.api(0);
+    let cases = [
+        (
+            json!({"error_status": 529, "retry_after_s": 1}),
+            "overloaded",
+            Some(529),
+        ),
+        (json!({"ttft_ms": 4000}), "startup_timeout", None),
+    ];
+    for (directive, kind, status_code) in cases {
+        let message = directive_message("doomed", directive);
+        let (chat_id, message_id) = create_chat_on(&api, model, &message, json!([])).await;
+        let mut reader = Reader::open(&api, &chat_id, Some(&format!("{message_id}-0-0"))).await;
+        let error = reader.until(TURN, |event| event.event == "error").await;
+        assert_eq!(error.data["kind"], kind, "{error:?}");
+        assert_eq!(error.data["retryable"], true);
+        assert_eq!(error.data["status_code"], json!(status_code));
+        let retries = reader
+            .seen
+            .iter()
+            .filter(|event| event.event == "retry")
+            .count();
+        assert_eq!(retries, 1, "{:?}", reader.seen);
+        wait_status(&api, &chat_id, "error").await;
+        let (_, chat) = api
+            .get(&format!("/chats/{chat_id}"))
+            .await
+            .expect("get chat");
+        assert_eq!(chat["chat"]["last_error"]["kind"], kind, "{chat}");
+    }
+}
+
 /// A stream cut after partial output: the step starts over in a new attempt; clients get
 /// `attempt_reset`, and the streamed text of the last attempt equals the stored answer.
 async fn retry_after_partial_output(cluster: &Cluster, model: &str) {
@@ -499,6 +539,7 @@ async fn agent_loop_for(kind: &str) {
     dynamic_tool_timeout(&mut cluster, &model).await;
     retry_after_429(&cluster, &model).await;
     retry_after_partial_output(&cluster, &model).await;
+    retries_exhausted(&cluster, &model).await;
     interrupt_during_tool(&cluster, &model).await;
     compaction(&cluster, kind).await;
     cost_figures(&cluster, kind).await;
