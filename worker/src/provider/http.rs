@@ -10,6 +10,7 @@ use std::pin::Pin;
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 
+use crate::provider::sse::{Decoder, SseEvent};
 use crate::provider::{EventStream, ProviderError, ProviderEvent};
 
 /// One item of a parsed stream: an event, or the error that ends the stream.
@@ -28,6 +29,51 @@ pub trait StreamParser: Send + 'static {
     fn finish(self, out: &mut VecDeque<ParsedItem>);
     /// Whether the stream reached its end (or failed); reading stops then.
     fn is_done(&self) -> bool;
+}
+
+/// What a protocol parser built on the SSE decoder provides. Every such type is a
+/// [`StreamParser`] through the blanket impl below, which owns the shared bookkeeping: stop at
+/// the first terminal event or error, flush the decoder's last event at EOF, and hand a stream
+/// that ended without its terminal event to [`SseProtocol::on_eof`].
+pub trait SseProtocol: Send + 'static {
+    fn decoder(&mut self) -> &mut Decoder;
+    /// One decoded event. `at_eof`: it was flushed at the end of the body (an incomplete last
+    /// event, which some protocols treat as truncation rather than as malformed).
+    fn handle_event(&mut self, event: &SseEvent, at_eof: bool, out: &mut VecDeque<ParsedItem>);
+    /// The body ended before the protocol finished.
+    fn on_eof(&mut self, out: &mut VecDeque<ParsedItem>);
+    /// A terminal event or an error was emitted: nothing more is.
+    fn is_finished(&self) -> bool;
+}
+
+impl<T: SseProtocol> StreamParser for T {
+    fn push(&mut self, bytes: &[u8], out: &mut VecDeque<ParsedItem>) {
+        if self.is_finished() {
+            return;
+        }
+        for event in self.decoder().push(bytes) {
+            self.handle_event(&event, false, out);
+            if self.is_finished() {
+                return;
+            }
+        }
+    }
+
+    fn finish(mut self, out: &mut VecDeque<ParsedItem>) {
+        if self.is_finished() {
+            return;
+        }
+        if let Some(event) = std::mem::take(self.decoder()).finish() {
+            self.handle_event(&event, true, out);
+        }
+        if !self.is_finished() {
+            self.on_eof(out);
+        }
+    }
+
+    fn is_done(&self) -> bool {
+        self.is_finished()
+    }
 }
 
 /// Sends `builder` and, on 2xx, returns the events `parser` makes of the body.

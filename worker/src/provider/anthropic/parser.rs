@@ -21,7 +21,7 @@ use crate::provider::anthropic::wire::{
     block_type, BlockDelta, ContentBlock, StreamEvent, WireUsage,
 };
 use crate::provider::error::{parse_error_body, ApiErrorObject};
-use crate::provider::http::{parse_arguments, ParsedItem, StreamParser};
+use crate::provider::http::{parse_arguments, ParsedItem, SseProtocol};
 use crate::provider::sse::{Decoder, SseEvent};
 use crate::provider::{ErrorKind, FinishReason, ProviderError, ProviderEvent, Usage};
 
@@ -89,34 +89,21 @@ impl AnthropicStreamParser {
     }
 }
 
-impl StreamParser for AnthropicStreamParser {
-    fn push(&mut self, bytes: &[u8], out: &mut VecDeque<ParsedItem>) {
-        if self.done {
-            return;
-        }
-        for event in self.decoder.push(bytes) {
-            self.on_sse_event(&event, out);
-            if self.done {
-                return;
-            }
-        }
+impl SseProtocol for AnthropicStreamParser {
+    fn decoder(&mut self) -> &mut Decoder {
+        &mut self.decoder
     }
 
-    /// The body ended. Without `message_stop` the answer is truncated, even when a stop reason
-    /// already arrived.
-    fn finish(mut self, out: &mut VecDeque<ParsedItem>) {
-        if self.done {
-            return;
-        }
-        if let Some(event) = std::mem::take(&mut self.decoder).finish() {
-            self.on_sse_event(&event, out);
-        }
-        if !self.done {
-            self.fail(ProviderError::truncated(), out);
-        }
+    fn handle_event(&mut self, event: &SseEvent, _at_eof: bool, out: &mut VecDeque<ParsedItem>) {
+        self.on_sse_event(event, out);
     }
 
-    fn is_done(&self) -> bool {
+    /// Without `message_stop` the answer is truncated, even when a stop reason already arrived.
+    fn on_eof(&mut self, out: &mut VecDeque<ParsedItem>) {
+        self.fail(ProviderError::truncated(), out);
+    }
+
+    fn is_finished(&self) -> bool {
         self.done
     }
 }

@@ -16,7 +16,7 @@ use crate::provider::sse::{Decoder, SseEvent};
 use crate::provider::{ErrorKind, FinishReason, ProviderEvent, Usage};
 
 pub use crate::provider::http::ParsedItem;
-use crate::provider::http::{parse_arguments, StreamParser};
+use crate::provider::http::{parse_arguments, SseProtocol};
 
 /// Incremental parser for one streamed answer.
 #[derive(Debug, Default)]
@@ -50,42 +50,28 @@ impl ChatStreamParser {
     }
 }
 
-impl StreamParser for ChatStreamParser {
-    /// Whether the stream reached its end (or failed); the caller can stop reading.
-    fn is_done(&self) -> bool {
-        self.done
+impl SseProtocol for ChatStreamParser {
+    fn decoder(&mut self) -> &mut Decoder {
+        &mut self.decoder
     }
 
-    /// Feeds the next bytes of the response body.
-    fn push(&mut self, bytes: &[u8], out: &mut VecDeque<ParsedItem>) {
-        if self.done {
-            return;
-        }
-        for event in self.decoder.push(bytes) {
-            self.on_event(&event, out);
-            if self.done {
-                return;
-            }
-        }
+    fn handle_event(&mut self, event: &SseEvent, _at_eof: bool, out: &mut VecDeque<ParsedItem>) {
+        self.on_event(event, out);
     }
 
-    /// The body ended. Without `[DONE]` or a finish reason the answer is truncated.
-    fn finish(mut self, out: &mut VecDeque<ParsedItem>) {
-        if self.done {
-            return;
-        }
-        if let Some(event) = std::mem::take(&mut self.decoder).finish() {
-            self.on_event(&event, out);
-        }
-        if self.done {
-            return;
-        }
+    /// Without `[DONE]` the answer is complete only when a finish reason arrived (servers that
+    /// close the body after the finish chunk); otherwise it is truncated.
+    fn on_eof(&mut self, out: &mut VecDeque<ParsedItem>) {
         if self.finish_reason.is_some() {
             self.complete(out);
         } else {
             self.done = true;
             out.push_back(Err(ProviderError::truncated()));
         }
+    }
+
+    fn is_finished(&self) -> bool {
+        self.done
     }
 }
 

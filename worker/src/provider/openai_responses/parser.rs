@@ -25,7 +25,7 @@ use std::collections::VecDeque;
 use serde::Deserialize;
 
 use crate::provider::error::{ApiErrorObject, ProviderError};
-use crate::provider::http::{parse_arguments, ParsedItem, StreamParser};
+use crate::provider::http::{parse_arguments, ParsedItem, SseProtocol};
 use crate::provider::openai_responses::wire::{
     IncompleteDetails, OutputItem, ResponseObject, StreamEvent, WireUsage,
 };
@@ -96,33 +96,22 @@ impl ResponsesStreamParser {
     }
 }
 
-impl StreamParser for ResponsesStreamParser {
-    fn push(&mut self, bytes: &[u8], out: &mut VecDeque<ParsedItem>) {
-        if self.done {
-            return;
-        }
-        for event in self.decoder.push(bytes) {
-            self.on_sse_event(&event, out);
-            if self.done {
-                return;
-            }
-        }
+impl SseProtocol for ResponsesStreamParser {
+    fn decoder(&mut self) -> &mut Decoder {
+        &mut self.decoder
     }
 
-    fn finish(mut self, out: &mut VecDeque<ParsedItem>) {
-        if self.done {
-            return;
-        }
-        self.at_eof = true;
-        if let Some(event) = std::mem::take(&mut self.decoder).finish() {
-            self.on_sse_event(&event, out);
-        }
-        if !self.done {
-            self.fail(ProviderError::truncated(), out);
-        }
+    fn handle_event(&mut self, event: &SseEvent, at_eof: bool, out: &mut VecDeque<ParsedItem>) {
+        self.at_eof = at_eof;
+        self.on_sse_event(event, out);
     }
 
-    fn is_done(&self) -> bool {
+    /// No terminal event (`response.completed`/`incomplete`/`failed`): truncated.
+    fn on_eof(&mut self, out: &mut VecDeque<ParsedItem>) {
+        self.fail(ProviderError::truncated(), out);
+    }
+
+    fn is_finished(&self) -> bool {
         self.done
     }
 }
