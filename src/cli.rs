@@ -126,6 +126,14 @@ pub struct WorkerArgs {
     /// A provider that sends nothing for this long is retried (ms).
     #[arg(long, env = "CHATD_STARTUP_TIMEOUT_MS", default_value_t = 60000)]
     pub startup_timeout_ms: u64,
+    /// A provider stream that sends no bytes at all for this long (keep-alives count) is a
+    /// retryable timeout (ms).
+    #[arg(long, env = "CHATD_STREAM_IDLE_TIMEOUT_MS", default_value_t = 120000)]
+    pub stream_idle_timeout_ms: u64,
+    /// Wall-clock bound of one model step, streaming and tools together; past it the turn
+    /// ends in error `timeout`, not retried (ms).
+    #[arg(long, env = "CHATD_STEP_TIMEOUT_MS", default_value_t = 1800000)]
+    pub step_timeout_ms: u64,
     /// Base64 32-byte key that encrypts provider API keys at rest.
     #[arg(long, env = "CHATD_ENCRYPTION_KEY", hide_env_values = true)]
     pub encryption_key: Option<String>,
@@ -331,6 +339,8 @@ pub fn worker_config(args: WorkerArgs) -> anyhow::Result<chatd_worker::WorkerCon
     config.max_steps = args.max_steps.max(1);
     config.max_provider_attempts = args.max_provider_attempts.max(1);
     config.startup_timeout = ms(args.startup_timeout_ms);
+    config.stream_idle_timeout = ms(args.stream_idle_timeout_ms.max(1));
+    config.step_timeout = ms(args.step_timeout_ms.max(1));
     config.builtin_tools = args
         .tools
         .iter()

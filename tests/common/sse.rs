@@ -94,7 +94,9 @@ impl Reader {
 }
 
 /// Asserts I1 over `events` (seq 1, 2, 3 … per attempt, no gap, no duplicate; a new attempt
-/// restarts at 1) and returns the concatenated text deltas of the last attempt seen.
+/// restarts at 1) and returns the concatenated text deltas of the last attempt seen. No hole
+/// may be announced either (a same-attempt `attempt_reset`): tests that provoke one check it
+/// themselves.
 pub fn assert_contiguous(events: &[StreamEvent]) -> String {
     let mut attempt = -1;
     let mut last_seq = 0;
@@ -104,7 +106,17 @@ pub fn assert_contiguous(events: &[StreamEvent]) -> String {
         matches!(event.event.as_str(), "message_part" | "retry" | "error")
             && event.data.get("seq").is_some()
     };
-    for event in events.iter().filter(sequenced) {
+    for event in events.iter() {
+        if event.event == "attempt_reset" {
+            assert!(
+                event.data["attempt"].as_i64() != Some(attempt) || last_seq == 0,
+                "a hole in attempt {attempt}: {event:?}"
+            );
+            continue;
+        }
+        if !sequenced(&event) {
+            continue;
+        }
         let event_attempt = event.data["attempt"].as_i64().expect("attempt");
         let seq = event.data["seq"].as_i64().expect("seq");
         if event_attempt != attempt {

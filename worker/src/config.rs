@@ -29,6 +29,12 @@ pub struct WorkerConfig {
     pub max_provider_attempts: u32,
     /// A provider stream that produced nothing for this long counts as a retryable failure.
     pub startup_timeout: Duration,
+    /// A provider stream that sends no bytes at all for this long (keep-alive comments and
+    /// `ping` events count) is a retryable `timeout` failure (I10).
+    pub stream_idle_timeout: Duration,
+    /// Wall-clock bound of one step (streaming and tools together); past it the turn ends in
+    /// `error` with kind `timeout`, not retried.
+    pub step_timeout: Duration,
     /// Acquisitions of one chat without a finished turn before it is failed (crash loop).
     pub max_crash_count: i32,
     /// 32-byte key for provider API keys at rest (None: keys cannot be used).
@@ -60,6 +66,8 @@ impl WorkerConfig {
             max_steps: 100,
             max_provider_attempts: 5,
             startup_timeout: Duration::from_secs(60),
+            stream_idle_timeout: Duration::from_secs(120),
+            step_timeout: Duration::from_secs(1800),
             max_crash_count: 5,
             encryption_key: None,
             builtin_tools: Vec::new(),

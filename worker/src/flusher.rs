@@ -1,13 +1,20 @@
 //! The per-worker stream flusher (DESIGN.md section 5).
 //!
-//! Turns push `message_part` (and `retry`) events; every `stream_flush_interval` the flusher
-//! takes the pending events of **all** chats and
-//! 1. appends them to `chat_stream_frames` in one multi-row insert — fenced by the lease, so a
-//!    worker that lost a chat writes nothing for it — and commits;
-//! 2. publishes one notification per written frame, all in one statement.
+//! Turns push `message_part` (and `retry`, `error`) events; every `stream_flush_interval` the
+//! flusher takes the pending events of **all** chats, cuts them into frames, and
+//! 1. writes the frames to `chat_stream_frames` in one multi-row statement — fenced by the
+//!    lease, so a worker that lost a chat writes nothing for it — and commits;
+//! 2. publishes one notification per bucket (frames packed), all in one statement.
 //!
 //! NOTIFY commits per worker therefore stay at one per flush interval whatever the number of
 //! chats. Frames are split so every payload stays under PostgreSQL's 8000-byte limit.
+//!
+//! **Invariant:** a frame, once cut, never changes. A frame whose write failed (or whose reply
+//! was lost) is written again as the very same frame, and the write is an idempotent upsert,
+//! so a retry can neither skip nor duplicate it; a frame that was written but whose NOTIFY
+//! failed is only re-published, never re-inserted or merged with newer events. (The old design
+//! put failed events back in front of newer ones and re-cut them: the re-cut frame had the key
+//! of the written one, `ON CONFLICT DO NOTHING` dropped it, and the stream had a hole.)
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -25,6 +32,16 @@ use chatd_shared::pubsub::{
 /// Room left in a payload for the envelopes: the packed notice (`{"t":"f","fr":[…]}`) and the
 /// frame's own fields (`{"id":"<uuid>","a":…,"s":…,"e":…,"ts":…,"ev":[]}`).
 const ENVELOPE_BYTES: usize = 192;
+
+/// Written frames kept for re-publishing while NOTIFY fails (e.g. the notify queue is full).
+/// Beyond this the oldest are dropped: they are in the resume log, and readers fill the gap
+/// from there when the next frame of the chat arrives.
+const MAX_UNPUBLISHED_FRAMES: usize = 20_000;
+/// Hints kept while NOTIFY fails; beyond this the oldest are dropped (API replicas' audit
+/// repairs lost hints within seconds).
+const MAX_PENDING_HINTS: usize = 20_000;
+/// Pause after a failed write or publish before the next try.
+const RETRY_PAUSE: Duration = Duration::from_millis(200);
 
 /// Packs serialised frames into `{"t":"f","fr":[…]}` payloads under the NOTIFY limit. Each
 /// frame alone fits (see `split_frames`).
@@ -62,18 +79,47 @@ struct Pending {
     hints: Vec<(String, String)>,
 }
 
+/// What earlier flushes could not finish. Only the flush loop touches it.
+#[derive(Default)]
+struct Backlog {
+    /// Cut frames whose write is not confirmed (failed, or the reply was lost): written again
+    /// exactly as they are, before any newer frame.
+    unwritten: Vec<OutFrame>,
+    /// Waiters of `unwritten` frames: released once those are written.
+    waiters: Vec<oneshot::Sender<()>>,
+    /// Written frames whose NOTIFY failed, with their `created_at` (µs): re-published first.
+    unpublished: Vec<(OutFrame, i64)>,
+}
+
 pub struct StreamFlusher {
     pool: Pool,
     worker_id: Uuid,
     pending: Mutex<Pending>,
+    backlog: Mutex<Backlog>,
     wake: Notify,
 }
 
-/// One frame ready to write.
+/// One frame: contiguous events of one chat's attempt. Immutable once cut.
+#[derive(Debug, Clone)]
 struct OutFrame {
     chat_id: Uuid,
     attempt: i32,
     events: Vec<SeqEvent>,
+}
+
+impl OutFrame {
+    fn seq_from(&self) -> i64 {
+        self.events.first().map(|event| event.seq).unwrap_or(0)
+    }
+
+    fn seq_to(&self) -> i64 {
+        self.events.last().map(|event| event.seq).unwrap_or(0)
+    }
+}
+
+/// Serialised size of an event inside a frame payload.
+fn event_size(event: &SeqEvent) -> usize {
+    event.data.to_string().len() + event.event.len() + 32
 }
 
 impl StreamFlusher {
@@ -82,13 +128,14 @@ impl StreamFlusher {
             pool,
             worker_id,
             pending: Mutex::new(Pending::default()),
+            backlog: Mutex::new(Backlog::default()),
             wake: Notify::new(),
         })
     }
 
     /// Queues one event for the next flush.
     pub fn push(&self, chat_id: Uuid, attempt: i32, event: SeqEvent) {
-        let size = event.data.to_string().len() + event.event.len() + 32;
+        let size = event_size(&event);
         let mut pending = self.lock();
         pending
             .events
@@ -107,8 +154,9 @@ impl StreamFlusher {
         self.wake.notify_one();
     }
 
-    /// Flushes now and waits until everything pushed before this call is written (so a
-    /// turn's previews precede its durable message).
+    /// Flushes now and waits until everything pushed before this call is written to the resume
+    /// log (so a turn's previews precede its durable message). Publishing may still be retried
+    /// afterwards; readers then fill from the log.
     pub async fn flush_now(&self) {
         let (done, wait) = oneshot::channel();
         self.lock().waiters.push(done);
@@ -118,6 +166,12 @@ impl StreamFlusher {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
         self.pending
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn backlog(&self) -> std::sync::MutexGuard<'_, Backlog> {
+        self.backlog
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -132,148 +186,216 @@ impl StreamFlusher {
                 _ = self.wake.notified() => false,
                 _ = shutdown.cancelled() => true,
             };
-            self.flush_once().await;
+            if !self.flush_once().await {
+                tokio::time::sleep(RETRY_PAUSE).await;
+            }
             if stopping {
                 return;
             }
         }
     }
 
-    async fn flush_once(&self) {
-        let (events, waiters, hints) = {
+    /// One flush: write what is unwritten (old frames first), release the waiters, publish
+    /// what is unpublished plus the hints. Returns false when something failed (it stays in
+    /// the backlog for the next flush).
+    async fn flush_once(&self) -> bool {
+        let (events, new_waiters, hints) = {
             let mut pending = self.lock();
-            if pending.events.is_empty() && pending.waiters.is_empty() && pending.hints.is_empty() {
-                return;
-            }
             (
                 std::mem::take(&mut pending.events),
                 std::mem::take(&mut pending.waiters),
                 std::mem::take(&mut pending.hints),
             )
         };
-        let frames = split_frames(events);
-        if !frames.is_empty() || !hints.is_empty() {
-            if let Err(error) = self.write(&frames, &hints).await {
-                // Keep everything (and the waiters) for the next tick: a hole in a stream is
-                // never acceptable, and a turn must not commit its message before its previews.
-                tracing::warn!(
-                    error = format!("{error:#}"),
-                    frames = frames.len(),
-                    "stream flush failed; retrying"
-                );
-                self.requeue(frames);
-                {
-                    let mut pending = self.lock();
-                    pending.waiters.extend(waiters);
-                    let newer = std::mem::replace(&mut pending.hints, hints);
-                    pending.hints.extend(newer);
+        let (mut to_write, mut waiters, mut to_publish) = {
+            let mut backlog = self.backlog();
+            (
+                std::mem::take(&mut backlog.unwritten),
+                std::mem::take(&mut backlog.waiters),
+                std::mem::take(&mut backlog.unpublished),
+            )
+        };
+        if events.is_empty()
+            && new_waiters.is_empty()
+            && hints.is_empty()
+            && to_write.is_empty()
+            && waiters.is_empty()
+            && to_publish.is_empty()
+        {
+            return true;
+        }
+        to_write.extend(split_frames(events));
+        waiters.extend(new_waiters);
+        let client = match self.pool.get().await {
+            Ok(client) => client,
+            Err(error) => {
+                tracing::warn!(error = %error, "stream flush: no database connection; retrying");
+                self.keep(to_write, waiters, to_publish, hints);
+                return false;
+            }
+        };
+        if !to_write.is_empty() {
+            match write_frames(&client, self.worker_id, &to_write).await {
+                Ok(written) => {
+                    // Fenced-out frames (this worker lost the chat) are dropped here.
+                    for frame in to_write.drain(..) {
+                        let key = (frame.chat_id, frame.attempt, frame.seq_from());
+                        if let Some(created_at_us) = written.get(&key) {
+                            to_publish.push((frame, *created_at_us));
+                        }
+                    }
                 }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                return;
+                Err(error) => {
+                    tracing::warn!(
+                        error = format!("{error:#}"),
+                        frames = to_write.len(),
+                        "stream flush: writing frames failed; retrying the same frames"
+                    );
+                    self.keep(to_write, waiters, to_publish, hints);
+                    return false;
+                }
             }
         }
-        for waiter in waiters {
+        // Everything pushed before the waiters is in the resume log now: the turns may commit.
+        for waiter in waiters.drain(..) {
             let _ = waiter.send(());
         }
-    }
-
-    /// Puts unwritten frames back in front of whatever was pushed meanwhile.
-    fn requeue(&self, frames: Vec<OutFrame>) {
-        let mut pending = self.lock();
-        let mut restored: HashMap<(Uuid, i32), Vec<(SeqEvent, usize)>> = HashMap::new();
-        for frame in frames {
-            let entry = restored.entry((frame.chat_id, frame.attempt)).or_default();
-            for event in frame.events {
-                let size = event.data.to_string().len() + event.event.len() + 32;
-                entry.push((event, size));
-            }
-        }
-        for (key, mut events) in restored {
-            if let Some(newer) = pending.events.remove(&key) {
-                events.extend(newer);
-            }
-            pending.events.insert(key, events);
-        }
-    }
-
-    /// Writes `frames` (fenced) and publishes them followed by `hints`, in one NOTIFY statement.
-    async fn write(&self, frames: &[OutFrame], hints: &[(String, String)]) -> anyhow::Result<()> {
-        let client = self.pool.get().await?;
-        if frames.is_empty() {
-            publish(&client, hints).await?;
-            return Ok(());
-        }
-        let mut chat_ids = Vec::with_capacity(frames.len());
-        let mut attempts = Vec::with_capacity(frames.len());
-        let mut seq_froms = Vec::with_capacity(frames.len());
-        let mut seq_tos = Vec::with_capacity(frames.len());
-        let mut bodies = Vec::with_capacity(frames.len());
-        for frame in frames {
-            chat_ids.push(frame.chat_id);
-            attempts.push(frame.attempt);
-            seq_froms.push(frame.events.first().map(|e| e.seq).unwrap_or(0));
-            seq_tos.push(frame.events.last().map(|e| e.seq).unwrap_or(0));
-            bodies.push(serde_json::to_value(&frame.events)?);
-        }
-        // Fenced: only frames of attempts this worker still holds are written.
-        let rows = client
-            .query(
-                &client.prepare_cached("INSERT INTO chat_stream_frames (chat_id, attempt, seq_from, seq_to, events) \
-                 SELECT u.chat_id, u.attempt, u.seq_from, u.seq_to, u.events \
-                 FROM unnest($1::uuid[], $2::int[], $3::bigint[], $4::bigint[], $5::jsonb[]) \
-                     AS u(chat_id, attempt, seq_from, seq_to, events) \
-                 JOIN chats c ON c.id = u.chat_id AND c.attempt = u.attempt AND c.worker_id = $6 \
-                 ON CONFLICT DO NOTHING \
-                 RETURNING chat_id, attempt, seq_from, \
-                     (extract(epoch FROM created_at) * 1000000)::bigint").await?,
-                &[
-                    &chat_ids,
-                    &attempts,
-                    &seq_froms,
-                    &seq_tos,
-                    &bodies,
-                    &self.worker_id,
-                ],
-            )
-            .await?;
-        let written: HashMap<(Uuid, i32, i64), i64> = rows
-            .iter()
-            .map(|row| ((row.get(0), row.get(1), row.get(2)), row.get(3)))
-            .collect();
-        // One notification per bucket (split only when a payload would pass the limit):
-        // notifications per flush are bounded by the bucket count, not the chat count.
-        let mut by_bucket: HashMap<u32, Vec<String>> = HashMap::new();
-        for frame in frames {
-            let seq_from = frame.events.first().map(|e| e.seq).unwrap_or(0);
-            let Some(created_at_us) = written.get(&(frame.chat_id, frame.attempt, seq_from)) else {
-                continue; // fenced out: this worker lost the chat
-            };
-            let notice = FrameNotice {
-                chat_id: frame.chat_id,
-                attempt: frame.attempt,
-                seq_from,
-                seq_to: frame.events.last().map(|e| e.seq).unwrap_or(0),
-                created_at_us: *created_at_us,
-                events: frame.events.clone(),
-            };
-            by_bucket
-                .entry(chat_bucket(frame.chat_id))
-                .or_default()
-                .push(serde_json::to_string(&notice)?);
-        }
-        let mut notices = Vec::with_capacity(by_bucket.len());
-        for (bucket, frames) in by_bucket {
-            for payload in pack_frames(&frames) {
-                notices.push((bucket_channel(bucket), payload));
-            }
-        }
-        metrics::counter!("chatd_stream_frames_total").increment(notices.len() as u64);
+        let notices = frame_notices(&to_publish);
+        let frame_count = notices.len();
+        let mut all = notices;
         // Frames first: a turn's hints always follow the previews it flushed before committing.
-        notices.extend_from_slice(hints);
-        publish(&client, &notices).await?;
-        record_publish_delay(frames);
-        Ok(())
+        all.extend(hints.iter().cloned());
+        all.retain(|(channel, payload)| {
+            let fits = payload.len() <= MAX_PAYLOAD_BYTES;
+            if !fits {
+                tracing::error!(%channel, bytes = payload.len(), "dropped an oversized notification");
+            }
+            fits
+        });
+        match publish(&client, &all).await {
+            Ok(()) => {
+                metrics::counter!("chatd_stream_frames_total").increment(frame_count as u64);
+                record_publish_delay(&to_publish);
+                true
+            }
+            Err(error) => {
+                tracing::warn!(
+                    error = format!("{error:#}"),
+                    frames = to_publish.len(),
+                    "stream flush: publishing failed; re-publishing the written frames"
+                );
+                self.keep(Vec::new(), Vec::new(), to_publish, hints);
+                false
+            }
+        }
     }
+
+    /// Puts what a failed flush could not finish back for the next one, in front of anything
+    /// newer, bounded in memory.
+    fn keep(
+        &self,
+        unwritten: Vec<OutFrame>,
+        waiters: Vec<oneshot::Sender<()>>,
+        mut unpublished: Vec<(OutFrame, i64)>,
+        hints: Vec<(String, String)>,
+    ) {
+        if unpublished.len() > MAX_UNPUBLISHED_FRAMES {
+            let excess = unpublished.len() - MAX_UNPUBLISHED_FRAMES;
+            unpublished.drain(..excess);
+            metrics::counter!("chatd_unpublished_frames_dropped_total").increment(excess as u64);
+        }
+        {
+            let mut backlog = self.backlog();
+            backlog.unwritten = unwritten;
+            backlog.waiters = waiters;
+            backlog.unpublished = unpublished;
+        }
+        let mut pending = self.lock();
+        let newer = std::mem::replace(&mut pending.hints, hints);
+        pending.hints.extend(newer);
+        if pending.hints.len() > MAX_PENDING_HINTS {
+            let excess = pending.hints.len() - MAX_PENDING_HINTS;
+            pending.hints.drain(..excess);
+        }
+    }
+}
+
+/// Writes `frames`, fenced by the lease: only frames of attempts this worker still holds are
+/// written. Idempotent: a frame that is already there (an earlier write whose reply was lost)
+/// is returned as written, unchanged. Returns (chat, attempt, seq_from) → created_at (µs).
+async fn write_frames(
+    client: &deadpool_postgres::Client,
+    worker_id: Uuid,
+    frames: &[OutFrame],
+) -> anyhow::Result<HashMap<(Uuid, i32, i64), i64>> {
+    let mut chat_ids = Vec::with_capacity(frames.len());
+    let mut attempts = Vec::with_capacity(frames.len());
+    let mut seq_froms = Vec::with_capacity(frames.len());
+    let mut seq_tos = Vec::with_capacity(frames.len());
+    let mut bodies = Vec::with_capacity(frames.len());
+    for frame in frames {
+        chat_ids.push(frame.chat_id);
+        attempts.push(frame.attempt);
+        seq_froms.push(frame.seq_from());
+        seq_tos.push(frame.seq_to());
+        bodies.push(serde_json::to_value(&frame.events)?);
+    }
+    // `DO UPDATE` (a no-op: the same frame has the same seq_to) rather than `DO NOTHING`, so
+    // an already written frame comes back in RETURNING and is published.
+    let rows = client
+        .query(
+            &client
+                .prepare_cached(
+                    "INSERT INTO chat_stream_frames (chat_id, attempt, seq_from, seq_to, events) \
+             SELECT u.chat_id, u.attempt, u.seq_from, u.seq_to, u.events \
+             FROM unnest($1::uuid[], $2::int[], $3::bigint[], $4::bigint[], $5::jsonb[]) \
+                 AS u(chat_id, attempt, seq_from, seq_to, events) \
+             JOIN chats c ON c.id = u.chat_id AND c.attempt = u.attempt AND c.worker_id = $6 \
+             ON CONFLICT (chat_id, attempt, seq_from) DO UPDATE SET seq_to = EXCLUDED.seq_to \
+             RETURNING chat_id, attempt, seq_from, \
+                 (extract(epoch FROM created_at) * 1000000)::bigint",
+                )
+                .await?,
+            &[
+                &chat_ids, &attempts, &seq_froms, &seq_tos, &bodies, &worker_id,
+            ],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|row| ((row.get(0), row.get(1), row.get(2)), row.get(3)))
+        .collect())
+}
+
+/// One notification per bucket (split only when a payload would pass the limit): notifications
+/// per flush are bounded by the bucket count, not the chat count. Frames keep their order.
+fn frame_notices(frames: &[(OutFrame, i64)]) -> Vec<(String, String)> {
+    let mut by_bucket: Vec<(u32, Vec<String>)> = Vec::new();
+    for (frame, created_at_us) in frames {
+        let notice = FrameNotice {
+            chat_id: frame.chat_id,
+            attempt: frame.attempt,
+            seq_from: frame.seq_from(),
+            seq_to: frame.seq_to(),
+            created_at_us: *created_at_us,
+            events: frame.events.clone(),
+        };
+        let Ok(text) = serde_json::to_string(&notice) else {
+            continue;
+        };
+        let bucket = chat_bucket(frame.chat_id);
+        match by_bucket.iter_mut().find(|(known, _)| *known == bucket) {
+            Some((_, texts)) => texts.push(text),
+            None => by_bucket.push((bucket, vec![text])),
+        }
+    }
+    let mut notices = Vec::new();
+    for (bucket, texts) in by_bucket {
+        for payload in pack_frames(&texts) {
+            notices.push((bucket_channel(bucket), payload));
+        }
+    }
+    notices
 }
 
 /// Cuts each chat's events into frames whose payload stays under the NOTIFY limit.
@@ -309,13 +431,13 @@ fn split_frames(events: HashMap<(Uuid, i32), Vec<(SeqEvent, usize)>>) -> Vec<Out
 /// `chatd_frame_publish_delay_seconds`: from an event's creation by the turn (its `ts`, taken
 /// right after the provider's bytes were parsed) to the NOTIFY that published it — the delay the
 /// worker adds between receiving a token and publishing it.
-fn record_publish_delay(frames: &[OutFrame]) {
+fn record_publish_delay(frames: &[(OutFrame, i64)]) {
     let now_us = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|elapsed| elapsed.as_micros() as i64)
         .unwrap_or(0);
     let histogram = metrics::histogram!("chatd_frame_publish_delay_seconds");
-    for event in frames.iter().flat_map(|frame| &frame.events) {
+    for event in frames.iter().flat_map(|(frame, _)| &frame.events) {
         if let Some(ts) = event.data.get("ts").and_then(serde_json::Value::as_i64) {
             histogram.record((now_us - ts).max(0) as f64 / 1e6);
         }

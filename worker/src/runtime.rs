@@ -55,6 +55,9 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
     let pool = build_pool(&config.database_url, "chatd-worker", config.pool_size)?;
     let http = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
+        // Reset by every chunk of the body (keep-alive comments and pings included): a provider
+        // that goes silent mid-stream fails the read with a retryable timeout (I10).
+        .read_timeout(config.stream_idle_timeout)
         .pool_max_idle_per_host(1024)
         .build()
         .context("build the http client")?;

@@ -176,7 +176,12 @@ impl ChatHubTask {
         }
         if frame.seq_from > self.state.last_seq + 1 {
             // Gap: the missing frames are in the resume log (inserted before the notify).
-            return self.fill_frames().await;
+            self.fill_frames().await?;
+            if frame.attempt != self.state.attempt {
+                return Ok(());
+            }
+            // Whatever the log could not fill is a hole: relay on from here (subscribers tell
+            // their clients `attempt_reset`).
         }
         let events: Vec<SeqEvent> = frame
             .events
@@ -218,12 +223,16 @@ impl ChatHubTask {
                 .into_iter()
                 .filter(|event| event.seq > self.state.last_seq)
                 .collect();
-            // Stop at a hole in the log (cannot happen with one writer per attempt).
-            if events.first().map(|event| event.seq) != Some(self.state.last_seq + 1) {
-                if !events.is_empty() {
-                    tracing::warn!(chat_id = %self.chat_id, "hole in the resume log");
-                }
+            if frame.attempt != self.state.attempt {
                 continue;
+            }
+            // A hole in the log (the UNLOGGED table lost frames in a PostgreSQL crash) cannot
+            // be filled: relay on past it; subscribers tell their clients `attempt_reset`.
+            if events
+                .first()
+                .is_some_and(|event| event.seq > self.state.last_seq + 1)
+            {
+                tracing::warn!(chat_id = %self.chat_id, "hole in the resume log; relaying past it");
             }
             self.relay_frame(frame.attempt, events, frame.created_at_us);
         }

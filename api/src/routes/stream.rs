@@ -301,7 +301,11 @@ impl Session {
         }
     }
 
-    /// Appends the events that continue the cursor exactly (seq = cursor.seq + 1, …).
+    /// Appends the events that continue the cursor (seq = cursor.seq + 1, …). Callers fill
+    /// gaps from the resume log first, so a seq further ahead is a hole the log cannot fill
+    /// (e.g. the UNLOGGED log was truncated by a PostgreSQL crash): the client is told
+    /// `attempt_reset` for the same attempt (drop this attempt's previews; the final `message`
+    /// is authoritative) and the stream goes on from there instead of freezing (I9).
     fn relay_events(
         &mut self,
         attempt: i32,
@@ -314,8 +318,15 @@ impl Session {
         }
         let mut relayed = false;
         for event in events {
-            if event.seq != self.cursor.seq + 1 {
+            if event.seq <= self.cursor.seq {
                 continue;
+            }
+            if event.seq > self.cursor.seq + 1 {
+                tracing::warn!(chat_id = %self.chat_id, attempt, from = self.cursor.seq + 1,
+                    to = event.seq - 1, "hole in the resume log; resetting the attempt's previews");
+                metrics::counter!("chatd_stream_holes_total").increment(1);
+                self.cursor.seq = event.seq - 1;
+                out.push(self.event("attempt_reset", &json!({"attempt": attempt})));
             }
             self.cursor.seq = event.seq;
             relayed = true;

@@ -7,6 +7,8 @@ use serde::Deserialize;
 
 /// Upper bound for token counts, so a typo cannot make the mock stream for hours.
 const MAX_TOKENS: usize = 1_000_000;
+/// Upper bound for `error_message_bytes`.
+const MAX_ERROR_MESSAGE_BYTES: usize = 1 << 20;
 /// Upper bound for every delay, for the same reason.
 const MAX_DELAY_MS: u64 = 3_600_000;
 /// Upper bound for `tool_steps`: an agent loop test never needs more, and a typo must not make a
@@ -26,6 +28,8 @@ pub struct Directives {
     pub fail_times: Option<u32>,
     pub cut_after: Option<usize>,
     pub stall_ms: Option<u64>,
+    /// With `error_status`: pad the error message to this many bytes (a huge error body).
+    pub error_message_bytes: Option<usize>,
     pub tool_calls: Option<Vec<ToolCallDirective>>,
     /// How many consecutive model steps call `tool_calls` before the mock answers in text.
     pub tool_steps: Option<usize>,
@@ -155,6 +159,14 @@ impl Directives {
             if value.is_some_and(|millis| millis > MAX_DELAY_MS) {
                 return invalid(format!("`{key}` must be at most {MAX_DELAY_MS}"));
             }
+        }
+        if self
+            .error_message_bytes
+            .is_some_and(|bytes| bytes > MAX_ERROR_MESSAGE_BYTES)
+        {
+            return invalid(format!(
+                "`error_message_bytes` must be at most {MAX_ERROR_MESSAGE_BYTES}"
+            ));
         }
         if let Some(status) = self.error_status {
             if !(400..=599).contains(&status) {

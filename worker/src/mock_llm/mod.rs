@@ -27,11 +27,12 @@
 //! | `ttft_ms` | 0 | delay before the first chunk |
 //! | `error_status` | – | answer with this HTTP status (400-599) and the protocol's error body (OpenAI `{"error":{"message","type","code"}}`; Anthropic `{"type":"error","error":{"type","message"}}` with 429 `rate_limit_error`, 503/529 `overloaded_error`) |
 //! | `retry_after_s` | – | with an error: send `Retry-After: <s>` |
-//! | `fail_times` | – | fail only the first N identical requests (same body), then answer normally; the failure is `error_status`, else the `cut_after` cut, else the `stream_error_after` error, else HTTP 500 |
+//! | `fail_times` | – | fail only the first N identical requests (same body), then answer normally; the failure is `error_status`, else the `cut_after` cut, else the `stream_error_after` error, else the `stall_ms` stall, else HTTP 500 |
 //! | `cut_after` | – | end the stream after N content chunks with no terminal event (no finish chunk and `[DONE]`, no `response.completed`, no `message_stop`) |
 //! | `stream_error_after` | – | after N content chunks send the protocol's in-stream error and end the stream: Chat `data: {"error":{…}}` (no `[DONE]`); Responses `event: error` `{"code","message"}` then `response.failed`; Anthropic `event: error` `{"type":"error","error":{…}}` |
 //! | `stream_error_type` | `overloaded` | with `stream_error_after`: `overloaded`, `rate_limit`, `server_error` or `invalid_request` (OpenAI code `server_overloaded`, `rate_limit_exceeded`, `server_error`, `invalid_request_error`; Anthropic type `overloaded_error`, `rate_limit_error`, `api_error`, `invalid_request_error`) |
-//! | `stall_ms` | 0 | pause this long mid-stream (before content chunk ⌊total/2⌋) |
+//! | `stall_ms` | 0 | pause this long mid-stream (before content chunk ⌊total/2⌋); with `fail_times` and no `error_status`/`cut_after`/`stream_error_after`, only the first N identical requests stall (the stall is their failure) and later ones stream normally |
+//! | `error_message_bytes` | – | with an injected error status: pad the error message to this many bytes (at most 1 MiB) |
 //! | `tool_calls` | – | `[{"name", "arguments"}]`: call these tools, in parallel when several (ids `call_<n>`, Anthropic `toolu_<n>`, numbered after the calls already in the conversation; arguments JSON in 2-3 fragments) |
 //! | `tool_steps` | 1 | with `tool_calls`: keep calling them for N consecutive model steps (tool-calling steps since the last user message) before answering |
 //! | `reasoning_tokens` | 0 | reason this many tokens before the answer (Chat `delta.reasoning_content`; Responses a `reasoning` item with `response.reasoning_summary_text.delta`; Anthropic a `thinking` block signed `sig-<hash>`) |

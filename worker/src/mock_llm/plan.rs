@@ -38,6 +38,8 @@ pub struct Plan {
     pub fail_times: Option<u32>,
     /// What a failing request gets (see [`Failure`]).
     pub failure: Failure,
+    /// `error_message_bytes`: an injected error status carries a message this long.
+    pub error_message_bytes: Option<usize>,
     /// `forget_responses`: the Responses route clears its store and does not store this answer.
     pub forget_responses: bool,
 }
@@ -69,6 +71,9 @@ pub enum Failure {
         after: usize,
         kind: StreamErrorKind,
     },
+    /// `stall_ms` with `fail_times` (and no other failure): the failing requests stall
+    /// mid-stream, the later ones stream without the stall.
+    Stall,
 }
 
 #[derive(Debug)]
@@ -220,6 +225,7 @@ impl Plan {
             stall: Duration::from_millis(directives.stall_ms.unwrap_or(0)),
             stall_at: 0,
             fail_times: directives.fail_times,
+            error_message_bytes: directives.error_message_bytes,
             failure: failure_of(&directives),
             forget_responses: directives.forget_responses.unwrap_or(false),
         };
@@ -321,7 +327,8 @@ fn planned_tool_calls(
 }
 
 /// Without `fail_times` the failure applies to every request; with it, the first requests fail
-/// with `error_status`, else the `cut_after` cut, else the `stream_error_after` error, else a 500.
+/// with `error_status`, else the `cut_after` cut, else the `stream_error_after` error, else the
+/// `stall_ms` stall, else a 500.
 fn failure_of(directives: &Directives) -> Failure {
     let status = directives.error_status.map(|status| Failure::Status {
         status,
@@ -336,6 +343,7 @@ fn failure_of(directives: &Directives) -> Failure {
         });
     match (status.or(cut).or(stream_error), directives.fail_times) {
         (Some(failure), _) => failure,
+        (None, Some(_)) if directives.stall_ms.is_some() => Failure::Stall,
         (None, Some(_)) => Failure::Status {
             status: 500,
             retry_after_s: directives.retry_after_s,
@@ -409,6 +417,14 @@ mod tests {
                 status: 500,
                 retry_after_s: None
             }
+        );
+        assert_eq!(
+            failure_of(&directives(r#"{"fail_times": 1, "stall_ms": 100}"#)),
+            Failure::Stall
+        );
+        assert_eq!(
+            failure_of(&directives(r#"{"stall_ms": 100}"#)),
+            Failure::None
         );
         assert_eq!(
             failure_of(&directives(r#"{"fail_times": 1, "cut_after": 3}"#)),

@@ -130,6 +130,8 @@ enum Rejection {
     Injected {
         status: u16,
         retry_after_s: Option<u64>,
+        /// `error_message_bytes`: pad the message to this length.
+        message_bytes: Option<usize>,
     },
 }
 
@@ -137,8 +139,19 @@ impl Rejection {
     fn message(&self) -> String {
         match self {
             Rejection::BadDirective(message) => message.clone(),
-            Rejection::Injected { status, .. } => {
-                format!("mock error: HTTP {status} requested by @mock directive")
+            Rejection::Injected {
+                status,
+                message_bytes,
+                ..
+            } => {
+                let mut message = format!("mock error: HTTP {status} requested by @mock directive");
+                if let Some(bytes) = message_bytes {
+                    while message.len() < *bytes {
+                        message.push_str(" padding");
+                    }
+                    message.truncate(*bytes);
+                }
+                message
             }
         }
     }
@@ -149,6 +162,7 @@ impl Rejection {
             Rejection::Injected {
                 status,
                 retry_after_s,
+                ..
             } => (*status, *retry_after_s),
         }
     }
@@ -188,6 +202,7 @@ fn plan_request(
         return Err(Rejection::Injected {
             status,
             retry_after_s,
+            message_bytes: plan.error_message_bytes,
         });
     }
     Ok((plan, failure))

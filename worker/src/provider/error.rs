@@ -146,7 +146,14 @@ impl ProviderError {
     /// Classifies a failure to send the request or to read the response body.
     pub fn from_transport(error: &reqwest::Error) -> ProviderError {
         let message = format!("provider request failed: {}", error_chain(error));
-        if error.is_timeout() {
+        if error.is_timeout() && !error.is_connect() {
+            // The client's read timeout: no bytes at all for the stream idle timeout.
+            ProviderError::new(
+                ErrorKind::Timeout,
+                format!("the provider sent nothing for the stream idle timeout ({message})"),
+                true,
+            )
+        } else if error.is_timeout() {
             ProviderError::new(ErrorKind::Timeout, message, true)
         } else if error.is_builder() {
             // A malformed URL or header: the same request can never succeed.

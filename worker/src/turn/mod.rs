@@ -199,6 +199,8 @@ async fn run_turn_inner(deps: TurnDeps, claim: Claim, control: Arc<TurnControl>)
     let mut stream = TurnStream::new(deps.flusher.clone(), claim.chat_id, claim.attempt);
     for _ in 0..deps.config.max_steps {
         let step_started = Instant::now();
+        // Streaming and tools together; expiry fails the turn (not retried).
+        let step_deadline = tokio::time::Instant::now() + deps.config.step_timeout;
         let request = ModelRequest {
             model: turn.model.model.clone(),
             messages: std::mem::take(&mut prompt),
@@ -206,7 +208,12 @@ async fn run_turn_inner(deps: TurnDeps, claim: Claim, control: Arc<TurnControl>)
             tools: tools.clone(),
             chain: chain.take(),
         };
-        let result = step::run_step(&turn, &mut stream, &request).await;
+        let result =
+            tokio::time::timeout_at(step_deadline, step::run_step(&turn, &mut stream, &request))
+                .await
+                .unwrap_or_else(|_| {
+                    StepResult::Failed(step_timeout_error(deps.config.step_timeout))
+                });
         prompt = request.messages;
         metrics::counter!("chatd_steps_total").increment(1);
         let output = match result {
@@ -234,7 +241,8 @@ async fn run_turn_inner(deps: TurnDeps, claim: Claim, control: Arc<TurnControl>)
         let execution = if calls.is_empty() {
             None
         } else {
-            Some(
+            let execution = tokio::time::timeout_at(
+                step_deadline,
                 tool::execute(
                     &toolset,
                     &calls,
@@ -242,9 +250,21 @@ async fn run_turn_inner(deps: TurnDeps, claim: Claim, control: Arc<TurnControl>)
                     turn.owner_id,
                     deps.config.tool_timeout,
                     &turn.control.token,
-                )
-                .await,
+                ),
             )
+            .await;
+            match execution {
+                Ok(execution) => Some(execution),
+                Err(_) => {
+                    fail(
+                        &turn,
+                        &mut stream,
+                        &step_timeout_error(deps.config.step_timeout),
+                    )
+                    .await;
+                    return;
+                }
+            }
         };
         let runtime_ms = step_started.elapsed().as_millis() as i64;
         let outcomes = execution
@@ -404,15 +424,24 @@ async fn prepare(
     Ok((model, loaded))
 }
 
+/// The step ran past `--step-timeout-ms`: not retried (a retry would run as long again).
+fn step_timeout_error(step_timeout: Duration) -> ProviderError {
+    ProviderError::new(
+        crate::provider::ErrorKind::Timeout,
+        format!("the step ran longer than the step timeout ({step_timeout:?})"),
+        false,
+    )
+}
+
 /// Publishes the `error` event, then commits the `error` state with `last_error`.
 async fn fail(turn: &TurnContext, stream: &mut TurnStream, error: &ProviderError) {
-    let data = json!({
+    let data = stream::cap_message(json!({
         "kind": error.kind,
         "message": error.message,
         "retryable": error.retryable,
         "provider": turn.model.endpoint.kind.as_str(),
         "status_code": error.status_code,
-    });
+    }));
     stream.error(data.clone());
     stream.flush().await;
     turn.commit(&[], TurnEnd::Failed(data), Some(stream.last_seq()))

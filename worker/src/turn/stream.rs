@@ -12,6 +12,9 @@ use crate::flusher::StreamFlusher;
 
 /// Text deltas longer than this are split into several events (frames must fit a NOTIFY).
 const MAX_DELTA_BYTES: usize = 2000;
+/// `message` fields of `retry` and `error` events are cut to this many bytes (I9: no single
+/// event can pass the NOTIFY limit, whatever a provider puts in its error body).
+pub const MAX_MESSAGE_BYTES: usize = 2048;
 
 pub struct TurnStream {
     flusher: Arc<StreamFlusher>,
@@ -88,11 +91,11 @@ impl TurnStream {
     }
 
     pub fn retry(&mut self, data: Value) {
-        self.push("retry", data);
+        self.push("retry", cap_message(data));
     }
 
     pub fn error(&mut self, data: Value) {
-        self.push("error", data);
+        self.push("error", cap_message(data));
     }
 
     /// Waits until every event pushed so far is written and published, so the step's durable
@@ -102,6 +105,28 @@ impl TurnStream {
     pub async fn flush(&self) {
         self.flusher.flush_now().await;
     }
+}
+
+/// Cuts the `message` field of an event to [`MAX_MESSAGE_BYTES`], saying so.
+pub fn cap_message(mut data: Value) -> Value {
+    if let Some(Value::String(message)) = data.get_mut("message") {
+        *message = truncate_message(message);
+    }
+    data
+}
+
+/// `text` if it fits [`MAX_MESSAGE_BYTES`]; otherwise its head (cut at a character boundary)
+/// followed by `… (truncated, N bytes)`, N being the original length, the whole within the cap.
+pub fn truncate_message(text: &str) -> String {
+    if text.len() <= MAX_MESSAGE_BYTES {
+        return text.to_owned();
+    }
+    let suffix = format!("… (truncated, {} bytes)", text.len());
+    let mut cut = MAX_MESSAGE_BYTES - suffix.len();
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}{suffix}", &text[..cut])
 }
 
 /// Model output cannot be refused, but stored JSON cannot contain NUL.
@@ -143,7 +168,7 @@ pub fn split_text(text: &str, max: usize) -> Vec<&str> {
 
 #[cfg(test)]
 mod tests {
-    use super::split_text;
+    use super::{cap_message, split_text, truncate_message, MAX_MESSAGE_BYTES};
 
     #[test]
     fn split_keeps_characters_whole_and_text_intact() {
@@ -152,5 +177,19 @@ mod tests {
         assert!(pieces.iter().all(|piece| piece.len() <= 2001));
         assert_eq!(pieces.concat(), text);
         assert_eq!(split_text("short", 10), vec!["short"]);
+    }
+
+    #[test]
+    fn long_messages_are_cut_within_the_cap_and_say_so() {
+        assert_eq!(truncate_message("short"), "short");
+        let long = "é".repeat(10_000);
+        let cut = truncate_message(&long);
+        assert!(cut.len() <= MAX_MESSAGE_BYTES, "{}", cut.len());
+        assert!(cut.ends_with("… (truncated, 20000 bytes)"), "{cut}");
+        assert!(long.starts_with(cut.trim_end_matches("… (truncated, 20000 bytes)")));
+        let data =
+            cap_message(serde_json::json!({"kind": "overloaded", "message": "x".repeat(20_000)}));
+        assert!(data["message"].as_str().unwrap().len() <= MAX_MESSAGE_BYTES);
+        assert_eq!(data["kind"], "overloaded");
     }
 }

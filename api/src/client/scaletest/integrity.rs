@@ -49,6 +49,13 @@ pub struct StreamChecker {
     /// The connection was re-established since the last assistant message: a resume after
     /// the turn finished legitimately gets the message without its remaining deltas.
     resumed: bool,
+    /// The server announced a hole in the current attempt (`attempt_reset` naming the same
+    /// attempt): the next seq may jump, and the previews before it are void, so the next
+    /// message is not compared with them (the message is authoritative).
+    after_hole: bool,
+    /// Same-attempt `attempt_reset`s received (holes the server could not fill; not a
+    /// violation, but worth reporting).
+    holes: u64,
     counts: IntegrityCounts,
 }
 
@@ -60,6 +67,12 @@ impl StreamChecker {
                 let attempt = data["attempt"].as_i64().unwrap_or(self.attempt + 1);
                 if attempt < self.attempt {
                     self.counts.out_of_order += 1;
+                } else if attempt == self.attempt && self.last_seq > 0 {
+                    // A hole the server could not fill: drop the previews, accept the jump.
+                    self.holes += 1;
+                    self.after_hole = true;
+                    self.missing.clear();
+                    self.streamed_text.clear();
                 } else {
                     self.start_attempt(attempt);
                 }
@@ -81,6 +94,12 @@ impl StreamChecker {
     /// The connection dropped and was reopened from the last event id.
     pub fn note_reconnect(&mut self) {
         self.resumed = true;
+    }
+
+    /// Same-attempt resets (unfillable holes) seen so far.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub fn holes(&self) -> u64 {
+        self.holes
     }
 
     /// Violations counted since the last call.
@@ -112,7 +131,9 @@ impl StreamChecker {
             }
             return;
         }
-        if seq > self.last_seq + 1 {
+        if seq > self.last_seq + 1 && self.after_hole {
+            // Announced by the same-attempt `attempt_reset`: not a gap.
+        } else if seq > self.last_seq + 1 {
             self.counts.gaps += 1;
             let first_missing = (self.last_seq + 1).max(seq - MAX_REMEMBERED_MISSING);
             self.missing.extend(first_missing..seq);
@@ -126,7 +147,9 @@ impl StreamChecker {
     }
 
     fn check_text(&mut self, message_text: &str) {
-        let consistent = if self.resumed {
+        let consistent = if self.after_hole {
+            true
+        } else if self.resumed {
             message_text.starts_with(&self.streamed_text)
         } else {
             self.streamed_text == message_text
@@ -137,6 +160,7 @@ impl StreamChecker {
         // Later steps of the same attempt stream the next message's deltas.
         self.streamed_text.clear();
         self.resumed = false;
+        self.after_hole = false;
     }
 }
 
@@ -193,6 +217,26 @@ mod tests {
             status("waiting"),
         ]);
         assert!(counts.is_zero(), "{counts:?}");
+    }
+
+    #[test]
+    fn a_same_attempt_reset_announces_a_hole_that_is_not_a_gap() {
+        let mut checker = StreamChecker::default();
+        for (name, data) in [
+            part(1, 1, "Hel"),
+            part(1, 2, "lo "),
+            ("attempt_reset", json!({"attempt": 1})),
+            part(1, 7, "world"),
+            part(1, 8, "!"),
+            assistant(2, "Hello there world!"),
+        ] {
+            checker.observe(name, &data);
+        }
+        assert!(checker.take_counts().is_zero());
+        assert_eq!(checker.holes(), 1);
+        // Without the announcement the same jump is a gap.
+        let counts = feed(&[part(1, 1, "a"), part(1, 5, "b")]);
+        assert_eq!(counts.gaps, 1);
     }
 
     #[test]

@@ -117,7 +117,14 @@ impl<W: SseWriter> Generator<W> {
                         self.phase = Phase::Finish;
                         continue;
                     }
-                    if index == self.plan.stall_at && !self.plan.stall.is_zero() && !self.stalled {
+                    // A stall that is the injected failure applies to failing requests only.
+                    let stall_applies =
+                        self.plan.failure != Failure::Stall || self.failure == Failure::Stall;
+                    if index == self.plan.stall_at
+                        && !self.plan.stall.is_zero()
+                        && !self.stalled
+                        && stall_applies
+                    {
                         if !self.buffer.is_empty() {
                             return Some(self.buffer.split().freeze());
                         }
