@@ -111,6 +111,10 @@ pub struct WorkerArgs {
     /// Recovery sweep interval (ms).
     #[arg(long, env = "CHATD_SWEEP_INTERVAL_MS", default_value_t = 5000)]
     pub sweep_interval_ms: u64,
+    /// How often other workers' liveness (their PostgreSQL session) is checked (ms); a dead
+    /// worker's chats are released after two checks.
+    #[arg(long, env = "CHATD_LIVENESS_INTERVAL_MS", default_value_t = 500)]
+    pub liveness_interval_ms: u64,
     /// Stream flush interval (ms).
     #[arg(long, env = "CHATD_STREAM_FLUSH_INTERVAL_MS", default_value_t = 20)]
     pub stream_flush_interval_ms: u64,
@@ -334,6 +338,7 @@ pub fn worker_config(args: WorkerArgs) -> anyhow::Result<chatd_worker::WorkerCon
     config.heartbeat_interval = ms(args.heartbeat_interval_ms);
     config.stale_after = ms(args.stale_after_ms);
     config.sweep_interval = ms(args.sweep_interval_ms);
+    config.liveness_interval = ms(args.liveness_interval_ms.max(10));
     config.stream_flush_interval = ms(args.stream_flush_interval_ms.max(1));
     config.shutdown_grace = ms(args.shutdown_grace_ms);
     config.max_steps = args.max_steps.max(1);

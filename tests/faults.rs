@@ -12,7 +12,7 @@ use uuid::Uuid;
 use chatd_api::client::content_text;
 use chatd_shared::domain::Role;
 use chatd_worker::mock_llm::reply_text;
-use chatd_worker::store::{commit, NewRow, TurnEnd};
+use chatd_worker::store::{commit, CommitOutcome, NewRow, TurnEnd};
 use common::cluster::{
     assistant_texts, create_chat, directive_message, messages, wait_until, Cluster,
 };
@@ -207,10 +207,14 @@ async fn a_stale_lease_holder_cannot_write() {
             epoch,
             std::slice::from_ref(&row),
             TurnEnd::Done,
+            Uuid::new_v4(),
         )
         .await
         .expect("the fenced commit runs");
-        assert!(result.is_none(), "a stale writer was let through");
+        assert!(
+            matches!(result, CommitOutcome::LeaseLost),
+            "a stale writer was let through"
+        );
     }
     reader.until_turn_done(TURN).await;
     let texts: Vec<String> = assistant_texts(&cluster.api(0), &chat_id).await;
@@ -264,5 +268,59 @@ async fn a_turn_that_keeps_killing_its_worker_ends_in_error() {
     assert_eq!(
         assistant_texts(&cluster.api(0), &chat_id).await,
         vec![reply_text(&next, 3)]
+    );
+}
+
+/// R1 with a 10-minute `stale_after`: a SIGKILLed worker's PostgreSQL session ends at once,
+/// its liveness lock is free, and the other worker claims the chat within a second or so —
+/// long before the lease could expire. Exactly one answer, and the final attempt's deltas
+/// equal it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_worker_is_seen_dead_through_its_session_not_its_lease() {
+    let mut cluster = Cluster::start(1, 0).await;
+    let slow_leases = [
+        "--stale-after-ms",
+        "600000",
+        "--heartbeat-interval-ms",
+        "5000",
+        "--sweep-interval-ms",
+        "5000",
+    ];
+    for _ in 0..2 {
+        cluster.add_worker(&slow_leases).await.expect("worker");
+    }
+    let message = directive_message("crash me", json!({"tokens": 150, "tokens_per_second": 50}));
+    let (chat_id, message_id) = create_chat(&cluster.api(0), &message).await;
+    let mut reader = Reader::open(
+        &cluster.api(0),
+        &chat_id,
+        Some(&format!("{message_id}-0-0")),
+    )
+    .await;
+    let owner = owner_after_first_parts(&cluster, &mut reader, &chat_id).await;
+
+    cluster.signal_worker(owner, libc::SIGKILL);
+    reader.until_turn_done(TURN).await;
+
+    let final_text = assert_contiguous(&reader.seen);
+    let stored = single_answer(&cluster, &chat_id).await;
+    assert_eq!(stored, reply_text(&message, 150));
+    assert_eq!(final_text, stored, "I3");
+    let sql = cluster.sql().await;
+    let chat_uuid = Uuid::parse_str(&chat_id).unwrap();
+    let writers: Vec<Option<i32>> = sql
+        .query(
+            "SELECT DISTINCT attempt FROM chat_messages WHERE chat_id = $1 AND role = 'assistant'",
+            &[&chat_uuid],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(
+        writers.len(),
+        1,
+        "one attempt wrote the answer: {writers:?}"
     );
 }

@@ -248,3 +248,44 @@ async fn a_reader_meeting_an_unfillable_hole_resets_the_attempt_and_goes_on() {
         "the reader that was live all along saw no hole"
     );
 }
+
+/// A tool call whose name contains NUL cannot be stored nor sent back unchanged: the step ends
+/// in a non-retryable `invalid_response` error, once (before, the failing commit made the turn
+/// re-run until the crash guard stopped it).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_provider_tool_call_with_nul_in_its_name_fails_the_turn_once() {
+    let cluster = Cluster::start(1, 1).await;
+    let api = cluster.api(0);
+    let message = directive_message(
+        "call a broken tool",
+        json!({"tool_calls": [{"name": "bad\u{0}name", "arguments": {}}]}),
+    );
+    let (status, body) = api
+        .post(
+            "/chats",
+            &json!({"message": message, "dynamic_tools": [{"name": "lookup"}]}),
+        )
+        .await
+        .expect("create");
+    assert_eq!(status, 201, "{body}");
+    let chat_id = body["chat"]["id"].as_str().expect("id").to_string();
+    let message_id = body["message"]["id"].as_i64().expect("message id");
+    let mut reader = Reader::open(&api, &chat_id, Some(&format!("{message_id}-0-0"))).await;
+    let error = reader.until(TURN, |event| event.event == "error").await;
+    assert_eq!(error.data["kind"], "invalid_response", "{error:?}");
+    assert_eq!(error.data["retryable"], false);
+    wait_until(TURN, "the chat to be in error", || async {
+        (chat_status(&api, &chat_id).await == "error").then_some(())
+    })
+    .await;
+    let stats: serde_json::Value = reqwest::get(format!("{}/mock/stats", cluster.mock_url))
+        .await
+        .expect("stats")
+        .json()
+        .await
+        .expect("stats json");
+    assert_eq!(
+        stats["requests"]["chat"], 1,
+        "asked once, not re-run: {stats}"
+    );
+}

@@ -285,3 +285,80 @@ async fn a_change_whose_hint_was_lost_still_reaches_the_stream() {
         .await;
     assert_eq!(title.data["title"], "renamed quietly");
 }
+
+/// The value of gauge `name` on API replica `index` (0 when not yet set).
+async fn api_gauge(cluster: &Cluster, index: usize, name: &str) -> f64 {
+    let text = cluster
+        .http
+        .get(format!("{}/metrics", cluster.apis[index].url))
+        .send()
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("metrics text");
+    text.lines()
+        .find_map(|line| {
+            line.strip_prefix(name)
+                .filter(|rest| rest.starts_with(' '))
+                .and_then(|rest| rest.trim().parse().ok())
+        })
+        .unwrap_or(0.0)
+}
+
+/// Abandoned subscribes leak nothing: streams of random ids or of another user's chat are
+/// refused before a hub exists, and clients that give up while the database is slow (here: the
+/// `chats` table locked) leave no hub, LISTEN or subscriber count behind — `chatd_hubs` and
+/// `chatd_stream_subscribers` return to 0.
+#[tokio::test(flavor = "multi_thread")]
+async fn abandoned_and_foreign_subscribes_leave_no_hub_behind() {
+    let cluster = Cluster::start(1, 0).await;
+    let api = cluster.api(0);
+    let (chat_id, _) = create_chat(&api, "mine").await;
+    let mallory = cluster.create_user("mallory").await;
+    let stranger = cluster.api_as(0, &mallory);
+    for id in [uuid::Uuid::new_v4().to_string(), chat_id.clone()] {
+        let error = stranger.stream(&id, None).await.err().expect("refused");
+        assert!(format!("{error:#}").contains("404"), "{error:#}");
+    }
+    assert_eq!(api_gauge(&cluster, 0, "chatd_hubs").await, 0.0);
+
+    // The database stalls; clients give up after 300 ms.
+    let locker = cluster.sql().await;
+    locker
+        .batch_execute("BEGIN; LOCK TABLE chats IN ACCESS EXCLUSIVE MODE")
+        .await
+        .expect("lock chats");
+    let mut abandoned = Vec::new();
+    for _ in 0..5 {
+        let api = cluster.api(0);
+        let chat_id = chat_id.clone();
+        abandoned.push(tokio::spawn(async move {
+            tokio::time::timeout(Duration::from_millis(300), api.stream(&chat_id, None))
+                .await
+                .is_err()
+        }));
+    }
+    for client in abandoned {
+        assert!(
+            client.await.expect("client"),
+            "the stalled subscribe timed out"
+        );
+    }
+    locker.batch_execute("COMMIT").await.expect("unlock");
+    wait_until(TURN, "hubs and subscribers back to 0", || async {
+        let hubs = api_gauge(&cluster, 0, "chatd_hubs").await;
+        let subscribers = api_gauge(&cluster, 0, "chatd_stream_subscribers").await;
+        (hubs == 0.0 && subscribers == 0.0).then_some(())
+    })
+    .await;
+    // A live stream counts one hub while open.
+    let mut reader = Reader::open(&api, &chat_id, None).await;
+    reader.next(TURN).await;
+    assert_eq!(api_gauge(&cluster, 0, "chatd_hubs").await, 1.0);
+    drop(reader);
+    wait_until(TURN, "the hub to go", || async {
+        (api_gauge(&cluster, 0, "chatd_hubs").await == 0.0).then_some(())
+    })
+    .await;
+}

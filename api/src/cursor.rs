@@ -93,13 +93,25 @@ pub fn parse_int_id(text: &str, what: &'static str) -> Result<i64, ApiError> {
 }
 
 /// Query string pairs (repeated keys kept, in order).
-pub fn query_pairs(raw: Option<&str>) -> Vec<(String, String)> {
-    raw.map(|raw| {
-        form_urlencoded::parse(raw.as_bytes())
-            .map(|(key, value)| (key.into_owned(), value.into_owned()))
-            .collect()
-    })
-    .unwrap_or_default()
+///
+/// Every query parameter is structured (ids, cursors, labels, flags): a NUL anywhere is a 400
+/// naming the parameter (PostgreSQL cannot store or compare NUL in text).
+pub fn query_pairs(raw: Option<&str>) -> Result<Vec<(String, String)>, ApiError> {
+    let Some(raw) = raw else {
+        return Ok(Vec::new());
+    };
+    form_urlencoded::parse(raw.as_bytes())
+        .map(|(key, value)| {
+            if key.contains('\0') || value.contains('\0') {
+                let name = key.replace('\0', "\\0");
+                return Err(ApiError::field(
+                    &name,
+                    format!("query parameter `{name}`: NUL characters are not allowed"),
+                ));
+            }
+            Ok((key.into_owned(), value.into_owned()))
+        })
+        .collect()
 }
 
 /// Parses `limit` (1..=max, default `default`).

@@ -240,7 +240,12 @@ fn spawn(
     env: &[(&str, &str)],
 ) -> anyhow::Result<Child> {
     let log = std::fs::File::create(log_dir.join(format!("{role}.log")))?;
-    let mut command = Command::new(env!("CARGO_BIN_EXE_chatd"));
+    // CHATD_TEST_BIN runs the cluster on another build (e.g. one with a fix taken out, to see
+    // a regression test fail).
+    let binary =
+        std::env::var("CHATD_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_chatd").to_owned());
+    let mut command = Command::new(binary);
+    command.env_remove("CHATD_TEST_BIN");
     command
         .args(args)
         .stdin(Stdio::null())

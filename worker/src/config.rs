@@ -20,6 +20,9 @@ pub struct WorkerConfig {
     /// A lease whose heartbeat is older than this is recovered by the sweep.
     pub stale_after: Duration,
     pub sweep_interval: Duration,
+    /// How often this worker checks whether other lease holders' PostgreSQL sessions are
+    /// alive (see `liveness`); a dead one's chats are released after two checks.
+    pub liveness_interval: Duration,
     /// The stream flusher writes and publishes every this often.
     pub stream_flush_interval: Duration,
     /// On SIGTERM, running turns get this long to finish before they are released.
@@ -61,6 +64,7 @@ impl WorkerConfig {
             heartbeat_interval: Duration::from_secs(5),
             stale_after: Duration::from_secs(30),
             sweep_interval: Duration::from_secs(5),
+            liveness_interval: Duration::from_millis(500),
             stream_flush_interval: Duration::from_millis(20),
             shutdown_grace: Duration::from_secs(25),
             max_steps: 100,

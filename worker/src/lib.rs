@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod flusher;
+pub mod liveness;
 pub mod mock_llm;
 pub mod provider;
 pub mod recovery;

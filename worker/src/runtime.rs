@@ -19,6 +19,7 @@ use chatd_shared::pubsub::{
 
 use crate::config::WorkerConfig;
 use crate::flusher::StreamFlusher;
+use crate::liveness::{self, Liveness, Suspects};
 use crate::recovery;
 use crate::store;
 use crate::turn::control::{StopReason, TurnControl};
@@ -36,6 +37,8 @@ struct Shared {
     config: Arc<WorkerConfig>,
     turns: Mutex<HashMap<Uuid, RunningTurn>>,
     wake: Notify,
+    /// This worker's liveness lock; it claims nothing while the lock is not held.
+    liveness: Liveness,
     /// Set when a running turn ends, so the acquire loop can use the freed capacity.
     capacity_freed: Notify,
 }
@@ -65,10 +68,12 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
         crate::tool::builtin_tools(&config.builtin_tools).map_err(anyhow::Error::msg)?;
     let background = CancellationToken::new();
     let flusher = StreamFlusher::new(pool.clone(), config.worker_id);
+    let liveness = Liveness::spawn(&config.database_url, config.worker_id, background.clone())?;
     let shared = Arc::new(Shared {
         config: config.clone(),
         turns: Mutex::new(HashMap::new()),
         wake: Notify::new(),
+        liveness,
         capacity_freed: Notify::new(),
     });
     let (sink, events) = mpsc::channel(4096);
@@ -102,6 +107,12 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
         background.clone(),
     ));
     tracker.spawn(sweep_loop(shared.clone(), pool.clone(), background.clone()));
+    tracker.spawn(liveness_loop(
+        shared.clone(),
+        pool.clone(),
+        flusher.clone(),
+        background.clone(),
+    ));
     let turns = TaskTracker::new();
     let deps = TurnDeps {
         config: config.clone(),
@@ -157,7 +168,7 @@ async fn acquire_loop(
             .max_concurrent_turns
             .saturating_sub(shared.turns().len());
         let mut claimed_full_batch = false;
-        if free > 0 {
+        if free > 0 && shared.liveness.held() {
             let limit = free.min(config.acquire_batch) as i64;
             match claim(&shared, &pool, &deps, turns, limit).await {
                 Ok(count) => claimed_full_batch = count as i64 == limit,
@@ -208,7 +219,7 @@ async fn claim(
     deps.flusher.publish_soon(notices);
     for claim in claims.iter().cloned() {
         let control = Arc::new(TurnControl::default());
-        shared.turns().insert(
+        let replaced = shared.turns().insert(
             claim.chat_id,
             RunningTurn {
                 attempt: claim.attempt,
@@ -216,6 +227,13 @@ async fn claim(
                 control: control.clone(),
             },
         );
+        if let Some(old) = replaced {
+            // This worker lost the chat (its lease was recovered) and claimed it again: the
+            // old turn must stop now, not run on (and spend) until its next fenced write.
+            tracing::warn!(chat_id = %claim.chat_id, old_attempt = old.attempt,
+                "re-claimed a chat whose old turn still ran; stopping the old turn");
+            old.control.stop(StopReason::LeaseLost);
+        }
         let shared = shared.clone();
         let deps = deps.clone();
         turns.spawn(async move {
@@ -343,6 +361,43 @@ async fn heartbeat_loop(
                     turn.control.stop(StopReason::LeaseLost);
                 }
             }
+        }
+    }
+}
+
+/// Releases the chats of workers whose PostgreSQL session ended (see `liveness`).
+async fn liveness_loop(
+    shared: Arc<Shared>,
+    pool: deadpool_postgres::Pool,
+    flusher: Arc<StreamFlusher>,
+    shutdown: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(shared.config.liveness_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut suspects = Suspects::default();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let result = async {
+            let client = pool.get().await?;
+            let free = liveness::free_holders(&client, shared.config.worker_id).await?;
+            let dead = suspects.observe(&free);
+            if dead.is_empty() {
+                return anyhow::Ok(0);
+            }
+            let notices = liveness::release_dead(&client, &dead).await?;
+            // Two hints per chat, plus a wake when it went back to pending.
+            let released = notices.len();
+            flusher.publish_soon(notices);
+            anyhow::Ok(released)
+        }
+        .await;
+        match result {
+            Ok(released) if released > 0 => shared.wake.notify_one(),
+            Ok(_) => {}
+            Err(error) => tracing::warn!(error = format!("{error:#}"), "liveness check failed"),
         }
     }
 }

@@ -156,22 +156,39 @@ pub struct Committed {
     pub error: bool,
 }
 
-/// The single statement behind `commit`. Every part hangs off `owned` (the fenced row lock):
-/// when the lease is gone nothing is written and no row comes back. The promoted queue head is
+/// The single statement behind `commit`. Every write hangs off `writable`: the fenced row
+/// lock (`owned`), and only when
+/// - this commit's key is not already applied (`last_commit_key`): a commit retried after its
+///   reply was lost writes nothing twice (I11);
+/// - the row did not change between the statement's snapshot and the lock: if the API
+///   committed (say, queued a message) while this statement waited for the lock, the queue
+///   read of this snapshot would miss it, so nothing is written and the caller runs the
+///   statement again at once ('changed');
+/// - a turn that wants `requires_action` was not asked to stop meanwhile ('interrupting': the
+///   caller honours the interrupt instead, writing synthetic results for the client calls).
+///
+/// A `Released` turn (shutdown) whose chat is `interrupting` honours the interrupt: the queue
+/// head placed by an interrupting send runs next, otherwise the chat goes to `waiting` — never
+/// back to `pending`, which would re-run a turn the user stopped. The promoted queue head is
 /// inserted after the step's rows (it reads their count), so message ids stay in order.
 const COMMIT_SQL: &str = "
 WITH owned AS (
-    SELECT id FROM chats
+    SELECT id, status, version FROM chats
     WHERE id = $1 AND worker_id = $2 AND attempt = $3 AND status IN ('running', 'interrupting')
+        AND last_commit_key IS DISTINCT FROM $21
     FOR UPDATE),
+writable AS (
+    SELECT owned.id, owned.status FROM owned
+    WHERE owned.version = (SELECT s.version FROM chats s WHERE s.id = $1)
+        AND NOT ($16::text = 'requires_action' AND owned.status = 'interrupting')),
 step AS (
     INSERT INTO chat_messages (chat_id, role, content, visibility, model_config_id,
         input_tokens, output_tokens, reasoning_tokens, cache_read_tokens, cache_write_tokens,
         cost_micros, runtime_ms, provider_response_id, attempt, compressed)
-    SELECT owned.id, r.role, r.content, 'both', r.model_config_id, r.input_tokens,
+    SELECT writable.id, r.role, r.content, 'both', r.model_config_id, r.input_tokens,
         r.output_tokens, r.reasoning_tokens, r.cache_read_tokens, r.cache_write_tokens,
         r.cost_micros, r.runtime_ms, r.provider_response_id, $3, r.compressed
-    FROM owned, unnest($4::text[], $5::jsonb[], $6::uuid[], $7::int8[], $8::int8[], $9::int8[],
+    FROM writable, unnest($4::text[], $5::jsonb[], $6::uuid[], $7::int8[], $8::int8[], $9::int8[],
         $10::int8[], $11::int8[], $12::int8[], $13::int8[], $14::text[], $19::bool[])
         WITH ORDINALITY
         AS r(role, content, model_config_id, input_tokens, output_tokens, reasoning_tokens,
@@ -181,7 +198,8 @@ step AS (
     RETURNING id, chat_id, role, content, created_at, model_config_id, input_tokens, output_tokens, reasoning_tokens, cache_read_tokens, cache_write_tokens, cost_micros, runtime_ms),
 head AS (
     DELETE FROM chat_queued_messages
-    WHERE $15 AND EXISTS (SELECT 1 FROM owned) AND id = (
+    WHERE ($15 OR ($18 AND EXISTS (SELECT 1 FROM writable WHERE status = 'interrupting')))
+        AND EXISTS (SELECT 1 FROM writable) AND id = (
         SELECT q.id FROM chat_queued_messages q WHERE q.chat_id = $1
         ORDER BY q.position, q.id LIMIT 1)
     RETURNING content, model_config_id, created_by),
@@ -194,6 +212,7 @@ updated AS (
     UPDATE chats c SET
         status = CASE WHEN $16::text IS NULL THEN c.status
                       WHEN EXISTS (SELECT 1 FROM head) THEN 'pending'
+                      WHEN $18 AND w.status = 'interrupting' THEN 'waiting'
                       ELSE $16::text END,
         worker_id = CASE WHEN $16::text IS NULL THEN c.worker_id END,
         heartbeat_at = CASE WHEN $16::text IS NULL THEN c.heartbeat_at END,
@@ -202,18 +221,44 @@ updated AS (
                            WHEN $18 THEN c.crash_count - 1 ELSE 0 END,
         action_deadline_at = CASE WHEN $16::text = 'requires_action'
                                   THEN now() + make_interval(secs => $20::float8) END,
+        last_commit_key = $21,
         version = c.version + 1,
         updated_at = now()
-    FROM owned WHERE c.id = owned.id
+    FROM writable w WHERE c.id = w.id
     RETURNING c.version, c.status, c.attempt)
-SELECT updated.version, updated.status, updated.attempt,
+SELECT coalesce(u.version, a.version), coalesce(u.status, a.status),
+    coalesce(u.attempt, a.attempt),
     (SELECT count(*) FROM step), (SELECT count(*) FROM promoted),
     (SELECT coalesce(json_agg(x ORDER BY x.id), '[]'::json)
-     FROM (SELECT * FROM step UNION ALL SELECT * FROM promoted) x)
-FROM updated";
+     FROM (SELECT * FROM step UNION ALL SELECT * FROM promoted) x),
+    CASE WHEN u.version IS NOT NULL THEN 'committed'
+         WHEN a.last_commit_key = $21 THEN 'already'
+         WHEN NOT EXISTS (SELECT 1 FROM owned) THEN 'lost'
+         WHEN (SELECT version FROM owned) <> a.version THEN 'changed'
+         ELSE 'interrupting' END
+FROM (SELECT 1) AS one
+LEFT JOIN updated u ON true
+LEFT JOIN chats a ON a.id = $1";
+
+/// What a fenced commit found.
+pub enum CommitOutcome {
+    /// Written now.
+    Committed(Committed),
+    /// This key was applied by an earlier try whose reply was lost; nothing was written now.
+    /// `Committed` describes the chat as it is (no rows), so hints make replicas re-read.
+    AlreadyCommitted(Committed),
+    /// The row changed while the statement waited for its lock; nothing was written. Run the
+    /// statement again (it then sees what the other transaction committed).
+    Changed,
+    /// A `requires_action` end found the chat `interrupting`; nothing was written. Honour the
+    /// interrupt instead.
+    Interrupting,
+    /// The lease is gone; nothing was written.
+    LeaseLost,
+}
 
 /// Writes `rows` and applies `end` in one statement (one round trip, atomic), fenced by the
-/// lease. `Ok(None)` means the lease was lost and nothing was written.
+/// lease and idempotent under `key` (retry a failed call with the same key).
 ///
 /// # Locks
 /// Row lock on the chat (`FOR UPDATE`) for the statement; the message inserts happen under
@@ -225,7 +270,8 @@ pub async fn commit(
     attempt: i32,
     rows: &[NewRow],
     end: TurnEnd,
-) -> Result<Option<Committed>, tokio_postgres::Error> {
+    key: Uuid,
+) -> Result<CommitOutcome, tokio_postgres::Error> {
     let roles: Vec<&str> = rows.iter().map(|row| row.role.as_str()).collect();
     let contents: Vec<&Value> = rows.iter().map(|row| &row.content).collect();
     let models: Vec<Option<Uuid>> = rows.iter().map(|row| row.model_config_id).collect();
@@ -282,45 +328,103 @@ pub async fn commit(
                 &released,
                 &compressed,
                 &action_seconds,
+                &key,
             ],
         )
         .await?;
-    Ok(row.map(|row| {
-        let written: i64 = row.get(3);
-        let promoted: i64 = row.get(4);
-        // Decoding our own rows cannot fail; if it did, receivers would simply re-read.
-        let new_messages = serde_json::from_value(row.get(5)).unwrap_or_default();
-        Committed {
-            version: row.get(0),
-            status: ChatStatus::parse(row.get(1)).unwrap_or(ChatStatus::Error),
-            attempt: row.get(2),
-            messages: written > 0 || promoted > 0,
-            new_messages,
-            last_seq: None,
-            queue: promoted > 0,
-            error: last_error.is_some(),
+    let Some(row) = row else {
+        return Ok(CommitOutcome::LeaseLost);
+    };
+    let outcome: &str = row.get(6);
+    let described = |messages: bool, new_messages: Vec<MessageRow>, queue: bool| Committed {
+        version: row.get::<_, Option<i64>>(0).unwrap_or(0),
+        status: row
+            .get::<_, Option<&str>>(1)
+            .and_then(ChatStatus::parse)
+            .unwrap_or(ChatStatus::Error),
+        attempt: row.get::<_, Option<i32>>(2).unwrap_or(attempt),
+        messages,
+        new_messages,
+        last_seq: None,
+        queue,
+        error: last_error.is_some(),
+    };
+    Ok(match outcome {
+        "committed" => {
+            let written: i64 = row.get(3);
+            let promoted: i64 = row.get(4);
+            // Decoding our own rows cannot fail; if it did, receivers would simply re-read.
+            let new_messages = serde_json::from_value(row.get(5)).unwrap_or_default();
+            CommitOutcome::Committed(described(
+                written > 0 || promoted > 0,
+                new_messages,
+                promoted > 0,
+            ))
         }
-    }))
+        // Whatever that try wrote: replicas re-read (messages and queue flagged as changed).
+        "already" => CommitOutcome::AlreadyCommitted(described(true, Vec::new(), true)),
+        "changed" => CommitOutcome::Changed,
+        "interrupting" => CommitOutcome::Interrupting,
+        _ => CommitOutcome::LeaseLost,
+    })
+}
+
+/// What renewing the lease epoch found.
+pub enum Renewal {
+    /// The new attempt and chat version.
+    Renewed(i32, i64),
+    /// The chat is `interrupting`: stop instead of retrying.
+    Interrupting,
+    LeaseLost,
 }
 
 /// Starts a new lease epoch for this worker's turn (a step restarting after partial output):
-/// clients see the attempt change and drop previews. `None` when the lease was lost.
+/// clients see the attempt change and drop previews. Idempotent under `key` (a retry after a
+/// lost reply returns the attempt the first try made).
+///
+/// # Locks
+/// Row lock on the chat for the statement, taken first, so the outcome is judged on the row
+/// as it is after any concurrent change.
 pub async fn renew_attempt(
     client: &deadpool_postgres::ClientWrapper,
     chat_id: Uuid,
     worker_id: Uuid,
     attempt: i32,
-) -> Result<Option<(i32, i64)>, tokio_postgres::Error> {
+    key: Uuid,
+) -> Result<Renewal, tokio_postgres::Error> {
     let row = client
         .query_opt(
-            &client.prepare_cached("UPDATE chats SET attempt = attempt + 1, version = version + 1, updated_at = now(), \
-             heartbeat_at = now() \
-             WHERE id = $1 AND worker_id = $2 AND attempt = $3 AND status = 'running' \
-             RETURNING attempt, version").await?,
-            &[&chat_id, &worker_id, &attempt],
+            &client
+                .prepare_cached(
+                    "WITH current AS ( \
+                 SELECT id, worker_id, status, attempt, version, last_commit_key FROM chats \
+                 WHERE id = $1 FOR UPDATE), \
+             renewed AS ( \
+                 UPDATE chats c SET attempt = c.attempt + 1, version = c.version + 1, \
+                     updated_at = now(), heartbeat_at = now(), last_commit_key = $4 \
+                 FROM current k WHERE c.id = k.id AND k.worker_id = $2 AND k.attempt = $3 \
+                     AND k.status = 'running' AND k.last_commit_key IS DISTINCT FROM $4 \
+                 RETURNING c.attempt, c.version) \
+             SELECT coalesce(r.attempt, k.attempt), coalesce(r.version, k.version), \
+                 CASE WHEN r.attempt IS NOT NULL THEN 'renewed' \
+                      WHEN k.worker_id = $2 AND k.last_commit_key = $4 THEN 'renewed' \
+                      WHEN k.worker_id = $2 AND k.attempt = $3 AND k.status = 'interrupting' \
+                          THEN 'interrupting' \
+                      ELSE 'lost' END \
+             FROM current k LEFT JOIN renewed r ON true",
+                )
+                .await?,
+            &[&chat_id, &worker_id, &attempt, &key],
         )
         .await?;
-    Ok(row.map(|row| (row.get(0), row.get(1))))
+    Ok(match row {
+        Some(row) => match row.get::<_, &str>(2) {
+            "renewed" => Renewal::Renewed(row.get(0), row.get(1)),
+            "interrupting" => Renewal::Interrupting,
+            _ => Renewal::LeaseLost,
+        },
+        None => Renewal::LeaseLost,
+    })
 }
 
 /// Hints to publish after a commit that changed a chat.

@@ -220,7 +220,11 @@ impl Hubs {
         }
     }
 
-    /// Subscribes to a chat; returns once its channel is LISTENed.
+    /// Subscribes to a chat; returns once its channel is LISTENed. The caller must have
+    /// checked that the chat exists and is the user's: a hub costs a task and a LISTEN.
+    ///
+    /// Cancel-safe: the subscription (whose drop undoes the count) exists before the first
+    /// await, so a caller that gives up while the database is slow leaves nothing behind.
     pub async fn subscribe_chat(self: &Arc<Hubs>, chat_id: Uuid) -> ChatSubscription {
         let (events, mut ready) = {
             let mut chats = lock(&self.chats);
@@ -254,18 +258,22 @@ impl Hubs {
                 )
             });
             entry.subscribers += 1;
-            (sender.subscribe(), entry.ready.clone())
+            let subscribed = (sender.subscribe(), entry.ready.clone());
+            metrics::gauge!("chatd_hubs").set(chats.len() as f64);
+            subscribed
         };
         metrics::gauge!("chatd_stream_subscribers").increment(1.0);
-        let _ = ready.wait_for(|ready| *ready).await;
-        ChatSubscription {
+        let subscription = ChatSubscription {
             events,
             hubs: self.clone(),
             chat_id,
-        }
+        };
+        let _ = ready.wait_for(|ready| *ready).await;
+        subscription
     }
 
     /// Subscribes to a user's chat-list events; returns once the channel is LISTENed.
+    /// Cancel-safe like [`Hubs::subscribe_chat`].
     pub async fn subscribe_owner(self: &Arc<Hubs>, owner_id: Uuid) -> OwnerSubscription {
         let (events, mut ready) = {
             let mut owners = lock(&self.owners);
@@ -297,12 +305,13 @@ impl Hubs {
             entry.subscribers += 1;
             (sender.subscribe(), entry.ready.clone())
         };
-        let _ = ready.wait_for(|ready| *ready).await;
-        OwnerSubscription {
+        let subscription = OwnerSubscription {
             events,
             hubs: self.clone(),
             owner_id,
-        }
+        };
+        let _ = ready.wait_for(|ready| *ready).await;
+        subscription
     }
 
     fn unsubscribe_chat(&self, chat_id: Uuid) {
@@ -313,6 +322,7 @@ impl Hubs {
             if entry.subscribers == 0 {
                 entry.cancel.cancel();
                 chats.remove(&chat_id);
+                metrics::gauge!("chatd_hubs").set(chats.len() as f64);
                 // Under the map lock, so a concurrent re-subscribe's LISTEN comes after this.
                 self.release_bucket(chat_bucket(chat_id));
             }

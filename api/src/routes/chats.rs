@@ -114,7 +114,7 @@ pub async fn list(
     let mut labels = serde_json::Map::new();
     let mut after = None;
     let mut limit = None;
-    for (key, value) in query_pairs(raw.as_deref()) {
+    for (key, value) in query_pairs(raw.as_deref())? {
         match key.as_str() {
             "archived" => {
                 archived = match value.as_str() {

@@ -27,7 +27,7 @@ pub async fn list(
     let chat_id = parse_uuid(&chat_id, "chat_id")?;
     let mut before_id = None;
     let mut limit = None;
-    for (key, value) in query_pairs(raw.as_deref()) {
+    for (key, value) in query_pairs(raw.as_deref())? {
         match key.as_str() {
             "before_id" => before_id = Some(parse_int_id(&value, "before_id")?),
             "limit" => limit = Some(value),

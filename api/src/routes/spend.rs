@@ -191,7 +191,7 @@ fn usage_window(
     let (month_start, next_month_start) = month_bounds(now);
     let mut from = month_start;
     let mut to = next_month_start;
-    for (key, value) in query_pairs(raw) {
+    for (key, value) in query_pairs(raw)? {
         match key.as_str() {
             "from" => from = parse_timestamp(&value, "from")?,
             "to" => to = parse_timestamp(&value, "to")?,

@@ -39,7 +39,7 @@ pub async fn stream(
 ) -> ApiResult<Response> {
     let chat_id = parse_uuid(&chat_id, "chat_id")?;
     let mut cursor = None;
-    for (key, value) in query_pairs(raw.as_deref()) {
+    for (key, value) in query_pairs(raw.as_deref())? {
         match key.as_str() {
             "cursor" => cursor = Some(StreamCursor::parse(&value, "cursor")?),
             other => {
@@ -55,6 +55,17 @@ pub async fn stream(
             .to_str()
             .map_err(|_| ApiError::field("Last-Event-ID", "Last-Event-ID: not ASCII"))?;
         cursor = Some(StreamCursor::parse(text, "Last-Event-ID")?);
+    }
+    // Ownership first: a hub costs a task and a LISTEN, and must not be created for another
+    // user's chat or a random id (the answer is the same 404 as for a missing chat).
+    {
+        let client = state.pool.get().await?;
+        if reads::chat_for_owner(&client, chat_id, user.id)
+            .await?
+            .is_none()
+        {
+            return Err(ApiError::NotFound("chat"));
+        }
     }
     // Subscribe first (returns once LISTENing), then snapshot.
     let subscription =

@@ -30,8 +30,24 @@ pub fn user_content(input: MessageInput, field: &str) -> Result<Value, ApiError>
         let part_field = format!("{field}[{index}]");
         match &part {
             ContentPart::Text { text } => check_text(text, &part_field)?,
-            ContentPart::File { media_type, .. } => check_text(media_type, &part_field)?,
-            ContentPart::Source { url, .. } => check_text(url, &part_field)?,
+            ContentPart::File {
+                media_type,
+                file_id,
+                data,
+            } => {
+                check_text(media_type, &format!("{part_field}.media_type"))?;
+                for (name, value) in [("file_id", file_id), ("data", data)] {
+                    if let Some(value) = value {
+                        check_text(value, &format!("{part_field}.{name}"))?;
+                    }
+                }
+            }
+            ContentPart::Source { url, title } => {
+                check_text(url, &format!("{part_field}.url"))?;
+                if let Some(title) = title {
+                    check_text(title, &format!("{part_field}.title"))?;
+                }
+            }
             ContentPart::Reasoning { .. }
             | ContentPart::RedactedReasoning { .. }
             | ContentPart::ToolCall { .. }

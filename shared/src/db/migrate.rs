@@ -11,11 +11,18 @@ pub struct Migration {
 }
 
 /// Every migration, oldest first. Add new files here.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "0001_init",
-    sql: include_str!("../../../migrations/0001_init.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "0001_init",
+        sql: include_str!("../../../migrations/0001_init.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "0002_fault_tolerance",
+        sql: include_str!("../../../migrations/0002_fault_tolerance.sql"),
+    },
+];
 
 /// Arbitrary constant key of the advisory lock that serialises migrations.
 const MIGRATION_LOCK_KEY: i64 = 0x6368_6174_645f_6d67; // "chatd_mg"

@@ -9,7 +9,7 @@
 //! | `POST /v1/responses` | OpenAI Responses, streaming (`event:` + `data:` with `type` and `sequence_number`) or one JSON answer; `store` (default `true`) and `previous_response_id` |
 //! | `POST /v1/messages` | Anthropic Messages, streaming or one JSON answer; `max_tokens` required, empty or whitespace-only text blocks rejected with 400 `text content blocks must be non-empty` |
 //! | `GET /healthz` | `ok` |
-//! | `GET /mock/stats` | `{"requests": {"chat", "responses", "responses_chained", "messages"}, "stored_responses"}`: requests per route since start; `responses_chained` counts requests whose `previous_response_id` was found |
+//! | `GET /mock/stats` | `{"requests": {"chat", "responses", "responses_chained", "messages"}, "open_streams", "stored_responses"}`: requests per route since start; `responses_chained` counts requests whose `previous_response_id` was found; `open_streams` counts streamed answers still being sent (a client that goes away closes its stream) |
 //! | `POST /mock/forget` | forgets every stored response (`{"forgotten": n}`), so chained requests get "not found" |
 //!
 //! `Authorization: Bearer …`, `x-api-key` and `anthropic-version` are accepted, never required.

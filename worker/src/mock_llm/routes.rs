@@ -8,6 +8,7 @@ use axum::extract::State;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use futures::StreamExt;
 use serde_json::{json, Value};
 
 use crate::mock_llm::conversation::{self, Conversation};
@@ -17,7 +18,7 @@ use crate::mock_llm::render::chat::{self as chat_render, ChatWriter};
 use crate::mock_llm::render::responses::{self as responses_render, ResponsesWriter};
 use crate::mock_llm::render::{sse_body, SseWriter};
 use crate::mock_llm::reply::fnv1a;
-use crate::mock_llm::state::{MockState, RequestStats};
+use crate::mock_llm::state::{MockState, OpenStream, RequestStats};
 
 /// `POST /v1/chat/completions`.
 pub async fn chat_completions(State(state): State<Arc<MockState>>, body: Bytes) -> Response {
@@ -37,7 +38,7 @@ pub async fn chat_completions(State(state): State<Arc<MockState>>, body: Bytes) 
         wait_ttft(&plan).await;
         return Json(chat_render::completion(&plan)).into_response();
     }
-    sse_response(plan, failure, ChatWriter::new(call.include_usage))
+    sse_response(&state, plan, failure, ChatWriter::new(call.include_usage))
 }
 
 /// `POST /v1/responses`, with `store` / `previous_response_id` chaining.
@@ -86,7 +87,7 @@ pub async fn responses(State(state): State<Arc<MockState>>, body: Bytes) -> Resp
         wait_ttft(&plan).await;
         return Json(responses_render::response_json(&plan)).into_response();
     }
-    sse_response(plan, failure, ResponsesWriter::new())
+    sse_response(&state, plan, failure, ResponsesWriter::new())
 }
 
 /// `POST /v1/messages` (Anthropic). `x-api-key` and `anthropic-version` are accepted, not checked.
@@ -107,7 +108,7 @@ pub async fn messages(State(state): State<Arc<MockState>>, body: Bytes) -> Respo
         wait_ttft(&plan).await;
         return Json(anthropic_render::message_json(&plan)).into_response();
     }
-    sse_response(plan, failure, AnthropicWriter::new())
+    sse_response(&state, plan, failure, AnthropicWriter::new())
 }
 
 /// `GET /mock/stats`: requests per route and the number of stored Responses.
@@ -215,13 +216,24 @@ async fn wait_ttft(plan: &Plan) {
     }
 }
 
-fn sse_response(plan: Plan, failure: Failure, writer: impl SseWriter) -> Response {
+fn sse_response(
+    state: &MockState,
+    plan: Plan,
+    failure: Failure,
+    writer: impl SseWriter,
+) -> Response {
+    // Counted until the body is dropped: finished, or abandoned by the client.
+    let open = OpenStream::new(&state.stats.open_streams);
+    let body = sse_body(plan, failure, writer).map(move |frame| {
+        let _ = &open;
+        frame
+    });
     (
         [
             (header::CONTENT_TYPE, "text/event-stream"),
             (header::CACHE_CONTROL, "no-cache"),
         ],
-        Body::from_stream(sse_body(plan, failure, writer)),
+        Body::from_stream(body),
     )
         .into_response()
 }

@@ -184,6 +184,24 @@ pub struct RequestStats {
     /// Responses requests whose `previous_response_id` was found.
     pub responses_chained: AtomicU64,
     pub messages: AtomicU64,
+    /// Streamed answers whose body is still being sent (the client has not gone away).
+    pub open_streams: Arc<std::sync::atomic::AtomicI64>,
+}
+
+/// Counts one open stream while alive (see [`RequestStats::open_streams`]).
+pub struct OpenStream(Arc<std::sync::atomic::AtomicI64>);
+
+impl OpenStream {
+    pub fn new(counter: &Arc<std::sync::atomic::AtomicI64>) -> OpenStream {
+        counter.fetch_add(1, Ordering::Relaxed);
+        OpenStream(counter.clone())
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl RequestStats {
@@ -200,7 +218,8 @@ impl RequestStats {
                 "responses": read(&self.responses),
                 "responses_chained": read(&self.responses_chained),
                 "messages": read(&self.messages),
-            }
+            },
+            "open_streams": self.open_streams.load(Ordering::Relaxed),
         })
     }
 }

@@ -22,6 +22,9 @@ pub enum ErrorKind {
     StartupTimeout,
     Auth,
     Config,
+    /// The provider sent something that cannot be used or stored (e.g. a NUL in a tool call's
+    /// id or name, which must round-trip to the provider unchanged). Never retried.
+    InvalidResponse,
     Generic,
 }
 
@@ -34,6 +37,7 @@ impl ErrorKind {
             ErrorKind::StartupTimeout => "startup_timeout",
             ErrorKind::Auth => "auth",
             ErrorKind::Config => "config",
+            ErrorKind::InvalidResponse => "invalid_response",
             ErrorKind::Generic => "generic",
         }
     }

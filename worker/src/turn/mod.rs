@@ -66,72 +66,143 @@ impl TurnContext {
         self.attempt.load(Ordering::Relaxed)
     }
 
-    /// Bumps the lease epoch (fenced); `None` when the lease is gone.
-    pub async fn renew_attempt(&self) -> Option<i32> {
-        let client = self.pool.get().await.ok()?;
-        let renewed =
-            store::renew_attempt(&client, self.chat_id, self.config.worker_id, self.attempt())
-                .await
-                .ok()??;
-        let (attempt, version) = renewed;
-        self.attempt.store(attempt, Ordering::Relaxed);
-        let notices = store::status_notices(
-            self.chat_id,
-            self.owner_id,
-            version,
-            chatd_shared::domain::ChatStatus::Running,
-            attempt,
-        );
-        self.flusher.publish_soon(notices);
-        Some(attempt)
-    }
-
-    /// Commits `rows` and `end` fenced by the lease, retrying transient database errors.
-    /// Returns false when the lease was lost (or the database stayed unreachable: then the
-    /// lease expires and the sweep hands the chat to another worker).
-    /// `last_seq`: the last seq this attempt published (carried in the hint so API replicas can
-    /// tell whether they missed a frame notification).
-    async fn commit(&self, rows: &[NewRow], end: TurnEnd, last_seq: Option<i64>) -> bool {
+    /// Bumps the lease epoch (fenced, idempotent), retrying transient database errors.
+    pub async fn renew_attempt(&self) -> store::Renewal {
+        let key = Uuid::new_v4();
         let mut delay = Duration::from_millis(100);
-        let mut end = Some(end);
-        for _ in 0..6 {
+        for _ in 0..COMMIT_TRIES {
             let result = async {
                 let client = self.pool.get().await?;
-                let committed = store::commit(
-                    &client,
-                    self.chat_id,
-                    self.config.worker_id,
-                    self.attempt(),
-                    rows,
-                    clone_end(end.as_ref()),
+                anyhow::Ok(
+                    store::renew_attempt(
+                        &client,
+                        self.chat_id,
+                        self.config.worker_id,
+                        self.attempt(),
+                        key,
+                    )
+                    .await?,
                 )
-                .await?;
-                if let Some(committed) = &committed {
-                    let mut committed = committed.clone();
-                    committed.last_seq = last_seq;
-                    let notices = store::change_notices(self.chat_id, self.owner_id, &committed);
-                    self.flusher.publish_soon(notices);
-                }
-                anyhow::Ok(committed.is_some())
             }
             .await;
             match result {
-                Ok(owned) => {
-                    if !owned {
-                        tracing::info!("lease lost; the step was not written");
-                    }
-                    return owned;
+                Ok(store::Renewal::Renewed(attempt, version)) => {
+                    self.attempt.store(attempt, Ordering::Relaxed);
+                    let notices = store::status_notices(
+                        self.chat_id,
+                        self.owner_id,
+                        version,
+                        chatd_shared::domain::ChatStatus::Running,
+                        attempt,
+                    );
+                    self.flusher.publish_soon(notices);
+                    return store::Renewal::Renewed(attempt, version);
                 }
+                Ok(other) => return other,
                 Err(error) => {
-                    tracing::warn!(error = format!("{error:#}"), "commit the step; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay *= 2;
+                    tracing::warn!(error = format!("{error:#}"), "renew the attempt; retrying");
+                    if self.sleep_unless_lost(delay).await {
+                        return store::Renewal::LeaseLost;
+                    }
+                    delay = (delay * 2).min(MAX_COMMIT_DELAY);
                 }
             }
         }
-        end.take();
-        false
+        store::Renewal::LeaseLost
     }
+
+    /// Sleeps `delay`; true when the lease was lost meanwhile (stop retrying).
+    async fn sleep_unless_lost(&self, delay: Duration) -> bool {
+        tokio::time::sleep(delay).await;
+        self.control.reason() == Some(StopReason::LeaseLost)
+    }
+
+    /// Commits `rows` and `end` fenced by the lease, retrying transient database errors with
+    /// the same idempotency key (a retry after a lost reply writes nothing twice). Returns
+    /// `Lost` when the lease was lost (or the database stayed unreachable: then the lease
+    /// expires and another worker takes the chat).
+    /// `last_seq`: the last seq this attempt published (carried in the hint so API replicas can
+    /// tell whether they missed a frame notification).
+    async fn commit_outcome(&self, rows: &[NewRow], end: TurnEnd, last_seq: Option<i64>) -> Commit {
+        let key = Uuid::new_v4();
+        let mut delay = Duration::from_millis(100);
+        let mut changed = 0;
+        let mut tries = 0;
+        while tries < COMMIT_TRIES {
+            let result = async {
+                let client = self.pool.get().await?;
+                anyhow::Ok(
+                    store::commit(
+                        &client,
+                        self.chat_id,
+                        self.config.worker_id,
+                        self.attempt(),
+                        rows,
+                        clone_end(Some(&end)),
+                        key,
+                    )
+                    .await?,
+                )
+            }
+            .await;
+            match result {
+                Ok(store::CommitOutcome::Committed(mut committed))
+                | Ok(store::CommitOutcome::AlreadyCommitted(mut committed)) => {
+                    committed.last_seq = last_seq;
+                    let notices = store::change_notices(self.chat_id, self.owner_id, &committed);
+                    self.flusher.publish_soon(notices);
+                    return Commit::Owned;
+                }
+                Ok(store::CommitOutcome::Changed) if changed < MAX_CHANGED_RETRIES => {
+                    // Someone committed while we waited for the row lock: look again at once.
+                    changed += 1;
+                }
+                Ok(store::CommitOutcome::Changed) => {
+                    tracing::warn!("the chat kept changing under the commit; giving up");
+                    return Commit::Lost;
+                }
+                Ok(store::CommitOutcome::Interrupting) => return Commit::Interrupting,
+                Ok(store::CommitOutcome::LeaseLost) => {
+                    tracing::info!("lease lost; the step was not written");
+                    return Commit::Lost;
+                }
+                Err(error) => {
+                    tries += 1;
+                    tracing::warn!(error = format!("{error:#}"), "commit the step; retrying");
+                    if self.sleep_unless_lost(delay).await {
+                        return Commit::Lost;
+                    }
+                    delay = (delay * 2).min(MAX_COMMIT_DELAY);
+                }
+            }
+        }
+        Commit::Lost
+    }
+
+    /// [`TurnContext::commit_outcome`] for ends that cannot meet `Interrupting` (only
+    /// `RequiresAction` can): true while the lease is held.
+    async fn commit(&self, rows: &[NewRow], end: TurnEnd, last_seq: Option<i64>) -> bool {
+        matches!(
+            self.commit_outcome(rows, end, last_seq).await,
+            Commit::Owned | Commit::Interrupting
+        )
+    }
+}
+
+/// Tries of a commit or renewal on database errors (with backoff up to
+/// [`MAX_COMMIT_DELAY`]); together about a minute, past `stale_after`'s default of 30 s, so
+/// a turn gives up only once its lease is surely gone.
+const COMMIT_TRIES: usize = 12;
+const MAX_COMMIT_DELAY: Duration = Duration::from_secs(8);
+/// Immediate re-runs of a commit whose row changed under it (each sees the newer row).
+const MAX_CHANGED_RETRIES: usize = 20;
+
+/// How a commit ended for the turn.
+enum Commit {
+    Owned,
+    /// Nothing was written: a `requires_action` end found the chat `interrupting`.
+    Interrupting,
+    Lost,
 }
 
 fn clone_end(end: Option<&TurnEnd>) -> TurnEnd {
@@ -296,8 +367,19 @@ async fn run_turn_inner(deps: TurnDeps, claim: Claim, control: Arc<TurnControl>)
         };
         let continues = matches!(end, TurnEnd::Continue);
         stream.flush().await;
-        if !turn.commit(&built.rows, end, Some(stream.last_seq())).await {
-            return;
+        match turn
+            .commit_outcome(&built.rows, end, Some(stream.last_seq()))
+            .await
+        {
+            Commit::Owned => {}
+            Commit::Lost => return,
+            Commit::Interrupting => {
+                // Interrupted while the client calls were being stored: the interrupt wins
+                // (the calls get synthetic results, a queued message runs next).
+                turn.control.stop(StopReason::Interrupt);
+                stop(&turn, &mut stream, &output, outcomes, runtime_ms).await;
+                return;
+            }
         }
         if !continues {
             if let (false, Some(question)) = (pending, title_question) {
@@ -453,14 +535,16 @@ async fn fail_without_model(deps: &TurnDeps, claim: &Claim, message: &str) {
     let Ok(client) = deps.pool.get().await else {
         return;
     };
-    let error = json!({"kind": "config", "message": message, "retryable": false});
-    if let Ok(Some(committed)) = store::commit(
+    let error =
+        stream::cap_message(json!({"kind": "config", "message": message, "retryable": false}));
+    if let Ok(store::CommitOutcome::Committed(committed)) = store::commit(
         &client,
         claim.chat_id,
         deps.config.worker_id,
         claim.attempt,
         &[],
         TurnEnd::Failed(error),
+        Uuid::new_v4(),
     )
     .await
     {

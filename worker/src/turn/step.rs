@@ -18,7 +18,9 @@ use crate::provider::{
     self, ErrorKind, FinishReason, ModelRequest, ProviderError, ProviderEvent, Usage,
 };
 
+use super::control::StopReason;
 use super::{TurnContext, TurnStream};
+use crate::store::Renewal;
 
 /// First retry delay; doubles per attempt up to [`MAX_RETRY_DELAY`].
 const FIRST_RETRY_DELAY: Duration = Duration::from_millis(500);
@@ -151,8 +153,13 @@ pub async fn run_step(
         if output.produced() {
             // Partial output is void: restart the step in a new lease epoch.
             match turn.renew_attempt().await {
-                Some(attempt) => stream.restart(attempt),
-                None => return StepResult::LeaseLost,
+                Renewal::Renewed(attempt, _) => stream.restart(attempt),
+                Renewal::Interrupting => {
+                    // The user stopped the turn (its notice may be lost): keep what streamed.
+                    turn.control.stop(StopReason::Interrupt);
+                    return StepResult::Stopped(output);
+                }
+                Renewal::LeaseLost => return StepResult::LeaseLost,
             }
         }
         let retrying_at = time::OffsetDateTime::now_utc() + delay;
@@ -253,6 +260,7 @@ async fn stream_once(
                 });
             }
             ProviderEvent::ToolCallStart { index, id, name } => {
+                check_call_identity(&id, &name)?;
                 // Some compatible servers omit call ids; results must still match their call.
                 let id = if id.is_empty() {
                     format!("call_{}_{index}", uuid::Uuid::new_v4().simple())
@@ -297,6 +305,35 @@ async fn stream_once(
             }
         }
     }
+}
+
+/// Longest tool call id or name accepted from a provider (they are echoed back to it).
+const MAX_CALL_IDENTITY_BYTES: usize = 256;
+
+/// A tool call's id and name must reach the provider again exactly as it sent them; one that
+/// cannot be stored (NUL) or is absurdly long ends the step with a non-retryable
+/// `invalid_response` (never a failing commit that would re-run the turn).
+fn check_call_identity(id: &str, name: &str) -> Result<(), ProviderError> {
+    for (what, value) in [("id", id), ("name", name)] {
+        if value.contains('\0') {
+            return Err(ProviderError::new(
+                ErrorKind::InvalidResponse,
+                format!("the provider sent a tool call whose {what} contains NUL"),
+                false,
+            ));
+        }
+        if value.len() > MAX_CALL_IDENTITY_BYTES {
+            return Err(ProviderError::new(
+                ErrorKind::InvalidResponse,
+                format!(
+                    "the provider sent a tool call whose {what} is {} bytes long (at most {MAX_CALL_IDENTITY_BYTES})",
+                    value.len()
+                ),
+                false,
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn call_at<'a>(

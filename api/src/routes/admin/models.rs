@@ -42,7 +42,7 @@ pub async fn list(
     RawQuery(raw): RawQuery,
 ) -> ApiResult<Response> {
     let mut include_deleted = false;
-    for (key, value) in query_pairs(raw.as_deref()) {
+    for (key, value) in query_pairs(raw.as_deref())? {
         match key.as_str() {
             "include_deleted" => {
                 include_deleted = match value.as_str() {
