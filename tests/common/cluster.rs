@@ -67,8 +67,23 @@ impl Cluster {
         }
     }
 
+    /// Like [`Cluster::start`], on a database of the caller's (e.g. on a private server).
+    pub async fn start_on(db: TestDatabase, apis: usize, workers: usize) -> Cluster {
+        match Cluster::try_start_on(db, apis, workers).await {
+            Ok(cluster) => cluster,
+            Err(error) => panic!("start the cluster: {error:#}"),
+        }
+    }
+
     async fn try_start(apis: usize, workers: usize) -> anyhow::Result<Cluster> {
-        let db = test_database().await;
+        Cluster::try_start_on(test_database().await, apis, workers).await
+    }
+
+    async fn try_start_on(
+        db: TestDatabase,
+        apis: usize,
+        workers: usize,
+    ) -> anyhow::Result<Cluster> {
         let log_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
             .join("target/test-logs")
             .join(&db.name);
@@ -136,13 +151,23 @@ impl Cluster {
 
     /// Starts a worker with `FAST_WORKER_ARGS` plus `extra` flags.
     pub async fn add_worker(&mut self, extra: &[&str]) -> anyhow::Result<Uuid> {
+        let url = self.db.url.clone();
+        self.add_worker_via(&url, extra).await
+    }
+
+    /// Starts a worker that reaches PostgreSQL through `database_url` (e.g. a proxy).
+    pub async fn add_worker_via(
+        &mut self,
+        database_url: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<Uuid> {
         let worker_id = Uuid::new_v4();
         let index = self.workers.len();
         let id_text = worker_id.to_string();
         let mut args = vec![
             "worker",
             "--database-url",
-            &self.db.url,
+            database_url,
             "--worker-id",
             &id_text,
         ];

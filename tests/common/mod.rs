@@ -4,4 +4,5 @@
 pub mod cluster;
 pub mod models;
 pub mod pg;
+pub mod proxy;
 pub mod sse;

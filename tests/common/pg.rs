@@ -272,3 +272,71 @@ pub fn with_database(url: &str, database: &str) -> anyhow::Result<String> {
 fn quote(identifier: &str) -> String {
     format!("\"{}\"", identifier.replace('"', "\"\""))
 }
+
+/// A PostgreSQL server of one test's own (for faults that would disturb the shared server:
+/// restarts, crashes), with one migrated database. Shut down when dropped.
+pub struct PrivateServer {
+    pub server: EmbeddedPostgres,
+    options: EmbeddedOptions,
+    pub db: TestDatabase,
+}
+
+impl PrivateServer {
+    pub async fn start() -> PrivateServer {
+        let data_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("target/chatd-test-pg")
+            .join(format!("private-{}", uuid::Uuid::new_v4().simple()));
+        let options = EmbeddedOptions {
+            port: 0,
+            settings: vec![
+                ("fsync".to_owned(), "off".to_owned()),
+                ("synchronous_commit".to_owned(), "off".to_owned()),
+            ],
+            ..EmbeddedOptions::new(data_dir)
+        };
+        let server = EmbeddedPostgres::start(options.clone())
+            .await
+            .expect("start a private PostgreSQL server");
+        let name = "chatd_private".to_owned();
+        server
+            .create_database(&name, None)
+            .await
+            .expect("create the database");
+        let url = server.url(&name);
+        let (mut client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        let driver = tokio::spawn(connection);
+        chatd_shared::db::migrate::run(&mut client)
+            .await
+            .expect("migrate");
+        drop(client);
+        let _ = driver.await;
+        let options = EmbeddedOptions {
+            port: server.port(),
+            ..options
+        };
+        PrivateServer {
+            server,
+            options,
+            db: TestDatabase { url, name },
+        }
+    }
+
+    /// `pg_ctl restart -m immediate`: a crash and crash recovery on the same port.
+    pub async fn restart_immediately(&mut self) {
+        self.server
+            .stop_immediately()
+            .await
+            .expect("stop immediately");
+        self.server = EmbeddedPostgres::start(self.options.clone())
+            .await
+            .expect("start again");
+    }
+}
+
+impl Drop for PrivateServer {
+    fn drop(&mut self) {
+        self.server.signal_immediate_shutdown();
+    }
+}

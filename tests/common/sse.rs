@@ -133,3 +133,97 @@ pub fn assert_contiguous(events: &[StreamEvent]) -> String {
     }
     text
 }
+
+/// A client that keeps one logical stream across connection losses, as a real client does:
+/// when the stream ends or fails it reconnects (to any of `apis`, round robin) with its last
+/// event id. Every event is fed to the stream-integrity checker of `chatd scaletest`.
+pub struct ResumingReader {
+    apis: Vec<ApiClient>,
+    chat_id: String,
+    events: Option<Pin<Box<dyn Stream<Item = anyhow::Result<StreamEvent>> + Send>>>,
+    last_id: Option<String>,
+    pub seen: Vec<StreamEvent>,
+    pub reconnects: usize,
+    pub checker: chatd_api::client::scaletest::integrity::StreamChecker,
+}
+
+impl ResumingReader {
+    pub fn new(apis: Vec<ApiClient>, chat_id: &str, cursor: Option<&str>) -> ResumingReader {
+        ResumingReader {
+            apis,
+            chat_id: chat_id.to_owned(),
+            events: None,
+            last_id: cursor.map(str::to_owned),
+            seen: Vec::new(),
+            reconnects: 0,
+            checker: Default::default(),
+        }
+    }
+
+    /// The next event, reconnecting as needed; panics after `timeout`.
+    pub async fn next(&mut self, timeout: Duration) -> StreamEvent {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no stream event within {timeout:?} ({} reconnects); last: {:?}",
+                self.reconnects,
+                self.seen.last()
+            );
+            if self.events.is_none() {
+                let api = &self.apis[self.reconnects % self.apis.len()];
+                match api.stream(&self.chat_id, self.last_id.as_deref()).await {
+                    Ok(events) => self.events = Some(Box::pin(events)),
+                    Err(_) => {
+                        self.reconnects += 1;
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        continue;
+                    }
+                }
+            }
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let next = tokio::time::timeout(left, self.events.as_mut().expect("open").next()).await;
+            match next {
+                Ok(Some(Ok(event))) => {
+                    if !event.id.is_empty() {
+                        self.last_id = Some(event.id.clone());
+                    }
+                    self.checker.observe(&event.event, &event.data);
+                    self.seen.push(event.clone());
+                    return event;
+                }
+                Ok(_) => {
+                    // Ended or failed: resume from the last event id.
+                    self.events = None;
+                    self.reconnects += 1;
+                    self.checker.note_reconnect();
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(_) => continue, // the deadline assertion above reports it
+            }
+        }
+    }
+
+    /// Reads until the chat's answer to the latest message arrived and the status is
+    /// `waiting`.
+    pub async fn until_turn_done(&mut self, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut answered = false;
+        let mut status = String::new();
+        while !(answered && status == "waiting") {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let event = self.next(left.max(Duration::from_millis(1))).await;
+            match event.event.as_str() {
+                "message" if event.data["role"] == "assistant" => answered = true,
+                "status" => status = event.data["status"].as_str().unwrap_or_default().to_owned(),
+                _ => {}
+            }
+        }
+    }
+
+    /// Asserts the integrity counts are all zero (gaps, duplicates, order, text).
+    pub fn assert_intact(&mut self) {
+        let counts = self.checker.take_counts();
+        assert!(counts.is_zero(), "stream integrity: {counts:?}");
+    }
+}

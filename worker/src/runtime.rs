@@ -316,6 +316,10 @@ async fn heartbeat_loop(
 ) {
     let mut ticker = tokio::time::interval(shared.config.heartbeat_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Process clock, used only to give up early: a worker that could not renew its leases for
+    // `stale_after` must assume others took them (a partition, a hung connection) and stop
+    // its turns rather than spend on them; fencing would refuse their writes anyway.
+    let mut last_renewed = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -327,18 +331,34 @@ async fn heartbeat_loop(
             .map(|(chat_id, turn)| (*chat_id, turn.attempt))
             .collect();
         if owned.is_empty() {
+            last_renewed = tokio::time::Instant::now();
             continue;
         }
         let chat_ids: Vec<Uuid> = owned.iter().map(|(chat_id, _)| *chat_id).collect();
-        let result = async {
-            let client = pool.get().await?;
-            anyhow::Ok(store::heartbeat(&client, shared.config.worker_id, &chat_ids).await?)
-        }
-        .await;
+        // Bounded: a connection that hangs (a black-holed network) must not stop the loop.
+        let result = tokio::time::timeout(
+            shared.config.heartbeat_interval.max(Duration::from_secs(1)),
+            async {
+                let client = pool.get().await?;
+                anyhow::Ok(store::heartbeat(&client, shared.config.worker_id, &chat_ids).await?)
+            },
+        )
+        .await
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("the heartbeat timed out")));
         let leases = match result {
-            Ok(leases) => leases,
+            Ok(leases) => {
+                last_renewed = tokio::time::Instant::now();
+                leases
+            }
             Err(error) => {
                 tracing::warn!(error = format!("{error:#}"), "heartbeat failed");
+                if last_renewed.elapsed() > shared.config.stale_after {
+                    tracing::warn!(turns = owned.len(),
+                        "leases not renewed for stale_after; stopping the turns (others may own them now)");
+                    for turn in shared.turns().values() {
+                        turn.control.stop(StopReason::LeaseLost);
+                    }
+                }
                 continue;
             }
         };

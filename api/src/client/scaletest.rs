@@ -17,7 +17,7 @@
 //! (`ulimit -n`) of this process and of the API replicas.
 
 mod driver;
-mod integrity;
+pub mod integrity;
 mod recorder;
 mod report;
 mod stats;

@@ -151,7 +151,18 @@ impl Session {
                 // The client has part of this attempt's previews (a lagging or resuming
                 // client): finish them, so its deltas add up to the message (I3).
                 self.turn_finished = true;
-                reads::frames_after(&client, self.chat_id, chat.attempt, self.cursor.seq).await?
+                let frames =
+                    reads::frames_after(&client, self.chat_id, chat.attempt, self.cursor.seq)
+                        .await?;
+                if frames.is_empty()
+                    && reads::max_frame_seq(&client, self.chat_id, chat.attempt).await? == 0
+                {
+                    // The attempt's frames were trimmed (the client was away too long): its
+                    // previews cannot be completed, so the client drops them (I9) and the
+                    // message that follows is the answer.
+                    out.push(self.event("attempt_reset", &json!({"attempt": chat.attempt})));
+                }
+                frames
             } else {
                 if ended && chat.attempt > self.cursor.attempt {
                     // Previews the client never saw: skip them (and their late notices).

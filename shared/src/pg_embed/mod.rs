@@ -300,6 +300,40 @@ impl EmbeddedPostgres {
         Ok(())
     }
 
+    /// Stops the server like a crash (`pg_ctl stop -m immediate`): no checkpoint, so the next
+    /// start runs crash recovery (and empties UNLOGGED tables). For fault tests.
+    pub async fn stop_immediately(&self) -> anyhow::Result<()> {
+        if !self.data_dir.join("postmaster.pid").exists() {
+            return Ok(());
+        }
+        tracing::info!(data_dir = %self.data_dir.display(), "stopping PostgreSQL immediately");
+        self.run("pg_ctl", |command| {
+            command
+                .arg("stop")
+                .arg("-D")
+                .arg(&self.data_dir)
+                .args(["-m", "immediate", "-w", "-s"]);
+        })
+        .await
+        .context("stop PostgreSQL immediately")?;
+        Ok(())
+    }
+
+    /// Asks the postmaster to shut down at once (SIGQUIT) without waiting; for cleanup paths
+    /// that cannot await (e.g. `Drop` of a test's private server).
+    pub fn signal_immediate_shutdown(&self) {
+        let pid_path = self.data_dir.join("postmaster.pid");
+        if let Some(postmaster) = std::fs::read_to_string(&pid_path)
+            .ok()
+            .as_deref()
+            .and_then(parse_postmaster_pid)
+        {
+            let _ = std::process::Command::new("kill")
+                .args(["-QUIT", &postmaster.pid.to_string()])
+                .status();
+        }
+    }
+
     /// Port of the server running from the data directory, once it answers; `None` if none
     /// runs. A `postmaster.pid` left by a crash is removed.
     async fn running_port(&self, deadline: Instant) -> Result<Option<u16>, EmbeddedError> {
