@@ -327,13 +327,12 @@ async fn r8_failing_notifications_degrade_streams_to_polling_and_lose_nothing() 
         [reply_text(&short, 5)],
         "durable writes commit while NOTIFY fails"
     );
-    assert_eq!(
+    assert!(
         setup
             .query_one("SELECT failing FROM notify_switch", &[])
             .await
             .expect("switch")
             .get::<_, bool>(0),
-        true,
         "the short turn was delivered while notifications still failed"
     );
     setup
