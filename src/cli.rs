@@ -77,6 +77,13 @@ pub struct ApiArgs {
     /// Most queued messages per chat (429 beyond).
     #[arg(long, env = "CHATD_MAX_QUEUE_LEN", default_value_t = 20)]
     pub max_queue_len: i64,
+    /// Most messages a stream's snapshot sends (the newest); older ones through
+    /// `GET /chats/{id}/messages`.
+    #[arg(long, env = "CHATD_STREAM_SNAPSHOT_MESSAGES", default_value_t = 100)]
+    pub stream_snapshot_messages: i64,
+    /// Most open streams (chat and watch) per user on this replica (429 beyond).
+    #[arg(long, env = "CHATD_MAX_STREAMS_PER_USER", default_value_t = 100)]
+    pub max_streams_per_user: usize,
     /// Base64 32-byte key that encrypts provider API keys set through the admin API (the
     /// workers' key). Without it, requests that set an API key are refused.
     #[arg(long, env = "CHATD_ENCRYPTION_KEY", hide_env_values = true)]
@@ -285,6 +292,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             config.pool_size = args.pool_size;
             config.max_body_bytes = args.max_body_bytes;
             config.max_queue_len = args.max_queue_len;
+            config.stream_snapshot_messages = args.stream_snapshot_messages.max(1);
+            config.max_streams_per_user = args.max_streams_per_user.max(1);
             config.encryption_key = args
                 .encryption_key
                 .as_deref()

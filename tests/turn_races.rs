@@ -18,6 +18,10 @@ use common::cluster::{
 
 const TURN: Duration = Duration::from_secs(40);
 
+/// While the test holds a chat's row lock the worker's heartbeats wait too; a lease timeout
+/// longer than the test's lock keeps the lease (and the turn) alive meanwhile.
+const HELD_LOCK_LEASES: &[&str] = &["--stale-after-ms", "30000"];
+
 /// A test session holding a chat's row lock until `release`.
 struct RowLock {
     client: tokio_postgres::Client,
@@ -157,7 +161,8 @@ async fn a_retried_commit_writes_nothing_twice() {
 /// in `requires_action`). Now the client calls get synthetic results and the chat is idle.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_interrupt_beats_a_concurrent_requires_action_commit() {
-    let cluster = Cluster::start(1, 1).await;
+    let mut cluster = Cluster::start(1, 0).await;
+    cluster.add_worker(HELD_LOCK_LEASES).await.expect("worker");
     let api = cluster.api(0);
     let message = directive_message(
         "call the client",
@@ -240,7 +245,7 @@ async fn a_step_restart_during_an_interrupt_stops_the_turn_at_once() {
 async fn a_shutdown_release_keeps_an_interrupt() {
     let mut cluster = Cluster::start(1, 0).await;
     cluster
-        .add_worker(&["--shutdown-grace-ms", "300"])
+        .add_worker(&["--shutdown-grace-ms", "300", "--stale-after-ms", "30000"])
         .await
         .expect("worker");
     let message = directive_message("long", json!({"tokens": 200, "tokens_per_second": 10}));
@@ -282,7 +287,7 @@ async fn a_shutdown_release_keeps_an_interrupt() {
 async fn a_message_queued_during_the_final_commit_runs_next() {
     let mut cluster = Cluster::start(1, 0).await;
     cluster
-        .add_worker(&["--sweep-interval-ms", "60000"])
+        .add_worker(&["--sweep-interval-ms", "60000", "--stale-after-ms", "60000"])
         .await
         .expect("worker");
     let first = directive_message("first", json!({"tokens": 20, "tokens_per_second": 10}));

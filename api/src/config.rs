@@ -11,6 +11,12 @@ pub struct ApiConfig {
     pub max_body_bytes: usize,
     /// Most queued messages per chat (429 beyond).
     pub max_queue_len: i64,
+    /// A stream's snapshot sends at most this many (newest) messages; when more follow the
+    /// client's cursor it says `history_truncated` and older ones come from
+    /// `GET /chats/{id}/messages`.
+    pub stream_snapshot_messages: i64,
+    /// Most open streams (chat streams and watch streams) per user on this replica.
+    pub max_streams_per_user: usize,
     /// How long a verified token stays cached in memory (revocation takes up to this long).
     pub token_cache_ttl: Duration,
     /// SSE comment keep-alive interval.
@@ -41,6 +47,8 @@ impl ApiConfig {
             pool_size: 32,
             max_body_bytes: 1024 * 1024,
             max_queue_len: 20,
+            stream_snapshot_messages: 100,
+            max_streams_per_user: 100,
             token_cache_ttl: Duration::from_secs(30),
             keep_alive: Duration::from_secs(15),
             hub_buffer: 128,

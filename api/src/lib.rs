@@ -54,6 +54,7 @@ pub async fn run(
         hubs,
         tokens: Arc::new(auth::TokenCache::default()),
         metrics: chatd_shared::telemetry::metrics_handle(),
+        streams: Arc::default(),
     };
     let address = listener.local_addr().context("read the listen address")?;
     tracing::info!(%address, "api listening");

@@ -1,6 +1,9 @@
 //! Shared state of one API replica.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use uuid::Uuid;
 
 use chatd_shared::db::pool::PgPool;
 use chatd_shared::pubsub::Listener;
@@ -8,6 +11,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::auth::TokenCache;
 use crate::config::ApiConfig;
+use crate::error::ApiError;
 use crate::hub::Hubs;
 
 #[derive(Clone)]
@@ -18,4 +22,59 @@ pub struct AppState {
     pub hubs: Arc<Hubs>,
     pub tokens: Arc<TokenCache>,
     pub metrics: PrometheusHandle,
+    /// Open streams per user on this replica (`--max-streams-per-user`).
+    pub streams: Arc<StreamSlots>,
+}
+
+/// Counts each user's open streams (chat and watch) on this replica.
+#[derive(Default)]
+pub struct StreamSlots {
+    open: Mutex<HashMap<Uuid, usize>>,
+}
+
+/// One open stream of a user; dropping it frees the slot.
+pub struct StreamSlot {
+    slots: Arc<StreamSlots>,
+    user_id: Uuid,
+}
+
+impl StreamSlots {
+    /// Takes a slot for `user_id`, or refuses with 429 and `Retry-After` when the user already
+    /// has `max` streams open here.
+    pub fn acquire(self: &Arc<Self>, user_id: Uuid, max: usize) -> Result<StreamSlot, ApiError> {
+        let mut open = self
+            .open
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let count = open.entry(user_id).or_insert(0);
+        if *count >= max {
+            return Err(ApiError::TooManyRequests {
+                message: format!(
+                    "too many open streams: at most {max} per user on one replica; close one first"
+                ),
+                retry_after_s: 5,
+            });
+        }
+        *count += 1;
+        Ok(StreamSlot {
+            slots: self.clone(),
+            user_id,
+        })
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut open = self
+            .slots
+            .open
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(count) = open.get_mut(&self.user_id) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.user_id);
+            }
+        }
+    }
 }

@@ -125,20 +125,17 @@ impl Cluster {
     }
 
     pub async fn add_api(&mut self) -> anyhow::Result<()> {
+        self.add_api_with(&[]).await
+    }
+
+    /// Starts another API replica with `extra` flags.
+    pub async fn add_api_with(&mut self, extra: &[&str]) -> anyhow::Result<()> {
         let port = free_port();
         let index = self.apis.len();
-        let child = spawn(
-            &self.log_dir,
-            &format!("api-{index}"),
-            &[
-                "api",
-                "--database-url",
-                &self.db.url,
-                "--addr",
-                &format!("127.0.0.1:{port}"),
-            ],
-            &[],
-        )?;
+        let address = format!("127.0.0.1:{port}");
+        let mut args = vec!["api", "--database-url", &self.db.url, "--addr", &address];
+        args.extend_from_slice(extra);
+        let child = spawn(&self.log_dir, &format!("api-{index}"), &args, &[])?;
         let url = format!("http://127.0.0.1:{port}");
         wait_http_ok(&self.http, &format!("{url}/readyz")).await?;
         self.apis.push(Process {

@@ -44,6 +44,12 @@ pub enum HubEvent {
         created_at_us: i64,
     },
     Title(String),
+    /// The dynamic tool calls a `requires_action` status (of `version`) waits for, read once
+    /// per replica: `{"tool_calls": […]}`.
+    ActionRequired {
+        version: i64,
+        data: Arc<str>,
+    },
 }
 
 /// What the hub has relayed so far.
@@ -265,9 +271,25 @@ impl ChatHubTask {
                 }
             }
             self.apply_status(change.status, change.version, change.attempt, None);
-            return Ok(());
+            return self.announce_action(change.status, change.version).await;
         }
         self.resync_with(change.queue || !contiguous).await
+    }
+
+    /// After a `requires_action` status: reads the pending calls (published after the commit
+    /// that stored them) once for every subscriber of this replica.
+    async fn announce_action(&mut self, status: ChatStatus, version: i64) -> anyhow::Result<()> {
+        if status != ChatStatus::RequiresAction {
+            return Ok(());
+        }
+        let client = self.pool.get().await?;
+        let pending = chatd_shared::db::tool_calls::load_pending(&**client, self.chat_id).await?;
+        let data = serde_json::json!({"tool_calls": pending}).to_string();
+        self.broadcast(HubEvent::ActionRequired {
+            version,
+            data: Arc::from(data.as_str()),
+        });
+        Ok(())
     }
 
     fn apply_status(
@@ -332,6 +354,7 @@ impl ChatHubTask {
         }
         if version_changed {
             self.apply_status(chat.status, chat.version, chat.attempt, chat.last_error);
+            self.announce_action(chat.status, chat.version).await?;
         }
         Ok(())
     }

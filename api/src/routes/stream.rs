@@ -56,6 +56,9 @@ pub async fn stream(
             .map_err(|_| ApiError::field("Last-Event-ID", "Last-Event-ID: not ASCII"))?;
         cursor = Some(StreamCursor::parse(text, "Last-Event-ID")?);
     }
+    let slot = state
+        .streams
+        .acquire(user.id, state.config.max_streams_per_user)?;
     // Ownership first: a hub costs a task and a LISTEN, and must not be created for another
     // user's chat or a random id (the answer is the same 404 as for a missing chat).
     {
@@ -77,8 +80,10 @@ pub async fn stream(
         chat_id,
         owner_id: user.id,
         subscription,
+        _slot: slot,
         cursor: cursor.unwrap_or_default(),
         version: 0,
+        action_version: 0,
         turn_finished: false,
         first: true,
         closing: false,
@@ -104,9 +109,13 @@ struct Session {
     chat_id: Uuid,
     owner_id: Uuid,
     subscription: ChatSubscription,
+    /// This stream's place in the user's per-replica stream cap.
+    _slot: crate::state::StreamSlot,
     cursor: StreamCursor,
     /// Newest chat version sent.
     version: i64,
+    /// The version whose `action_required` was sent (never twice for one status).
+    action_version: i64,
     /// The cursor's attempt ended normally (its previews were superseded by messages), so a
     /// new attempt needs no `attempt_reset`.
     turn_finished: bool,
@@ -128,7 +137,15 @@ impl Session {
         if version_changed {
             out.push(self.status_event(chat.status, chat.version, chat.last_error.clone()));
         }
-        let messages = reads::messages_after(&client, self.chat_id, self.cursor.message_id).await?;
+        // Bounded: a stream never loads a whole long history (older messages are paged with
+        // `GET /messages`).
+        let (messages, truncated) = reads::newest_messages_after(
+            &client,
+            self.chat_id,
+            self.cursor.message_id,
+            self.state.config.stream_snapshot_messages,
+        )
+        .await?;
         let queue = if version_changed || self.first {
             Some(reads::queue(&client, self.chat_id).await?)
         } else {
@@ -179,6 +196,9 @@ impl Session {
             let (attempt, events, created_at_us) = prepare_rows(frame);
             self.relay_events(attempt, &events, created_at_us, &mut out);
         }
+        if let (true, Some(oldest)) = (truncated, messages.first()) {
+            out.push(self.event("history_truncated", &json!({"before_id": oldest.id})));
+        }
         for message in &messages {
             self.cursor.message_id = message.id;
             out.push(self.event("message", &json!(Message::from(message))));
@@ -193,6 +213,7 @@ impl Session {
             out.push(self.event("title", &json!({"title": chat.title})));
         }
         if version_changed && chat.status == ChatStatus::RequiresAction {
+            self.action_version = chat.version;
             out.push(self.action_required().await?);
         }
         self.first = false;
@@ -245,17 +266,18 @@ impl Session {
                         self.turn_finished = true;
                     }
                     out.push(self.status_event(*status, *version, last_error.clone()));
-                    if *status == ChatStatus::RequiresAction {
-                        // Published after the commit that stored the calls, so the read sees
-                        // them.
-                        match Box::pin(self.action_required()).await {
-                            Ok(event) => out.push(event),
-                            Err(error) => {
-                                tracing::warn!(chat_id = %self.chat_id, error = ?error, "read pending tool calls");
-                                out.push(self.retry_hint());
-                            }
-                        }
-                    }
+                    // `action_required` follows from the hub (read once per replica).
+                }
+            }
+            HubEvent::ActionRequired { version, data } => {
+                if *version == self.version && *version > self.action_version {
+                    self.action_version = *version;
+                    out.push(
+                        Event::default()
+                            .event("action_required")
+                            .id(self.cursor.render())
+                            .data(&**data),
+                    );
                 }
             }
             HubEvent::Messages(messages) => {

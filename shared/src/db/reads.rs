@@ -33,24 +33,30 @@ pub async fn chat_by_id(
     Ok(row.as_ref().map(ChatRow::from_row))
 }
 
-/// Visible messages with `id > after_id`, oldest first.
-///
-/// Safe as a cursor within one chat because every insert into `chat_messages` happens under
-/// the chat row lock (DESIGN.md section 3, per-chat cursor safety).
-pub async fn messages_after(
+/// The newest `limit` visible messages after `after_id`, oldest first, and whether older ones
+/// after `after_id` were left out.
+pub async fn newest_messages_after(
     client: &deadpool_postgres::ClientWrapper,
     chat_id: Uuid,
     after_id: i64,
-) -> Result<Vec<MessageRow>, tokio_postgres::Error> {
+    limit: i64,
+) -> Result<(Vec<MessageRow>, bool), tokio_postgres::Error> {
     let sql = format!(
         "SELECT {} FROM chat_messages m WHERE m.chat_id = $1 AND m.id > $2 AND NOT m.deleted \
-         AND m.visibility <> 'model' ORDER BY m.id",
+         AND m.visibility <> 'model' ORDER BY m.id DESC LIMIT $3",
         MessageRow::COLUMNS
     );
     let rows = client
-        .query(&client.prepare_cached(&sql).await?, &[&chat_id, &after_id])
+        .query(
+            &client.prepare_cached(&sql).await?,
+            &[&chat_id, &after_id, &(limit + 1)],
+        )
         .await?;
-    Ok(rows.iter().map(MessageRow::from_row).collect())
+    let mut messages: Vec<MessageRow> = rows.iter().map(MessageRow::from_row).collect();
+    let truncated = messages.len() as i64 > limit;
+    messages.truncate(limit.max(0) as usize);
+    messages.reverse();
+    Ok((messages, truncated))
 }
 
 /// The queue in run order.
