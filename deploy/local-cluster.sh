@@ -107,9 +107,10 @@ standard cluster is running (logs in $cluster_dir)
 
   export CHATD_URL=${urls[0]} CHATD_TOKEN=$token
   $bin chat "hello"
-  $bin scaletest --api $(IFS=,; echo "${urls[*]}") --token \$CHATD_TOKEN --chats 200 --turns 5
+  $bin scaletest --api $(IFS=,; echo "${urls[*]}") --database-url $database_url --chats 200 --turns 5
 
 Ctrl-C stops everything.
 TXT
 echo "$token" >"$cluster_dir/token"
+echo "$database_url" >"$cluster_dir/database-url"
 wait -n "${pids[@]}" || true

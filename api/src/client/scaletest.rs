@@ -51,9 +51,20 @@ pub struct ScaletestArgs {
         required = true
     )]
     pub api: Vec<String>,
-    /// API token of the user that owns the test chats.
+    /// API token of the user that owns the test chats (with `--users 1`, or without
+    /// `--database-url`).
     #[arg(long, env = "CHATD_SCALETEST_TOKEN", hide_env_values = true)]
-    pub token: String,
+    pub token: Option<String>,
+    /// Users the chats are spread over, round robin [default: one per 10 chats], so the run
+    /// stays within per-user limits (`--max-streams-per-user`) as real traffic would. More
+    /// than one needs `--database-url`: the users `scaletest-<run>-<n>` and their tokens are
+    /// created there.
+    #[arg(long, env = "CHATD_SCALETEST_USERS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub users: Option<u64>,
+    /// Database of the cluster under test, to create the `--users` (not needed for one user
+    /// with `--token`).
+    #[arg(long = "database-url", env = "CHATD_SCALETEST_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
     /// Number of chats.
     #[arg(long, env = "CHATD_SCALETEST_CHATS", default_value_t = 10)]
     pub chats: usize,
@@ -94,19 +105,27 @@ pub async fn run(args: ScaletestArgs) -> anyhow::Result<()> {
         .tcp_nodelay(true)
         .build()
         .context("build the HTTP client")?;
-    let clients: Vec<ApiClient> = config
-        .api
+    let tokens = user_tokens(&args, config.chats).await?;
+    // clients[user][replica]
+    let clients: Vec<Vec<ApiClient>> = tokens
         .iter()
-        .map(|url| ApiClient::new(url, &args.token, http.clone()))
+        .map(|token| {
+            config
+                .api
+                .iter()
+                .map(|url| ApiClient::new(url, token, http.clone()))
+                .collect()
+        })
         .collect();
     let turns_planned = (config.chats as u64).saturating_mul(config.turns_per_chat as u64);
     let recorder = Arc::new(Recorder::new(turns_planned));
     eprintln!(
-        "scaletest: {} chats × {} turns, concurrency {}, {} subscriber(s), {} replica(s)",
+        "scaletest: {} chats × {} turns, concurrency {}, {} subscriber(s), {} replica(s), {} user(s)",
         config.chats,
         config.turns_per_chat,
         config.concurrency,
         config.subscribers,
+        config.api.len(),
         clients.len()
     );
 
@@ -119,7 +138,7 @@ pub async fn run(args: ScaletestArgs) -> anyhow::Result<()> {
             .acquire_owned()
             .await
             .context("wait for a free chat slot")?;
-        let plan = chat_plan(&config, &clients, index);
+        let plan = chat_plan(&config, &clients[index % clients.len()], index);
         let chat_recorder = Arc::clone(&recorder);
         chats.spawn(async move {
             drive_chat(plan, chat_recorder).await;
@@ -160,6 +179,47 @@ pub async fn run(args: ScaletestArgs) -> anyhow::Result<()> {
         anyhow::bail!("scaletest failed: {}", problems.join(", "));
     }
     Ok(())
+}
+
+/// One token per user the chats are spread over: `--token` for a single user, else users
+/// `scaletest-<run>-<n>` created in `--database-url`.
+async fn user_tokens(args: &ScaletestArgs, chats: usize) -> anyhow::Result<Vec<String>> {
+    let users = args
+        .users
+        .map_or(chats.div_ceil(10).max(1), |users| users as usize);
+    let Some(database_url) = args.database_url.as_deref().filter(|_| users > 1) else {
+        let token = args.token.clone().context(
+            "--token is required (or --database-url, to create the users the chats are spread over)",
+        )?;
+        if users > 1 {
+            eprintln!(
+                "scaletest: warning: all {chats} chats use one user (--users {users} needs \
+                 --database-url); per-user limits may refuse streams"
+            );
+        }
+        return Ok(vec![token]);
+    };
+    let (client, connection) = tokio_postgres::connect(database_url, tokio_postgres::NoTls)
+        .await
+        .context("connect to --database-url")?;
+    tokio::spawn(connection);
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let mut tokens = Vec::with_capacity(users);
+    for index in 0..users {
+        let username = format!("scaletest-{}-{index}", &run[..8]);
+        chatd_shared::db::admin::create_user(&client, &username, false)
+            .await
+            .with_context(|| format!("create user {username}"))?;
+        tokens.push(
+            chatd_shared::db::admin::create_token(&client, &username, "scaletest")
+                .await
+                .with_context(|| format!("create a token for {username}"))?,
+        );
+        if users >= 100 && (index + 1) % 100 == 0 {
+            eprintln!("scaletest: created {}/{users} users", index + 1);
+        }
+    }
+    Ok(tokens)
 }
 
 /// Validated parameters.
