@@ -52,6 +52,8 @@ pub enum Command {
     Admin(AdminCommand),
     /// Load-test a running cluster through the public API.
     Scaletest(chatd_api::client::scaletest::ScaletestArgs),
+    /// Soak the standard cluster under random faults and check the invariants.
+    Chaos(crate::chaos::ChaosArgs),
 }
 
 #[derive(Args, Debug)]
@@ -331,6 +333,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Chat(args) => chatd_api::client::chat::run(args).await,
         Command::Scaletest(args) => chatd_api::client::scaletest::run(args).await,
+        Command::Chaos(args) => crate::chaos::run(args).await,
         Command::Admin(command) => admin(command).await,
     }
 }
@@ -506,8 +509,8 @@ mod tests {
     fn readme_documents_every_option() {
         let readme = include_str!("../README.md");
         for name in known_env_names() {
-            if name.starts_with("CHATD_SCALETEST_") {
-                continue; // documented by `chatd scaletest --help`, referenced as CHATD_SCALETEST_*
+            if name.starts_with("CHATD_SCALETEST_") || name.starts_with("CHATD_CHAOS_") {
+                continue; // documented by `--help`, referenced as CHATD_SCALETEST_* / CHATD_CHAOS_*
             }
             assert!(readme.contains(&name), "README.md does not document {name}");
         }
@@ -518,7 +521,7 @@ mod tests {
                 }
             }
             for sub in command.get_subcommands() {
-                if sub.get_name() != "scaletest" {
+                if sub.get_name() != "scaletest" && sub.get_name() != "chaos" {
                     flags(sub, out);
                 }
             }

@@ -63,7 +63,11 @@ pub struct ScaletestArgs {
     pub users: Option<u64>,
     /// Database of the cluster under test, to create the `--users` (not needed for one user
     /// with `--token`).
-    #[arg(long = "database-url", env = "CHATD_SCALETEST_DATABASE_URL", hide_env_values = true)]
+    #[arg(
+        long = "database-url",
+        env = "CHATD_SCALETEST_DATABASE_URL",
+        hide_env_values = true
+    )]
     pub database_url: Option<String>,
     /// Number of chats.
     #[arg(long, env = "CHATD_SCALETEST_CHATS", default_value_t = 10)]
