@@ -114,6 +114,8 @@ impl ChaosCluster {
                     database_url.clone(),
                     "--tools".into(),
                     "current_time".into(),
+                    "--worker-id".into(),
+                    uuid::Uuid::new_v4().to_string(),
                 ],
             )?);
         }
@@ -131,6 +133,19 @@ impl ChaosCluster {
 
     pub fn log_dir(&self) -> &Path {
         &self.log_dir
+    }
+
+    /// The index of the worker process running as `worker_id`.
+    pub fn worker_index_of(&self, worker_id: uuid::Uuid) -> Option<usize> {
+        let id = worker_id.to_string();
+        self.workers
+            .iter()
+            .position(|worker| worker.args.iter().any(|arg| *arg == id))
+    }
+
+    pub fn restart_worker(&mut self, index: usize) -> anyhow::Result<()> {
+        let log_dir = self.log_dir.clone();
+        self.workers[index].restart(&log_dir)
     }
 
     /// `pg_ctl stop -m immediate` and start again on the same port (crash recovery).
@@ -188,10 +203,16 @@ impl Proc {
         let _ = self.child.wait();
     }
 
-    /// Starts the process again with the same command line.
+    /// Starts the process again with the same command line — but a worker as a new worker
+    /// (a fresh `--worker-id`), as a restarted pod would be.
     pub fn restart(&mut self, log_dir: &Path) -> anyhow::Result<()> {
         self.kill();
         self.restarts += 1;
+        if let Some(position) = self.args.iter().position(|arg| arg == "--worker-id") {
+            if let Some(id) = self.args.get_mut(position + 1) {
+                *id = uuid::Uuid::new_v4().to_string();
+            }
+        }
         self.child = start_child(log_dir, &self.role, self.restarts, &self.binary, &self.args)?;
         self.paused = false;
         Ok(())

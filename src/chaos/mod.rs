@@ -10,6 +10,7 @@ mod check;
 mod cluster;
 mod faults;
 mod load;
+mod measure;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -40,6 +41,14 @@ pub struct ChaosArgs {
     /// be repeated.
     #[arg(long, env = "CHATD_CHAOS_SEED")]
     pub seed: Option<u64>,
+    /// Instead of the soak, measure crash recovery (B6: SIGKILL a worker holding
+    /// `--measure-chats` streaming chats) and interrupt latency (B7, `--measure-samples` times).
+    #[arg(long, env = "CHATD_CHAOS_MEASURE")]
+    pub measure: bool,
+    #[arg(long, env = "CHATD_CHAOS_MEASURE_CHATS", default_value_t = 100)]
+    pub measure_chats: usize,
+    #[arg(long, env = "CHATD_CHAOS_MEASURE_SAMPLES", default_value_t = 50)]
+    pub measure_samples: usize,
 }
 
 pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
@@ -65,12 +74,17 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
         args.clients,
         binary.display()
     );
-    let cluster = cluster::ChaosCluster::start(&data_dir, &binary, &run).await?;
+    let mut cluster = cluster::ChaosCluster::start(&data_dir, &binary, &run).await?;
     eprintln!(
         "chaos: cluster up (APIs {}, logs in {})",
         cluster.api_urls.join(", "),
         cluster.log_dir().display()
     );
+    if args.measure {
+        let result = measure::run(&mut cluster, args.measure_chats, args.measure_samples).await;
+        cluster.stop().await;
+        return result;
+    }
     let http = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(30))
