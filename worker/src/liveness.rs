@@ -72,7 +72,9 @@ impl Liveness {
                     _ = shutdown.cancelled() => return,
                     _ = tokio::time::sleep(backoff) => {}
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                // Short: while the lock is not held, other workers may judge this one dead
+                // (after a PostgreSQL restart every worker must re-lock quickly).
+                backoff = (backoff * 2).min(Duration::from_secs(1));
             }
         });
         Ok(liveness)
