@@ -208,6 +208,7 @@ async fn a_stale_lease_holder_cannot_write() {
             std::slice::from_ref(&row),
             TurnEnd::Done,
             Uuid::new_v4(),
+            None,
         )
         .await
         .expect("the fenced commit runs");

@@ -532,3 +532,91 @@ async fn pending_reads(sql: &tokio_postgres::Client) -> i64 {
     .expect("pg_stat_statements")
     .get(0)
 }
+
+/// A client that resumes (or falls behind) across a turn boundary gets the stream in stream
+/// order: the rest of the old turn's previews, its answer, the next (queued) message, then the
+/// new turn's previews. Before, the new attempt's previews came first and its deltas were
+/// added up against the old answer (I3 broken for the resumed client).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_resume_across_a_turn_boundary_keeps_stream_order() {
+    let cluster = Cluster::start(2, 1).await;
+    let api = cluster.api(0);
+    let first = directive_message("first", json!({"tokens": 40, "tokens_per_second": 20}));
+    let second = directive_message("second", json!({"tokens": 60, "tokens_per_second": 20}));
+    let (chat_id, message_id) = create_chat(&api, &first).await;
+    let (status, body) = api
+        .post(
+            &format!("/chats/{chat_id}/messages"),
+            &json!({"content": second}),
+        )
+        .await
+        .expect("queue");
+    assert_eq!(status, 202, "{body}");
+    let mut reader = Reader::open(
+        &cluster.api(1),
+        &chat_id,
+        Some(&format!("{message_id}-0-0")),
+    )
+    .await;
+    reader
+        .until(TURN, |event| {
+            event.event == "message_part" && event.data["seq"].as_i64() >= Some(5)
+        })
+        .await;
+    let first_attempt = reader.seen.last().expect("a part").data["attempt"].as_i64();
+    let cursor = reader.last_id();
+    let before = reader.seen.clone();
+    drop(reader);
+    // The second turn is streaming now.
+    let sql = cluster.sql().await;
+    let chat_uuid = uuid::Uuid::parse_str(&chat_id).expect("uuid");
+    wait_until(TURN, "the queued turn to stream", || async {
+        let row = sql
+            .query_one(
+                "SELECT coalesce(max(f.seq_to), 0) FROM chats c JOIN chat_stream_frames f \
+                 ON f.chat_id = c.id AND f.attempt = c.attempt WHERE c.id = $1 AND c.attempt > $2",
+                &[&chat_uuid, &(first_attempt.unwrap_or(0) as i32)],
+            )
+            .await
+            .ok()?;
+        (row.get::<_, i64>(0) >= 5).then_some(())
+    })
+    .await;
+    let mut resumed = Reader::open(&api, &chat_id, Some(&cursor)).await;
+    resumed
+        .until(TURN, |event| {
+            event.event == "message"
+                && event.data["role"] == "assistant"
+                && event.data["content"]
+                    .to_string()
+                    .contains(&reply_text(&second, 60))
+        })
+        .await;
+    let first_answer = resumed
+        .seen
+        .iter()
+        .position(|event| event.event == "message" && event.data["role"] == "assistant")
+        .expect("the first answer");
+    let first_new_part = resumed
+        .seen
+        .iter()
+        .position(|event| {
+            event.event == "message_part" && event.data["attempt"].as_i64() != first_attempt
+        })
+        .expect("the second turn's previews");
+    assert!(
+        first_answer < first_new_part,
+        "the old answer precedes the new turn's previews: {:?}",
+        resumed.seen
+    );
+    let mut checker = chatd_api::client::scaletest::integrity::StreamChecker::default();
+    for event in &before {
+        checker.observe(&event.event, &event.data);
+    }
+    checker.note_reconnect();
+    for event in &resumed.seen {
+        checker.observe(&event.event, &event.data);
+    }
+    let counts = checker.take_counts();
+    assert!(counts.is_zero(), "{counts:?}: {:?}", resumed.seen);
+}

@@ -118,6 +118,7 @@ async fn a_retried_commit_writes_nothing_twice() {
         &[row()],
         TurnEnd::Continue,
         key,
+        None,
     )
     .await
     .expect("commit");
@@ -130,6 +131,7 @@ async fn a_retried_commit_writes_nothing_twice() {
         &[row()],
         TurnEnd::Continue,
         key,
+        None,
     )
     .await
     .expect("commit again");
@@ -146,6 +148,7 @@ async fn a_retried_commit_writes_nothing_twice() {
         &[row()],
         TurnEnd::Done,
         Uuid::new_v4(),
+        None,
     )
     .await
     .expect("commit the end");

@@ -135,6 +135,15 @@ impl ChaosCluster {
         &self.log_dir
     }
 
+    /// The workers, or the API replicas.
+    pub fn processes(&mut self, workers: bool) -> &mut Vec<Proc> {
+        if workers {
+            &mut self.workers
+        } else {
+            &mut self.apis
+        }
+    }
+
     /// The index of the worker process running as `worker_id`.
     pub fn worker_index_of(&self, worker_id: uuid::Uuid) -> Option<usize> {
         let id = worker_id.to_string();

@@ -97,11 +97,7 @@ async fn apply(
             let is_worker = fault == Fault::WorkerKill;
             let mut guard = cluster.lock().await;
             let log_dir = guard.log_dir().to_owned();
-            let processes = if is_worker {
-                &mut guard.workers
-            } else {
-                &mut guard.apis
-            };
+            let processes = guard.processes(is_worker);
             let Some(index) = pick_healthy(processes, rng) else {
                 return Ok(false);
             };
@@ -110,11 +106,7 @@ async fn apply(
             // Down for a moment, then back (a new worker id; an API on the same port).
             tokio::time::sleep(Duration::from_millis(rng.gen_range(500..3_000))).await;
             let mut guard = cluster.lock().await;
-            let processes = if is_worker {
-                &mut guard.workers
-            } else {
-                &mut guard.apis
-            };
+            let processes = guard.processes(is_worker);
             processes[index].restart(&log_dir)?;
             Ok(true)
         }
@@ -127,11 +119,7 @@ async fn apply(
                 Duration::from_millis(rng.gen_range(1_000..8_000))
             };
             let mut guard = cluster.lock().await;
-            let processes = if is_worker {
-                &mut guard.workers
-            } else {
-                &mut guard.apis
-            };
+            let processes = guard.processes(is_worker);
             let Some(index) = pick_healthy(processes, rng) else {
                 return Ok(false);
             };

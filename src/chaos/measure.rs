@@ -130,7 +130,10 @@ pub async fn run(cluster: &mut ChaosCluster, chats: usize, samples: usize) -> an
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    summary("B6 SIGKILL → claimed by another worker", claimed.into_values().collect());
+    summary(
+        "B6 SIGKILL → claimed by another worker",
+        claimed.into_values().collect(),
+    );
     cluster.restart_worker(victim)?;
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
@@ -193,6 +196,9 @@ pub async fn run(cluster: &mut ChaosCluster, chats: usize, samples: usize) -> an
         }
         latencies.push(ended.context("the stream ended early")?.as_secs_f64() * 1000.0);
     }
-    summary("B7 POST interrupt → the turn's end on the stream", latencies);
+    summary(
+        "B7 POST interrupt → the turn's end on the stream",
+        latencies,
+    );
     Ok(())
 }

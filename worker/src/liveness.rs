@@ -23,9 +23,6 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use chatd_shared::db::pool::connection_config;
-use chatd_shared::domain::ChatStatus;
-
-use crate::store::status_notices;
 
 /// How often the liveness connection is pinged (a dead socket ends the hold).
 const PING_INTERVAL: Duration = Duration::from_secs(5);
@@ -163,19 +160,8 @@ pub async fn release_dead(
             &[&dead],
         )
         .await?;
-    let mut notices = Vec::new();
-    for row in &rows {
-        let status = ChatStatus::parse(row.get(3)).unwrap_or(ChatStatus::Pending);
-        tracing::warn!(chat_id = %row.get::<_, Uuid>(0), status = status.as_str(),
-            "recovered the lease of a dead worker");
-        notices.extend(status_notices(
-            row.get(0),
-            row.get(1),
-            row.get(2),
-            status,
-            row.get(4),
-        ));
-    }
+    let notices =
+        crate::recovery::released_lease_notices(&rows, "recovered the lease of a dead worker");
     metrics::counter!("chatd_dead_worker_recoveries_total").increment(rows.len() as u64);
     Ok(notices)
 }

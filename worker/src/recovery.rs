@@ -35,18 +35,7 @@ pub async fn sweep(
             &[&stale_ms],
         )
         .await?;
-    let mut notices = Vec::new();
-    for row in &rows {
-        let status = ChatStatus::parse(row.get(3)).unwrap_or(ChatStatus::Pending);
-        tracing::warn!(chat_id = %row.get::<_, Uuid>(0), status = status.as_str(), "recovered a stale lease");
-        notices.extend(status_notices(
-            row.get(0),
-            row.get(1),
-            row.get(2),
-            status,
-            row.get(4),
-        ));
-    }
+    let mut notices = released_lease_notices(&rows, "recovered a stale lease");
     metrics::counter!("chatd_stale_recoveries_total").increment(rows.len() as u64);
     let promoted = promote_stranded_queues(client, &mut notices).await?;
     let expired = expire_actions(client, &mut notices).await?;
@@ -82,6 +71,24 @@ pub async fn sweep(
     metrics::gauge!("chatd_pending_chats").set(gauge.get::<_, i64>(0) as f64);
     metrics::gauge!("chatd_oldest_pending_age_seconds").set(gauge.get::<_, f64>(1));
     Ok(rows.len() + promoted + expired)
+}
+
+/// Hints for leases released to `pending`/`waiting`, from rows `(id, owner_id, version,
+/// status, attempt)`; logs each with `why`.
+pub fn released_lease_notices(rows: &[tokio_postgres::Row], why: &str) -> Vec<(String, String)> {
+    let mut notices = Vec::new();
+    for row in rows {
+        let status = ChatStatus::parse(row.get(3)).unwrap_or(ChatStatus::Pending);
+        tracing::warn!(chat_id = %row.get::<_, Uuid>(0), status = status.as_str(), "{why}");
+        notices.extend(status_notices(
+            row.get(0),
+            row.get(1),
+            row.get(2),
+            status,
+            row.get(4),
+        ));
+    }
+    notices
 }
 
 /// The result unanswered client tool calls get when their deadline passes.

@@ -168,7 +168,8 @@ async fn acquire_loop(
             .max_concurrent_turns
             .saturating_sub(shared.turns().len());
         let mut claimed_full_batch = false;
-        if free > 0 && shared.liveness.held() {
+        let live = shared.liveness.held();
+        if free > 0 && live {
             let limit = free.min(config.acquire_batch) as i64;
             match claim(&shared, &pool, &deps, turns, limit).await {
                 Ok(count) => claimed_full_batch = count as i64 == limit,
@@ -185,6 +186,9 @@ async fn acquire_loop(
             _ = ticker.tick() => {}
             _ = shared.wake.notified() => {}
             _ = shared.capacity_freed.notified(), if free == 0 => {}
+            // Until the liveness lock is held nothing is claimed; look again soon (a wake that
+            // came meanwhile must not wait for the poll).
+            _ = tokio::time::sleep(Duration::from_millis(50)), if !live => {}
         }
     }
 }

@@ -184,10 +184,10 @@ writable AS (
 step AS (
     INSERT INTO chat_messages (chat_id, role, content, visibility, model_config_id,
         input_tokens, output_tokens, reasoning_tokens, cache_read_tokens, cache_write_tokens,
-        cost_micros, runtime_ms, provider_response_id, attempt, compressed)
+        cost_micros, runtime_ms, provider_response_id, attempt, compressed, stream_seq)
     SELECT writable.id, r.role, r.content, 'both', r.model_config_id, r.input_tokens,
         r.output_tokens, r.reasoning_tokens, r.cache_read_tokens, r.cache_write_tokens,
-        r.cost_micros, r.runtime_ms, r.provider_response_id, $3, r.compressed
+        r.cost_micros, r.runtime_ms, r.provider_response_id, $3, r.compressed, $22::bigint
     FROM writable, unnest($4::text[], $5::jsonb[], $6::uuid[], $7::int8[], $8::int8[], $9::int8[],
         $10::int8[], $11::int8[], $12::int8[], $13::int8[], $14::text[], $19::bool[])
         WITH ORDINALITY
@@ -195,7 +195,7 @@ step AS (
              cache_read_tokens, cache_write_tokens, cost_micros, runtime_ms,
              provider_response_id, compressed, ordinal)
     ORDER BY r.ordinal
-    RETURNING id, chat_id, role, content, created_at, model_config_id, input_tokens, output_tokens, reasoning_tokens, cache_read_tokens, cache_write_tokens, cost_micros, runtime_ms),
+    RETURNING id, chat_id, role, content, created_at, model_config_id, input_tokens, output_tokens, reasoning_tokens, cache_read_tokens, cache_write_tokens, cost_micros, runtime_ms, attempt, stream_seq),
 head AS (
     DELETE FROM chat_queued_messages
     WHERE ($15 OR ($18 AND EXISTS (SELECT 1 FROM writable WHERE status = 'interrupting')))
@@ -207,7 +207,7 @@ promoted AS (
     INSERT INTO chat_messages (chat_id, role, content, visibility, created_by, model_config_id)
     SELECT $1, 'user', head.content, 'both', head.created_by, head.model_config_id
     FROM head, (SELECT count(*) FROM step) AS written
-    RETURNING id, chat_id, role, content, created_at, model_config_id, input_tokens, output_tokens, reasoning_tokens, cache_read_tokens, cache_write_tokens, cost_micros, runtime_ms),
+    RETURNING id, chat_id, role, content, created_at, model_config_id, input_tokens, output_tokens, reasoning_tokens, cache_read_tokens, cache_write_tokens, cost_micros, runtime_ms, attempt, stream_seq),
 updated AS (
     UPDATE chats c SET
         status = CASE WHEN $16::text IS NULL THEN c.status
@@ -258,7 +258,8 @@ pub enum CommitOutcome {
 }
 
 /// Writes `rows` and applies `end` in one statement (one round trip, atomic), fenced by the
-/// lease and idempotent under `key` (retry a failed call with the same key).
+/// lease and idempotent under `key` (retry a failed call with the same key). `stream_seq`: the
+/// last seq the attempt streamed before this commit, stored with the rows.
 ///
 /// # Locks
 /// Row lock on the chat (`FOR UPDATE`) for the statement; the message inserts happen under
@@ -271,6 +272,7 @@ pub async fn commit(
     rows: &[NewRow],
     end: TurnEnd,
     key: Uuid,
+    stream_seq: Option<i64>,
 ) -> Result<CommitOutcome, tokio_postgres::Error> {
     let roles: Vec<&str> = rows.iter().map(|row| row.role.as_str()).collect();
     let contents: Vec<&Value> = rows.iter().map(|row| &row.content).collect();
@@ -329,6 +331,7 @@ pub async fn commit(
                 &compressed,
                 &action_seconds,
                 &key,
+                &stream_seq,
             ],
         )
         .await?;

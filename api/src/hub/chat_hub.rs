@@ -222,6 +222,40 @@ impl ChatHubTask {
         Ok(())
     }
 
+    /// Relays `frames` (of the hub's attempt) and `messages` interleaved: each message after
+    /// the previews its attempt streamed before it was committed (`stream_position`).
+    fn relay_in_stream_order(&mut self, frames: Vec<FrameRow>, messages: Vec<MessageRow>) {
+        let mut pending: std::collections::VecDeque<FrameRow> = frames.into();
+        let mut batch: Vec<MessageRow> = Vec::new();
+        for message in messages {
+            if let Some((attempt, seq)) = message.stream_position() {
+                let mut due = Vec::new();
+                while pending
+                    .front()
+                    .is_some_and(|frame| (frame.attempt, frame.seq_from) <= (attempt, seq))
+                {
+                    if let Some(frame) = pending.pop_front() {
+                        due.push(frame);
+                    }
+                }
+                if !due.is_empty() {
+                    self.flush_messages(&mut batch);
+                    self.relay_rows(due);
+                }
+            }
+            batch.push(message);
+        }
+        self.flush_messages(&mut batch);
+        self.relay_rows(pending.into());
+    }
+
+    fn flush_messages(&mut self, batch: &mut Vec<MessageRow>) {
+        if let Some(last) = batch.last() {
+            self.state.last_message_id = last.id;
+            self.broadcast(HubEvent::Messages(std::mem::take(batch)));
+        }
+    }
+
     fn relay_rows(&mut self, frames: Vec<FrameRow>) {
         for frame in frames {
             let events: Vec<SeqEvent> = serde_json::from_value(frame.events).unwrap_or_default();
@@ -338,13 +372,10 @@ impl ChatHubTask {
             self.state.last_seq = 0;
         }
         // Whatever the status: when this read is ahead of the notification queue (the turn
-        // already ended), the attempt's previews must still precede its durable message; the
-        // frame notices that arrive later are then dropped as duplicates.
-        self.relay_rows(sync.frames);
-        if let Some(last) = sync.messages.last() {
-            self.state.last_message_id = last.id;
-            self.broadcast(HubEvent::Messages(sync.messages));
-        }
+        // already ended), the attempt's previews must still precede its durable message, and
+        // a step's message the next step's previews; the frame notices that arrive later are
+        // then dropped as duplicates.
+        self.relay_in_stream_order(sync.frames, sync.messages);
         if let Some(queue) = sync.queue.filter(|_| version_changed) {
             self.broadcast(HubEvent::Queue(queue));
         }

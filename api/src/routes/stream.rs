@@ -151,57 +151,88 @@ impl Session {
         } else {
             None
         };
-        let frames = if matches!(chat.status, ChatStatus::Running | ChatStatus::Interrupting) {
-            if chat.attempt != self.cursor.attempt {
-                self.switch_attempt(chat.attempt, &mut out);
-            }
-            reads::frames_after(&client, self.chat_id, chat.attempt, self.cursor.seq).await?
-        } else {
-            // The attempt is over and its messages are durable: skip its previews, including
-            // frame notices that the hub relays after this read.
-            let ended = matches!(
-                chat.status,
-                ChatStatus::Waiting | ChatStatus::Error | ChatStatus::RequiresAction
-            );
-            let holds_previews = chat.attempt == self.cursor.attempt && self.cursor.seq > 0;
-            if ended && holds_previews {
-                // The client has part of this attempt's previews (a lagging or resuming
-                // client): finish them, so its deltas add up to the message (I3).
+        let running = matches!(chat.status, ChatStatus::Running | ChatStatus::Interrupting);
+        let ended = matches!(
+            chat.status,
+            ChatStatus::Waiting | ChatStatus::Error | ChatStatus::RequiresAction
+        );
+        let mut frames = Vec::new();
+        // Previews the client holds of its cursor's attempt, when messages now supersede them
+        // (a lagging or resuming client): finish them first, so its deltas add up to each
+        // message (I3) — or, if the resume log no longer has them, tell it to drop them.
+        let holds_previews = self.cursor.seq > 0 && !self.turn_finished;
+        let superseded = messages
+            .iter()
+            .any(|message| message.attempt == Some(self.cursor.attempt))
+            || (ended && chat.attempt == self.cursor.attempt);
+        let mut read_current = false;
+        if holds_previews && superseded {
+            let old =
+                reads::frames_after(&client, self.chat_id, self.cursor.attempt, self.cursor.seq)
+                    .await?;
+            if old.is_empty()
+                && reads::max_frame_seq(&client, self.chat_id, self.cursor.attempt).await? == 0
+            {
+                // Trimmed (the client was away too long): the messages are the answer (I9).
+                out.push(self.event("attempt_reset", &json!({"attempt": self.cursor.attempt})));
                 self.turn_finished = true;
-                let frames =
-                    reads::frames_after(&client, self.chat_id, chat.attempt, self.cursor.seq)
-                        .await?;
-                if frames.is_empty()
-                    && reads::max_frame_seq(&client, self.chat_id, chat.attempt).await? == 0
-                {
-                    // The attempt's frames were trimmed (the client was away too long): its
-                    // previews cannot be completed, so the client drops them (I9) and the
-                    // message that follows is the answer.
-                    out.push(self.event("attempt_reset", &json!({"attempt": chat.attempt})));
-                }
-                frames
-            } else {
-                if ended && chat.attempt > self.cursor.attempt {
-                    // Previews the client never saw: skip them (and their late notices).
-                    self.cursor.attempt = chat.attempt;
-                    self.cursor.seq =
-                        reads::max_frame_seq(&client, self.chat_id, chat.attempt).await?;
-                    self.turn_finished = true;
-                }
-                Vec::new()
             }
-        };
-        drop(client);
-        for frame in frames {
-            let (attempt, events, created_at_us) = prepare_rows(frame);
-            self.relay_events(attempt, &events, created_at_us, &mut out);
+            read_current = self.cursor.attempt == chat.attempt;
+            frames.extend(old);
         }
+        // A live session that fell behind (not a new connection) gets every preview, so its
+        // deltas keep adding up to each message; a new connection skips the previews of an
+        // attempt that already ended.
+        let replay_ended = ended && chat.attempt > self.cursor.attempt && !self.first;
+        if (running || replay_ended) && !read_current {
+            let after = if chat.attempt == self.cursor.attempt {
+                self.cursor.seq
+            } else {
+                0
+            };
+            frames.extend(reads::frames_after(&client, self.chat_id, chat.attempt, after).await?);
+        } else if ended && chat.attempt > self.cursor.attempt && !superseded && self.first {
+            // Previews of a finished attempt the client never saw: skip them (and their late
+            // notices); its messages follow.
+            self.cursor.attempt = chat.attempt;
+            self.cursor.seq = reads::max_frame_seq(&client, self.chat_id, chat.attempt).await?;
+            self.turn_finished = true;
+        }
+        drop(client);
         if let (true, Some(oldest)) = (truncated, messages.first()) {
             out.push(self.event("history_truncated", &json!({"before_id": oldest.id})));
         }
+        // Previews and messages in stream order: a message follows the previews its attempt
+        // streamed before it was committed, and precedes the next step's (or attempt's).
+        let mut events: std::collections::VecDeque<(i32, PreparedEvent, i64)> = frames
+            .into_iter()
+            .flat_map(|frame| {
+                let (attempt, events, created_at_us) = prepare_rows(frame);
+                events
+                    .into_iter()
+                    .map(move |event| (attempt, event, created_at_us))
+            })
+            .collect();
         for message in &messages {
+            if let Some(position) = message.stream_position() {
+                while events
+                    .front()
+                    .is_some_and(|(attempt, event, _)| (*attempt, event.seq) <= position)
+                {
+                    if let Some((attempt, event, created_at_us)) = events.pop_front() {
+                        self.relay_any(attempt, event, created_at_us, &mut out);
+                    }
+                }
+            }
             self.cursor.message_id = message.id;
+            if message.attempt == Some(self.cursor.attempt) {
+                // Its previews are superseded: a later attempt needs no `attempt_reset`.
+                self.turn_finished = true;
+            }
             out.push(self.event("message", &json!(Message::from(message))));
+        }
+        while let Some((attempt, event, created_at_us)) = events.pop_front() {
+            self.relay_any(attempt, event, created_at_us, &mut out);
         }
         if let Some(queue) = queue {
             let queued: Vec<QueuedMessage> = queue.iter().map(QueuedMessage::from).collect();
@@ -284,6 +315,9 @@ impl Session {
                 for message in messages {
                     if message.id > self.cursor.message_id {
                         self.cursor.message_id = message.id;
+                        if message.attempt == Some(self.cursor.attempt) {
+                            self.turn_finished = true; // its previews are superseded
+                        }
                         out.push(self.event("message", &json!(Message::from(message))));
                     }
                 }
@@ -334,6 +368,24 @@ impl Session {
         Ok(())
     }
 
+    /// Relays one event of any attempt: older than the cursor's is dropped, a newer one
+    /// switches the cursor first.
+    fn relay_any(
+        &mut self,
+        attempt: i32,
+        event: PreparedEvent,
+        created_at_us: i64,
+        out: &mut Vec<Event>,
+    ) {
+        if attempt < self.cursor.attempt {
+            return;
+        }
+        if attempt > self.cursor.attempt {
+            self.switch_attempt(attempt, out);
+        }
+        self.relay_events(attempt, std::slice::from_ref(&event), created_at_us, out);
+    }
+
     /// A new attempt began: previews of the old one are void unless its turn finished.
     fn switch_attempt(&mut self, attempt: i32, out: &mut Vec<Event>) {
         let had_previews = self.cursor.seq > 0 && !self.turn_finished;
@@ -373,6 +425,7 @@ impl Session {
                 out.push(self.event("attempt_reset", &json!({"attempt": attempt})));
             }
             self.cursor.seq = event.seq;
+            self.turn_finished = false;
             relayed = true;
             out.push(
                 Event::default()

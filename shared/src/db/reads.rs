@@ -153,7 +153,7 @@ pub async fn chat_sync(
            (SELECT coalesce(json_agg(m ORDER BY m.id), '[]'::json) FROM ( \
               SELECT m.id, m.chat_id, m.role, m.content, m.created_at, m.model_config_id, \
                   m.input_tokens, m.output_tokens, m.reasoning_tokens, m.cache_read_tokens, \
-                  m.cache_write_tokens, m.cost_micros, m.runtime_ms \
+                  m.cache_write_tokens, m.cost_micros, m.runtime_ms, m.attempt, m.stream_seq \
               FROM chat_messages m WHERE m.chat_id = c.id AND m.id > $2::bigint AND NOT m.deleted \
               AND m.visibility <> 'model') m), \
            CASE WHEN $3::bool THEN (SELECT coalesce(json_agg(q ORDER BY q.position, q.id), '[]'::json) \

@@ -76,12 +76,27 @@ pub struct MessageRow {
     pub cache_write_tokens: Option<i64>,
     pub cost_micros: Option<i64>,
     pub runtime_ms: Option<i64>,
+    /// The lease epoch that wrote an assistant/tool row (None for user rows).
+    #[serde(default)]
+    pub attempt: Option<i32>,
+    /// The last seq that attempt had streamed when the row was committed: its previews up to
+    /// here precede it (see `stream_order`).
+    #[serde(default)]
+    pub stream_seq: Option<i64>,
 }
 
 impl MessageRow {
     pub const COLUMNS: &'static str = "m.id, m.chat_id, m.role, m.content, m.created_at, \
         m.model_config_id, m.input_tokens, m.output_tokens, m.reasoning_tokens, \
-        m.cache_read_tokens, m.cache_write_tokens, m.cost_micros, m.runtime_ms";
+        m.cache_read_tokens, m.cache_write_tokens, m.cost_micros, m.runtime_ms, m.attempt, \
+        m.stream_seq";
+
+    /// Where this row stands in its attempt's stream: the previews with a smaller or equal
+    /// (attempt, seq) precede it. None for rows no preview precedes (user rows, synthetic
+    /// results written by the API).
+    pub fn stream_position(&self) -> Option<(i32, i64)> {
+        Some((self.attempt?, self.stream_seq?))
+    }
 
     pub fn from_row(row: &Row) -> MessageRow {
         MessageRow::from_row_at(row, 0)
@@ -104,6 +119,8 @@ impl MessageRow {
             cache_write_tokens: row.get(offset + 10),
             cost_micros: row.get(offset + 11),
             runtime_ms: row.get(offset + 12),
+            attempt: row.get(offset + 13),
+            stream_seq: row.get(offset + 14),
         }
     }
 }

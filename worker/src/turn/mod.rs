@@ -140,6 +140,7 @@ impl TurnContext {
                         rows,
                         clone_end(Some(&end)),
                         key,
+                        last_seq,
                     )
                     .await?,
                 )
@@ -545,6 +546,7 @@ async fn fail_without_model(deps: &TurnDeps, claim: &Claim, message: &str) {
         &[],
         TurnEnd::Failed(error),
         Uuid::new_v4(),
+        None,
     )
     .await
     {
