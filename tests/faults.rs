@@ -12,7 +12,7 @@ use uuid::Uuid;
 use chatd_api::client::content_text;
 use chatd_shared::domain::Role;
 use chatd_worker::mock_llm::reply_text;
-use chatd_worker::store::{commit, CommitOutcome, NewRow, TurnEnd};
+use chatd_worker::store::{commit, CommitOutcome, Lease, NewRow, TurnEnd};
 use common::cluster::{
     assistant_texts, create_chat, directive_message, messages, wait_until, Cluster,
 };
@@ -202,9 +202,11 @@ async fn a_stale_lease_holder_cannot_write() {
     for (who, epoch) in [(worker_id, attempt - 1), (Uuid::new_v4(), attempt)] {
         let result = commit(
             &sql,
-            chat_uuid,
-            who,
-            epoch,
+            Lease {
+                chat_id: chat_uuid,
+                worker_id: who,
+                attempt: epoch,
+            },
             std::slice::from_ref(&row),
             TurnEnd::Done,
             Uuid::new_v4(),

@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use chatd_shared::domain::Role;
 use chatd_worker::mock_llm::reply_text;
-use chatd_worker::store::{acquire, commit, CommitOutcome, NewRow, TurnEnd};
+use chatd_worker::store::{acquire, commit, CommitOutcome, Lease, NewRow, TurnEnd};
 use common::cluster::{
     assistant_texts, chat_status, create_chat, directive_message, messages, wait_until, Cluster,
 };
@@ -99,7 +99,11 @@ async fn a_retried_commit_writes_nothing_twice() {
     let worker_id = Uuid::new_v4();
     let claims = acquire(&client, worker_id, 10).await.expect("acquire");
     assert_eq!(claims.len(), 1);
-    let attempt = claims[0].attempt;
+    let lease = Lease {
+        chat_id: chat_uuid,
+        worker_id,
+        attempt: claims[0].attempt,
+    };
     let row = || NewRow {
         role: Role::Assistant,
         content: json!([{"type": "text", "text": "a step"}]),
@@ -110,31 +114,13 @@ async fn a_retried_commit_writes_nothing_twice() {
         compressed: false,
     };
     let key = Uuid::new_v4();
-    let first = commit(
-        &client,
-        chat_uuid,
-        worker_id,
-        attempt,
-        &[row()],
-        TurnEnd::Continue,
-        key,
-        None,
-    )
-    .await
-    .expect("commit");
+    let first = commit(&client, lease, &[row()], TurnEnd::Continue, key, None)
+        .await
+        .expect("commit");
     assert!(matches!(first, CommitOutcome::Committed(_)));
-    let again = commit(
-        &client,
-        chat_uuid,
-        worker_id,
-        attempt,
-        &[row()],
-        TurnEnd::Continue,
-        key,
-        None,
-    )
-    .await
-    .expect("commit again");
+    let again = commit(&client, lease, &[row()], TurnEnd::Continue, key, None)
+        .await
+        .expect("commit again");
     assert!(
         matches!(again, CommitOutcome::AlreadyCommitted(_)),
         "the retry is recognised"
@@ -142,9 +128,7 @@ async fn a_retried_commit_writes_nothing_twice() {
     // A new key is a new step.
     let next = commit(
         &client,
-        chat_uuid,
-        worker_id,
-        attempt,
+        lease,
         &[row()],
         TurnEnd::Done,
         Uuid::new_v4(),

@@ -149,7 +149,7 @@ impl ChaosCluster {
         let id = worker_id.to_string();
         self.workers
             .iter()
-            .position(|worker| worker.args.iter().any(|arg| *arg == id))
+            .position(|worker| worker.args.contains(&id))
     }
 
     pub fn restart_worker(&mut self, index: usize) -> anyhow::Result<()> {

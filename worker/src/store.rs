@@ -240,6 +240,14 @@ FROM (SELECT 1) AS one
 LEFT JOIN updated u ON true
 LEFT JOIN chats a ON a.id = $1";
 
+/// The lease a worker write is fenced by.
+#[derive(Debug, Clone, Copy)]
+pub struct Lease {
+    pub chat_id: Uuid,
+    pub worker_id: Uuid,
+    pub attempt: i32,
+}
+
 /// What a fenced commit found.
 pub enum CommitOutcome {
     /// Written now.
@@ -266,14 +274,17 @@ pub enum CommitOutcome {
 /// it, which keeps per-chat message ids in commit order.
 pub async fn commit(
     client: &deadpool_postgres::ClientWrapper,
-    chat_id: Uuid,
-    worker_id: Uuid,
-    attempt: i32,
+    lease: Lease,
     rows: &[NewRow],
     end: TurnEnd,
     key: Uuid,
     stream_seq: Option<i64>,
 ) -> Result<CommitOutcome, tokio_postgres::Error> {
+    let Lease {
+        chat_id,
+        worker_id,
+        attempt,
+    } = lease;
     let roles: Vec<&str> = rows.iter().map(|row| row.role.as_str()).collect();
     let contents: Vec<&Value> = rows.iter().map(|row| &row.content).collect();
     let models: Vec<Option<Uuid>> = rows.iter().map(|row| row.model_config_id).collect();

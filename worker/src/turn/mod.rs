@@ -134,9 +134,11 @@ impl TurnContext {
                 anyhow::Ok(
                     store::commit(
                         &client,
-                        self.chat_id,
-                        self.config.worker_id,
-                        self.attempt(),
+                        store::Lease {
+                            chat_id: self.chat_id,
+                            worker_id: self.config.worker_id,
+                            attempt: self.attempt(),
+                        },
                         rows,
                         clone_end(Some(&end)),
                         key,
@@ -540,9 +542,11 @@ async fn fail_without_model(deps: &TurnDeps, claim: &Claim, message: &str) {
         stream::cap_message(json!({"kind": "config", "message": message, "retryable": false}));
     if let Ok(store::CommitOutcome::Committed(committed)) = store::commit(
         &client,
-        claim.chat_id,
-        deps.config.worker_id,
-        claim.attempt,
+        store::Lease {
+            chat_id: claim.chat_id,
+            worker_id: deps.config.worker_id,
+            attempt: claim.attempt,
+        },
         &[],
         TurnEnd::Failed(error),
         Uuid::new_v4(),
