@@ -50,6 +50,8 @@ pub struct ClientRecord {
     pub turns: u64,
     /// Requests that failed and were retried or given up.
     pub request_errors: u64,
+    /// (chat, what the client received) of every chat whose stream broke an invariant.
+    pub transcripts: Vec<(String, String)>,
 }
 
 /// Runs `clients` clients until `stop`, then lets their last turns finish.
@@ -180,6 +182,9 @@ async fn chat_session(
     let state = reader.lock().await;
     let mut checker = state.checker.lock().await;
     let counts = checker.take_counts();
+    if !counts.is_zero() {
+        record.transcripts.push((chat_id.clone(), state.transcript.join("\n")));
+    }
     record.integrity.gaps += counts.gaps;
     record.integrity.duplicates += counts.duplicates;
     record.integrity.out_of_order += counts.out_of_order;
@@ -361,6 +366,8 @@ async fn wait_idle(apis: &[ApiClient], rng: &mut StdRng, chat_id: &str) -> bool 
 struct StreamState {
     checker: Arc<Mutex<StreamChecker>>,
     reconnects: u64,
+    /// What this client received, one line per event (kept for the report of a violation).
+    transcript: Vec<String>,
 }
 
 /// Reads the chat's stream for as long as the chat session lasts, resuming on any replica
@@ -379,12 +386,28 @@ async fn read_stream(apis: Vec<ApiClient>, chat_id: String, state: Arc<Mutex<Str
                         last_id = Some(event.id.clone());
                     }
                     checker.lock().await.observe(&event.event, &event.data);
+                    let line = match event.event.as_str() {
+                        "message" => format!(
+                            "message {} {} {:?}",
+                            event.id,
+                            event.data["role"],
+                            chatd_api::client::content_text(&event.data["content"])
+                        ),
+                        "message_part" => format!(
+                            "part {} {:?}",
+                            event.id,
+                            event.data["part"]["text"].as_str().unwrap_or("")
+                        ),
+                        other => format!("{other} {} {}", event.id, event.data),
+                    };
+                    state.lock().await.transcript.push(line);
                 }
             }
             Err(_) => tokio::time::sleep(Duration::from_millis(300)).await,
         }
         let mut locked = state.lock().await;
         locked.reconnects += 1;
+        locked.transcript.push("-- reconnect".to_owned());
         checker.lock().await.note_reconnect();
         drop(locked);
         tokio::time::sleep(Duration::from_millis(100)).await;

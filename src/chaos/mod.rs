@@ -160,6 +160,12 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
     let cluster = Arc::try_unwrap(cluster)
         .map_err(|_| anyhow::anyhow!("the cluster is still in use"))?
         .into_inner();
+    for (chat_id, transcript) in records.iter().flat_map(|record| &record.transcripts) {
+        let path = cluster.log_dir().join(format!("stream-{chat_id}.txt"));
+        if std::fs::write(&path, transcript).is_ok() {
+            println!("  stream of a chat with a violation: {}", path.display());
+        }
+    }
     cluster.stop().await;
     anyhow::ensure!(
         verdict.total() == 0,

@@ -226,6 +226,9 @@ impl StreamFlusher {
         }
         to_write.extend(split_frames(events));
         waiters.extend(new_waiters);
+        // Frames re-published from an earlier flush precede this flush's hints; this flush's
+        // new frames follow them.
+        let republished = to_publish.len();
         let client = match self.pool.get().await {
             Ok(client) => client,
             Err(error) => {
@@ -260,11 +263,16 @@ impl StreamFlusher {
         for waiter in waiters.drain(..) {
             let _ = waiter.send(());
         }
-        let notices = frame_notices(&to_publish);
-        let frame_count = notices.len();
-        let mut all = notices;
-        // Frames first: a turn's hints always follow the previews it flushed before committing.
+        // Order: frames written by earlier flushes, then the hints, then this flush's new frames.
+        // A turn's hints always follow the previews it flushed before committing (those were
+        // written, and published, by an earlier flush), and a step's commit hint precedes the
+        // next step's first previews, which were pushed after the commit.
+        let older = frame_notices(&to_publish[..republished]);
+        let newer = frame_notices(&to_publish[republished..]);
+        let frame_count = older.len() + newer.len();
+        let mut all = older;
         all.extend(hints.iter().cloned());
+        all.extend(newer);
         all.retain(|(channel, payload)| {
             let fits = payload.len() <= MAX_PAYLOAD_BYTES;
             if !fits {

@@ -256,16 +256,21 @@ impl ChatHubTask {
         }
     }
 
+    /// Relays frames of the hub's attempt or newer ones (ascending attempt and seq).
     fn relay_rows(&mut self, frames: Vec<FrameRow>) {
         for frame in frames {
+            if frame.attempt < self.state.attempt {
+                continue;
+            }
+            if frame.attempt > self.state.attempt {
+                self.state.attempt = frame.attempt;
+                self.state.last_seq = 0;
+            }
             let events: Vec<SeqEvent> = serde_json::from_value(frame.events).unwrap_or_default();
             let events: Vec<SeqEvent> = events
                 .into_iter()
                 .filter(|event| event.seq > self.state.last_seq)
                 .collect();
-            if frame.attempt != self.state.attempt {
-                continue;
-            }
             // A hole in the log (the UNLOGGED table lost frames in a PostgreSQL crash) cannot
             // be filled: relay on past it; subscribers tell their clients `attempt_reset`.
             if events
@@ -367,15 +372,17 @@ impl ChatHubTask {
         };
         let chat = sync.chat;
         let version_changed = chat.version > self.state.version;
-        if chat.attempt > self.state.attempt {
-            self.state.attempt = chat.attempt;
-            self.state.last_seq = 0;
-        }
+        // The rest of the hub's attempt comes first even when the chat has moved on (a queued
+        // message started the next turn before this read), then the new attempt's.
         // Whatever the status: when this read is ahead of the notification queue (the turn
         // already ended), the attempt's previews must still precede its durable message, and
         // a step's message the next step's previews; the frame notices that arrive later are
         // then dropped as duplicates.
         self.relay_in_stream_order(sync.frames, sync.messages);
+        if chat.attempt > self.state.attempt {
+            self.state.attempt = chat.attempt;
+            self.state.last_seq = 0;
+        }
         if let Some(queue) = sync.queue.filter(|_| version_changed) {
             self.broadcast(HubEvent::Queue(queue));
         }

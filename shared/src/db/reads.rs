@@ -159,11 +159,12 @@ pub async fn chat_sync(
            CASE WHEN $3::bool THEN (SELECT coalesce(json_agg(q ORDER BY q.position, q.id), '[]'::json) \
               FROM (SELECT q.id, q.chat_id, q.content, q.created_at, q.position \
                     FROM chat_queued_messages q WHERE q.chat_id = c.id) q) END, \
-           (SELECT coalesce(json_agg(f ORDER BY f.seq_from), '[]'::json) FROM ( \
+           (SELECT coalesce(json_agg(f ORDER BY f.attempt, f.seq_from), '[]'::json) FROM ( \
               SELECT f.attempt, f.seq_from, f.seq_to, f.events, \
                   (extract(epoch FROM f.created_at) * 1000000)::bigint AS created_at_us \
-              FROM chat_stream_frames f WHERE f.chat_id = c.id AND f.attempt = c.attempt \
-              AND f.seq_to > CASE WHEN c.attempt = $4::int THEN $5::bigint ELSE 0::bigint END) f) \
+              FROM chat_stream_frames f WHERE f.chat_id = c.id \
+              AND ((f.attempt = $4::int AND f.seq_to > $5::bigint) \
+                   OR (f.attempt = c.attempt AND c.attempt <> $4::int))) f) \
          FROM chats c WHERE c.id = $1",
         chat_columns = ChatRow::COLUMNS
     );
