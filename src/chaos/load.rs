@@ -183,7 +183,9 @@ async fn chat_session(
     let mut checker = state.checker.lock().await;
     let counts = checker.take_counts();
     if !counts.is_zero() {
-        record.transcripts.push((chat_id.clone(), state.transcript.join("\n")));
+        record
+            .transcripts
+            .push((chat_id.clone(), state.transcript.join("\n")));
     }
     record.integrity.gaps += counts.gaps;
     record.integrity.duplicates += counts.duplicates;
