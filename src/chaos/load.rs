@@ -376,6 +376,9 @@ struct StreamState {
 /// with the last event id whenever a connection ends.
 async fn read_stream(apis: Vec<ApiClient>, chat_id: String, state: Arc<Mutex<StreamState>>) {
     let checker = state.lock().await.checker.clone();
+    // The stream opens after the chat was created, possibly after its first turn ended: a
+    // client joining late is sent durable messages without their previews.
+    checker.lock().await.note_reconnect();
     let mut last_id: Option<String> = Some("0-0-0".to_owned());
     let mut attempt = 0usize;
     loop {

@@ -185,6 +185,23 @@ impl Session {
         // attempt that already ended.
         let replay_ended = ended && chat.attempt > self.cursor.attempt && !self.first;
         if (running || replay_ended) && !read_current {
+            // Attempts between the cursor's and the current one (a turn that started and ended
+            // while this session was behind) come first, as a live client saw them.
+            let first_attempt = if self.first {
+                chat.attempt // a new connection: only the running attempt's previews
+            } else if holds_previews && superseded {
+                self.cursor.attempt + 1
+            } else {
+                self.cursor.attempt.max(1)
+            };
+            for attempt in first_attempt..chat.attempt {
+                let after = if attempt == self.cursor.attempt {
+                    self.cursor.seq
+                } else {
+                    0
+                };
+                frames.extend(reads::frames_after(&client, self.chat_id, attempt, after).await?);
+            }
             let after = if chat.attempt == self.cursor.attempt {
                 self.cursor.seq
             } else {

@@ -163,8 +163,7 @@ pub async fn chat_sync(
               SELECT f.attempt, f.seq_from, f.seq_to, f.events, \
                   (extract(epoch FROM f.created_at) * 1000000)::bigint AS created_at_us \
               FROM chat_stream_frames f WHERE f.chat_id = c.id \
-              AND ((f.attempt = $4::int AND f.seq_to > $5::bigint) \
-                   OR (f.attempt = c.attempt AND c.attempt <> $4::int))) f) \
+              AND ((f.attempt = $4::int AND f.seq_to > $5::bigint) OR f.attempt > $4::int)) f) \
          FROM chats c WHERE c.id = $1",
         chat_columns = ChatRow::COLUMNS
     );
