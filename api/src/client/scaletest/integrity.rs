@@ -46,9 +46,13 @@ pub struct StreamChecker {
     missing: BTreeSet<i64>,
     /// Text deltas of the current attempt since the last assistant message.
     streamed_text: String,
-    /// The connection was re-established since the last assistant message: a resume after
-    /// the turn finished legitimately gets the message without its remaining deltas.
+    /// The connection was re-established and has not yet delivered a message whose deltas it
+    /// streamed: a resume after a step or the turn finished legitimately gets the messages
+    /// without their remaining deltas (several of them after a multi-step tool turn).
     resumed: bool,
+    /// A sequenced event arrived since the reconnect: the next message checked ends the
+    /// catch-up of durable messages.
+    live_since_resume: bool,
     /// The server announced a hole in the current attempt (`attempt_reset` naming the same
     /// attempt): the next seq may jump, and the previews before it are void, so the next
     /// message is not compared with them (the message is authoritative).
@@ -94,6 +98,7 @@ impl StreamChecker {
     /// The connection dropped and was reopened from the last event id.
     pub fn note_reconnect(&mut self) {
         self.resumed = true;
+        self.live_since_resume = false;
     }
 
     /// Same-attempt resets (unfillable holes) seen so far.
@@ -120,9 +125,12 @@ impl StreamChecker {
             return;
         }
         if attempt > self.attempt {
-            // A new turn (or a retry the server announced without previews to drop).
+            // A new turn (or a retry the server announced without previews to drop): its
+            // deltas all arrive on this connection, so its messages are compared exactly.
             self.start_attempt(attempt);
+            self.resumed = false;
         }
+        self.live_since_resume = true;
         if seq <= self.last_seq {
             if self.missing.remove(&seq) {
                 self.counts.out_of_order += 1;
@@ -159,7 +167,9 @@ impl StreamChecker {
         }
         // Later steps of the same attempt stream the next message's deltas.
         self.streamed_text.clear();
-        self.resumed = false;
+        if self.live_since_resume {
+            self.resumed = false;
+        }
         self.after_hole = false;
     }
 }
@@ -360,6 +370,44 @@ mod tests {
         // Later turns are checked again.
         checker.observe("message_part", &part(3, 1, "Bye").1);
         checker.observe("message", &assistant(4, "Bye!").1);
+        assert_eq!(checker.take_counts().text_mismatches, 1);
+    }
+
+    #[test]
+    fn a_resume_after_a_tool_turn_may_skip_the_deltas_of_every_step() {
+        // Seen in a 10-minute soak: a reader reconnected after a three-step tool turn ended
+        // and got its messages from the database, the first one (a tool call) without text.
+        let mut checker = StreamChecker::default();
+        checker.observe("message_part", &part(1, 1, "Hi").1);
+        checker.observe("message", &assistant(2, "Hi").1);
+        checker.note_reconnect();
+        for (name, data) in [
+            assistant(4, ""),
+            ("message", json!({"id": 5, "role": "tool", "content": []})),
+            assistant(6, ""),
+            ("message", json!({"id": 7, "role": "tool", "content": []})),
+            assistant(8, "Tool results: current_time: now"),
+        ] {
+            checker.observe(name, &data);
+        }
+        assert!(checker.take_counts().is_zero());
+        // The next turn streams on this connection and is compared exactly again.
+        checker.observe("message_part", &part(2, 1, "Bye").1);
+        checker.observe("message", &assistant(10, "Bye!").1);
+        assert_eq!(checker.take_counts().text_mismatches, 1);
+    }
+
+    #[test]
+    fn a_resume_mid_step_compares_later_steps_exactly() {
+        let mut checker = StreamChecker::default();
+        checker.observe("message_part", &part(1, 1, "Let ").1);
+        checker.note_reconnect();
+        // The catch-up continues the attempt from the last seq received.
+        checker.observe("message_part", &part(1, 2, "me look").1);
+        checker.observe("message", &assistant(2, "Let me look").1);
+        checker.observe("message", &json!({"id": 3, "role": "tool", "content": []}));
+        checker.observe("message_part", &part(1, 3, "Found").1);
+        checker.observe("message", &assistant(4, "Found it").1);
         assert_eq!(checker.take_counts().text_mismatches, 1);
     }
 
