@@ -10,8 +10,10 @@ use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use chatd_api::config::defaults as ad;
 use chatd_shared::domain::ProviderKind;
 use chatd_shared::telemetry::{init_logging, LogFormat};
+use chatd_worker::config::defaults as wd;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -40,7 +42,7 @@ pub enum Command {
     /// Run a worker that acquires and runs chat turns.
     Worker(WorkerArgs),
     /// Run everything on one machine (embedded PostgreSQL, mock LLM, API, worker).
-    Dev(DevArgs),
+    Dev(crate::dev::DevArgs),
     /// Apply database migrations and exit.
     Migrate(DatabaseArgs),
     /// Run the deterministic, scriptable mock LLM server.
@@ -71,20 +73,20 @@ pub struct ApiArgs {
     #[arg(long, env = "CHATD_ADDR", default_value = "127.0.0.1:8080")]
     pub addr: SocketAddr,
     /// Database connections in this replica's pool.
-    #[arg(long, env = "CHATD_POOL_SIZE", default_value_t = 32)]
+    #[arg(long, env = "CHATD_POOL_SIZE", default_value_t = ad::POOL_SIZE, value_parser = at_least(1))]
     pub pool_size: usize,
     /// Request body limit in bytes (413 beyond).
-    #[arg(long, env = "CHATD_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    #[arg(long, env = "CHATD_MAX_BODY_BYTES", default_value_t = ad::MAX_BODY_BYTES, value_parser = at_least(1))]
     pub max_body_bytes: usize,
     /// Most queued messages per chat (429 beyond).
-    #[arg(long, env = "CHATD_MAX_QUEUE_LEN", default_value_t = 20)]
+    #[arg(long, env = "CHATD_MAX_QUEUE_LEN", default_value_t = ad::MAX_QUEUE_LEN, value_parser = clap::value_parser!(i64).range(0..))]
     pub max_queue_len: i64,
     /// Most messages a stream's snapshot sends (the newest); older ones through
     /// `GET /chats/{id}/messages`.
-    #[arg(long, env = "CHATD_STREAM_SNAPSHOT_MESSAGES", default_value_t = 100)]
+    #[arg(long, env = "CHATD_STREAM_SNAPSHOT_MESSAGES", default_value_t = ad::STREAM_SNAPSHOT_MESSAGES, value_parser = clap::value_parser!(i64).range(1..))]
     pub stream_snapshot_messages: i64,
     /// Most open streams (chat and watch) per user on this replica (429 beyond).
-    #[arg(long, env = "CHATD_MAX_STREAMS_PER_USER", default_value_t = 100)]
+    #[arg(long, env = "CHATD_MAX_STREAMS_PER_USER", default_value_t = ad::MAX_STREAMS_PER_USER, value_parser = at_least(1))]
     pub max_streams_per_user: usize,
     /// Base64 32-byte key that encrypts provider API keys set through the admin API (the
     /// workers' key). Without it, requests that set an API key are refused.
@@ -100,52 +102,52 @@ pub struct WorkerArgs {
     #[arg(long, env = "CHATD_WORKER_ID")]
     pub worker_id: Option<Uuid>,
     /// Database connections in this worker's pool.
-    #[arg(long, env = "CHATD_POOL_SIZE", default_value_t = 16)]
+    #[arg(long, env = "CHATD_POOL_SIZE", default_value_t = wd::POOL_SIZE, value_parser = at_least(2))]
     pub pool_size: usize,
     /// Most turns this worker runs at once.
-    #[arg(long, env = "CHATD_MAX_CONCURRENT_TURNS", default_value_t = 512)]
+    #[arg(long, env = "CHATD_MAX_CONCURRENT_TURNS", default_value_t = wd::MAX_CONCURRENT_TURNS, value_parser = at_least(1))]
     pub max_concurrent_turns: usize,
     /// Most chats claimed per acquire statement.
-    #[arg(long, env = "CHATD_ACQUIRE_BATCH", default_value_t = 64)]
+    #[arg(long, env = "CHATD_ACQUIRE_BATCH", default_value_t = wd::ACQUIRE_BATCH, value_parser = at_least(1))]
     pub acquire_batch: usize,
     /// Poll for pending chats this often (ms), even when notifications work.
-    #[arg(long, env = "CHATD_ACQUIRE_INTERVAL_MS", default_value_t = 1000)]
+    #[arg(long, env = "CHATD_ACQUIRE_INTERVAL_MS", default_value_t = wd::ACQUIRE_INTERVAL_MS, value_parser = positive_ms())]
     pub acquire_interval_ms: u64,
     /// Heartbeat interval (ms).
-    #[arg(long, env = "CHATD_HEARTBEAT_INTERVAL_MS", default_value_t = 5000)]
+    #[arg(long, env = "CHATD_HEARTBEAT_INTERVAL_MS", default_value_t = wd::HEARTBEAT_INTERVAL_MS, value_parser = positive_ms())]
     pub heartbeat_interval_ms: u64,
     /// A lease with an older heartbeat is recovered (ms).
-    #[arg(long, env = "CHATD_STALE_AFTER_MS", default_value_t = 30000)]
+    #[arg(long, env = "CHATD_STALE_AFTER_MS", default_value_t = wd::STALE_AFTER_MS, value_parser = positive_ms())]
     pub stale_after_ms: u64,
     /// Recovery sweep interval (ms).
-    #[arg(long, env = "CHATD_SWEEP_INTERVAL_MS", default_value_t = 5000)]
+    #[arg(long, env = "CHATD_SWEEP_INTERVAL_MS", default_value_t = wd::SWEEP_INTERVAL_MS, value_parser = positive_ms())]
     pub sweep_interval_ms: u64,
     /// How often other workers' liveness (their PostgreSQL session) is checked (ms); a dead
     /// worker's chats are released after two checks.
-    #[arg(long, env = "CHATD_LIVENESS_INTERVAL_MS", default_value_t = 500)]
+    #[arg(long, env = "CHATD_LIVENESS_INTERVAL_MS", default_value_t = wd::LIVENESS_INTERVAL_MS, value_parser = clap::value_parser!(u64).range(10..))]
     pub liveness_interval_ms: u64,
     /// Stream flush interval (ms).
-    #[arg(long, env = "CHATD_STREAM_FLUSH_INTERVAL_MS", default_value_t = 20)]
+    #[arg(long, env = "CHATD_STREAM_FLUSH_INTERVAL_MS", default_value_t = wd::STREAM_FLUSH_INTERVAL_MS, value_parser = positive_ms())]
     pub stream_flush_interval_ms: u64,
     /// On SIGTERM, running turns get this long to finish (ms).
-    #[arg(long, env = "CHATD_SHUTDOWN_GRACE_MS", default_value_t = 25000)]
+    #[arg(long, env = "CHATD_SHUTDOWN_GRACE_MS", default_value_t = wd::SHUTDOWN_GRACE_MS)]
     pub shutdown_grace_ms: u64,
     /// Most model steps per turn.
-    #[arg(long, env = "CHATD_MAX_STEPS", default_value_t = 100)]
+    #[arg(long, env = "CHATD_MAX_STEPS", default_value_t = wd::MAX_STEPS, value_parser = at_least(1))]
     pub max_steps: usize,
     /// Provider requests per step before the turn fails (retryable errors only).
-    #[arg(long, env = "CHATD_MAX_PROVIDER_ATTEMPTS", default_value_t = 5)]
+    #[arg(long, env = "CHATD_MAX_PROVIDER_ATTEMPTS", default_value_t = wd::MAX_PROVIDER_ATTEMPTS, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_provider_attempts: u32,
     /// A provider that sends nothing for this long is retried (ms).
-    #[arg(long, env = "CHATD_STARTUP_TIMEOUT_MS", default_value_t = 60000)]
+    #[arg(long, env = "CHATD_STARTUP_TIMEOUT_MS", default_value_t = wd::STARTUP_TIMEOUT_MS, value_parser = positive_ms())]
     pub startup_timeout_ms: u64,
     /// A provider stream that sends no bytes at all for this long (keep-alives count) is a
     /// retryable timeout (ms).
-    #[arg(long, env = "CHATD_STREAM_IDLE_TIMEOUT_MS", default_value_t = 120000)]
+    #[arg(long, env = "CHATD_STREAM_IDLE_TIMEOUT_MS", default_value_t = wd::STREAM_IDLE_TIMEOUT_MS, value_parser = positive_ms())]
     pub stream_idle_timeout_ms: u64,
     /// Wall-clock bound of one model step, streaming and tools together; past it the turn
     /// ends in error `timeout`, not retried (ms).
-    #[arg(long, env = "CHATD_STEP_TIMEOUT_MS", default_value_t = 1800000)]
+    #[arg(long, env = "CHATD_STEP_TIMEOUT_MS", default_value_t = wd::STEP_TIMEOUT_MS, value_parser = positive_ms())]
     pub step_timeout_ms: u64,
     /// Base64 32-byte key that encrypts provider API keys at rest.
     #[arg(long, env = "CHATD_ENCRYPTION_KEY", hide_env_values = true)]
@@ -154,27 +156,17 @@ pub struct WorkerArgs {
     #[arg(long, env = "CHATD_TOOLS", value_delimiter = ',', default_value = "")]
     pub tools: Vec<String>,
     /// A tool call running longer than this gets an error result (ms).
-    #[arg(long, env = "CHATD_TOOL_TIMEOUT_MS", default_value_t = 600000)]
+    #[arg(long, env = "CHATD_TOOL_TIMEOUT_MS", default_value_t = wd::TOOL_TIMEOUT_MS, value_parser = positive_ms())]
     pub tool_timeout_ms: u64,
     /// How long a chat waits in requires_action for client tool results (ms).
-    #[arg(long, env = "CHATD_ACTION_TIMEOUT_MS", default_value_t = 3600000)]
+    #[arg(long, env = "CHATD_ACTION_TIMEOUT_MS", default_value_t = wd::ACTION_TIMEOUT_MS, value_parser = positive_ms())]
     pub action_timeout_ms: u64,
     /// Bound on generating a chat title; 0 disables automatic titles (ms).
-    #[arg(long, env = "CHATD_TITLE_TIMEOUT_MS", default_value_t = 20000)]
+    #[arg(long, env = "CHATD_TITLE_TIMEOUT_MS", default_value_t = wd::TITLE_TIMEOUT_MS)]
     pub title_timeout_ms: u64,
     /// Serve /metrics and /healthz on this address (optional).
     #[arg(long, env = "CHATD_METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,
-}
-
-#[derive(Args, Debug)]
-pub struct DevArgs {
-    /// Folder for the embedded PostgreSQL data and the dev encryption key.
-    #[arg(long, env = "CHATD_DATA_DIR", default_value = ".chatd-dev")]
-    pub data_dir: std::path::PathBuf,
-    /// Address of the API.
-    #[arg(long, env = "CHATD_ADDR", default_value = "127.0.0.1:8080")]
-    pub addr: SocketAddr,
 }
 
 #[derive(Args, Debug)]
@@ -276,6 +268,24 @@ fn ms(value: u64) -> Duration {
     Duration::from_millis(value)
 }
 
+/// A count flag that must be at least `min` (clap names the flag and the range on error).
+fn at_least(
+    min: u64,
+) -> clap::builder::MapValueParser<clap::builder::RangedU64ValueParser<u64>, fn(u64) -> usize> {
+    use clap::builder::TypedValueParser;
+    fn to_usize(value: u64) -> usize {
+        usize::try_from(value).unwrap_or(usize::MAX)
+    }
+    clap::value_parser!(u64)
+        .range(min..)
+        .map(to_usize as fn(u64) -> usize)
+}
+
+/// A duration flag in milliseconds that must not be 0.
+fn positive_ms() -> clap::builder::RangedU64ValueParser<u64> {
+    clap::value_parser!(u64).range(1..)
+}
+
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let log_format = match (&cli.command, cli.log_format) {
         (Command::Dev(_), _) | (_, LogFormatArg::Pretty) => LogFormat::Pretty,
@@ -294,8 +304,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             config.pool_size = args.pool_size;
             config.max_body_bytes = args.max_body_bytes;
             config.max_queue_len = args.max_queue_len;
-            config.stream_snapshot_messages = args.stream_snapshot_messages.max(1);
-            config.max_streams_per_user = args.max_streams_per_user.max(1);
+            config.stream_snapshot_messages = args.stream_snapshot_messages;
+            config.max_streams_per_user = args.max_streams_per_user;
             config.encryption_key = args
                 .encryption_key
                 .as_deref()
@@ -314,7 +324,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 let listener = tokio::net::TcpListener::bind(addr)
                     .await
                     .with_context(|| format!("listen on {addr}"))?;
-                tokio::spawn(crate::dev::serve_worker_metrics(listener, shutdown.clone()));
+                tokio::spawn(chatd_worker::metrics_server::serve(
+                    listener,
+                    shutdown.clone(),
+                ));
             }
             chatd_worker::run(worker_config(args)?, shutdown).await
         }
@@ -345,19 +358,19 @@ pub fn worker_config(args: WorkerArgs) -> anyhow::Result<chatd_worker::WorkerCon
     }
     config.pool_size = args.pool_size;
     config.max_concurrent_turns = args.max_concurrent_turns;
-    config.acquire_batch = args.acquire_batch.max(1);
+    config.acquire_batch = args.acquire_batch;
     config.acquire_interval = ms(args.acquire_interval_ms);
     config.heartbeat_interval = ms(args.heartbeat_interval_ms);
     config.stale_after = ms(args.stale_after_ms);
     config.sweep_interval = ms(args.sweep_interval_ms);
-    config.liveness_interval = ms(args.liveness_interval_ms.max(10));
-    config.stream_flush_interval = ms(args.stream_flush_interval_ms.max(1));
+    config.liveness_interval = ms(args.liveness_interval_ms);
+    config.stream_flush_interval = ms(args.stream_flush_interval_ms);
     config.shutdown_grace = ms(args.shutdown_grace_ms);
-    config.max_steps = args.max_steps.max(1);
-    config.max_provider_attempts = args.max_provider_attempts.max(1);
+    config.max_steps = args.max_steps;
+    config.max_provider_attempts = args.max_provider_attempts;
     config.startup_timeout = ms(args.startup_timeout_ms);
-    config.stream_idle_timeout = ms(args.stream_idle_timeout_ms.max(1));
-    config.step_timeout = ms(args.step_timeout_ms.max(1));
+    config.stream_idle_timeout = ms(args.stream_idle_timeout_ms);
+    config.step_timeout = ms(args.step_timeout_ms);
     config.builtin_tools = args
         .tools
         .iter()
@@ -365,18 +378,15 @@ pub fn worker_config(args: WorkerArgs) -> anyhow::Result<chatd_worker::WorkerCon
         .filter(|name| !name.is_empty())
         .collect();
     chatd_worker::tool::builtin_tools(&config.builtin_tools).map_err(anyhow::Error::msg)?;
-    config.tool_timeout = ms(args.tool_timeout_ms.max(1));
-    config.action_timeout = ms(args.action_timeout_ms.max(1));
+    config.tool_timeout = ms(args.tool_timeout_ms);
+    config.action_timeout = ms(args.action_timeout_ms);
     config.title_timeout = ms(args.title_timeout_ms);
     config.encryption_key = args
         .encryption_key
         .as_deref()
         .map(chatd_shared::crypto::parse_key)
         .transpose()?;
-    anyhow::ensure!(
-        config.stale_after > config.heartbeat_interval * 2,
-        "--stale-after-ms must be more than twice --heartbeat-interval-ms"
-    );
+    config.validate().map_err(anyhow::Error::msg)?;
     Ok(config)
 }
 

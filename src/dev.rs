@@ -9,7 +9,16 @@ use tokio_util::sync::CancellationToken;
 
 use chatd_shared::pg_embed::{EmbeddedOptions, EmbeddedPostgres};
 
-use crate::cli::DevArgs;
+/// `chatd dev` flags.
+#[derive(clap::Args, Debug)]
+pub struct DevArgs {
+    /// Folder for the embedded PostgreSQL data and the dev encryption key.
+    #[arg(long, env = "CHATD_DATA_DIR", default_value = ".chatd-dev")]
+    pub data_dir: std::path::PathBuf,
+    /// Address of the API.
+    #[arg(long, env = "CHATD_ADDR", default_value = "127.0.0.1:8080")]
+    pub addr: std::net::SocketAddr,
+}
 
 const DATABASE: &str = "chatd";
 const MOCK_PROVIDER_NAME: &str = "chatd-dev-mock";
@@ -172,19 +181,4 @@ async fn seed(database_url: &str, mock_base_url: &str) -> anyhow::Result<String>
     transaction.commit().await?;
     chatd_shared::db::admin::ensure_user(&client, "admin", true).await?;
     chatd_shared::db::admin::create_token(&client, "admin", "chatd-dev").await
-}
-
-/// `/metrics` and `/healthz` for a standalone worker (Kubernetes probes, Prometheus).
-pub async fn serve_worker_metrics(listener: tokio::net::TcpListener, shutdown: CancellationToken) {
-    use axum::routing::get;
-    let handle = chatd_shared::telemetry::metrics_handle();
-    let router = axum::Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/metrics", get(move || async move { handle.render() }));
-    if let Err(error) = axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
-    {
-        tracing::warn!(error = %error, "worker metrics server stopped");
-    }
 }

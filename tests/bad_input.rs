@@ -372,3 +372,51 @@ async fn nul_in_structured_fields_is_a_400_naming_the_field() {
         assert_field_error(&response, field);
     }
 }
+
+/// Nonsense settings are refused at startup with one line naming the flag, instead of being
+/// clamped silently (`--pool-size 0` used to become 1, `--stream-flush-interval-ms 0` 1 ms).
+#[test]
+fn nonsense_settings_are_refused_naming_the_flag() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["worker", "--pool-size", "0"], "--pool-size"),
+        (
+            &["worker", "--stream-flush-interval-ms", "0"],
+            "--stream-flush-interval-ms",
+        ),
+        (&["worker", "--max-steps", "0"], "--max-steps"),
+        (
+            &[
+                "worker",
+                "--heartbeat-interval-ms",
+                "20000",
+                "--stale-after-ms",
+                "30000",
+            ],
+            "--stale-after-ms",
+        ),
+        (
+            &["api", "--stream-snapshot-messages", "0"],
+            "--stream-snapshot-messages",
+        ),
+        (
+            &["api", "--max-streams-per-user", "0"],
+            "--max-streams-per-user",
+        ),
+    ];
+    for (args, flag) in cases {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_chatd"))
+            .args(*args)
+            // Unreachable on purpose: the settings must be refused before any connection.
+            .args(["--database-url", "postgres://nobody@127.0.0.1:1/none"])
+            .env_remove("CHATD_TEST_DATABASE_URL")
+            .output()
+            .expect("run chatd");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{args:?} was accepted");
+        assert!(stderr.contains(flag), "{args:?}: {stderr}");
+        assert!(
+            !stderr.contains("connect"),
+            "{args:?} got as far as connecting: {stderr}"
+        );
+    }
+}

@@ -40,20 +40,51 @@ impl std::fmt::Debug for EncryptionKey {
     }
 }
 
+/// The defaults, in one place: `ApiConfig::new` and the `chatd api` flags both use them.
+pub mod defaults {
+    pub const POOL_SIZE: usize = 32;
+    pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+    pub const MAX_QUEUE_LEN: i64 = 20;
+    pub const STREAM_SNAPSHOT_MESSAGES: i64 = 100;
+    pub const MAX_STREAMS_PER_USER: usize = 100;
+}
+
 impl ApiConfig {
     pub fn new(database_url: impl Into<String>) -> ApiConfig {
+        use defaults::*;
         ApiConfig {
             database_url: database_url.into(),
-            pool_size: 32,
-            max_body_bytes: 1024 * 1024,
-            max_queue_len: 20,
-            stream_snapshot_messages: 100,
-            max_streams_per_user: 100,
+            pool_size: POOL_SIZE,
+            max_body_bytes: MAX_BODY_BYTES,
+            max_queue_len: MAX_QUEUE_LEN,
+            stream_snapshot_messages: STREAM_SNAPSHOT_MESSAGES,
+            max_streams_per_user: MAX_STREAMS_PER_USER,
             token_cache_ttl: Duration::from_secs(30),
             keep_alive: Duration::from_secs(15),
             hub_buffer: 128,
             hub_audit_interval: Duration::from_secs(2),
             encryption_key: None,
+        }
+    }
+
+    /// Refuses settings that cannot work, naming the flag. Checked by `chatd_api::run`.
+    pub fn validate(&self) -> Result<(), String> {
+        let checks: [(&str, bool); 5] = [
+            ("--pool-size", self.pool_size > 0),
+            ("--max-body-bytes", self.max_body_bytes > 0),
+            ("--max-queue-len", self.max_queue_len >= 0),
+            (
+                "--stream-snapshot-messages",
+                self.stream_snapshot_messages > 0,
+            ),
+            ("--max-streams-per-user", self.max_streams_per_user > 0),
+        ];
+        match checks.iter().find(|(_, ok)| !ok) {
+            Some((flag, _)) if *flag == "--max-queue-len" => {
+                Err(format!("{flag} must not be negative"))
+            }
+            Some((flag, _)) => Err(format!("{flag} must be greater than 0")),
+            None => Ok(()),
         }
     }
 }

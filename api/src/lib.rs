@@ -32,6 +32,7 @@ pub async fn run(
     config: ApiConfig,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    config.validate().map_err(anyhow::Error::msg)?;
     let pool = build_pool(&config.database_url, "chatd-api", config.pool_size)?;
     let (sink, events) = tokio::sync::mpsc::channel(65_536);
     let pubsub = Listener::spawn(

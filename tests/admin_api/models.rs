@@ -323,3 +323,57 @@ async fn chats_fall_back_to_the_default_model_and_fail_clearly_without_one() {
     assert_eq!(chat["last_error"]["kind"], "config", "{chat}");
     assert!(replies.is_empty());
 }
+
+/// One definition of "usable" (enabled, not deleted, provider enabled) for every check: a
+/// config of a disabled provider is refused at chat create and send like a disabled config,
+/// and hidden from ordinary users' lists. Before, create and send checked only the config.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_config_of_a_disabled_provider_is_not_usable_anywhere() {
+    let setup = Setup::start(0).await;
+    let default = setup.default_model().await.expect("seeded default");
+    let other_provider = setup
+        .admin(
+            Method::POST,
+            "/providers",
+            json!({"kind": "openai-compatible", "base_url": "http://127.0.0.1:9/v1"}),
+            201,
+        )
+        .await["provider"]["id"]
+        .as_str()
+        .expect("provider id")
+        .to_string();
+    let model = setup
+        .create_model(&other_provider, json!({"model": "elsewhere"}))
+        .await;
+    let chat_id = idle_chat(&setup, &model).await;
+    setup
+        .admin(
+            Method::PATCH,
+            &format!("/providers/{other_provider}"),
+            json!({"enabled": false}),
+            200,
+        )
+        .await;
+
+    let create = setup
+        .user(Method::POST, "/chats", json!({"model_config_id": model}))
+        .await;
+    assert_field_error(&create, "model_config_id");
+    let sent = setup
+        .user(
+            Method::POST,
+            &format!("/chats/{chat_id}/messages"),
+            json!({"content": "hi", "model_config_id": model}),
+        )
+        .await;
+    assert_field_error(&sent, "model_config_id");
+    let listed = setup.user(Method::GET, "/model-configs", Value::Null).await;
+    assert_eq!(listed.status, 200, "{}", listed.body);
+    let ids: Vec<String> = listed.json()["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|item| item["id"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(ids, [default]);
+}

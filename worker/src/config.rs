@@ -52,32 +52,137 @@ pub struct WorkerConfig {
     pub title_timeout: Duration,
 }
 
+/// The defaults, in one place: `WorkerConfig::new` and the `chatd worker` flags both use them.
+pub mod defaults {
+    pub const POOL_SIZE: usize = 16;
+    pub const MAX_CONCURRENT_TURNS: usize = 512;
+    pub const ACQUIRE_BATCH: usize = 64;
+    pub const ACQUIRE_INTERVAL_MS: u64 = 1_000;
+    pub const HEARTBEAT_INTERVAL_MS: u64 = 5_000;
+    pub const STALE_AFTER_MS: u64 = 30_000;
+    pub const SWEEP_INTERVAL_MS: u64 = 5_000;
+    pub const LIVENESS_INTERVAL_MS: u64 = 500;
+    pub const STREAM_FLUSH_INTERVAL_MS: u64 = 20;
+    pub const SHUTDOWN_GRACE_MS: u64 = 25_000;
+    pub const MAX_STEPS: usize = 100;
+    pub const MAX_PROVIDER_ATTEMPTS: u32 = 5;
+    pub const STARTUP_TIMEOUT_MS: u64 = 60_000;
+    pub const STREAM_IDLE_TIMEOUT_MS: u64 = 120_000;
+    pub const STEP_TIMEOUT_MS: u64 = 1_800_000;
+    pub const MAX_CRASH_COUNT: i32 = 5;
+    pub const TOOL_TIMEOUT_MS: u64 = 600_000;
+    pub const ACTION_TIMEOUT_MS: u64 = 3_600_000;
+    pub const TITLE_TIMEOUT_MS: u64 = 20_000;
+}
+
+fn ms(value: u64) -> Duration {
+    Duration::from_millis(value)
+}
+
 impl WorkerConfig {
     pub fn new(database_url: impl Into<String>) -> WorkerConfig {
+        use defaults::*;
         WorkerConfig {
             database_url: database_url.into(),
             worker_id: Uuid::new_v4(),
-            pool_size: 16,
-            max_concurrent_turns: 512,
-            acquire_batch: 64,
-            acquire_interval: Duration::from_secs(1),
-            heartbeat_interval: Duration::from_secs(5),
-            stale_after: Duration::from_secs(30),
-            sweep_interval: Duration::from_secs(5),
-            liveness_interval: Duration::from_millis(500),
-            stream_flush_interval: Duration::from_millis(20),
-            shutdown_grace: Duration::from_secs(25),
-            max_steps: 100,
-            max_provider_attempts: 5,
-            startup_timeout: Duration::from_secs(60),
-            stream_idle_timeout: Duration::from_secs(120),
-            step_timeout: Duration::from_secs(1800),
-            max_crash_count: 5,
+            pool_size: POOL_SIZE,
+            max_concurrent_turns: MAX_CONCURRENT_TURNS,
+            acquire_batch: ACQUIRE_BATCH,
+            acquire_interval: ms(ACQUIRE_INTERVAL_MS),
+            heartbeat_interval: ms(HEARTBEAT_INTERVAL_MS),
+            stale_after: ms(STALE_AFTER_MS),
+            sweep_interval: ms(SWEEP_INTERVAL_MS),
+            liveness_interval: ms(LIVENESS_INTERVAL_MS),
+            stream_flush_interval: ms(STREAM_FLUSH_INTERVAL_MS),
+            shutdown_grace: ms(SHUTDOWN_GRACE_MS),
+            max_steps: MAX_STEPS,
+            max_provider_attempts: MAX_PROVIDER_ATTEMPTS,
+            startup_timeout: ms(STARTUP_TIMEOUT_MS),
+            stream_idle_timeout: ms(STREAM_IDLE_TIMEOUT_MS),
+            step_timeout: ms(STEP_TIMEOUT_MS),
+            max_crash_count: MAX_CRASH_COUNT,
             encryption_key: None,
             builtin_tools: Vec::new(),
-            tool_timeout: Duration::from_secs(600),
-            action_timeout: Duration::from_secs(3600),
-            title_timeout: Duration::from_secs(20),
+            tool_timeout: ms(TOOL_TIMEOUT_MS),
+            action_timeout: ms(ACTION_TIMEOUT_MS),
+            title_timeout: ms(TITLE_TIMEOUT_MS),
         }
+    }
+
+    /// Refuses settings that cannot work, naming the setting (the flag) and why. Checked by
+    /// `chatd_worker::run` before anything starts.
+    pub fn validate(&self) -> Result<(), String> {
+        let positive: [(&str, bool); 13] = [
+            ("--pool-size", self.pool_size > 0),
+            ("--max-concurrent-turns", self.max_concurrent_turns > 0),
+            ("--acquire-batch", self.acquire_batch > 0),
+            ("--acquire-interval-ms", !self.acquire_interval.is_zero()),
+            (
+                "--heartbeat-interval-ms",
+                !self.heartbeat_interval.is_zero(),
+            ),
+            ("--sweep-interval-ms", !self.sweep_interval.is_zero()),
+            ("--liveness-interval-ms", !self.liveness_interval.is_zero()),
+            (
+                "--stream-flush-interval-ms",
+                !self.stream_flush_interval.is_zero(),
+            ),
+            ("--max-steps", self.max_steps > 0),
+            ("--max-provider-attempts", self.max_provider_attempts > 0),
+            (
+                "--stream-idle-timeout-ms",
+                !self.stream_idle_timeout.is_zero(),
+            ),
+            ("--step-timeout-ms", !self.step_timeout.is_zero()),
+            ("--tool-timeout-ms", !self.tool_timeout.is_zero()),
+        ];
+        if let Some((flag, _)) = positive.iter().find(|(_, ok)| !ok) {
+            return Err(format!("{flag} must be greater than 0"));
+        }
+        if self.action_timeout.is_zero() {
+            return Err("--action-timeout-ms must be greater than 0".into());
+        }
+        if self.stale_after <= self.heartbeat_interval * 2 {
+            return Err(format!(
+                "--stale-after-ms ({} ms) must be more than twice --heartbeat-interval-ms ({} ms): \
+                 a lease would expire between two heartbeats",
+                self.stale_after.as_millis(),
+                self.heartbeat_interval.as_millis()
+            ));
+        }
+        if self.pool_size < 2 {
+            return Err(format!(
+                "--pool-size ({}) must be at least 2: the heartbeat and the turns need their \
+                 own connections",
+                self.pool_size
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_defaults_are_valid_and_nonsense_is_refused_by_name() {
+        assert_eq!(WorkerConfig::new("postgres://x").validate(), Ok(()));
+        let mut config = WorkerConfig::new("postgres://x");
+        config.heartbeat_interval = config.stale_after;
+        let error = config.validate().unwrap_err();
+        assert!(error.contains("--stale-after-ms"), "{error}");
+        let mut config = WorkerConfig::new("postgres://x");
+        config.pool_size = 0;
+        assert_eq!(
+            config.validate().unwrap_err(),
+            "--pool-size must be greater than 0"
+        );
+        let mut config = WorkerConfig::new("postgres://x");
+        config.stream_flush_interval = Duration::ZERO;
+        assert!(config
+            .validate()
+            .unwrap_err()
+            .contains("--stream-flush-interval-ms"));
     }
 }

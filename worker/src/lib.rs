@@ -6,6 +6,7 @@
 pub mod config;
 pub mod flusher;
 pub mod liveness;
+pub mod metrics_server;
 pub mod mock_llm;
 pub mod provider;
 pub mod recovery;

@@ -145,17 +145,14 @@ pub async fn release_dead(
     let rows = client
         .query(
             &client
-                .prepare_cached(
+                .prepare_cached(concat!(
                     "WITH lost AS ( \
                  SELECT id FROM chats WHERE worker_id = ANY($1) \
                  AND status IN ('running', 'interrupting') \
                  AND pg_try_advisory_xact_lock(hashtextextended(worker_id::text, 0)) \
-                 FOR UPDATE SKIP LOCKED) \
-             UPDATE chats c SET status = CASE WHEN c.status = 'running' THEN 'pending' ELSE 'waiting' END, \
-                 worker_id = NULL, heartbeat_at = NULL, version = c.version + 1, updated_at = now() \
-             FROM lost WHERE c.id = lost.id \
-             RETURNING c.id, c.owner_id, c.version, c.status, c.attempt",
-                )
+                 FOR UPDATE SKIP LOCKED) ",
+                    crate::recovery::release_leases_sql!("lost")
+                ))
                 .await?,
             &[&dead],
         )

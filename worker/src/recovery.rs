@@ -13,7 +13,30 @@ use uuid::Uuid;
 use chatd_shared::domain::ChatStatus;
 use chatd_shared::pubsub::publish;
 
-use crate::store::{status_notices, Committed};
+use chatd_shared::bump_chat_version;
+
+use crate::store::status_change;
+
+/// Releases the leases of the chats in CTE `$cte` (column `id`): running → pending (another
+/// worker runs the turn again), interrupting → waiting (the interrupt wins). Returns `(id,
+/// owner_id, version, status, attempt)` for `released_lease_notices`. Shared by the stale-lease
+/// sweep and the dead-worker release, so both hand chats back the same way.
+macro_rules! release_leases_sql {
+    ($cte:literal) => {
+        concat!(
+            "UPDATE chats c SET \
+                 status = CASE WHEN c.status = 'running' THEN 'pending' ELSE 'waiting' END, \
+                 worker_id = NULL, heartbeat_at = NULL, ",
+            chatd_shared::bump_chat_version!(),
+            " FROM ",
+            $cte,
+            " WHERE c.id = ",
+            $cte,
+            ".id RETURNING c.id, c.owner_id, c.version, c.status, c.attempt"
+        )
+    };
+}
+pub(crate) use release_leases_sql;
 
 /// One sweep. Returns how many chats were recovered.
 pub async fn sweep(
@@ -24,14 +47,15 @@ pub async fn sweep(
     let stale_ms = stale_after.as_millis() as i64;
     let rows = client
         .query(
-            &client.prepare_cached("WITH stale AS ( \
+            &client
+                .prepare_cached(concat!(
+                    "WITH stale AS ( \
                  SELECT id FROM chats WHERE status IN ('running', 'interrupting') \
                  AND heartbeat_at < now() - ($1::bigint * interval '1 millisecond') \
-                 ORDER BY heartbeat_at FOR UPDATE SKIP LOCKED LIMIT 100) \
-             UPDATE chats c SET status = CASE WHEN c.status = 'running' THEN 'pending' ELSE 'waiting' END, \
-                 worker_id = NULL, heartbeat_at = NULL, version = c.version + 1, updated_at = now() \
-             FROM stale WHERE c.id = stale.id \
-             RETURNING c.id, c.owner_id, c.version, c.status, c.attempt").await?,
+                 ORDER BY heartbeat_at FOR UPDATE SKIP LOCKED LIMIT 100) ",
+                    release_leases_sql!("stale")
+                ))
+                .await?,
             &[&stale_ms],
         )
         .await?;
@@ -80,13 +104,9 @@ pub fn released_lease_notices(rows: &[tokio_postgres::Row], why: &str) -> Vec<(S
     for row in rows {
         let status = ChatStatus::parse(row.get(3)).unwrap_or(ChatStatus::Pending);
         tracing::warn!(chat_id = %row.get::<_, Uuid>(0), status = status.as_str(), "{why}");
-        notices.extend(status_notices(
-            row.get(0),
-            row.get(1),
-            row.get(2),
-            status,
-            row.get(4),
-        ));
+        notices.extend(
+            status_change(row.get(0), row.get(1), row.get(2), status, row.get(4)).notices(),
+        );
     }
     notices
 }
@@ -122,26 +142,28 @@ async fn expire_actions(
             "message": "the client did not return tool results before the deadline"});
         let row = transaction
             .query_one(
-                "UPDATE chats SET status = 'error', last_error = $2, action_deadline_at = NULL, \
-                 version = version + 1, updated_at = now() WHERE id = $1 RETURNING version, attempt",
+                concat!(
+                    "UPDATE chats c SET status = 'error', last_error = $2, \
+                     action_deadline_at = NULL, ",
+                    bump_chat_version!(),
+                    " WHERE c.id = $1 RETURNING c.version, c.attempt"
+                ),
                 &[&chat_id, &error],
             )
             .await?;
         tracing::info!(%chat_id, "client tool results timed out");
-        notices.extend(crate::store::change_notices(
+        let mut change = status_change(
             chat_id,
             chat.get(1),
-            &Committed {
-                version: row.get(0),
-                status: ChatStatus::Error,
-                attempt: row.get(1),
-                messages: closed.is_some(),
-                new_messages: closed.into_iter().collect(),
-                last_seq: None,
-                queue: false,
-                error: true,
-            },
-        ));
+            row.get(0),
+            ChatStatus::Error,
+            row.get(1),
+        )
+        .with_other();
+        if let Some(closed) = closed {
+            change = change.with_messages([closed]);
+        }
+        notices.extend(change.notices());
     }
     transaction.commit().await?;
     Ok(expired.len())
@@ -167,25 +189,26 @@ async fn promote_stranded_queues(
         chatd_shared::db::queue::promote_head(&transaction, chat_id).await?;
         let row = transaction
             .query_one(
-                "UPDATE chats SET status = 'pending', version = version + 1, updated_at = now() \
-                 WHERE id = $1 RETURNING version, attempt",
+                concat!(
+                    "UPDATE chats c SET status = 'pending', ",
+                    bump_chat_version!(),
+                    " WHERE c.id = $1 RETURNING c.version, c.attempt"
+                ),
                 &[&chat_id],
             )
             .await?;
-        notices.extend(crate::store::change_notices(
-            chat_id,
-            chat.get(1),
-            &Committed {
-                version: row.get(0),
-                status: ChatStatus::Pending,
-                attempt: row.get(1),
-                messages: true,
-                new_messages: Vec::new(),
-                last_seq: None,
-                queue: true,
-                error: false,
-            },
-        ));
+        notices.extend(
+            status_change(
+                chat_id,
+                chat.get(1),
+                row.get(0),
+                ChatStatus::Pending,
+                row.get(1),
+            )
+            .with_messages([])
+            .with_queue()
+            .notices(),
+        );
     }
     transaction.commit().await?;
     Ok(stranded.len())

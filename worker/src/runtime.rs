@@ -54,6 +54,7 @@ impl Shared {
 /// Runs the worker until `shutdown` is cancelled, then drains: stop acquiring, let running
 /// turns finish for `shutdown_grace`, release the rest to pending.
 pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    config.validate().map_err(anyhow::Error::msg)?;
     let config = Arc::new(config);
     let pool = build_pool(&config.database_url, "chatd-worker", config.pool_size)?;
     let http = reqwest::Client::builder()
@@ -211,13 +212,16 @@ async fn claim(
     let mut notices = Vec::with_capacity(claims.len() * 2);
     for claim in &claims {
         metrics::histogram!("chatd_acquire_latency_seconds").record(claim.pending_seconds);
-        notices.extend(store::status_notices(
-            claim.chat_id,
-            claim.owner_id,
-            claim.version,
-            ChatStatus::Running,
-            claim.attempt,
-        ));
+        notices.extend(
+            store::status_change(
+                claim.chat_id,
+                claim.owner_id,
+                claim.version,
+                ChatStatus::Running,
+                claim.attempt,
+            )
+            .notices(),
+        );
     }
     drop(client);
     deps.flusher.publish_soon(notices);

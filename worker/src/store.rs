@@ -7,12 +7,10 @@
 use serde_json::Value;
 use uuid::Uuid;
 
+use chatd_shared::bump_chat_version;
 use chatd_shared::db::rows::MessageRow;
 use chatd_shared::domain::{ChatStatus, Role};
-use chatd_shared::pubsub::{
-    chat_channel, owner_channel, to_payload, ChangeNotice, ChatNotice, OwnerEventKind, OwnerNotice,
-    WAKE_CHANNEL,
-};
+use chatd_shared::pubsub::{ChatChange, OwnerEventKind};
 
 /// A chat this worker just claimed.
 #[derive(Debug, Clone)]
@@ -38,18 +36,18 @@ pub async fn acquire(
     let rows = client
         .query(
             &client
-                .prepare_cached(
+                .prepare_cached(concat!(
                     "WITH picked AS ( \
                  SELECT id, updated_at AS pending_since FROM chats \
                  WHERE status = 'pending' AND NOT archived \
                  ORDER BY updated_at FOR UPDATE SKIP LOCKED LIMIT $2) \
              UPDATE chats c SET status = 'running', worker_id = $1, attempt = c.attempt + 1, \
-                 heartbeat_at = now(), version = c.version + 1, updated_at = now(), \
-                 crash_count = c.crash_count + 1 \
-             FROM picked WHERE c.id = picked.id \
+                 heartbeat_at = now(), crash_count = c.crash_count + 1, ",
+                    bump_chat_version!(),
+                    " FROM picked WHERE c.id = picked.id \
              RETURNING c.id, c.owner_id, c.attempt, c.version, c.crash_count, \
                  extract(epoch FROM (clock_timestamp() - picked.pending_since))::float8",
-                )
+                ))
                 .await?,
             &[&worker_id, &limit],
         )
@@ -141,21 +139,6 @@ pub enum TurnEnd {
     RequiresAction(std::time::Duration),
 }
 
-/// What a fenced commit changed (for the post-commit hints).
-#[derive(Clone)]
-pub struct Committed {
-    pub version: i64,
-    pub status: ChatStatus,
-    pub attempt: i32,
-    pub messages: bool,
-    /// The rows written (step and promoted queue head), oldest first.
-    pub new_messages: Vec<MessageRow>,
-    /// The last seq the attempt published before this commit (set by the turn).
-    pub last_seq: Option<i64>,
-    pub queue: bool,
-    pub error: bool,
-}
-
 /// The single statement behind `commit`. Every write hangs off `writable`: the fenced row
 /// lock (`owned`), and only when
 /// - this commit's key is not already applied (`last_commit_key`): a commit retried after its
@@ -171,7 +154,8 @@ pub struct Committed {
 /// head placed by an interrupting send runs next, otherwise the chat goes to `waiting` — never
 /// back to `pending`, which would re-run a turn the user stopped. The promoted queue head is
 /// inserted after the step's rows (it reads their count), so message ids stay in order.
-const COMMIT_SQL: &str = "
+const COMMIT_SQL: &str = concat!(
+    "
 WITH owned AS (
     SELECT id, status, version FROM chats
     WHERE id = $1 AND worker_id = $2 AND attempt = $3 AND status IN ('running', 'interrupting')
@@ -221,9 +205,9 @@ updated AS (
                            WHEN $18 THEN c.crash_count - 1 ELSE 0 END,
         action_deadline_at = CASE WHEN $16::text = 'requires_action'
                                   THEN now() + make_interval(secs => $20::float8) END,
-        last_commit_key = $21,
-        version = c.version + 1,
-        updated_at = now()
+        last_commit_key = $21, ",
+    bump_chat_version!(),
+    "
     FROM writable w WHERE c.id = w.id
     RETURNING c.version, c.status, c.attempt)
 SELECT coalesce(u.version, a.version), coalesce(u.status, a.status),
@@ -235,10 +219,12 @@ SELECT coalesce(u.version, a.version), coalesce(u.status, a.status),
          WHEN a.last_commit_key = $21 THEN 'already'
          WHEN NOT EXISTS (SELECT 1 FROM owned) THEN 'lost'
          WHEN (SELECT version FROM owned) <> a.version THEN 'changed'
-         ELSE 'interrupting' END
+         ELSE 'interrupting' END,
+    a.owner_id
 FROM (SELECT 1) AS one
 LEFT JOIN updated u ON true
-LEFT JOIN chats a ON a.id = $1";
+LEFT JOIN chats a ON a.id = $1"
+);
 
 /// The lease a worker write is fenced by.
 #[derive(Debug, Clone, Copy)]
@@ -250,11 +236,12 @@ pub struct Lease {
 
 /// What a fenced commit found.
 pub enum CommitOutcome {
-    /// Written now.
-    Committed(Committed),
+    /// Written now; what changed (the rows written: the step's and a promoted queue head).
+    Committed(ChatChange),
     /// This key was applied by an earlier try whose reply was lost; nothing was written now.
-    /// `Committed` describes the chat as it is (no rows), so hints make replicas re-read.
-    AlreadyCommitted(Committed),
+    /// The change describes the chat as it is, flagging messages and queue so that replicas
+    /// re-read.
+    AlreadyCommitted(ChatChange),
     /// The row changed while the statement waited for its lock; nothing was written. Run the
     /// statement again (it then sees what the other transaction committed).
     Changed,
@@ -350,33 +337,34 @@ pub async fn commit(
         return Ok(CommitOutcome::LeaseLost);
     };
     let outcome: &str = row.get(6);
-    let described = |messages: bool, new_messages: Vec<MessageRow>, queue: bool| Committed {
-        version: row.get::<_, Option<i64>>(0).unwrap_or(0),
-        status: row
-            .get::<_, Option<&str>>(1)
+    let Some(owner_id) = row.get::<_, Option<Uuid>>(7) else {
+        return Ok(CommitOutcome::LeaseLost); // the chat is gone
+    };
+    let mut change = ChatChange::new(
+        chat_id,
+        owner_id,
+        row.get::<_, Option<i64>>(0).unwrap_or(0),
+        row.get::<_, Option<&str>>(1)
             .and_then(ChatStatus::parse)
             .unwrap_or(ChatStatus::Error),
-        attempt: row.get::<_, Option<i32>>(2).unwrap_or(attempt),
-        messages,
-        new_messages,
-        last_seq: None,
-        queue,
-        error: last_error.is_some(),
-    };
+        row.get::<_, Option<i32>>(2).unwrap_or(attempt),
+    )
+    .with_owner_event(OwnerEventKind::Status);
+    change.other = last_error.is_some();
     Ok(match outcome {
         "committed" => {
             let written: i64 = row.get(3);
             let promoted: i64 = row.get(4);
-            // Decoding our own rows cannot fail; if it did, receivers would simply re-read.
-            let new_messages = serde_json::from_value(row.get(5)).unwrap_or_default();
-            CommitOutcome::Committed(described(
-                written > 0 || promoted > 0,
-                new_messages,
-                promoted > 0,
-            ))
+            if written > 0 || promoted > 0 {
+                // Decoding our own rows cannot fail; if it did, receivers would re-read.
+                let rows: Vec<MessageRow> = serde_json::from_value(row.get(5)).unwrap_or_default();
+                change = change.with_messages(rows);
+            }
+            change.queue = promoted > 0;
+            CommitOutcome::Committed(change)
         }
         // Whatever that try wrote: replicas re-read (messages and queue flagged as changed).
-        "already" => CommitOutcome::AlreadyCommitted(described(true, Vec::new(), true)),
+        "already" => CommitOutcome::AlreadyCommitted(change.with_messages([]).with_queue()),
         "changed" => CommitOutcome::Changed,
         "interrupting" => CommitOutcome::Interrupting,
         _ => CommitOutcome::LeaseLost,
@@ -409,14 +397,15 @@ pub async fn renew_attempt(
     let row = client
         .query_opt(
             &client
-                .prepare_cached(
+                .prepare_cached(concat!(
                     "WITH current AS ( \
                  SELECT id, worker_id, status, attempt, version, last_commit_key FROM chats \
                  WHERE id = $1 FOR UPDATE), \
              renewed AS ( \
-                 UPDATE chats c SET attempt = c.attempt + 1, version = c.version + 1, \
-                     updated_at = now(), heartbeat_at = now(), last_commit_key = $4 \
-                 FROM current k WHERE c.id = k.id AND k.worker_id = $2 AND k.attempt = $3 \
+                 UPDATE chats c SET attempt = c.attempt + 1, heartbeat_at = now(), \
+                     last_commit_key = $4, ",
+                    bump_chat_version!(),
+                    " FROM current k WHERE c.id = k.id AND k.worker_id = $2 AND k.attempt = $3 \
                      AND k.status = 'running' AND k.last_commit_key IS DISTINCT FROM $4 \
                  RETURNING c.attempt, c.version) \
              SELECT coalesce(r.attempt, k.attempt), coalesce(r.version, k.version), \
@@ -426,7 +415,7 @@ pub async fn renew_attempt(
                           THEN 'interrupting' \
                       ELSE 'lost' END \
              FROM current k LEFT JOIN renewed r ON true",
-                )
+                ))
                 .await?,
             &[&chat_id, &worker_id, &attempt, &key],
         )
@@ -441,66 +430,15 @@ pub async fn renew_attempt(
     })
 }
 
-/// Hints to publish after a commit that changed a chat.
-pub fn change_notices(
-    chat_id: Uuid,
-    owner_id: Uuid,
-    committed: &Committed,
-) -> Vec<(String, String)> {
-    let mut change = ChangeNotice {
-        chat_id,
-        version: committed.version,
-        status: committed.status,
-        attempt: committed.attempt,
-        messages: committed.messages,
-        queue: committed.queue,
-        other: committed.error,
-        new_messages: None,
-        last_seq: committed.last_seq,
-    };
-    if !committed.queue && !committed.new_messages.is_empty() {
-        change = change.embed_messages(committed.new_messages.clone());
-    }
-    let mut notices = vec![
-        (
-            chat_channel(chat_id),
-            to_payload(&ChatNotice::Change(change)),
-        ),
-        (
-            owner_channel(owner_id),
-            to_payload(&OwnerNotice {
-                kind: OwnerEventKind::Status,
-                chat_id,
-                version: committed.version,
-            }),
-        ),
-    ];
-    if committed.status == ChatStatus::Pending {
-        notices.push((WAKE_CHANNEL.to_string(), chat_id.to_string()));
-    }
-    notices
-}
-
-/// Status-only hints (acquire, renewed attempt): API replicas relay them without a read.
-pub fn status_notices(
+/// The change of a status-only transition (acquire, renewed attempt, released lease): API
+/// replicas relay it without a read.
+pub fn status_change(
     chat_id: Uuid,
     owner_id: Uuid,
     version: i64,
     status: ChatStatus,
     attempt: i32,
-) -> Vec<(String, String)> {
-    change_notices(
-        chat_id,
-        owner_id,
-        &Committed {
-            version,
-            status,
-            attempt,
-            messages: false,
-            new_messages: Vec::new(),
-            last_seq: None,
-            queue: false,
-            error: false,
-        },
-    )
+) -> ChatChange {
+    ChatChange::new(chat_id, owner_id, version, status, attempt)
+        .with_owner_event(OwnerEventKind::Status)
 }

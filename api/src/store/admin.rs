@@ -248,10 +248,8 @@ const MODEL_COLUMNS: &str = "mc.id, mc.provider_id, mc.model, mc.display_name, \
     mc.output_price_micros, mc.cache_read_price_micros, mc.cache_write_price_micros, \
     mc.is_default, mc.enabled, mc.deleted, mc.created_at, mc.updated_at";
 
-/// Configs ordinary users may choose: enabled, not deleted, provider enabled (what the
-/// worker can resolve).
-const USABLE: &str = "mc.enabled AND NOT mc.deleted \
-    AND EXISTS (SELECT 1 FROM providers p WHERE p.id = mc.provider_id AND p.enabled)";
+/// Configs ordinary users may choose (what the worker can resolve).
+const USABLE: &str = chatd_shared::usable_model_config!();
 
 impl ModelConfigRow {
     fn from_row(row: &Row) -> ModelConfigRow {

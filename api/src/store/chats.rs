@@ -65,7 +65,10 @@ pub async fn check_model_config(
 ) -> ApiResult<()> {
     let found = client
         .query_opt(
-            "SELECT 1 FROM model_configs WHERE id = $1 AND enabled AND NOT deleted",
+            concat!(
+                "SELECT 1 FROM model_configs mc WHERE mc.id = $1 AND ",
+                chatd_shared::usable_model_config!()
+            ),
             &[&model_config_id],
         )
         .await?;
@@ -73,7 +76,7 @@ pub async fn check_model_config(
         Some(_) => Ok(()),
         None => Err(ApiError::field(
             field,
-            format!("{field}: no enabled model config with this id"),
+            format!("{field}: no usable model config with this id (it must exist, be enabled and not deleted, and its provider be enabled)"),
         )),
     }
 }
@@ -155,9 +158,9 @@ pub async fn create_chat(
     }
     transaction.commit().await?;
     let mut transition = Transition::new(chat);
-    transition.messages = first_message.is_some();
-    transition.new_messages = first_message.iter().cloned().collect();
-    transition.owner_event = Some(OwnerEventKind::Created);
+    transition.change.messages = first_message.is_some();
+    transition.change.new_messages = first_message.iter().cloned().collect();
+    transition.change.owner_event = OwnerEventKind::Created;
     Ok((transition, first_message))
 }
 
@@ -235,8 +238,11 @@ pub async fn patch_chat(
             owner_event = OwnerEventKind::Archived;
             transaction
                 .execute(
-                    "UPDATE chats SET archived = $2, version = version + 1, updated_at = now() \
-                     WHERE root_chat_id = $1",
+                    concat!(
+                        "UPDATE chats c SET archived = $2, ",
+                        chatd_shared::bump_chat_version!(),
+                        " WHERE c.root_chat_id = $1"
+                    ),
                     &[&chat_id, &archived],
                 )
                 .await?;
@@ -263,8 +269,8 @@ pub async fn patch_chat(
         .await?;
     transaction.commit().await?;
     let mut transition = Transition::new(ChatRow::from_row(&row));
-    transition.other = true;
-    transition.owner_event = Some(owner_event);
+    transition.change.other = true;
+    transition.change.owner_event = owner_event;
     Ok(transition)
 }
 

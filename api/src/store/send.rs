@@ -45,7 +45,8 @@ async fn send_to_idle_chat(
     message: &NewMessage,
 ) -> ApiResult<Option<(ChatRow, MessageRow)>> {
     let sql = format!(
-        "WITH target AS ( \
+        concat!(
+            "WITH target AS ( \
              SELECT c.id FROM chats c \
              WHERE c.id = $1 AND c.owner_id = $2 AND c.status IN ('waiting', 'error') \
              AND NOT c.archived \
@@ -56,11 +57,12 @@ async fn send_to_idle_chat(
              SELECT target.id, 'user', $3, 'both', $2 FROM target \
              RETURNING {message_columns}), \
          updated AS ( \
-             UPDATE chats c SET status = 'pending', last_error = NULL, action_deadline_at = NULL, \
-                 version = c.version + 1, updated_at = now() \
-             FROM target WHERE c.id = target.id \
+             UPDATE chats c SET status = 'pending', last_error = NULL, action_deadline_at = NULL, ",
+            chatd_shared::bump_chat_version!(),
+            " FROM target WHERE c.id = target.id \
              RETURNING {chat_columns}) \
-         SELECT * FROM updated c, inserted m",
+         SELECT * FROM updated c, inserted m"
+        ),
         message_columns = MessageRow::COLUMNS,
         chat_columns = ChatRow::COLUMNS,
     );
@@ -85,8 +87,8 @@ pub async fn send_message(
     if message.model_config_id.is_none() && message.busy_behavior == BusyBehavior::Queue {
         if let Some((chat, row)) = send_to_idle_chat(client, &message).await? {
             let mut transition = Transition::new(chat);
-            transition.messages = true;
-            transition.new_messages = vec![row.clone()];
+            transition.change.messages = true;
+            transition.change.new_messages = vec![row.clone()];
             return Ok((transition, SendOutcome::Sent(row)));
         }
     }
@@ -127,12 +129,12 @@ pub async fn send_message(
                 // Idle with a non-empty queue: keep FIFO by running the head now.
                 let mut transition =
                     Transition::new(pop_head_and_run(&transaction, &locked).await?);
-                transition.messages = true;
+                transition.change.messages = true;
                 transition
             } else {
                 Transition::new(bump(&transaction, &locked.chat).await?)
             };
-            transition.queue = true;
+            transition.change.queue = true;
             (transition, SendOutcome::Queued(queued))
         }
         (BusyBehavior::Interrupt, ChatStatus::Running | ChatStatus::Interrupting) => {
@@ -144,9 +146,9 @@ pub async fn send_message(
                 set_status(&transaction, message.chat_id, ChatStatus::Interrupting).await?,
             );
             if status == ChatStatus::Running {
-                transition.control = locked.worker_id.map(|id| (id, ControlKind::Interrupt));
+                transition.change.control = locked.worker_id.map(|id| (id, ControlKind::Interrupt));
             }
-            transition.queue = true;
+            transition.change.queue = true;
             (transition, SendOutcome::Queued(queued))
         }
         _ => {
@@ -155,8 +157,8 @@ pub async fn send_message(
             let row = insert(&transaction).await?;
             let chat = set_status(&transaction, message.chat_id, ChatStatus::Pending).await?;
             let mut transition = Transition::new(chat);
-            transition.messages = true;
-            transition.new_messages = closed.into_iter().chain([row.clone()]).collect();
+            transition.change.messages = true;
+            transition.change.new_messages = closed.into_iter().chain([row.clone()]).collect();
             (transition, SendOutcome::Sent(row))
         }
     };
@@ -177,15 +179,15 @@ pub async fn interrupt(
         ChatStatus::Running => {
             let chat = set_status(&transaction, chat_id, ChatStatus::Interrupting).await?;
             let mut transition = Transition::new(chat);
-            transition.control = locked.worker_id.map(|id| (id, ControlKind::Interrupt));
+            transition.change.control = locked.worker_id.map(|id| (id, ControlKind::Interrupt));
             Some(transition)
         }
         ChatStatus::Pending | ChatStatus::RequiresAction => {
             let closed = close_if_waiting(&transaction, &locked).await?;
             let mut transition =
                 Transition::new(set_status(&transaction, chat_id, ChatStatus::Waiting).await?);
-            transition.messages = closed.is_some();
-            transition.new_messages = closed.into_iter().collect();
+            transition.change.messages = closed.is_some();
+            transition.change.new_messages = closed.into_iter().collect();
             Some(transition)
         }
         _ => None,
@@ -219,7 +221,7 @@ pub async fn delete_queued(
     }
     let mut transition = Transition::new(bump(&transaction, &locked.chat).await?);
     transaction.commit().await?;
-    transition.queue = true;
+    transition.change.queue = true;
     Ok(transition)
 }
 
@@ -249,14 +251,14 @@ pub async fn promote_queued(
             close_if_waiting(&transaction, &locked).await?;
             let (chat, message) = pop_head(&transaction, &locked).await?;
             let mut transition = Transition::new(chat);
-            transition.messages = true;
+            transition.change.messages = true;
             let message = message.ok_or(ApiError::NotFound("queued message"))?;
             (transition, SendOutcome::Sent(message))
         }
         ChatStatus::Running => {
             let chat = set_status(&transaction, chat_id, ChatStatus::Interrupting).await?;
             let mut transition = Transition::new(chat);
-            transition.control = locked.worker_id.map(|id| (id, ControlKind::Interrupt));
+            transition.change.control = locked.worker_id.map(|id| (id, ControlKind::Interrupt));
             (transition, SendOutcome::Queued(moved))
         }
         ChatStatus::Pending | ChatStatus::Interrupting => (
@@ -265,7 +267,7 @@ pub async fn promote_queued(
         ),
     };
     transaction.commit().await?;
-    transition.queue = true;
+    transition.change.queue = true;
     Ok((transition, outcome))
 }
 

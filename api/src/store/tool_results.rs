@@ -107,8 +107,8 @@ pub async fn submit(
         .await?;
     transaction.commit().await?;
     let mut transition = Transition::new(chatd_shared::db::rows::ChatRow::from_row(&chat));
-    transition.messages = true;
-    transition.new_messages = vec![message];
+    transition.change.messages = true;
+    transition.change.new_messages = vec![message];
     Ok(transition)
 }
 

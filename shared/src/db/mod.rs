@@ -5,8 +5,23 @@
 
 pub mod admin;
 pub mod migrate;
+pub mod models;
 pub mod pool;
 pub mod queue;
 pub mod reads;
 pub mod rows;
 pub mod tool_calls;
+
+/// The end of the `SET` list of every statement that changes what readers see of a chat:
+/// `chats.version` orders changes for every replica (a hub drops any notice not newer than
+/// what it has, and re-reads on a gap), `updated_at` orders chat lists and the queue sweep.
+/// The updated table must be aliased `c` (`UPDATE chats c SET … , ` + this). Only the
+/// heartbeat, which changes nothing readers see, updates `chats` without it.
+///
+/// A macro so statements stay `&'static str` (`concat!`) for the prepared-statement cache.
+#[macro_export]
+macro_rules! bump_chat_version {
+    () => {
+        "version = c.version + 1, updated_at = now()"
+    };
+}

@@ -123,16 +123,17 @@ pub async fn resolve_model(
     let row = client
         .query_opt(
             &client
-                .prepare_cached(
+                .prepare_cached(concat!(
                     "SELECT mc.id, mc.model, mc.max_output_tokens, p.kind, p.base_url, \
              p.api_key_encrypted, mc.input_price_micros, mc.output_price_micros, \
              mc.cache_read_price_micros, mc.cache_write_price_micros, mc.context_limit, \
              mc.compression_threshold \
              FROM model_configs mc JOIN providers p ON p.id = mc.provider_id \
-             WHERE mc.enabled AND NOT mc.deleted AND p.enabled \
-             AND (mc.id = $1 OR mc.is_default) \
+             WHERE ",
+                    chatd_shared::usable_model_config!(),
+                    " AND (mc.id = $1 OR mc.is_default) \
              ORDER BY (mc.id = $1) DESC NULLS LAST LIMIT 1",
-                )
+                ))
                 .await?,
             &[&wanted],
         )

@@ -88,13 +88,14 @@ impl TurnContext {
             match result {
                 Ok(store::Renewal::Renewed(attempt, version)) => {
                     self.attempt.store(attempt, Ordering::Relaxed);
-                    let notices = store::status_notices(
+                    let notices = store::status_change(
                         self.chat_id,
                         self.owner_id,
                         version,
                         chatd_shared::domain::ChatStatus::Running,
                         attempt,
-                    );
+                    )
+                    .notices();
                     self.flusher.publish_soon(notices);
                     return store::Renewal::Renewed(attempt, version);
                 }
@@ -149,10 +150,9 @@ impl TurnContext {
             }
             .await;
             match result {
-                Ok(store::CommitOutcome::Committed(mut committed))
-                | Ok(store::CommitOutcome::AlreadyCommitted(mut committed)) => {
-                    committed.last_seq = last_seq;
-                    let notices = store::change_notices(self.chat_id, self.owner_id, &committed);
+                Ok(store::CommitOutcome::Committed(change))
+                | Ok(store::CommitOutcome::AlreadyCommitted(change)) => {
+                    let notices = change.with_last_seq(last_seq).notices();
                     self.flusher.publish_soon(notices);
                     return Commit::Owned;
                 }
@@ -540,7 +540,7 @@ async fn fail_without_model(deps: &TurnDeps, claim: &Claim, message: &str) {
     };
     let error =
         stream::cap_message(json!({"kind": "config", "message": message, "retryable": false}));
-    if let Ok(store::CommitOutcome::Committed(committed)) = store::commit(
+    if let Ok(store::CommitOutcome::Committed(change)) = store::commit(
         &client,
         store::Lease {
             chat_id: claim.chat_id,
@@ -554,7 +554,6 @@ async fn fail_without_model(deps: &TurnDeps, claim: &Claim, message: &str) {
     )
     .await
     {
-        let notices = store::change_notices(claim.chat_id, claim.owner_id, &committed);
-        deps.flusher.publish_soon(notices);
+        deps.flusher.publish_soon(change.notices());
     }
 }

@@ -10,9 +10,7 @@ use std::time::Duration;
 use uuid::Uuid;
 
 use chatd_shared::domain::{ChatStatus, ContentPart, Role};
-use chatd_shared::pubsub::{
-    chat_channel, owner_channel, to_payload, ChangeNotice, ChatNotice, OwnerEventKind, OwnerNotice,
-};
+use chatd_shared::pubsub::{ChatChange, OwnerEventKind};
 
 use super::context::ModelChoice;
 use super::summary::collect_text;
@@ -109,41 +107,22 @@ async fn store(deps: &TurnDeps, chat_id: Uuid, owner_id: Uuid, title: &str) -> a
     let client = deps.pool.get().await?;
     let row = client
         .query_opt(
-            "UPDATE chats SET title = $2, version = version + 1, updated_at = now() \
-             WHERE id = $1 AND title = '' RETURNING version, status, attempt",
+            concat!(
+                "UPDATE chats c SET title = $2, ",
+                chatd_shared::bump_chat_version!(),
+                " WHERE c.id = $1 AND c.title = '' RETURNING c.version, c.status, c.attempt"
+            ),
             &[&chat_id, &title],
         )
         .await?;
     let Some(row) = row else {
         return Ok(()); // a user titled it meanwhile
     };
-    let version: i64 = row.get(0);
     let status = ChatStatus::parse(row.get(1)).unwrap_or(ChatStatus::Waiting);
-    let change = ChangeNotice {
-        chat_id,
-        version,
-        status,
-        attempt: row.get(2),
-        messages: false,
-        queue: false,
-        other: true,
-        new_messages: None,
-        last_seq: None,
-    };
-    deps.flusher.publish_soon(vec![
-        (
-            chat_channel(chat_id),
-            to_payload(&ChatNotice::Change(change)),
-        ),
-        (
-            owner_channel(owner_id),
-            to_payload(&OwnerNotice {
-                kind: OwnerEventKind::Title,
-                chat_id,
-                version,
-            }),
-        ),
-    ]);
+    let change = ChatChange::new(chat_id, owner_id, row.get(0), status, row.get(2))
+        .with_other()
+        .with_owner_event(OwnerEventKind::Title);
+    deps.flusher.publish_soon(change.notices());
     Ok(())
 }
 
