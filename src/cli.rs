@@ -11,7 +11,6 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use chatd_api::config::defaults as ad;
-use chatd_shared::domain::ProviderKind;
 use chatd_shared::telemetry::{init_logging, LogFormat};
 use chatd_worker::config::defaults as wd;
 
@@ -399,8 +398,17 @@ async fn connect(database: &DatabaseArgs) -> anyhow::Result<tokio_postgres::Clie
     Ok(client)
 }
 
+/// A client for the provider and model-config commands, which write through the same store
+/// functions (and checks) as the admin API.
+async fn models_client(
+    database: &DatabaseArgs,
+) -> anyhow::Result<chatd_shared::db::pool::PgClient> {
+    chatd_shared::db::pool::one_client(&database.database_url, "chatd-admin").await
+}
+
 async fn admin(command: AdminCommand) -> anyhow::Result<()> {
     use chatd_shared::db::admin as store;
+    use chatd_shared::db::models;
     match command {
         AdminCommand::CreateUser {
             database,
@@ -425,24 +433,30 @@ async fn admin(command: AdminCommand) -> anyhow::Result<()> {
             api_key,
             encryption_key,
         } => {
-            let kind = ProviderKind::parse(&kind).ok_or_else(|| {
-                anyhow::anyhow!("unknown provider kind {kind:?} (openai, openai-responses, anthropic, openai-compatible, mock)")
-            })?;
-            let sealed = match api_key {
+            let sealed_api_key = match api_key {
                 None => None,
                 Some(api_key) => {
                     let key = encryption_key.ok_or_else(|| {
                         anyhow::anyhow!("--api-key needs --encryption-key (or CHATD_ENCRYPTION_KEY) to encrypt it at rest")
                     })?;
+                    let api_key = chatd_shared::validate::api_key(&api_key)?;
                     let key = chatd_shared::crypto::parse_key(&key)?;
-                    Some(chatd_shared::crypto::seal(&key, &api_key)?)
+                    Some(chatd_shared::crypto::seal(&key, api_key)?)
                 }
             };
-            let client = connect(&database).await?;
-            println!(
-                "{}",
-                store::create_provider(&client, kind, &base_url, sealed).await?
-            );
+            let client = models_client(&database).await?;
+            let row = models::create_provider(
+                &client,
+                models::NewProvider {
+                    display_name: kind.clone(),
+                    kind,
+                    base_url,
+                    sealed_api_key,
+                    enabled: true,
+                },
+            )
+            .await?;
+            println!("{}", row.id);
         }
         AdminCommand::CreateModel {
             database,
@@ -451,18 +465,14 @@ async fn admin(command: AdminCommand) -> anyhow::Result<()> {
             context_limit,
             default,
         } => {
-            let mut client = connect(&database).await?;
-            let id = store::create_model(
-                &mut client,
-                store::NewModel {
-                    provider_id: provider,
-                    model: &model,
-                    context_limit,
-                    is_default: default,
-                },
-            )
-            .await?;
-            println!("{id}");
+            let mut fields = models::ModelConfigFields::new(provider, &model)?;
+            if let Some(limit) = context_limit {
+                fields.context_limit = limit;
+            }
+            fields.is_default = default;
+            let mut client = models_client(&database).await?;
+            let row = models::create_model_config(&mut client, fields).await?;
+            println!("{}", row.id);
         }
     }
     Ok(())

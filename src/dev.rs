@@ -139,30 +139,45 @@ fn dev_encryption_key(data_dir: &Path) -> anyhow::Result<String> {
 /// Points the dev provider at this run's mock LLM, makes sure a default model and the admin
 /// user exist, and mints a token for this session.
 async fn seed(database_url: &str, mock_base_url: &str) -> anyhow::Result<String> {
-    let (mut client, connection) = tokio_postgres::connect(database_url, tokio_postgres::NoTls)
-        .await
-        .context("connect to the database")?;
-    tokio::spawn(connection);
-    let transaction = client.transaction().await?;
-    let existing = transaction
+    use chatd_shared::db::models;
+    let mut client = chatd_shared::db::pool::one_client(database_url, "chatd-dev").await?;
+    // The mock's port changes every run: re-point the provider of earlier runs.
+    let existing = client
         .query_opt(
-            "UPDATE providers SET base_url = $2, updated_at = now() WHERE display_name = $1 \
-             RETURNING id",
-            &[&MOCK_PROVIDER_NAME, &mock_base_url],
+            "SELECT id FROM providers WHERE display_name = $1",
+            &[&MOCK_PROVIDER_NAME],
         )
         .await?;
     let provider_id: uuid::Uuid = match existing {
-        Some(row) => row.get(0),
-        None => transaction
-            .query_one(
-                "INSERT INTO providers (kind, display_name, base_url) \
-                 VALUES ('openai-compatible', $1, $2) RETURNING id",
-                &[&MOCK_PROVIDER_NAME, &mock_base_url],
+        Some(row) => {
+            let id = row.get(0);
+            models::patch_provider(
+                &mut client,
+                id,
+                models::ProviderPatch {
+                    base_url: Some(mock_base_url.to_owned()),
+                    ..Default::default()
+                },
+            )
+            .await?;
+            id
+        }
+        None => {
+            models::create_provider(
+                &client,
+                models::NewProvider {
+                    kind: "openai-compatible".into(),
+                    display_name: MOCK_PROVIDER_NAME.into(),
+                    base_url: mock_base_url.to_owned(),
+                    sealed_api_key: None,
+                    enabled: true,
+                },
             )
             .await?
-            .get(0),
+            .id
+        }
     };
-    let has_default = transaction
+    let has_default = client
         .query_opt(
             "SELECT 1 FROM model_configs WHERE is_default AND NOT deleted",
             &[],
@@ -170,15 +185,11 @@ async fn seed(database_url: &str, mock_base_url: &str) -> anyhow::Result<String>
         .await?
         .is_some();
     if !has_default {
-        transaction
-            .execute(
-                "INSERT INTO model_configs (provider_id, model, display_name, is_default) \
-                 VALUES ($1, 'mock', 'Mock model', true)",
-                &[&provider_id],
-            )
-            .await?;
+        let mut model = models::ModelConfigFields::new(provider_id, "mock")?;
+        model.display_name = "Mock model".into();
+        model.is_default = true;
+        models::create_model_config(&mut client, model).await?;
     }
-    transaction.commit().await?;
     chatd_shared::db::admin::ensure_user(&client, "admin", true).await?;
     chatd_shared::db::admin::create_token(&client, "admin", "chatd-dev").await
 }

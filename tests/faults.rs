@@ -208,7 +208,7 @@ async fn a_stale_lease_holder_cannot_write() {
                 attempt: epoch,
             },
             std::slice::from_ref(&row),
-            TurnEnd::Done,
+            &TurnEnd::Done,
             Uuid::new_v4(),
             None,
         )

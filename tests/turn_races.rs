@@ -114,11 +114,11 @@ async fn a_retried_commit_writes_nothing_twice() {
         compressed: false,
     };
     let key = Uuid::new_v4();
-    let first = commit(&client, lease, &[row()], TurnEnd::Continue, key, None)
+    let first = commit(&client, lease, &[row()], &TurnEnd::Continue, key, None)
         .await
         .expect("commit");
     assert!(matches!(first, CommitOutcome::Committed(_)));
-    let again = commit(&client, lease, &[row()], TurnEnd::Continue, key, None)
+    let again = commit(&client, lease, &[row()], &TurnEnd::Continue, key, None)
         .await
         .expect("commit again");
     assert!(
@@ -130,7 +130,7 @@ async fn a_retried_commit_writes_nothing_twice() {
         &client,
         lease,
         &[row()],
-        TurnEnd::Done,
+        &TurnEnd::Done,
         Uuid::new_v4(),
         None,
     )

@@ -148,24 +148,7 @@ pub enum MessageInput {
     Parts(Vec<ContentPart>),
 }
 
-/// A client-executed tool declared at chat creation.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DynamicTool {
-    pub name: String,
-    #[serde(default)]
-    pub description: String,
-    #[serde(default = "empty_schema")]
-    pub schema: Value,
-    /// "Must run alone": a step mixing it with other calls runs nothing and every call gets a
-    /// policy error the model can read.
-    #[serde(default)]
-    pub exclusive: bool,
-}
-
-fn empty_schema() -> Value {
-    serde_json::json!({"type": "object"})
-}
+pub use chatd_shared::domain::DynamicTool;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

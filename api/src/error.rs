@@ -35,6 +35,27 @@ pub enum ApiError {
     Internal(#[from] anyhow::Error),
 }
 
+impl From<chatd_shared::validate::FieldError> for ApiError {
+    fn from(error: chatd_shared::validate::FieldError) -> ApiError {
+        ApiError::Validation {
+            field: error.field,
+            message: error.message,
+        }
+    }
+}
+
+impl From<chatd_shared::db::models::StoreError> for ApiError {
+    fn from(error: chatd_shared::db::models::StoreError) -> ApiError {
+        use chatd_shared::db::models::StoreError;
+        match error {
+            StoreError::NotFound(what) => ApiError::NotFound(what),
+            StoreError::Field(field) => field.into(),
+            StoreError::Conflict(message) => ApiError::Conflict(message),
+            StoreError::Database(error) => error.into(),
+        }
+    }
+}
+
 impl ApiError {
     pub fn field(field: impl Into<String>, message: impl Into<String>) -> ApiError {
         ApiError::Validation {

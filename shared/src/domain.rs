@@ -337,6 +337,85 @@ pub fn decode_parts(parts: &mut [ContentPart]) {
     }
 }
 
+/// A client-executed tool declared at chat creation: the request shape of `dynamic_tools` and
+/// the storage shape of `chats.dynamic_tools` (a JSON array of these), read by the worker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DynamicTool {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// JSON Schema of the arguments (default: any object).
+    #[serde(default = "object_schema")]
+    pub schema: serde_json::Value,
+    /// "Must run alone": a step mixing it with other calls runs nothing and every call gets a
+    /// policy error the model can read.
+    #[serde(default)]
+    pub exclusive: bool,
+}
+
+fn object_schema() -> serde_json::Value {
+    serde_json::json!({"type": "object"})
+}
+
+/// Longest `message` (bytes) of a `ChatError` and of a `retry` event: a provider's error body
+/// can be megabytes, and no single stream event may pass the NOTIFY payload limit (I9).
+pub const MAX_ERROR_MESSAGE_BYTES: usize = 2048;
+
+/// Why a turn failed: `chats.last_error` and the data of the `error` stream event. One shape for
+/// every failure — provider errors, timeouts, configuration, crash loops, the step limit,
+/// client tool deadlines.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatError {
+    /// `overloaded`, `rate_limit`, `timeout`, `startup_timeout`, `auth`, `config`,
+    /// `invalid_response`, `generic` (provider failures), `crash_loop`, `max_steps`,
+    /// `action_timeout`.
+    pub kind: String,
+    /// At most [`MAX_ERROR_MESSAGE_BYTES`] (longer ones end in `… (truncated, N bytes)`).
+    pub message: String,
+    /// Whether sending the message again may succeed.
+    pub retryable: bool,
+    /// The provider kind, when a provider failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+    /// The provider's HTTP status, when it answered with one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_code: Option<u16>,
+}
+
+impl ChatError {
+    /// A failure outside any provider call, not retryable.
+    pub fn new(kind: &str, message: impl AsRef<str>) -> ChatError {
+        ChatError {
+            kind: kind.to_owned(),
+            message: truncate_message(message.as_ref()),
+            retryable: false,
+            provider: None,
+            status_code: None,
+        }
+    }
+
+    /// The stored and streamed JSON object.
+    pub fn to_value(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or_default()
+    }
+}
+
+/// `text` if it fits [`MAX_ERROR_MESSAGE_BYTES`]; otherwise its head (cut at a character
+/// boundary) followed by `… (truncated, N bytes)`, N being the original length, the whole
+/// within the cap.
+pub fn truncate_message(text: &str) -> String {
+    if text.len() <= MAX_ERROR_MESSAGE_BYTES {
+        return text.to_owned();
+    }
+    let suffix = format!("… (truncated, {} bytes)", text.len());
+    let mut cut = MAX_ERROR_MESSAGE_BYTES - suffix.len();
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}{suffix}", &text[..cut])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,3 +10,4 @@ pub mod domain;
 pub mod pg_embed;
 pub mod pubsub;
 pub mod telemetry;
+pub mod validate;

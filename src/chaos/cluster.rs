@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use chatd_shared::domain::ProviderKind;
 use chatd_shared::pg_embed::{EmbeddedOptions, EmbeddedPostgres};
 
 /// A process of the cluster and how to start it again.
@@ -269,27 +268,8 @@ async fn wait_ok(http: &reqwest::Client, url: &str) -> anyhow::Result<()> {
 
 /// The mock as the default model, and user `chaos` with a token.
 async fn seed(database_url: &str, mock_base_url: &str) -> anyhow::Result<String> {
-    let (mut client, connection) = tokio_postgres::connect(database_url, tokio_postgres::NoTls)
-        .await
-        .context("connect to the chaos database")?;
-    tokio::spawn(connection);
-    let provider = chatd_shared::db::admin::create_provider(
-        &client,
-        ProviderKind::OpenaiCompatible,
-        mock_base_url,
-        None,
-    )
-    .await?;
-    chatd_shared::db::admin::create_model(
-        &mut client,
-        chatd_shared::db::admin::NewModel {
-            provider_id: provider,
-            model: "mock",
-            context_limit: None,
-            is_default: true,
-        },
-    )
-    .await?;
+    let mut client = chatd_shared::db::pool::one_client(database_url, "chatd-chaos").await?;
+    chatd_shared::db::models::seed_default_model(&mut client, mock_base_url).await?;
     chatd_shared::db::admin::create_user(&client, "chaos", false).await?;
     chatd_shared::db::admin::create_token(&client, "chaos", "chaos").await
 }

@@ -377,3 +377,79 @@ async fn a_config_of_a_disabled_provider_is_not_usable_anywhere() {
         .collect();
     assert_eq!(ids, [default]);
 }
+
+/// `chatd admin` writes providers and model configs through the same store functions as the
+/// admin API: the same `base_url` check (before, the command line accepted credentials and
+/// queries in it) and the same default-model switch (exactly one default afterwards).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_command_line_writes_through_the_admin_api_s_checks() {
+    let setup = Setup::start(0).await;
+    let url = setup.cluster.db.url.clone();
+    let admin = |args: Vec<String>| async move {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_chatd"))
+            .arg("admin")
+            .args(&args)
+            .output()
+            .await
+            .expect("run chatd admin")
+    };
+    let args = |list: &[&str]| list.iter().map(|arg| arg.to_string()).collect::<Vec<_>>();
+
+    for (bad, why) in [
+        ("https://user:secret@api.example.com/v1", "credentials"),
+        ("https://api.example.com/v1?key=1", "query"),
+        ("ftp://api.example.com", "scheme"),
+    ] {
+        let output = admin(args(&[
+            "create-provider",
+            "--database-url",
+            &url,
+            "--kind",
+            "openai",
+            "--base-url",
+            bad,
+        ]))
+        .await;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{bad} was accepted");
+        assert!(
+            stderr.contains("base_url") && stderr.contains(why),
+            "{bad}: {stderr}"
+        );
+    }
+
+    let provider = setup.mock_provider().await;
+    let output = admin(args(&[
+        "create-model",
+        "--database-url",
+        &url,
+        "--provider",
+        &provider,
+        "--model",
+        "new-default",
+        "--default",
+    ]))
+    .await;
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let id: Uuid = String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse()
+        .expect("the new config's id");
+    assert_eq!(setup.defaults_in_db().await, [id]);
+    let blank = admin(args(&[
+        "create-model",
+        "--database-url",
+        &url,
+        "--provider",
+        &provider,
+        "--model",
+        " ",
+    ]))
+    .await;
+    assert!(!blank.status.success());
+    assert!(String::from_utf8_lossy(&blank.stderr).contains("model"));
+}

@@ -12,7 +12,6 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 use chatd_api::client::ApiClient;
-use chatd_shared::domain::ProviderKind;
 
 use super::pg::{test_database, TestDatabase};
 
@@ -300,24 +299,8 @@ async fn wait_http_ok(http: &reqwest::Client, url: &str) -> anyhow::Result<()> {
 
 /// Provider + default model pointing at the mock, and user `alice` with a token.
 async fn seed(db: &TestDatabase, mock_base_url: &str) -> anyhow::Result<String> {
-    let mut client = db.connect().await?;
-    let provider = chatd_shared::db::admin::create_provider(
-        &client,
-        ProviderKind::OpenaiCompatible,
-        mock_base_url,
-        None,
-    )
-    .await?;
-    chatd_shared::db::admin::create_model(
-        &mut client,
-        chatd_shared::db::admin::NewModel {
-            provider_id: provider,
-            model: "mock",
-            context_limit: None,
-            is_default: true,
-        },
-    )
-    .await?;
+    let mut client = chatd_shared::db::pool::one_client(&db.url, "chatd-test-seed").await?;
+    chatd_shared::db::models::seed_default_model(&mut client, mock_base_url).await?;
     chatd_shared::db::admin::create_user(&client, "alice", false).await?;
     chatd_shared::db::admin::create_token(&client, "alice", "test").await
 }

@@ -138,8 +138,11 @@ async fn expire_actions(
             ACTION_TIMEOUT_RESULT,
         )
         .await?;
-        let error = serde_json::json!({"kind": "action_timeout", "retryable": false,
-            "message": "the client did not return tool results before the deadline"});
+        let error = chatd_shared::domain::ChatError::new(
+            "action_timeout",
+            "the client did not return tool results before the deadline",
+        )
+        .to_value();
         let row = transaction
             .query_one(
                 concat!(

@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use chatd_shared::bump_chat_version;
 use chatd_shared::db::rows::MessageRow;
-use chatd_shared::domain::{ChatStatus, Role};
+use chatd_shared::domain::{ChatError, ChatStatus, Role};
 use chatd_shared::pubsub::{ChatChange, OwnerEventKind};
 
 /// A chat this worker just claimed.
@@ -123,6 +123,7 @@ pub struct RowUsage {
 }
 
 /// How a commit ends the turn, if it does.
+#[derive(Debug, Clone)]
 pub enum TurnEnd {
     /// The turn goes on (a step with tool calls).
     Continue,
@@ -131,7 +132,7 @@ pub enum TurnEnd {
     /// Interrupted: like `Done` (the queue head placed by an interrupting send runs next).
     Interrupted,
     /// Failed: status error with `last_error`.
-    Failed(Value),
+    Failed(ChatError),
     /// Shutdown: back to pending for another worker.
     Released,
     /// The step called client-executed tools: `requires_action` until the results arrive or
@@ -263,7 +264,7 @@ pub async fn commit(
     client: &deadpool_postgres::ClientWrapper,
     lease: Lease,
     rows: &[NewRow],
-    end: TurnEnd,
+    end: &TurnEnd,
     key: Uuid,
     stream_seq: Option<i64>,
 ) -> Result<CommitOutcome, tokio_postgres::Error> {
@@ -293,14 +294,19 @@ pub async fn commit(
         .collect();
     let compressed: Vec<bool> = rows.iter().map(|row| row.compressed).collect();
     let mut action_seconds = 0.0_f64;
-    let (pop_queue, status, last_error, released) = match &end {
+    let (pop_queue, status, last_error, released) = match end {
         TurnEnd::Continue => (false, None, None, false),
         TurnEnd::RequiresAction(timeout) => {
             action_seconds = timeout.as_secs_f64();
             (false, Some(ChatStatus::RequiresAction), None, false)
         }
         TurnEnd::Done | TurnEnd::Interrupted => (true, Some(ChatStatus::Waiting), None, false),
-        TurnEnd::Failed(error) => (false, Some(ChatStatus::Error), Some(error), false),
+        TurnEnd::Failed(error) => (
+            false,
+            Some(ChatStatus::Error),
+            Some(error.to_value()),
+            false,
+        ),
         TurnEnd::Released => (false, Some(ChatStatus::Pending), None, true),
     };
     let status = status.map(ChatStatus::as_str);

@@ -4,7 +4,7 @@
 //! state, writes, bumps `chats.version`, commits — and only then publishes notifications
 //! (`Transition::publish`).
 
-pub mod admin;
+pub use chatd_shared::db::models as admin;
 pub mod chats;
 pub mod content;
 pub mod send;

@@ -1,4 +1,659 @@
-//! Model configs as both sides read them.
+//! Providers and model configs: their rows, what makes a config usable, and the one write
+//! path for each, used by the admin API, `chatd admin` and `chatd dev` alike.
+//!
+//! Updates lock the row (`SELECT … FOR UPDATE`), merge the patch in Rust and write every
+//! column back, so a patch is applied to the row as it is at commit time. Callers publish
+//! `chatd_config` after the commit (`pubsub::publish_config_change`).
+//!
+//! **Invariant:** at most one non-deleted model config has `is_default` (the partial unique
+//! index `model_configs_one_default`). Every write that sets it first takes
+//! `DEFAULT_LOCK` and clears the previous default in the same transaction, so concurrent
+//! switches serialise instead of failing on the index.
+
+use deadpool_postgres::{Client, Transaction};
+use time::OffsetDateTime;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::Row;
+use uuid::Uuid;
+
+use crate::validate::{self, FieldError};
+
+/// Why a provider or model-config operation was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The named thing does not exist.
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// A field was refused (the API answers 400 naming it).
+    #[error(transparent)]
+    Field(#[from] FieldError),
+    /// The operation contradicts the current state (the API answers 409).
+    #[error("{0}")]
+    Conflict(String),
+    #[error(transparent)]
+    Database(#[from] tokio_postgres::Error),
+}
+
+type StoreResult<T> = Result<T, StoreError>;
+
+/// `pg_advisory_xact_lock` key serialising changes of the default model config.
+const DEFAULT_LOCK: i64 = 0x6368_6174_645f_6466; // "chatd_df"
+
+/// A provider as stored, minus the key itself (only whether there is one).
+#[derive(Debug, Clone)]
+pub struct ProviderRow {
+    pub id: Uuid,
+    /// One of `ProviderKind`'s names (the table has a CHECK constraint).
+    pub kind: String,
+    pub display_name: String,
+    pub base_url: String,
+    pub has_api_key: bool,
+    pub enabled: bool,
+    pub created_at: OffsetDateTime,
+    pub updated_at: OffsetDateTime,
+}
+
+const PROVIDER_COLUMNS: &str = "p.id, p.kind, p.display_name, p.base_url, \
+    p.api_key_encrypted IS NOT NULL, p.enabled, p.created_at, p.updated_at";
+
+impl ProviderRow {
+    fn from_row(row: &Row) -> ProviderRow {
+        ProviderRow {
+            id: row.get(0),
+            kind: row.get(1),
+            display_name: row.get(2),
+            base_url: row.get(3),
+            has_api_key: row.get(4),
+            enabled: row.get(5),
+            created_at: row.get(6),
+            updated_at: row.get(7),
+        }
+    }
+}
+
+/// A validated provider to insert. `sealed_api_key` is already encrypted (`crypto::seal`).
+pub struct NewProvider {
+    pub kind: String,
+    pub display_name: String,
+    pub base_url: String,
+    pub sealed_api_key: Option<Vec<u8>>,
+    pub enabled: bool,
+}
+
+/// A validated provider patch; `None` keeps the stored value.
+#[derive(Default)]
+pub struct ProviderPatch {
+    pub kind: Option<String>,
+    pub display_name: Option<String>,
+    pub base_url: Option<String>,
+    /// `Some(None)` erases the key, `Some(Some(sealed))` replaces it.
+    pub sealed_api_key: Option<Option<Vec<u8>>>,
+    pub enabled: Option<bool>,
+}
+
+/// What `DELETE /providers/{id}` did.
+pub enum ProviderDeletion {
+    /// No model config ever used it: the row is gone.
+    Deleted,
+    /// Only deleted model configs (kept for spend history) still reference it, so the row
+    /// must stay: it is disabled and its API key erased.
+    Retired(ProviderRow),
+}
+
+pub async fn list_providers(client: &Client) -> StoreResult<Vec<ProviderRow>> {
+    let sql = format!("SELECT {PROVIDER_COLUMNS} FROM providers p ORDER BY p.created_at, p.id");
+    let rows = client
+        .query(&client.prepare_cached(&sql).await?, &[])
+        .await?;
+    Ok(rows.iter().map(ProviderRow::from_row).collect())
+}
+
+pub async fn get_provider(client: &Client, id: Uuid) -> StoreResult<ProviderRow> {
+    let sql = format!("SELECT {PROVIDER_COLUMNS} FROM providers p WHERE p.id = $1");
+    client
+        .query_opt(&client.prepare_cached(&sql).await?, &[&id])
+        .await?
+        .map(|row| ProviderRow::from_row(&row))
+        .ok_or(StoreError::NotFound("provider"))
+}
+
+/// Inserts a provider after checking its fields (`base_url` as `validate::base_url`, the
+/// display name as `validate::name`; `kind` must be one of `ProviderKind`'s names).
+pub async fn create_provider(client: &Client, provider: NewProvider) -> StoreResult<ProviderRow> {
+    if crate::domain::ProviderKind::parse(&provider.kind).is_none() {
+        return Err(FieldError::new(
+            "kind",
+            format!(
+                "kind: unknown provider kind {:?} (openai, openai-responses, anthropic, \
+                 openai-compatible, mock)",
+                provider.kind
+            ),
+        )
+        .into());
+    }
+    let base_url = validate::base_url(&provider.base_url)?;
+    let display_name = validate::name(&provider.display_name, "display_name", false)?;
+    let display_name = if display_name.is_empty() {
+        provider.kind.clone()
+    } else {
+        display_name
+    };
+    let sql = format!(
+        "INSERT INTO providers AS p (kind, display_name, base_url, api_key_encrypted, enabled) \
+         VALUES ($1, $2, $3, $4, $5) RETURNING {PROVIDER_COLUMNS}"
+    );
+    let row = client
+        .query_one(
+            &client.prepare_cached(&sql).await?,
+            &[
+                &provider.kind,
+                &display_name,
+                &base_url,
+                &provider.sealed_api_key,
+                &provider.enabled,
+            ],
+        )
+        .await?;
+    Ok(ProviderRow::from_row(&row))
+}
+
+/// # Locks
+/// Row lock on the provider until the transaction ends.
+pub async fn patch_provider(
+    client: &mut Client,
+    id: Uuid,
+    patch: ProviderPatch,
+) -> StoreResult<ProviderRow> {
+    let transaction = client.transaction().await?;
+    let sql = format!("SELECT {PROVIDER_COLUMNS} FROM providers p WHERE p.id = $1 FOR UPDATE");
+    let current = transaction
+        .query_opt(&sql, &[&id])
+        .await?
+        .map(|row| ProviderRow::from_row(&row))
+        .ok_or(StoreError::NotFound("provider"))?;
+    let kind = patch.kind.unwrap_or(current.kind);
+    let display_name = match patch.display_name {
+        Some(name) => validate::name(&name, "display_name", false)?,
+        None => current.display_name,
+    };
+    let base_url = match patch.base_url {
+        Some(url) => validate::base_url(&url)?,
+        None => current.base_url,
+    };
+    let enabled = patch.enabled.unwrap_or(current.enabled);
+    let (set_key, sealed_key) = match patch.sealed_api_key {
+        Some(sealed) => (true, sealed),
+        None => (false, None),
+    };
+    let sql = format!(
+        "UPDATE providers p SET kind = $2, display_name = $3, base_url = $4, enabled = $5, \
+         api_key_encrypted = CASE WHEN $6 THEN $7 ELSE p.api_key_encrypted END, \
+         updated_at = now() WHERE p.id = $1 RETURNING {PROVIDER_COLUMNS}"
+    );
+    let row = transaction
+        .query_one(
+            &sql,
+            &[
+                &id,
+                &kind,
+                &display_name,
+                &base_url,
+                &enabled,
+                &set_key,
+                &sealed_key,
+            ],
+        )
+        .await?;
+    transaction.commit().await?;
+    Ok(ProviderRow::from_row(&row))
+}
+
+/// Deletes a provider no live model config uses (409 naming them otherwise).
+///
+/// # Locks
+/// Row lock on the provider, so a concurrent model config insert referencing it waits for
+/// this transaction (and then fails its foreign key if the row was deleted).
+pub async fn delete_provider(client: &mut Client, id: Uuid) -> StoreResult<ProviderDeletion> {
+    let transaction = client.transaction().await?;
+    transaction
+        .query_opt("SELECT 1 FROM providers WHERE id = $1 FOR UPDATE", &[&id])
+        .await?
+        .ok_or(StoreError::NotFound("provider"))?;
+    let users = transaction
+        .query(
+            "SELECT id, model, deleted FROM model_configs WHERE provider_id = $1 \
+             ORDER BY deleted, created_at, id",
+            &[&id],
+        )
+        .await?;
+    let live: Vec<String> = users
+        .iter()
+        .filter(|row| !row.get::<_, bool>(2))
+        .map(|row| format!("{} ({})", row.get::<_, Uuid>(0), row.get::<_, String>(1)))
+        .collect();
+    if !live.is_empty() {
+        let shown = live.iter().take(20).cloned().collect::<Vec<_>>().join(", ");
+        let more = if live.len() > 20 { ", …" } else { "" };
+        return Err(StoreError::Conflict(format!(
+            "the provider is used by {} model config(s): {shown}{more}; delete them or move \
+             them to another provider first",
+            live.len()
+        )));
+    }
+    let deletion = if users.is_empty() {
+        transaction
+            .execute("DELETE FROM providers WHERE id = $1", &[&id])
+            .await
+            .map_err(foreign_key_conflict)?;
+        ProviderDeletion::Deleted
+    } else {
+        let sql = format!(
+            "UPDATE providers p SET enabled = false, api_key_encrypted = NULL, \
+             updated_at = now() WHERE p.id = $1 RETURNING {PROVIDER_COLUMNS}"
+        );
+        let row = transaction.query_one(&sql, &[&id]).await?;
+        ProviderDeletion::Retired(ProviderRow::from_row(&row))
+    };
+    transaction.commit().await?;
+    Ok(deletion)
+}
+
+fn foreign_key_conflict(error: tokio_postgres::Error) -> StoreError {
+    if error.code() == Some(&SqlState::FOREIGN_KEY_VIOLATION) {
+        StoreError::Conflict("the provider is still referenced by a model config".into())
+    } else {
+        error.into()
+    }
+}
+
+/// A model config as stored.
+#[derive(Debug, Clone)]
+pub struct ModelConfigRow {
+    pub id: Uuid,
+    pub provider_id: Uuid,
+    pub model: String,
+    pub display_name: String,
+    pub context_limit: i32,
+    pub compression_threshold: i32,
+    pub max_output_tokens: Option<i32>,
+    /// Prices in micro-dollars per million tokens; `None` = unpriced.
+    pub input_price_micros: Option<i64>,
+    pub output_price_micros: Option<i64>,
+    pub cache_read_price_micros: Option<i64>,
+    pub cache_write_price_micros: Option<i64>,
+    pub is_default: bool,
+    pub enabled: bool,
+    pub deleted: bool,
+    pub created_at: OffsetDateTime,
+    pub updated_at: OffsetDateTime,
+}
+
+const MODEL_COLUMNS: &str = "mc.id, mc.provider_id, mc.model, mc.display_name, \
+    mc.context_limit, mc.compression_threshold, mc.max_output_tokens, mc.input_price_micros, \
+    mc.output_price_micros, mc.cache_read_price_micros, mc.cache_write_price_micros, \
+    mc.is_default, mc.enabled, mc.deleted, mc.created_at, mc.updated_at";
+
+/// Configs ordinary users may choose (what the worker can resolve).
+const USABLE: &str = crate::usable_model_config!();
+
+impl ModelConfigRow {
+    fn from_row(row: &Row) -> ModelConfigRow {
+        ModelConfigRow {
+            id: row.get(0),
+            provider_id: row.get(1),
+            model: row.get(2),
+            display_name: row.get(3),
+            context_limit: row.get(4),
+            compression_threshold: row.get(5),
+            max_output_tokens: row.get(6),
+            input_price_micros: row.get(7),
+            output_price_micros: row.get(8),
+            cache_read_price_micros: row.get(9),
+            cache_write_price_micros: row.get(10),
+            is_default: row.get(11),
+            enabled: row.get(12),
+            deleted: row.get(13),
+            created_at: row.get(14),
+            updated_at: row.get(15),
+        }
+    }
+}
+
+/// The writable fields of a model config (a create, or a row with a patch merged in).
+#[derive(Debug, Clone)]
+pub struct ModelConfigFields {
+    pub provider_id: Uuid,
+    pub model: String,
+    pub display_name: String,
+    pub context_limit: i32,
+    pub compression_threshold: i32,
+    pub max_output_tokens: Option<i32>,
+    pub input_price_micros: Option<i64>,
+    pub output_price_micros: Option<i64>,
+    pub cache_read_price_micros: Option<i64>,
+    pub cache_write_price_micros: Option<i64>,
+    pub is_default: bool,
+    pub enabled: bool,
+}
+
+/// Default `context_limit` (as in the schema).
+pub const DEFAULT_CONTEXT_LIMIT: i32 = 128_000;
+/// Default `compression_threshold` (as in the schema).
+pub const DEFAULT_COMPRESSION_THRESHOLD: i32 = 70;
+/// Highest accepted price: one million dollars per million tokens.
+pub const MAX_PRICE_MICROS: i64 = 1_000_000_000_000;
+
+pub fn check_context_limit(value: i32) -> Result<i32, FieldError> {
+    validate::range(value, "context_limit", 1, i32::MAX)
+}
+
+pub fn check_compression_threshold(value: i32) -> Result<i32, FieldError> {
+    validate::range(value, "compression_threshold", 0, 100)
+}
+
+pub fn check_max_output_tokens(value: i32) -> Result<i32, FieldError> {
+    validate::range(value, "max_output_tokens", 1, i32::MAX)
+}
+
+pub fn check_price(value: Option<i64>, field: &str) -> Result<Option<i64>, FieldError> {
+    value
+        .map(|value| validate::range(value, field, 0, MAX_PRICE_MICROS))
+        .transpose()
+}
+
+/// The default must be usable: a disabled default would make every chat without a usable
+/// model fail although a default "exists". `blamed` is the field the error names.
+pub fn check_default_enabled(fields: &ModelConfigFields, blamed: &str) -> Result<(), FieldError> {
+    if fields.is_default && !fields.enabled {
+        return Err(FieldError::new(
+            blamed,
+            format!(
+                "{blamed}: the default model config must be enabled (make another config the \
+                 default first, or set is_default to false)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+impl ModelConfigFields {
+    /// A new enabled, non-default config of `model` with the schema's defaults.
+    pub fn new(provider_id: Uuid, model: &str) -> Result<ModelConfigFields, FieldError> {
+        let model = validate::name(model, "model", true)?;
+        Ok(ModelConfigFields {
+            provider_id,
+            display_name: model.clone(),
+            model,
+            context_limit: DEFAULT_CONTEXT_LIMIT,
+            compression_threshold: DEFAULT_COMPRESSION_THRESHOLD,
+            max_output_tokens: None,
+            input_price_micros: None,
+            output_price_micros: None,
+            cache_read_price_micros: None,
+            cache_write_price_micros: None,
+            is_default: false,
+            enabled: true,
+        })
+    }
+
+    /// Every rule a stored config obeys; every write path checks it.
+    pub fn check(&self, blamed_for_default: &str) -> Result<(), FieldError> {
+        validate::name(&self.model, "model", true)?;
+        validate::name(&self.display_name, "display_name", false)?;
+        check_context_limit(self.context_limit)?;
+        check_compression_threshold(self.compression_threshold)?;
+        if let Some(tokens) = self.max_output_tokens {
+            check_max_output_tokens(tokens)?;
+        }
+        for (value, field) in [
+            (self.input_price_micros, "input_price_micros"),
+            (self.output_price_micros, "output_price_micros"),
+            (self.cache_read_price_micros, "cache_read_price_micros"),
+            (self.cache_write_price_micros, "cache_write_price_micros"),
+        ] {
+            check_price(value, field)?;
+        }
+        check_default_enabled(self, blamed_for_default)
+    }
+}
+
+impl From<&ModelConfigRow> for ModelConfigFields {
+    fn from(row: &ModelConfigRow) -> ModelConfigFields {
+        ModelConfigFields {
+            provider_id: row.provider_id,
+            model: row.model.clone(),
+            display_name: row.display_name.clone(),
+            context_limit: row.context_limit,
+            compression_threshold: row.compression_threshold,
+            max_output_tokens: row.max_output_tokens,
+            input_price_micros: row.input_price_micros,
+            output_price_micros: row.output_price_micros,
+            cache_read_price_micros: row.cache_read_price_micros,
+            cache_write_price_micros: row.cache_write_price_micros,
+            is_default: row.is_default,
+            enabled: row.enabled,
+        }
+    }
+}
+
+/// All configs (`include_deleted`: also soft-deleted ones), defaults first.
+pub async fn list_model_configs(
+    client: &Client,
+    include_deleted: bool,
+) -> StoreResult<Vec<ModelConfigRow>> {
+    let sql = format!(
+        "SELECT {MODEL_COLUMNS} FROM model_configs mc WHERE $1 OR NOT mc.deleted \
+         ORDER BY mc.is_default DESC, mc.created_at, mc.id"
+    );
+    let rows = client
+        .query(&client.prepare_cached(&sql).await?, &[&include_deleted])
+        .await?;
+    Ok(rows.iter().map(ModelConfigRow::from_row).collect())
+}
+
+/// Configs an ordinary user may choose, defaults first.
+pub async fn list_usable_model_configs(client: &Client) -> StoreResult<Vec<ModelConfigRow>> {
+    let sql = format!(
+        "SELECT {MODEL_COLUMNS} FROM model_configs mc WHERE {USABLE} \
+         ORDER BY mc.is_default DESC, mc.created_at, mc.id"
+    );
+    let rows = client
+        .query(&client.prepare_cached(&sql).await?, &[])
+        .await?;
+    Ok(rows.iter().map(ModelConfigRow::from_row).collect())
+}
+
+/// One config; `usable_only` hides what ordinary users may not choose.
+pub async fn get_model_config(
+    client: &Client,
+    id: Uuid,
+    usable_only: bool,
+) -> StoreResult<ModelConfigRow> {
+    let sql = format!(
+        "SELECT {MODEL_COLUMNS} FROM model_configs mc WHERE mc.id = $1 \
+         AND (NOT $2 OR ({USABLE}))"
+    );
+    client
+        .query_opt(&client.prepare_cached(&sql).await?, &[&id, &usable_only])
+        .await?
+        .map(|row| ModelConfigRow::from_row(&row))
+        .ok_or(StoreError::NotFound("model config"))
+}
+
+/// Inserts a config; `is_default` moves the default to it in the same transaction.
+pub async fn create_model_config(
+    client: &mut Client,
+    fields: ModelConfigFields,
+) -> StoreResult<ModelConfigRow> {
+    fields.check("is_default")?;
+    let transaction = client.transaction().await?;
+    if fields.is_default {
+        take_default_lock(&transaction).await?;
+    }
+    check_provider(&transaction, fields.provider_id).await?;
+    if fields.is_default {
+        clear_default(&transaction, None).await?;
+    }
+    let sql = format!(
+        "INSERT INTO model_configs AS mc (provider_id, model, display_name, context_limit, \
+         compression_threshold, max_output_tokens, input_price_micros, output_price_micros, \
+         cache_read_price_micros, cache_write_price_micros, is_default, enabled) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING {MODEL_COLUMNS}"
+    );
+    let row = transaction
+        .query_one(&sql, &field_params(&fields))
+        .await
+        .map_err(model_write_error)?;
+    transaction.commit().await?;
+    Ok(ModelConfigRow::from_row(&row))
+}
+
+/// Locks the config, lets `merge` validate and apply a patch to it, and writes the result.
+/// A deleted config is a 409 (deletion is final).
+///
+/// # Locks
+/// `DEFAULT_LOCK` when the patch makes it the default, then the config's row lock.
+pub async fn patch_model_config(
+    client: &mut Client,
+    id: Uuid,
+    becomes_default: bool,
+    merge: impl FnOnce(&ModelConfigRow) -> Result<ModelConfigFields, FieldError>,
+) -> StoreResult<ModelConfigRow> {
+    let transaction = client.transaction().await?;
+    if becomes_default {
+        take_default_lock(&transaction).await?;
+    }
+    let sql = format!("SELECT {MODEL_COLUMNS} FROM model_configs mc WHERE mc.id = $1 FOR UPDATE");
+    let current = transaction
+        .query_opt(&sql, &[&id])
+        .await?
+        .map(|row| ModelConfigRow::from_row(&row))
+        .ok_or(StoreError::NotFound("model config"))?;
+    if current.deleted {
+        return Err(StoreError::Conflict(
+            "the model config is deleted; create a new one".into(),
+        ));
+    }
+    let fields = merge(&current)?;
+    fields.check("is_default")?;
+    if fields.provider_id != current.provider_id {
+        check_provider(&transaction, fields.provider_id).await?;
+    }
+    if fields.is_default && !current.is_default {
+        clear_default(&transaction, Some(id)).await?;
+    }
+    let sql = format!(
+        "UPDATE model_configs mc SET provider_id = $1, model = $2, display_name = $3, \
+         context_limit = $4, compression_threshold = $5, max_output_tokens = $6, \
+         input_price_micros = $7, output_price_micros = $8, cache_read_price_micros = $9, \
+         cache_write_price_micros = $10, is_default = $11, enabled = $12, updated_at = now() \
+         WHERE mc.id = $13 RETURNING {MODEL_COLUMNS}"
+    );
+    let mut params = field_params(&fields);
+    params.push(&id);
+    let row = transaction
+        .query_one(&sql, &params)
+        .await
+        .map_err(model_write_error)?;
+    transaction.commit().await?;
+    Ok(ModelConfigRow::from_row(&row))
+}
+
+/// Soft delete: `deleted = true` (spend history keeps referencing the row) and no longer the
+/// default. Deleting the default leaves the deployment without one. Idempotent.
+pub async fn delete_model_config(client: &Client, id: Uuid) -> StoreResult<()> {
+    let sql = "UPDATE model_configs SET deleted = true, is_default = false, \
+               updated_at = CASE WHEN deleted THEN updated_at ELSE now() END \
+               WHERE id = $1 RETURNING id";
+    client
+        .query_opt(&client.prepare_cached(sql).await?, &[&id])
+        .await?
+        .map(|_| ())
+        .ok_or(StoreError::NotFound("model config"))
+}
+
+async fn take_default_lock(transaction: &Transaction<'_>) -> StoreResult<()> {
+    transaction
+        .execute("SELECT pg_advisory_xact_lock($1)", &[&DEFAULT_LOCK])
+        .await?;
+    Ok(())
+}
+
+/// Clears the current default (except `keep`). The caller holds `DEFAULT_LOCK`.
+async fn clear_default(transaction: &Transaction<'_>, keep: Option<Uuid>) -> StoreResult<()> {
+    transaction
+        .execute(
+            "UPDATE model_configs SET is_default = false, updated_at = now() \
+             WHERE is_default AND ($1::uuid IS NULL OR id <> $1)",
+            &[&keep],
+        )
+        .await?;
+    Ok(())
+}
+
+async fn check_provider(transaction: &Transaction<'_>, provider_id: Uuid) -> StoreResult<()> {
+    transaction
+        .query_opt("SELECT 1 FROM providers WHERE id = $1", &[&provider_id])
+        .await?
+        .map(|_| ())
+        .ok_or_else(unknown_provider)
+}
+
+fn unknown_provider() -> StoreError {
+    StoreError::Field(FieldError::new(
+        "provider_id",
+        "provider_id: no provider with this id",
+    ))
+}
+
+/// Maps the constraint errors a race can still produce to client errors.
+fn model_write_error(error: tokio_postgres::Error) -> StoreError {
+    match error.code() {
+        Some(code) if *code == SqlState::FOREIGN_KEY_VIOLATION => unknown_provider(),
+        Some(code) if *code == SqlState::UNIQUE_VIOLATION => {
+            StoreError::Conflict("another model config became the default concurrently".into())
+        }
+        _ => error.into(),
+    }
+}
+
+fn field_params(fields: &ModelConfigFields) -> Vec<&(dyn tokio_postgres::types::ToSql + Sync)> {
+    vec![
+        &fields.provider_id,
+        &fields.model,
+        &fields.display_name,
+        &fields.context_limit,
+        &fields.compression_threshold,
+        &fields.max_output_tokens,
+        &fields.input_price_micros,
+        &fields.output_price_micros,
+        &fields.cache_read_price_micros,
+        &fields.cache_write_price_micros,
+        &fields.is_default,
+        &fields.enabled,
+    ]
+}
+
+/// An `openai-compatible` provider at `base_url` and model `mock` on it as the default: how
+/// `chatd chaos` and the test clusters seed a fresh database for `chatd mock-llm`.
+pub async fn seed_default_model(client: &mut Client, base_url: &str) -> StoreResult<Uuid> {
+    let provider = create_provider(
+        client,
+        NewProvider {
+            kind: crate::domain::ProviderKind::OpenaiCompatible
+                .as_str()
+                .to_owned(),
+            display_name: String::new(),
+            base_url: base_url.to_owned(),
+            sealed_api_key: None,
+            enabled: true,
+        },
+    )
+    .await?;
+    let mut model = ModelConfigFields::new(provider.id, "mock")?;
+    model.is_default = true;
+    Ok(create_model_config(client, model).await?.id)
+}
 
 /// The condition a model config must meet to be chosen by users and run by workers: enabled,
 /// not deleted, and its provider enabled. One definition for the API (lists, checks at chat

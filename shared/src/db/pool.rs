@@ -7,6 +7,8 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 
 /// The pool type used everywhere.
 pub type PgPool = Pool;
+/// A connection taken from a [`PgPool`].
+pub type PgClient = deadpool_postgres::Client;
 
 /// Parses `database_url` and applies the settings every chatd connection wants: TCP keepalive
 /// (a half-open socket is noticed in seconds, not after the 2 h OS default), a connect timeout,
@@ -52,6 +54,15 @@ pub fn build_pool(
         .recycle_timeout(Some(Duration::from_secs(5)))
         .build()
         .context("build the connection pool")
+}
+
+/// One pooled-style connection for a short-lived command (`chatd admin`, seeding): the same
+/// client type the servers use, so the same store functions serve both.
+pub async fn one_client(database_url: &str, application_name: &str) -> anyhow::Result<PgClient> {
+    let pool = build_pool(database_url, application_name, 1)?;
+    pool.get()
+        .await
+        .with_context(|| format!("connect to {}", redact_url(database_url)))
 }
 
 /// `postgres://user:secret@host/db` → `postgres://user:***@host/db` for logs and errors.

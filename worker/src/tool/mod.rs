@@ -16,7 +16,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
-use serde::Deserialize;
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -48,21 +47,7 @@ pub struct ToolContext {
     pub tool_call_id: String,
 }
 
-/// A client-executed tool from `chats.dynamic_tools`.
-#[derive(Debug, Clone, Deserialize)]
-pub struct DynamicTool {
-    pub name: String,
-    #[serde(default)]
-    pub description: String,
-    #[serde(default = "object_schema")]
-    pub schema: Value,
-    #[serde(default)]
-    pub exclusive: bool,
-}
-
-fn object_schema() -> Value {
-    serde_json::json!({"type": "object"})
-}
+pub use chatd_shared::domain::DynamicTool;
 
 /// Where a tool name leads.
 pub enum ToolKind<'a> {

@@ -18,11 +18,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use deadpool_postgres::Pool;
-use serde_json::json;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use chatd_shared::domain::{ContentPart, Role};
+use chatd_shared::domain::{ChatError, ContentPart, Role};
 
 use crate::config::WorkerConfig;
 use crate::flusher::StreamFlusher;
@@ -141,7 +140,7 @@ impl TurnContext {
                             attempt: self.attempt(),
                         },
                         rows,
-                        clone_end(Some(&end)),
+                        &end,
                         key,
                         last_seq,
                     )
@@ -208,17 +207,6 @@ enum Commit {
     Lost,
 }
 
-fn clone_end(end: Option<&TurnEnd>) -> TurnEnd {
-    match end {
-        None | Some(TurnEnd::Continue) => TurnEnd::Continue,
-        Some(TurnEnd::Done) => TurnEnd::Done,
-        Some(TurnEnd::Interrupted) => TurnEnd::Interrupted,
-        Some(TurnEnd::Failed(error)) => TurnEnd::Failed(error.clone()),
-        Some(TurnEnd::Released) => TurnEnd::Released,
-        Some(TurnEnd::RequiresAction(timeout)) => TurnEnd::RequiresAction(*timeout),
-    }
-}
-
 /// Runs one claimed turn to its end. Never panics on bad data; every exit path either
 /// commits a terminal state or leaves the lease to expire (lost lease, database outage).
 pub async fn run_turn(deps: TurnDeps, claim: Claim, control: Arc<TurnControl>) {
@@ -254,8 +242,13 @@ async fn run_turn_inner(deps: TurnDeps, claim: Claim, control: Arc<TurnControl>)
         attempt: AtomicI32::new(claim.attempt),
     };
     if claim.crash_count > deps.config.max_crash_count {
-        let error = json!({"kind": "crash_loop", "message": format!(
-            "the turn was started {} times without finishing; giving up", claim.crash_count - 1)});
+        let error = ChatError::new(
+            "crash_loop",
+            format!(
+                "the turn was started {} times without finishing; giving up",
+                claim.crash_count - 1
+            ),
+        );
         turn.commit(&[], TurnEnd::Failed(error), None).await;
         return;
     }
@@ -435,8 +428,13 @@ async fn run_turn_inner(deps: TurnDeps, claim: Claim, control: Arc<TurnControl>)
             }
         }
     }
-    let error = json!({"kind": "max_steps", "message": format!(
-        "the turn reached the limit of {} steps", deps.config.max_steps)});
+    let error = ChatError::new(
+        "max_steps",
+        format!(
+            "the turn reached the limit of {} steps",
+            deps.config.max_steps
+        ),
+    );
     turn.commit(&[], TurnEnd::Failed(error), Some(stream.last_seq()))
         .await;
 }
@@ -520,16 +518,15 @@ fn step_timeout_error(step_timeout: Duration) -> ProviderError {
 
 /// Publishes the `error` event, then commits the `error` state with `last_error`.
 async fn fail(turn: &TurnContext, stream: &mut TurnStream, error: &ProviderError) {
-    let data = stream::cap_message(json!({
-        "kind": error.kind,
-        "message": error.message,
-        "retryable": error.retryable,
-        "provider": turn.model.endpoint.kind.as_str(),
-        "status_code": error.status_code,
-    }));
-    stream.error(data.clone());
+    let error = ChatError {
+        provider: Some(turn.model.endpoint.kind.as_str().to_owned()),
+        status_code: error.status_code,
+        retryable: error.retryable,
+        ..ChatError::new(error.kind.as_str(), &error.message)
+    };
+    stream.error(&error);
     stream.flush().await;
-    turn.commit(&[], TurnEnd::Failed(data), Some(stream.last_seq()))
+    turn.commit(&[], TurnEnd::Failed(error), Some(stream.last_seq()))
         .await;
 }
 
@@ -538,8 +535,7 @@ async fn fail_without_model(deps: &TurnDeps, claim: &Claim, message: &str) {
     let Ok(client) = deps.pool.get().await else {
         return;
     };
-    let error =
-        stream::cap_message(json!({"kind": "config", "message": message, "retryable": false}));
+    let error = ChatError::new("config", message);
     if let Ok(store::CommitOutcome::Committed(change)) = store::commit(
         &client,
         store::Lease {
@@ -548,7 +544,7 @@ async fn fail_without_model(deps: &TurnDeps, claim: &Claim, message: &str) {
             attempt: claim.attempt,
         },
         &[],
-        TurnEnd::Failed(error),
+        &TurnEnd::Failed(error),
         Uuid::new_v4(),
         None,
     )

@@ -6,15 +6,13 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
+use chatd_shared::domain::{truncate_message, ChatError};
 use chatd_shared::pubsub::SeqEvent;
 
 use crate::flusher::StreamFlusher;
 
 /// Text deltas longer than this are split into several events (frames must fit a NOTIFY).
 const MAX_DELTA_BYTES: usize = 2000;
-/// `message` fields of `retry` and `error` events are cut to this many bytes (I9: no single
-/// event can pass the NOTIFY limit, whatever a provider puts in its error body).
-pub const MAX_MESSAGE_BYTES: usize = 2048;
 
 pub struct TurnStream {
     flusher: Arc<StreamFlusher>,
@@ -94,8 +92,8 @@ impl TurnStream {
         self.push("retry", cap_message(data));
     }
 
-    pub fn error(&mut self, data: Value) {
-        self.push("error", cap_message(data));
+    pub fn error(&mut self, error: &ChatError) {
+        self.push("error", error.to_value());
     }
 
     /// Waits until every event pushed so far is written and published, so the step's durable
@@ -107,26 +105,13 @@ impl TurnStream {
     }
 }
 
-/// Cuts the `message` field of an event to [`MAX_MESSAGE_BYTES`], saying so.
+/// Cuts the `message` field of an event to `MAX_ERROR_MESSAGE_BYTES`, saying so (I9: no
+/// single event can pass the NOTIFY limit, whatever a provider puts in its error body).
 pub fn cap_message(mut data: Value) -> Value {
     if let Some(Value::String(message)) = data.get_mut("message") {
         *message = truncate_message(message);
     }
     data
-}
-
-/// `text` if it fits [`MAX_MESSAGE_BYTES`]; otherwise its head (cut at a character boundary)
-/// followed by `… (truncated, N bytes)`, N being the original length, the whole within the cap.
-pub fn truncate_message(text: &str) -> String {
-    if text.len() <= MAX_MESSAGE_BYTES {
-        return text.to_owned();
-    }
-    let suffix = format!("… (truncated, {} bytes)", text.len());
-    let mut cut = MAX_MESSAGE_BYTES - suffix.len();
-    while !text.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    format!("{}{suffix}", &text[..cut])
 }
 
 /// Model output cannot be refused, but stored JSON cannot contain NUL.
@@ -168,7 +153,9 @@ pub fn split_text(text: &str, max: usize) -> Vec<&str> {
 
 #[cfg(test)]
 mod tests {
-    use super::{cap_message, split_text, truncate_message, MAX_MESSAGE_BYTES};
+    use chatd_shared::domain::MAX_ERROR_MESSAGE_BYTES as MAX_MESSAGE_BYTES;
+
+    use super::{cap_message, split_text, truncate_message};
 
     #[test]
     fn split_keeps_characters_whole_and_text_intact() {

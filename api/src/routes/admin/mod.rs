@@ -7,7 +7,7 @@
 
 pub mod models;
 pub mod providers;
-pub mod validate;
+pub use chatd_shared::validate;
 pub mod wire;
 
 use axum::extract::FromRequestParts;

@@ -15,6 +15,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
 use chatd_shared::pubsub::ConfigKind;
+use chatd_shared::validate::FieldError;
 
 use super::wire::{
     CreateModelConfigRequest, ItemList, ModelConfig, ModelConfigResponse, PatchModelConfigRequest,
@@ -27,14 +28,12 @@ use crate::cursor::{parse_uuid, query_pairs};
 use crate::error::{ApiError, ApiResult};
 use crate::routes::json_response;
 use crate::state::AppState;
-use crate::store::admin::{self as store, ModelConfigFields, ModelConfigRow};
-
-/// Default `context_limit` (as in the schema).
-const DEFAULT_CONTEXT_LIMIT: i32 = 128_000;
-/// Default `compression_threshold` (as in the schema).
-const DEFAULT_COMPRESSION_THRESHOLD: i32 = 70;
-/// Highest accepted price: one million dollars per million tokens.
-const MAX_PRICE_MICROS: i64 = 1_000_000_000_000;
+use crate::store::admin::{
+    self as store, check_compression_threshold as compression_threshold,
+    check_context_limit as context_limit, check_default_enabled,
+    check_max_output_tokens as max_output_tokens, check_price as price, ModelConfigFields,
+    ModelConfigRow, DEFAULT_COMPRESSION_THRESHOLD, DEFAULT_CONTEXT_LIMIT,
+};
 
 pub async fn list(
     State(state): State<AppState>,
@@ -181,7 +180,7 @@ pub async fn patch(
     }
     let [input_price, output_price, cache_read_price, cache_write_price] = checked_prices;
     let becomes_default = request.is_default == Some(true);
-    let merge = |current: &ModelConfigRow| -> ApiResult<ModelConfigFields> {
+    let merge = |current: &ModelConfigRow| -> Result<ModelConfigFields, FieldError> {
         let mut fields = ModelConfigFields::from(current);
         fields.provider_id = request.provider_id.unwrap_or(fields.provider_id);
         fields.model = model.unwrap_or(fields.model);
@@ -232,37 +231,4 @@ fn admin_response(status: StatusCode, row: &ModelConfigRow) -> Response {
             model_config: ModelConfig::from(row),
         },
     )
-}
-
-/// The default must be usable: a disabled default would make every chat without a usable
-/// model fail although a default "exists".
-fn check_default_enabled(fields: &ModelConfigFields, blamed: &str) -> ApiResult<()> {
-    if fields.is_default && !fields.enabled {
-        return Err(ApiError::field(
-            blamed,
-            format!(
-                "{blamed}: the default model config must be enabled (make another config the \
-                 default first, or set is_default to false)"
-            ),
-        ));
-    }
-    Ok(())
-}
-
-fn context_limit(value: i32) -> ApiResult<i32> {
-    validate::range(value, "context_limit", 1, i32::MAX)
-}
-
-fn compression_threshold(value: i32) -> ApiResult<i32> {
-    validate::range(value, "compression_threshold", 0, 100)
-}
-
-fn max_output_tokens(value: i32) -> ApiResult<i32> {
-    validate::range(value, "max_output_tokens", 1, i32::MAX)
-}
-
-fn price(value: Option<i64>, field: &str) -> ApiResult<Option<i64>> {
-    value
-        .map(|value| validate::range(value, field, 0, MAX_PRICE_MICROS))
-        .transpose()
 }

@@ -1,6 +1,23 @@
-//! Validation of admin input. Every error is a 400 naming the field.
+//! Validation of provider and model-config fields, shared by every path that writes them (the
+//! admin API, `chatd admin`, `chatd dev`). Every error names the field; the API answers it as a
+//! 400 `validation` error, the command line prints it.
 
-use crate::error::ApiError;
+/// A value refused, with the field it came from.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> FieldError {
+        FieldError {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
 
 /// Longest accepted `base_url`.
 pub const MAX_BASE_URL_BYTES: usize = 2048;
@@ -15,16 +32,16 @@ pub const MAX_NAME_BYTES: usize = 200;
 ///
 /// Private and loopback addresses are allowed on purpose: only administrators set base URLs,
 /// and self-hosted models (and the mock LLM) live there.
-pub fn base_url(text: &str) -> Result<String, ApiError> {
-    let bad = |reason: &str| ApiError::field("base_url", format!("base_url: {reason}"));
+pub fn base_url(text: &str) -> Result<String, FieldError> {
+    let bad = |reason: &str| FieldError::new("base_url", format!("base_url: {reason}"));
     if text.len() > MAX_BASE_URL_BYTES {
         return Err(bad(&format!("longer than {MAX_BASE_URL_BYTES} bytes")));
     }
     if text.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(bad("must not contain whitespace or control characters"));
     }
-    let url = reqwest::Url::parse(text)
-        .map_err(|error| bad(&format!("not an absolute URL ({error})")))?;
+    let url =
+        url::Url::parse(text).map_err(|error| bad(&format!("not an absolute URL ({error})")))?;
     if url.scheme() != "http" && url.scheme() != "https" {
         return Err(bad("the scheme must be http or https"));
     }
@@ -44,22 +61,22 @@ pub fn base_url(text: &str) -> Result<String, ApiError> {
 
 /// A short name (`model`, `display_name`): at most `MAX_NAME_BYTES`, no control characters;
 /// `required` names must not be blank.
-pub fn name(text: &str, field: &str, required: bool) -> Result<String, ApiError> {
+pub fn name(text: &str, field: &str, required: bool) -> Result<String, FieldError> {
     if text.len() > MAX_NAME_BYTES {
-        return Err(ApiError::field(
+        return Err(FieldError::new(
             field,
             format!("{field}: longer than {MAX_NAME_BYTES} bytes"),
         ));
     }
     if text.chars().any(char::is_control) {
-        return Err(ApiError::field(
+        return Err(FieldError::new(
             field,
             format!("{field}: control characters are not allowed"),
         ));
     }
     let trimmed = text.trim();
     if required && trimmed.is_empty() {
-        return Err(ApiError::field(
+        return Err(FieldError::new(
             field,
             format!("{field}: must not be blank"),
         ));
@@ -69,8 +86,8 @@ pub fn name(text: &str, field: &str, required: bool) -> Result<String, ApiError>
 
 /// A provider API key: not blank, at most `MAX_API_KEY_BYTES`, no whitespace or control
 /// characters (it travels in an HTTP header). The message never echoes the key.
-pub fn api_key(text: &str) -> Result<&str, ApiError> {
-    let bad = |reason: &str| ApiError::field("api_key", format!("api_key: {reason}"));
+pub fn api_key(text: &str) -> Result<&str, FieldError> {
+    let bad = |reason: &str| FieldError::new("api_key", format!("api_key: {reason}"));
     if text.is_empty() {
         return Err(bad("must not be empty (use null to remove the key)"));
     }
@@ -89,9 +106,9 @@ pub fn range<T: PartialOrd + std::fmt::Display>(
     field: &str,
     min: T,
     max: T,
-) -> Result<T, ApiError> {
+) -> Result<T, FieldError> {
     if value < min || value > max {
-        return Err(ApiError::field(
+        return Err(FieldError::new(
             field,
             format!("{field}: must be between {min} and {max}"),
         ));
@@ -103,9 +120,9 @@ pub fn range<T: PartialOrd + std::fmt::Display>(
 mod tests {
     use super::*;
 
-    fn field_of(result: Result<String, ApiError>) -> String {
+    fn field_of(result: Result<String, FieldError>) -> String {
         match result {
-            Err(ApiError::Validation { field, .. }) => field,
+            Err(FieldError { field, .. }) => field,
             other => panic!("expected a validation error, got {other:?}"),
         }
     }
