@@ -1,13 +1,12 @@
 //! Bearer-token authentication with a short-lived in-memory cache of verified tokens, so a
 //! streaming client's requests do not each cost a database read.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::Instant;
 
 use axum::extract::FromRequestParts;
 use axum::http::header;
 use axum::http::request::Parts;
+use dashmap::DashMap;
 use uuid::Uuid;
 
 use chatd_shared::auth::{hash_secret, hashes_equal, split_token};
@@ -22,26 +21,29 @@ pub struct CurrentUser {
     pub is_admin: bool,
 }
 
-/// Verified tokens: `sha256(token)` → (user, verified at).
+/// Verified tokens: `sha256(token)` → (user, verified at). Read on every request by every
+/// handler thread: a sharded map, so readers of different tokens never wait on one lock.
 #[derive(Default)]
 pub struct TokenCache {
-    entries: Mutex<HashMap<Vec<u8>, (CurrentUser, Instant)>>,
+    entries: DashMap<Vec<u8>, (CurrentUser, Instant)>,
 }
+
+/// Entries kept at most; past it the cache starts over (a bound, not an eviction policy: a
+/// deployment with more live tokens than this re-verifies some of them).
+const MAX_CACHED_TOKENS: usize = 100_000;
 
 impl TokenCache {
     fn get(&self, key: &[u8], ttl: std::time::Duration) -> Option<CurrentUser> {
-        let entries = self.entries.lock().ok()?;
-        let (user, at) = entries.get(key)?;
-        (at.elapsed() < ttl).then_some(*user)
+        let entry = self.entries.get(key)?;
+        let (user, at) = *entry;
+        (at.elapsed() < ttl).then_some(user)
     }
 
     fn put(&self, key: Vec<u8>, user: CurrentUser) {
-        if let Ok(mut entries) = self.entries.lock() {
-            if entries.len() > 100_000 {
-                entries.clear();
-            }
-            entries.insert(key, (user, Instant::now()));
+        if self.entries.len() > MAX_CACHED_TOKENS {
+            self.entries.clear();
         }
+        self.entries.insert(key, (user, Instant::now()));
     }
 }
 

@@ -9,5 +9,6 @@ pub mod db;
 pub mod domain;
 pub mod pg_embed;
 pub mod pubsub;
+pub mod sse;
 pub mod telemetry;
 pub mod validate;

@@ -2,10 +2,11 @@
 //! graceful shutdown, all owned by `run`.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use dashmap::DashMap;
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -35,20 +36,14 @@ struct RunningTurn {
 
 struct Shared {
     config: Arc<WorkerConfig>,
-    turns: Mutex<HashMap<Uuid, RunningTurn>>,
+    /// Running turns by chat: read by every control notice and heartbeat, written by every
+    /// claim and turn end, from different tasks — a sharded map.
+    turns: DashMap<Uuid, RunningTurn>,
     wake: Notify,
     /// This worker's liveness lock; it claims nothing while the lock is not held.
     liveness: Liveness,
     /// Set when a running turn ends, so the acquire loop can use the freed capacity.
     capacity_freed: Notify,
-}
-
-impl Shared {
-    fn turns(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, RunningTurn>> {
-        self.turns
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
 }
 
 /// Runs the worker until `shutdown` is cancelled, then drains: stop acquiring, let running
@@ -72,7 +67,7 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
     let liveness = Liveness::spawn(&config.database_url, config.worker_id, background.clone())?;
     let shared = Arc::new(Shared {
         config: config.clone(),
-        turns: Mutex::new(HashMap::new()),
+        turns: DashMap::new(),
         wake: Notify::new(),
         liveness,
         capacity_freed: Notify::new(),
@@ -128,7 +123,7 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
 
     // Graceful shutdown: no more acquiring; running turns get the grace period.
     turns.close();
-    let running = shared.turns().len();
+    let running = shared.turns.len();
     if running > 0 {
         tracing::info!(running, grace = ?config.shutdown_grace, "waiting for running turns");
     }
@@ -137,8 +132,8 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
         .is_err()
     {
         let controls: Vec<Arc<TurnControl>> = shared
-            .turns()
-            .values()
+            .turns
+            .iter()
             .map(|turn| turn.control.clone())
             .collect();
         tracing::info!(count = controls.len(), "grace period over; releasing turns");
@@ -167,7 +162,7 @@ async fn acquire_loop(
     loop {
         let free = config
             .max_concurrent_turns
-            .saturating_sub(shared.turns().len());
+            .saturating_sub(shared.turns.len());
         let mut claimed_full_batch = false;
         let live = shared.liveness.held();
         if free > 0 && live {
@@ -227,7 +222,7 @@ async fn claim(
     deps.flusher.publish_soon(notices);
     for claim in claims.iter().cloned() {
         let control = Arc::new(TurnControl::default());
-        let replaced = shared.turns().insert(
+        let replaced = shared.turns.insert(
             claim.chat_id,
             RunningTurn {
                 attempt: claim.attempt,
@@ -252,14 +247,10 @@ async fn claim(
             if let Err(error) = outcome {
                 tracing::error!(%chat_id, error = %error, "turn task panicked");
             }
-            let mut running = shared.turns();
-            if running
-                .get(&chat_id)
-                .is_some_and(|turn| turn.attempt <= attempt)
-            {
-                running.remove(&chat_id);
-            }
-            drop(running);
+            // Unless this worker re-claimed the chat meanwhile (a newer attempt's entry).
+            shared
+                .turns
+                .remove_if(&chat_id, |_, turn| turn.attempt <= attempt);
             shared.capacity_freed.notify_one();
         });
     }
@@ -299,8 +290,7 @@ async fn dispatch_notifications(
 }
 
 fn control(shared: &Shared, notice: ControlNotice) {
-    let turns = shared.turns();
-    let Some(turn) = turns.get(&notice.chat_id) else {
+    let Some(turn) = shared.turns.get(&notice.chat_id) else {
         return; // late or for a turn that already ended: nothing to do
     };
     if notice.version <= turn.claimed_version {
@@ -334,9 +324,9 @@ async fn heartbeat_loop(
             _ = ticker.tick() => {}
         }
         let owned: Vec<(Uuid, i32)> = shared
-            .turns()
+            .turns
             .iter()
-            .map(|(chat_id, turn)| (*chat_id, turn.attempt))
+            .map(|turn| (*turn.key(), turn.attempt))
             .collect();
         if owned.is_empty() {
             last_renewed = tokio::time::Instant::now();
@@ -363,7 +353,7 @@ async fn heartbeat_loop(
                 if last_renewed.elapsed() > shared.config.stale_after {
                     tracing::warn!(turns = owned.len(),
                         "leases not renewed for stale_after; stopping the turns (others may own them now)");
-                    for turn in shared.turns().values() {
+                    for turn in shared.turns.iter() {
                         turn.control.stop(StopReason::LeaseLost);
                     }
                 }
@@ -372,9 +362,8 @@ async fn heartbeat_loop(
         };
         let by_chat: HashMap<Uuid, &store::LeaseState> =
             leases.iter().map(|lease| (lease.chat_id, lease)).collect();
-        let turns = shared.turns();
         for (chat_id, _) in owned {
-            let Some(turn) = turns.get(&chat_id) else {
+            let Some(turn) = shared.turns.get(&chat_id) else {
                 continue;
             };
             match by_chat.get(&chat_id) {

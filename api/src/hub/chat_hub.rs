@@ -9,8 +9,8 @@ use tokio::sync::{broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::store::reads;
 use chatd_shared::db::pool::PgPool;
-use chatd_shared::db::reads;
 use chatd_shared::db::rows::{FrameRow, MessageRow, QueuedRow};
 use chatd_shared::domain::ChatStatus;
 use chatd_shared::pubsub::{ChangeNotice, FrameNotice, SeqEvent};

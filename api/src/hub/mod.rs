@@ -20,6 +20,8 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use dashmap::mapref::entry::Entry;
+use dashmap::DashMap;
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -63,14 +65,21 @@ struct Bucket {
     listening: watch::Receiver<bool>,
 }
 
-/// All hubs of this replica.
+/// All hubs of this replica. The hub maps are read for every notification (routing by chat
+/// or owner) and written on every subscribe and unsubscribe: sharded maps, so routing never
+/// waits behind a subscriber arriving for another chat. Per-key work (create a hub, count a
+/// subscriber, retire the hub) happens under that key's entry, which orders a retire and a
+/// re-subscribe of the same chat. Buckets stay behind one mutex: they change only when a hub
+/// is created or retired, and LISTEN/UNLISTEN of one bucket must be queued in order.
 pub struct Hubs {
     pool: PgPool,
     listener: Listener,
     buffer: usize,
     buckets: Mutex<HashMap<u32, Bucket>>,
-    chats: Mutex<HashMap<Uuid, HubSlot<HubEvent>>>,
-    owners: Mutex<HashMap<Uuid, HubSlot<OwnerEvent>>>,
+    chats: DashMap<Uuid, HubSlot<HubEvent>>,
+    owners: DashMap<Uuid, HubSlot<OwnerEvent>>,
+    /// Live chat hubs (`chatd_hubs`); `DashMap::len` would take every shard's lock.
+    chat_hubs: std::sync::atomic::AtomicUsize,
 }
 
 /// A live subscription to one chat. Dropping it unsubscribes.
@@ -96,8 +105,9 @@ impl Hubs {
             listener,
             buffer,
             buckets: Mutex::new(HashMap::new()),
-            chats: Mutex::new(HashMap::new()),
-            owners: Mutex::new(HashMap::new()),
+            chats: DashMap::new(),
+            owners: DashMap::new(),
+            chat_hubs: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 
@@ -131,31 +141,23 @@ impl Hubs {
     }
 
     fn deliver_chat(&self, chat_id: Uuid, input: HubInput) {
-        let Ok(chats) = self.chats.lock() else { return };
-        if let Some((entry, _)) = chats.get(&chat_id) {
-            deliver(entry, input);
+        if let Some(slot) = self.chats.get(&chat_id) {
+            deliver(&slot.0, input);
         }
     }
 
     fn deliver_owner(&self, owner_id: Uuid, input: HubInput) {
-        let Ok(owners) = self.owners.lock() else {
-            return;
-        };
-        if let Some((entry, _)) = owners.get(&owner_id) {
-            deliver(entry, input);
+        if let Some(slot) = self.owners.get(&owner_id) {
+            deliver(&slot.0, input);
         }
     }
 
     fn resync_all(&self) {
-        if let Ok(chats) = self.chats.lock() {
-            for (entry, _) in chats.values() {
-                deliver(entry, HubInput::Resync);
-            }
+        for slot in self.chats.iter() {
+            deliver(&slot.0, HubInput::Resync);
         }
-        if let Ok(owners) = self.owners.lock() {
-            for (entry, _) in owners.values() {
-                deliver(entry, HubInput::Resync);
-            }
+        for slot in self.owners.iter() {
+            deliver(&slot.0, HubInput::Resync);
         }
     }
 
@@ -171,9 +173,10 @@ impl Hubs {
                 _ = shutdown.cancelled() => return,
                 _ = ticker.tick() => {}
             }
-            let relayed: HashMap<Uuid, i64> = lock(&self.chats)
+            let relayed: HashMap<Uuid, i64> = self
+                .chats
                 .iter()
-                .map(|(chat_id, (entry, _))| (*chat_id, entry.version.load(Ordering::Relaxed)))
+                .map(|slot| (*slot.key(), slot.0.version.load(Ordering::Relaxed)))
                 .collect();
             if relayed.is_empty() {
                 behind.clear();
@@ -227,8 +230,7 @@ impl Hubs {
     /// await, so a caller that gives up while the database is slow leaves nothing behind.
     pub async fn subscribe_chat(self: &Arc<Hubs>, chat_id: Uuid) -> ChatSubscription {
         let (events, mut ready) = {
-            let mut chats = lock(&self.chats);
-            let (entry, sender) = chats.entry(chat_id).or_insert_with(|| {
+            let mut slot = self.chats.entry(chat_id).or_insert_with(|| {
                 let (inbox, inbox_rx) = mpsc::channel(INBOX_CAPACITY);
                 let (sender, _) = broadcast::channel(self.buffer);
                 let (ready_tx, ready) = watch::channel(false);
@@ -241,6 +243,8 @@ impl Hubs {
                     version.clone(),
                 );
                 let mut listening = self.retain_bucket(chat_bucket(chat_id));
+                let hubs = self.chat_hubs.fetch_add(1, Ordering::Relaxed) + 1;
+                metrics::gauge!("chatd_hubs").set(hubs as f64);
                 let task_cancel = cancel.clone();
                 tokio::spawn(async move {
                     let _ = listening.wait_for(|listening| *listening).await;
@@ -257,10 +261,9 @@ impl Hubs {
                     sender,
                 )
             });
+            let (entry, sender) = slot.value_mut();
             entry.subscribers += 1;
-            let subscribed = (sender.subscribe(), entry.ready.clone());
-            metrics::gauge!("chatd_hubs").set(chats.len() as f64);
-            subscribed
+            (sender.subscribe(), entry.ready.clone())
         };
         metrics::gauge!("chatd_stream_subscribers").increment(1.0);
         let subscription = ChatSubscription {
@@ -276,8 +279,7 @@ impl Hubs {
     /// Cancel-safe like [`Hubs::subscribe_chat`].
     pub async fn subscribe_owner(self: &Arc<Hubs>, owner_id: Uuid) -> OwnerSubscription {
         let (events, mut ready) = {
-            let mut owners = lock(&self.owners);
-            let (entry, sender) = owners.entry(owner_id).or_insert_with(|| {
+            let mut slot = self.owners.entry(owner_id).or_insert_with(|| {
                 let (inbox, inbox_rx) = mpsc::channel(INBOX_CAPACITY);
                 let (sender, _) = broadcast::channel(self.buffer);
                 let (ready_tx, ready) = watch::channel(false);
@@ -302,6 +304,7 @@ impl Hubs {
                     sender,
                 )
             });
+            let (entry, sender) = slot.value_mut();
             entry.subscribers += 1;
             (sender.subscribe(), entry.ready.clone())
         };
@@ -316,21 +319,24 @@ impl Hubs {
 
     fn unsubscribe_chat(&self, chat_id: Uuid) {
         metrics::gauge!("chatd_stream_subscribers").decrement(1.0);
-        let mut chats = lock(&self.chats);
-        if let Some((entry, _)) = chats.get_mut(&chat_id) {
+        if let Entry::Occupied(mut slot) = self.chats.entry(chat_id) {
+            let entry = &mut slot.get_mut().0;
             entry.subscribers -= 1;
             if entry.subscribers == 0 {
                 entry.cancel.cancel();
-                chats.remove(&chat_id);
-                metrics::gauge!("chatd_hubs").set(chats.len() as f64);
-                // Under the map lock, so a concurrent re-subscribe's LISTEN comes after this.
+                // While the chat's entry is held (lock order: chat entry, then buckets, as in
+                // subscribe), so a re-subscribe of this chat retains the bucket after this.
                 self.release_bucket(chat_bucket(chat_id));
+                slot.remove();
+                let hubs = self.chat_hubs.fetch_sub(1, Ordering::Relaxed) - 1;
+                metrics::gauge!("chatd_hubs").set(hubs as f64);
             }
         }
     }
 
     /// Counts one more hub on `bucket`, LISTENing it when it is the first. The receiver turns
-    /// true once the LISTEN is done. Called under the chats lock (ordering with release).
+    /// true once the LISTEN is done. LISTEN and UNLISTEN of a bucket are queued under the
+    /// buckets lock, so they reach the listener in the order the counts changed.
     fn retain_bucket(&self, bucket: u32) -> watch::Receiver<bool> {
         let mut buckets = lock(&self.buckets);
         if let Some(entry) = buckets.get_mut(&bucket) {
@@ -368,13 +374,15 @@ impl Hubs {
     }
 
     fn unsubscribe_owner(&self, owner_id: Uuid) {
-        let mut owners = lock(&self.owners);
-        if let Some((entry, _)) = owners.get_mut(&owner_id) {
+        if let Entry::Occupied(mut slot) = self.owners.entry(owner_id) {
+            let entry = &mut slot.get_mut().0;
             entry.subscribers -= 1;
             if entry.subscribers == 0 {
                 entry.cancel.cancel();
-                owners.remove(&owner_id);
+                // UNLISTEN queued while the entry is still held: a re-subscribe of this owner
+                // waits for the entry, so its LISTEN is queued after.
                 self.listener.unlisten(owner_channel(owner_id));
+                slot.remove();
             }
         }
     }

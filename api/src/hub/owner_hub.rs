@@ -8,8 +8,8 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::store::reads;
 use chatd_shared::db::pool::PgPool;
-use chatd_shared::db::reads;
 use chatd_shared::db::rows::ChatRow;
 use chatd_shared::pubsub::{OwnerEventKind, OwnerNotice};
 

@@ -5,7 +5,7 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use serde_json::json;
 
-use chatd_shared::db::reads;
+use crate::store::reads;
 
 use crate::auth::CurrentUser;
 use crate::body::StrictJson;

@@ -19,7 +19,7 @@ use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
 use uuid::Uuid;
 
-use chatd_shared::db::reads;
+use crate::store::reads;
 use chatd_shared::domain::ChatStatus;
 
 use crate::auth::CurrentUser;

@@ -4,7 +4,7 @@ use serde_json::Value;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use chatd_shared::db::reads;
+use super::reads;
 use chatd_shared::db::rows::{ChatRow, MessageRow};
 use chatd_shared::domain::{ChatStatus, Role};
 use chatd_shared::pubsub::OwnerEventKind;

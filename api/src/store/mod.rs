@@ -7,6 +7,7 @@
 pub use chatd_shared::db::models as admin;
 pub mod chats;
 pub mod content;
+pub mod reads;
 pub mod send;
 pub mod spend;
 pub mod tool_results;

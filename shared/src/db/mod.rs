@@ -1,4 +1,5 @@
-//! Database access: pool, migrations, row types and the reads both sides share.
+//! Database access: pool, migrations, row types and what both sides (and the command line)
+//! share.
 //!
 //! State transitions live with the side that performs them (`chatd-api` store module,
 //! `chatd-worker` store module); this module holds what both need.
@@ -8,7 +9,6 @@ pub mod migrate;
 pub mod models;
 pub mod pool;
 pub mod queue;
-pub mod reads;
 pub mod rows;
 pub mod tool_calls;
 

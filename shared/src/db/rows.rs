@@ -57,7 +57,7 @@ impl ChatRow {
     }
 }
 
-/// A `chat_messages` row. Also decodable from `row_to_json` output (see `reads::chat_sync`),
+/// A `chat_messages` row. Also decodable from `row_to_json` output (see `chatd_api::store::reads::chat_sync`),
 /// and carried inside change hints when small (`ChangeNotice::new_messages`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MessageRow {

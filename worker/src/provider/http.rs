@@ -10,7 +10,7 @@ use std::pin::Pin;
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 
-use crate::provider::sse::{Decoder, SseEvent};
+use chatd_shared::sse::{Decoder, SseEvent};
 use crate::provider::{EventStream, ProviderError, ProviderEvent};
 
 /// One item of a parsed stream: an event, or the error that ends the stream.

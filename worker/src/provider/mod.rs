@@ -2,7 +2,7 @@
 //!
 //! Every protocol maps onto the same [`ProviderEvent`] stream so the turn loop never knows which
 //! wire format it is talking to. Each protocol is a sibling module (`openai_chat`,
-//! `openai_responses`, `anthropic`) built from the shared [`http`] plumbing, the [`sse`] decoder
+//! `openai_responses`, `anthropic`) built from the shared [`http`] plumbing, the `chatd_shared::sse` decoder
 //! and the [`error`] classification.
 //!
 //! **Invariant:** a successful stream always ends with exactly one [`ProviderEvent::Finish`]; a
@@ -20,7 +20,6 @@ pub mod error;
 pub mod http;
 pub mod openai_chat;
 pub mod openai_responses;
-pub mod sse;
 
 use std::fmt;
 use std::pin::Pin;

@@ -22,7 +22,7 @@ use crate::provider::anthropic::wire::{
 };
 use crate::provider::error::{parse_error_body, ApiErrorObject};
 use crate::provider::http::{parse_arguments, ParsedItem, SseProtocol};
-use crate::provider::sse::{Decoder, SseEvent};
+use chatd_shared::sse::{Decoder, SseEvent};
 use crate::provider::{ErrorKind, FinishReason, ProviderError, ProviderEvent, Usage};
 
 /// Event types whose payload must parse; a malformed one fails the stream instead of being

@@ -12,7 +12,7 @@ use std::collections::VecDeque;
 
 use crate::provider::error::{parse_error_body, ApiErrorObject, ProviderError};
 use crate::provider::openai_chat::wire::{ChatChunk, ToolCallFragment, WireUsage};
-use crate::provider::sse::{Decoder, SseEvent};
+use chatd_shared::sse::{Decoder, SseEvent};
 use crate::provider::{ErrorKind, FinishReason, ProviderEvent, Usage};
 
 pub use crate::provider::http::ParsedItem;

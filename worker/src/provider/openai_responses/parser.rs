@@ -29,7 +29,7 @@ use crate::provider::http::{parse_arguments, ParsedItem, SseProtocol};
 use crate::provider::openai_responses::wire::{
     IncompleteDetails, OutputItem, ResponseObject, StreamEvent, WireUsage,
 };
-use crate::provider::sse::{Decoder, SseEvent};
+use chatd_shared::sse::{Decoder, SseEvent};
 use crate::provider::{ErrorKind, FinishReason, ProviderEvent, Usage};
 
 /// The event types this parser acts on; a payload that does not parse is an error only for

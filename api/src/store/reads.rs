@@ -1,8 +1,9 @@
-//! Reads shared by the API (snapshots, fan-out) and the worker.
+//! The API's reads: stream snapshots and gap fills, hub resyncs (`chat_sync`), chat lookups
+//! and the queue.
 
 use uuid::Uuid;
 
-use super::rows::{ChatRow, FrameRow, MessageRow, QueuedRow};
+use chatd_shared::db::rows::{ChatRow, FrameRow, MessageRow, QueuedRow};
 
 /// The chat if it exists and belongs to `owner_id` (`None` for both "missing" and "not yours",
 /// which callers must answer identically).

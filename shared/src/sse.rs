@@ -1,4 +1,6 @@
-//! An incremental Server-Sent Events decoder (the framing of every streaming provider).
+//! An incremental Server-Sent Events decoder: the framing of every streaming provider (the
+//! worker's provider clients) and of chatd's own streams (the client of `chatd chat` and
+//! `chatd scaletest`).
 //!
 //! Hand-written rather than taken from a crate so that it is exact about the cases providers
 //! get wrong and benchmarks can measure it: lines end with `\n`, `\r\n` or `\r` (a CR at the end
