@@ -1,4 +1,4 @@
-//! The command-line contract (DESIGN.md section 1). Every flag also reads a `CHATD_*`
+//! The command-line contract (README.md, "Configuration"). Every flag also reads a `CHATD_*`
 //! environment variable; unknown `CHATD_*` variables are refused so a typo never silently
 //! falls back to a default.
 
@@ -47,12 +47,12 @@ pub enum Command {
     /// Run the deterministic, scriptable mock LLM server.
     MockLlm(MockLlmArgs),
     /// Create or continue a chat and print the streamed answer.
-    Chat(chatd_api::client::chat::ChatArgs),
+    Chat(chatd_client::chat::ChatArgs),
     /// Users, API tokens, providers and model configs.
     #[command(subcommand)]
     Admin(AdminCommand),
     /// Load-test a running cluster through the public API.
-    Scaletest(chatd_api::client::scaletest::ScaletestArgs),
+    Scaletest(chatd_client::scaletest::ScaletestArgs),
     /// Soak the standard cluster under random faults and check the invariants.
     Chaos(crate::chaos::ChaosArgs),
 }
@@ -341,10 +341,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("listen on {}", args.addr))?;
             tracing::info!(address = %args.addr, "mock llm listening");
-            chatd_worker::mock_llm::run(listener, shutdown_on_signal()).await
+            chatd_mock_llm::run(listener, shutdown_on_signal()).await
         }
-        Command::Chat(args) => chatd_api::client::chat::run(args).await,
-        Command::Scaletest(args) => chatd_api::client::scaletest::run(args).await,
+        Command::Chat(args) => chatd_client::chat::run(args).await,
+        Command::Scaletest(args) => chatd_client::scaletest::run(args).await,
         Command::Chaos(args) => crate::chaos::run(args).await,
         Command::Admin(command) => admin(command).await,
     }

@@ -68,7 +68,7 @@ async fn run_services(
         .context("bind the mock LLM")?;
     let mock_addr = mock_listener.local_addr()?;
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(chatd_worker::mock_llm::run(mock_listener, shutdown.clone()));
+    tasks.spawn(chatd_mock_llm::run(mock_listener, shutdown.clone()));
 
     let token = seed(&database_url, &format!("http://{mock_addr}/v1")).await?;
 

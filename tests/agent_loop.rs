@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use chatd_api::client::{content_text, ApiClient};
-use chatd_worker::mock_llm::reply_text;
+use chatd_client::{content_text, ApiClient};
+use chatd_mock_llm::reply_text;
 use common::cluster::{
     assistant_texts, chat_status, directive_message, messages, wait_until, Cluster,
 };
@@ -485,9 +485,7 @@ async fn automatic_title(cluster: &Cluster, model: &str) {
         .await
         .expect("open the watch stream");
     assert_eq!(watch.status(), 200);
-    let mut watch = Box::pin(eventsource_stream::Eventsource::eventsource(
-        watch.bytes_stream(),
-    ));
+    let mut watch = Box::pin(chatd_client::sse_events(watch.bytes_stream()));
     let (chat_id, message_id) = create_chat_on(&api, model, "name this chat", json!([])).await;
     let mut reader = Reader::open(
         &cluster.api(1),
@@ -509,7 +507,7 @@ async fn automatic_title(cluster: &Cluster, model: &str) {
             .expect("a watch event")
             .expect("the watch stream is open")
             .expect("read the watch stream");
-        let data: Value = serde_json::from_str(&event.data).expect("watch event JSON");
+        let data: Value = event.data;
         // The watch stream relays chat state by version: the title arrives in a `title` event,
         // or already inside an earlier notice's event when its read saw the new title.
         if data["chat"]["id"] == chat_id.as_str() && data["chat"]["title"] == title.as_str() {

@@ -17,7 +17,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use chatd_worker::mock_llm::reply_text;
+use chatd_mock_llm::reply_text;
 use common::cluster::{
     assistant_texts, chat_status, create_chat, directive_message, messages, wait_until, Cluster,
 };

@@ -114,7 +114,7 @@ fn replay_with<P: StreamParser>(mut parser: P, body: &[u8], chunk_size: usize) -
 }
 
 /// Replays a recorded body whole and in several chunkings; all must give the same events
-/// (PROTOCOLS.md: "a parser must give the same events however the bytes are chunked"), and
+/// (a parser must give the same events however the bytes are chunked), and
 /// none may be an error.
 fn replay_fixture(protocol: Protocol, name: &str, body: &[u8]) -> Vec<ProviderEvent> {
     let whole = protocol.replay(body, body.len().max(1));

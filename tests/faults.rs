@@ -9,9 +9,9 @@ use std::time::Duration;
 use serde_json::json;
 use uuid::Uuid;
 
-use chatd_api::client::content_text;
+use chatd_client::content_text;
+use chatd_mock_llm::reply_text;
 use chatd_shared::domain::Role;
-use chatd_worker::mock_llm::reply_text;
 use chatd_worker::store::{commit, CommitOutcome, Lease, NewRow, TurnEnd};
 use common::cluster::{
     assistant_texts, create_chat, directive_message, messages, wait_until, Cluster,

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use chatd_worker::mock_llm::reply_text;
+use chatd_mock_llm::reply_text;
 use common::cluster::{
     assistant_texts, chat_status, create_chat, directive_message, wait_until, Cluster,
 };

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use chatd_api::client::content_text;
-use chatd_worker::mock_llm::reply_text;
+use chatd_client::content_text;
+use chatd_mock_llm::reply_text;
 use common::cluster::{create_chat, directive_message, messages, wait_until, Cluster};
 use common::sse::{assert_contiguous, Reader};
 
@@ -362,7 +362,7 @@ async fn a_resume_across_a_turn_boundary_keeps_stream_order() {
         "the old answer precedes the new turn's previews: {:?}",
         resumed.seen
     );
-    let mut checker = chatd_api::client::scaletest::integrity::StreamChecker::default();
+    let mut checker = chatd_client::scaletest::integrity::StreamChecker::default();
     for event in &before {
         checker.observe(&event.event, &event.data);
     }

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use chatd_api::client::{content_text, ApiClient};
-use chatd_worker::mock_llm::reply_text;
+use chatd_client::{content_text, ApiClient};
+use chatd_mock_llm::reply_text;
 use common::cluster::{
     assistant_texts, chat_status, create_chat, directive_message, messages, wait_until, Cluster,
 };
@@ -380,9 +380,7 @@ async fn the_watch_stream_reports_the_caller_s_chats_only() {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    let mut events = Box::pin(eventsource_stream::Eventsource::eventsource(
-        response.bytes_stream(),
-    ));
+    let mut events = Box::pin(chatd_client::sse_events(response.bytes_stream()));
     // Bob's chat must not show up on Alice's watch stream.
     create_chat(&cluster.api_as(0, &bob), "bob's chat").await;
     let (chat_id, _) = create_chat(
@@ -398,7 +396,7 @@ async fn the_watch_stream_reports_the_caller_s_chats_only() {
             .expect("the stream is open")
             .expect("read the stream");
         assert_eq!(event.event, "chat");
-        let data: Value = serde_json::from_str(&event.data).unwrap();
+        let data: Value = event.data;
         assert_eq!(
             data["chat"]["id"],
             chat_id.as_str(),

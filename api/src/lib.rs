@@ -5,7 +5,6 @@
 
 pub mod auth;
 pub mod body;
-pub mod client;
 pub mod config;
 pub mod cursor;
 pub mod dto;

@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-/// `chats.status`. See DESIGN.md section 2 for the state machine.
+/// `chats.status`. The state machine is in ARCHITECTURE.md, "State machine and fencing".
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ChatStatus {

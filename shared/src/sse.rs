@@ -86,7 +86,7 @@ impl Decoder {
     }
 
     /// Ends the stream: an unterminated last line counts as a line, and an event still being
-    /// collected is dispatched (PROTOCOLS.md: flush a final event at EOF).
+    /// collected is dispatched (the SSE specification's "flush a final event at EOF" as providers need it).
     pub fn finish(mut self) -> Option<SseEvent> {
         let mut events = Vec::new();
         if !self.partial_line.is_empty() {

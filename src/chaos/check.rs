@@ -15,8 +15,8 @@ use std::time::Duration;
 use anyhow::Context;
 use serde_json::Value;
 
-use chatd_api::client::content_text;
-use chatd_worker::mock_llm::reply_text;
+use chatd_client::content_text;
+use chatd_mock_llm::reply_text;
 
 use super::load::{ClientRecord, Scenario};
 

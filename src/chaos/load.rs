@@ -13,8 +13,8 @@ use rand::Rng;
 use serde_json::{json, Value};
 use tokio::sync::Mutex;
 
-use chatd_api::client::scaletest::integrity::{IntegrityCounts, StreamChecker};
-use chatd_api::client::ApiClient;
+use chatd_client::scaletest::integrity::{IntegrityCounts, StreamChecker};
+use chatd_client::ApiClient;
 
 /// What a turn was meant to do, for the final check.
 #[derive(Debug, Clone)]
@@ -396,7 +396,7 @@ async fn read_stream(apis: Vec<ApiClient>, chat_id: String, state: Arc<Mutex<Str
                             "message {} {} {:?}",
                             event.id,
                             event.data["role"],
-                            chatd_api::client::content_text(&event.data["content"])
+                            chatd_client::content_text(&event.data["content"])
                         ),
                         "message_part" => format!(
                             "part {} {:?}",

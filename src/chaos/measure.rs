@@ -15,7 +15,7 @@ use futures::StreamExt;
 use serde_json::json;
 use uuid::Uuid;
 
-use chatd_api::client::ApiClient;
+use chatd_client::ApiClient;
 
 use super::cluster::ChaosCluster;
 

@@ -21,7 +21,7 @@ use rand::SeedableRng;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
-use chatd_api::client::ApiClient;
+use chatd_client::ApiClient;
 
 #[derive(clap::Args, Debug)]
 pub struct ChaosArgs {

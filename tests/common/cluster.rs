@@ -11,7 +11,7 @@ use anyhow::Context;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use chatd_api::client::ApiClient;
+use chatd_client::ApiClient;
 
 use super::pg::{test_database, TestDatabase};
 
@@ -368,6 +368,6 @@ pub async fn assistant_texts(api: &ApiClient, chat_id: &str) -> Vec<String> {
         .await
         .iter()
         .filter(|m| m["role"] == "assistant")
-        .map(|m| chatd_api::client::content_text(&m["content"]))
+        .map(|m| chatd_client::content_text(&m["content"]))
         .collect()
 }

@@ -64,7 +64,7 @@ pub async fn add_model(cluster: &Cluster, kind: &str, options: ModelOptions) -> 
 
 /// Creates a chat on `model` with optional dynamic tools; returns (chat id, message id).
 pub async fn create_chat_on(
-    api: &chatd_api::client::ApiClient,
+    api: &chatd_client::ApiClient,
     model: &str,
     message: &str,
     dynamic_tools: serde_json::Value,

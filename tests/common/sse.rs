@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 
-use chatd_api::client::{ApiClient, StreamEvent};
+use chatd_client::{ApiClient, StreamEvent};
 
 pub struct Reader {
     events: Pin<Box<dyn Stream<Item = anyhow::Result<StreamEvent>> + Send>>,
@@ -144,7 +144,7 @@ pub struct ResumingReader {
     last_id: Option<String>,
     pub seen: Vec<StreamEvent>,
     pub reconnects: usize,
-    pub checker: chatd_api::client::scaletest::integrity::StreamChecker,
+    pub checker: chatd_client::scaletest::integrity::StreamChecker,
 }
 
 impl ResumingReader {

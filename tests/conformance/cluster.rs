@@ -62,7 +62,7 @@ async fn live_cluster_two_turns(protocol: Protocol) {
         .collect();
     assert_eq!(answers.len(), 2, "{protocol:?}: two answers: {answers:?}");
     for answer in &answers {
-        let text = chatd_api::client::content_text(&answer["content"]);
+        let text = chatd_client::content_text(&answer["content"]);
         assert!(
             !text.trim().is_empty(),
             "{protocol:?}: empty answer {answer}"

@@ -1,4 +1,4 @@
-//! The per-worker stream flusher (DESIGN.md section 5).
+//! The per-worker stream flusher.
 //!
 //! Turns push `message_part` (and `retry`, `error`) events; every `stream_flush_interval` the
 //! flusher takes the pending events of **all** chats, cuts them into frames, and

@@ -1,13 +1,12 @@
 //! The worker: acquires runnable chats, runs turns, publishes stream frames.
 //!
 //! **Invariant:** this crate never depends on `chatd-api`; it never knows the public wire
-//! format except the SSE `data` of stream events it publishes (documented in DESIGN.md).
+//! format except the SSE `data` of stream events it publishes (README.md's event table).
 
 pub mod config;
 pub mod flusher;
 pub mod liveness;
 pub mod metrics_server;
-pub mod mock_llm;
 pub mod provider;
 pub mod recovery;
 pub mod runtime;

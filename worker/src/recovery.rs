@@ -15,7 +15,7 @@ use chatd_shared::pubsub::publish;
 
 use chatd_shared::bump_chat_version;
 
-use crate::store::status_change;
+use chatd_shared::pubsub::ChatChange;
 
 /// Releases the leases of the chats in CTE `$cte` (column `id`): running → pending (another
 /// worker runs the turn again), interrupting → waiting (the interrupt wins). Returns `(id,
@@ -105,7 +105,8 @@ pub fn released_lease_notices(rows: &[tokio_postgres::Row], why: &str) -> Vec<(S
         let status = ChatStatus::parse(row.get(3)).unwrap_or(ChatStatus::Pending);
         tracing::warn!(chat_id = %row.get::<_, Uuid>(0), status = status.as_str(), "{why}");
         notices.extend(
-            status_change(row.get(0), row.get(1), row.get(2), status, row.get(4)).notices(),
+            ChatChange::status_only(row.get(0), row.get(1), row.get(2), status, row.get(4))
+                .notices(),
         );
     }
     notices
@@ -155,7 +156,7 @@ async fn expire_actions(
             )
             .await?;
         tracing::info!(%chat_id, "client tool results timed out");
-        let mut change = status_change(
+        let mut change = ChatChange::status_only(
             chat_id,
             chat.get(1),
             row.get(0),
@@ -201,7 +202,7 @@ async fn promote_stranded_queues(
             )
             .await?;
         notices.extend(
-            status_change(
+            ChatChange::status_only(
                 chat_id,
                 chat.get(1),
                 row.get(0),

@@ -110,6 +110,8 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
         background.clone(),
     ));
     let turns = TaskTracker::new();
+    let side_tasks = TaskTracker::new();
+    let side_stop = CancellationToken::new();
     let deps = TurnDeps {
         config: config.clone(),
         pool: pool.clone(),
@@ -117,6 +119,8 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
         flusher,
         models,
         builtin_tools: Arc::new(builtin_tools),
+        side_tasks: side_tasks.clone(),
+        side_stop: side_stop.clone(),
     };
     tracing::info!(worker_id = %config.worker_id, "worker started");
     acquire_loop(shared.clone(), pool.clone(), deps, &turns, shutdown.clone()).await;
@@ -142,6 +146,10 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
         }
         let _ = tokio::time::timeout(Duration::from_secs(10), turns.wait()).await;
     }
+    // Titles and other side tasks end before the flusher, which publishes their hints.
+    side_stop.cancel();
+    side_tasks.close();
+    let _ = tokio::time::timeout(Duration::from_secs(5), side_tasks.wait()).await;
     background.cancel();
     tracker.close();
     let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
@@ -208,7 +216,7 @@ async fn claim(
     for claim in &claims {
         metrics::histogram!("chatd_acquire_latency_seconds").record(claim.pending_seconds);
         notices.extend(
-            store::status_change(
+            chatd_shared::pubsub::ChatChange::status_only(
                 claim.chat_id,
                 claim.owner_id,
                 claim.version,

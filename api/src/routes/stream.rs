@@ -1,4 +1,4 @@
-//! `GET /chats/{id}/stream`: the resumable SSE stream of one chat (DESIGN.md section 5).
+//! `GET /chats/{id}/stream`: the resumable SSE stream of one chat.
 //!
 //! Subscribe first, then read the snapshot (status, messages after the cursor, queue, the
 //! current attempt's frames after the cursor's seq), then relay live hub events, dropping

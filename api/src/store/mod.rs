@@ -1,4 +1,4 @@
-//! State transitions performed by the API (DESIGN.md section 2), one function per transition.
+//! State transitions performed by the API, one function per transition.
 //!
 //! Every transition runs in one transaction that first locks the chat row, re-checks the
 //! state, writes, bumps `chats.version`, commits — and only then publishes notifications

@@ -1,4 +1,4 @@
-//! Sending, queueing, interrupting (DESIGN.md section 2).
+//! Sending, queueing, interrupting.
 
 use serde_json::Value;
 use uuid::Uuid;

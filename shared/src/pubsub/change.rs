@@ -72,6 +72,19 @@ impl ChatChange {
         }
     }
 
+    /// A status-only transition (a claim, a renewed attempt, a released lease): the owner's
+    /// lists see `status`, and API replicas relay it without a read.
+    pub fn status_only(
+        chat_id: Uuid,
+        owner_id: Uuid,
+        version: i64,
+        status: ChatStatus,
+        attempt: i32,
+    ) -> ChatChange {
+        ChatChange::new(chat_id, owner_id, version, status, attempt)
+            .with_owner_event(OwnerEventKind::Status)
+    }
+
     /// A change whose result is `chat` (the row as the changing statement returned it).
     pub fn of_row(chat: &ChatRow) -> ChatChange {
         ChatChange::new(

@@ -1,6 +1,6 @@
 //! Provider failures, classified so the turn loop can decide whether and when to retry.
 //!
-//! Classification follows PROTOCOLS.md "Errors and retries": the HTTP status decides first, the
+//! Classification: the HTTP status decides first, the
 //! error body refines it (OpenAI's `insufficient_quota` is a 429 that must not be retried), and an
 //! explicit `x-should-retry` header overrides both. The same vocabulary classifies error objects
 //! that arrive inside a stream that already answered 200.
@@ -225,7 +225,7 @@ pub fn parse_retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duratio
     })
 }
 
-/// The status-only classification (PROTOCOLS.md: retry 408, 409, 429, 5xx, 529).
+/// The status-only classification (retry 408, 409, 429, 5xx, 529).
 fn classify_status(status: u16) -> (ErrorKind, bool) {
     match status {
         408 => (ErrorKind::Timeout, true),

@@ -2,7 +2,7 @@
 //! and drive a protocol's incremental [`StreamParser`] with the response body.
 //!
 //! **Invariant:** a request is sent exactly once. Nothing here reconnects (re-sending a request
-//! bills it again, PROTOCOLS.md); retrying is the turn loop's decision.
+//! bills it again); retrying is the turn loop's decision.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -10,8 +10,8 @@ use std::pin::Pin;
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 
-use chatd_shared::sse::{Decoder, SseEvent};
 use crate::provider::{EventStream, ProviderError, ProviderEvent};
+use chatd_shared::sse::{Decoder, SseEvent};
 
 /// One item of a parsed stream: an event, or the error that ends the stream.
 pub type ParsedItem = Result<ProviderEvent, ProviderError>;

@@ -199,3 +199,6 @@ pub async fn stream(
         ProviderKind::OpenaiResponses => openai_responses::stream(http, endpoint, request).await,
     }
 }
+
+#[cfg(test)]
+mod mock_tests;

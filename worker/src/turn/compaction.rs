@@ -1,4 +1,4 @@
-//! Compaction (DESIGN.md section 6): when a step's input tokens reach the model's threshold of
+//! Compaction: when a step's input tokens reach the model's threshold of
 //! its context window, the model summarises the conversation; the summary is stored as a
 //! `compressed` row and later prompts (this turn's next step included) start from it.
 //!

@@ -1,10 +1,8 @@
-//! Loading what a turn needs: the model (with its provider) and the prompt.
+//! What a turn works with: the resolved model (with its provider), the loaded chat, and the
+//! per-worker cache of resolved models. The statements that read them are in
+//! `store::turn`.
 
-use anyhow::Context;
-use serde_json::Value;
 use uuid::Uuid;
-
-use chatd_shared::domain::{decode_parts, ContentPart, ProviderKind, Role};
 
 use crate::provider::{PromptMessage, ProviderEndpoint};
 use crate::tool::DynamicTool;
@@ -56,133 +54,12 @@ pub struct LoadedChat {
     pub last_response: Option<(String, Option<Uuid>, usize)>,
 }
 
-/// Loads the prompt and the chat's tool and title state in one statement.
-pub async fn load_prompt(
-    client: &deadpool_postgres::ClientWrapper,
-    chat_id: Uuid,
-) -> Result<LoadedChat, ContextError> {
-    let rows = client
-        .query(
-            &client
-                .prepare_cached(
-                    "SELECT m.role, m.content, m.model_config_id, c.model_config_id, \
-             c.dynamic_tools, c.title = '', m.provider_response_id FROM chats c \
-             LEFT JOIN chat_messages m ON m.chat_id = c.id AND NOT m.deleted \
-                 AND m.visibility <> 'user' \
-                 AND (m.role = 'system' OR m.id >= coalesce((SELECT max(id) FROM chat_messages \
-                      WHERE chat_id = $1 AND compressed AND NOT deleted), 0)) \
-             WHERE c.id = $1 ORDER BY m.id",
-                )
-                .await?,
-            &[&chat_id],
-        )
-        .await?;
-    let mut loaded = LoadedChat::default();
-    for (index, row) in rows.iter().enumerate() {
-        if index == 0 {
-            let tools: Value = row.get(4);
-            loaded.dynamic_tools = serde_json::from_value(tools)
-                .map_err(|error| ContextError::Config(format!("stored dynamic tools: {error}")))?;
-            loaded.untitled = row.get(5);
-            loaded.wanted_model = row.get(3);
-        }
-        let Some(role) = row.get::<_, Option<&str>>(0) else {
-            continue; // a chat without messages (LEFT JOIN)
-        };
-        let role = Role::parse(role).unwrap_or(Role::User);
-        let content: Value = row.get(1);
-        let mut parts: Vec<ContentPart> = serde_json::from_value(content)
-            .map_err(|error| ContextError::Config(format!("stored message content: {error}")))?;
-        parts.retain(|part| !part.is_blank());
-        decode_parts(&mut parts);
-        if role == Role::User {
-            loaded.wanted_model = row.get::<_, Option<Uuid>>(2).or(row.get(3));
-        }
-        if parts.is_empty() {
-            continue;
-        }
-        loaded.prompt.push(PromptMessage {
-            role,
-            content: parts,
-        });
-        if role == Role::Assistant {
-            if let Some(response_id) = row.get::<_, Option<String>>(6) {
-                loaded.last_response = Some((response_id, row.get(2), loaded.prompt.len()));
-            }
-        }
-    }
-    Ok(loaded)
-}
-
-/// Resolves the wanted model, falling back to the default when it is disabled or deleted.
-pub async fn resolve_model(
-    client: &deadpool_postgres::ClientWrapper,
-    wanted: Option<Uuid>,
-    encryption_key: Option<&[u8; 32]>,
-) -> Result<ModelChoice, ContextError> {
-    let row = client
-        .query_opt(
-            &client
-                .prepare_cached(concat!(
-                    "SELECT mc.id, mc.model, mc.max_output_tokens, p.kind, p.base_url, \
-             p.api_key_encrypted, mc.input_price_micros, mc.output_price_micros, \
-             mc.cache_read_price_micros, mc.cache_write_price_micros, mc.context_limit, \
-             mc.compression_threshold \
-             FROM model_configs mc JOIN providers p ON p.id = mc.provider_id \
-             WHERE ",
-                    chatd_shared::usable_model_config!(),
-                    " AND (mc.id = $1 OR mc.is_default) \
-             ORDER BY (mc.id = $1) DESC NULLS LAST LIMIT 1",
-                ))
-                .await?,
-            &[&wanted],
-        )
-        .await?
-        .ok_or(ContextError::NoModel)?;
-    let kind_text: String = row.get(3);
-    let kind = ProviderKind::parse(&kind_text)
-        .ok_or_else(|| ContextError::Config(format!("unknown provider kind {kind_text}")))?;
-    let encrypted: Option<Vec<u8>> = row.get(5);
-    let api_key = match encrypted {
-        None => None,
-        Some(sealed) => {
-            let key = encryption_key.ok_or_else(|| {
-                ContextError::Config(
-                    "the provider has an API key but this worker has no --encryption-key".into(),
-                )
-            })?;
-            Some(
-                chatd_shared::crypto::open(key, &sealed)
-                    .context("decrypt the provider API key")
-                    .map_err(|error| ContextError::Config(format!("{error:#}")))?,
-            )
-        }
-    };
-    Ok(ModelChoice {
-        model_config_id: row.get(0),
-        model: row.get(1),
-        max_output_tokens: row.get::<_, Option<i32>>(2).map(|tokens| tokens as u32),
-        endpoint: ProviderEndpoint {
-            kind,
-            base_url: row.get(4),
-            api_key,
-        },
-        input_price_micros: row.get(6),
-        output_price_micros: row.get(7),
-        cache_read_price_micros: row.get(8),
-        cache_write_price_micros: row.get(9),
-        context_limit: i64::from(row.get::<_, i32>(10)),
-        compression_threshold: i64::from(row.get::<_, i32>(11)),
-    })
-}
-
 /// Resolved models cached for a few seconds per worker, so a turn does not pay a statement to
 /// re-resolve the same model. Configuration changes take effect within `MODEL_CACHE_TTL`.
+/// Read at the start of every turn by every turn task: a sharded map.
 #[derive(Default)]
 pub struct ModelCache {
-    entries: std::sync::Mutex<
-        std::collections::HashMap<Option<Uuid>, (ModelChoice, std::time::Instant)>,
-    >,
+    entries: dashmap::DashMap<Option<Uuid>, (ModelChoice, std::time::Instant)>,
 }
 
 /// How long a resolved model is reused.
@@ -198,26 +75,23 @@ impl ModelCache {
         if let Some(choice) = self.get(wanted) {
             return Ok(choice);
         }
-        let choice = resolve_model(client, wanted, encryption_key).await?;
-        if let Ok(mut entries) = self.entries.lock() {
-            if entries.len() > 1000 {
-                entries.clear();
-            }
-            entries.insert(wanted, (choice.clone(), std::time::Instant::now()));
+        let choice = crate::store::turn::resolve_model(client, wanted, encryption_key).await?;
+        if self.entries.len() > 1000 {
+            self.entries.clear();
         }
+        self.entries
+            .insert(wanted, (choice.clone(), std::time::Instant::now()));
         Ok(choice)
     }
 
     /// Forgets every resolved model (a `chatd_config` notice or a listener reconnect).
     pub fn clear(&self) {
-        if let Ok(mut entries) = self.entries.lock() {
-            entries.clear();
-        }
+        self.entries.clear();
     }
 
     fn get(&self, wanted: Option<Uuid>) -> Option<ModelChoice> {
-        let entries = self.entries.lock().ok()?;
-        let (choice, at) = entries.get(&wanted)?;
+        let entry = self.entries.get(&wanted)?;
+        let (choice, at) = entry.value();
         (at.elapsed() < MODEL_CACHE_TTL).then(|| choice.clone())
     }
 }

@@ -1,5 +1,5 @@
 //! The turn: load the prompt, then loop model steps until the model stops asking for tools,
-//! persisting each step in one fenced transaction, then finish the turn (DESIGN.md section 6).
+//! persisting each step in one fenced transaction, then finish the turn.
 //!
 //! **Invariant:** no transaction is held open across a provider call or any network wait; a
 //! database connection is taken from the pool only around each statement/transaction.
@@ -7,45 +7,46 @@
 pub mod compaction;
 pub mod context;
 pub mod control;
+pub mod lease;
 pub mod rows;
 pub mod step;
 pub mod stream;
 pub mod summary;
 pub mod title;
 
-use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use deadpool_postgres::Pool;
 use tracing::Instrument;
-use uuid::Uuid;
 
 use chatd_shared::domain::{ChatError, ContentPart, Role};
 
 use crate::config::WorkerConfig;
 use crate::flusher::StreamFlusher;
 use crate::provider::{ModelRequest, PromptMessage, ProviderError, ResponseChain};
-use crate::store::{self, Claim, NewRow, TurnEnd};
+use crate::store::{Claim, TurnEnd};
 use crate::tool::{self, execute::CallRequest, CallOutcome, Tool, Toolset};
 use context::{ContextError, LoadedChat, ModelChoice};
 use control::{StopReason, TurnControl};
+use lease::{Commit, TurnLease};
 use step::{StepOutput, StepResult};
 pub use stream::TurnStream;
 
-/// Everything a running turn needs.
+/// Everything a running turn needs: its lease (and write path) plus the model it runs on.
+/// Dereferences to the lease.
 pub struct TurnContext {
-    pub config: Arc<WorkerConfig>,
-    pub pool: Pool,
+    pub lease: TurnLease,
     pub http: reqwest::Client,
     pub model: ModelChoice,
-    pub control: Arc<TurnControl>,
-    /// Publishes this turn's post-commit hints (batched with other turns' under load).
-    pub flusher: Arc<StreamFlusher>,
-    pub chat_id: Uuid,
-    pub owner_id: Uuid,
-    /// The lease epoch; changes when a step restarts after partial output.
-    attempt: AtomicI32,
+}
+
+impl std::ops::Deref for TurnContext {
+    type Target = TurnLease;
+
+    fn deref(&self) -> &TurnLease {
+        &self.lease
+    }
 }
 
 /// Dependencies of `run_turn` that live as long as the worker.
@@ -58,153 +59,10 @@ pub struct TurnDeps {
     pub models: Arc<context::ModelCache>,
     /// The built-in tools this worker offers (`--tools`).
     pub builtin_tools: Arc<Vec<Arc<dyn Tool>>>,
-}
-
-impl TurnContext {
-    pub fn attempt(&self) -> i32 {
-        self.attempt.load(Ordering::Relaxed)
-    }
-
-    /// Bumps the lease epoch (fenced, idempotent), retrying transient database errors.
-    pub async fn renew_attempt(&self) -> store::Renewal {
-        let key = Uuid::new_v4();
-        let mut delay = Duration::from_millis(100);
-        for _ in 0..COMMIT_TRIES {
-            let result = async {
-                let client = self.pool.get().await?;
-                anyhow::Ok(
-                    store::renew_attempt(
-                        &client,
-                        self.chat_id,
-                        self.config.worker_id,
-                        self.attempt(),
-                        key,
-                    )
-                    .await?,
-                )
-            }
-            .await;
-            match result {
-                Ok(store::Renewal::Renewed(attempt, version)) => {
-                    self.attempt.store(attempt, Ordering::Relaxed);
-                    let notices = store::status_change(
-                        self.chat_id,
-                        self.owner_id,
-                        version,
-                        chatd_shared::domain::ChatStatus::Running,
-                        attempt,
-                    )
-                    .notices();
-                    self.flusher.publish_soon(notices);
-                    return store::Renewal::Renewed(attempt, version);
-                }
-                Ok(other) => return other,
-                Err(error) => {
-                    tracing::warn!(error = format!("{error:#}"), "renew the attempt; retrying");
-                    if self.sleep_unless_lost(delay).await {
-                        return store::Renewal::LeaseLost;
-                    }
-                    delay = (delay * 2).min(MAX_COMMIT_DELAY);
-                }
-            }
-        }
-        store::Renewal::LeaseLost
-    }
-
-    /// Sleeps `delay`; true when the lease was lost meanwhile (stop retrying).
-    async fn sleep_unless_lost(&self, delay: Duration) -> bool {
-        tokio::time::sleep(delay).await;
-        self.control.reason() == Some(StopReason::LeaseLost)
-    }
-
-    /// Commits `rows` and `end` fenced by the lease, retrying transient database errors with
-    /// the same idempotency key (a retry after a lost reply writes nothing twice). Returns
-    /// `Lost` when the lease was lost (or the database stayed unreachable: then the lease
-    /// expires and another worker takes the chat).
-    /// `last_seq`: the last seq this attempt published (carried in the hint so API replicas can
-    /// tell whether they missed a frame notification).
-    async fn commit_outcome(&self, rows: &[NewRow], end: TurnEnd, last_seq: Option<i64>) -> Commit {
-        let key = Uuid::new_v4();
-        let mut delay = Duration::from_millis(100);
-        let mut changed = 0;
-        let mut tries = 0;
-        while tries < COMMIT_TRIES {
-            let result = async {
-                let client = self.pool.get().await?;
-                anyhow::Ok(
-                    store::commit(
-                        &client,
-                        store::Lease {
-                            chat_id: self.chat_id,
-                            worker_id: self.config.worker_id,
-                            attempt: self.attempt(),
-                        },
-                        rows,
-                        &end,
-                        key,
-                        last_seq,
-                    )
-                    .await?,
-                )
-            }
-            .await;
-            match result {
-                Ok(store::CommitOutcome::Committed(change))
-                | Ok(store::CommitOutcome::AlreadyCommitted(change)) => {
-                    let notices = change.with_last_seq(last_seq).notices();
-                    self.flusher.publish_soon(notices);
-                    return Commit::Owned;
-                }
-                Ok(store::CommitOutcome::Changed) if changed < MAX_CHANGED_RETRIES => {
-                    // Someone committed while we waited for the row lock: look again at once.
-                    changed += 1;
-                }
-                Ok(store::CommitOutcome::Changed) => {
-                    tracing::warn!("the chat kept changing under the commit; giving up");
-                    return Commit::Lost;
-                }
-                Ok(store::CommitOutcome::Interrupting) => return Commit::Interrupting,
-                Ok(store::CommitOutcome::LeaseLost) => {
-                    tracing::info!("lease lost; the step was not written");
-                    return Commit::Lost;
-                }
-                Err(error) => {
-                    tries += 1;
-                    tracing::warn!(error = format!("{error:#}"), "commit the step; retrying");
-                    if self.sleep_unless_lost(delay).await {
-                        return Commit::Lost;
-                    }
-                    delay = (delay * 2).min(MAX_COMMIT_DELAY);
-                }
-            }
-        }
-        Commit::Lost
-    }
-
-    /// [`TurnContext::commit_outcome`] for ends that cannot meet `Interrupting` (only
-    /// `RequiresAction` can): true while the lease is held.
-    async fn commit(&self, rows: &[NewRow], end: TurnEnd, last_seq: Option<i64>) -> bool {
-        matches!(
-            self.commit_outcome(rows, end, last_seq).await,
-            Commit::Owned | Commit::Interrupting
-        )
-    }
-}
-
-/// Tries of a commit or renewal on database errors (with backoff up to
-/// [`MAX_COMMIT_DELAY`]); together about a minute, past `stale_after`'s default of 30 s, so
-/// a turn gives up only once its lease is surely gone.
-const COMMIT_TRIES: usize = 12;
-const MAX_COMMIT_DELAY: Duration = Duration::from_secs(8);
-/// Immediate re-runs of a commit whose row changed under it (each sees the newer row).
-const MAX_CHANGED_RETRIES: usize = 20;
-
-/// How a commit ended for the turn.
-enum Commit {
-    Owned,
-    /// Nothing was written: a `requires_action` end found the chat `interrupting`.
-    Interrupting,
-    Lost,
+    /// Owner of the tasks a turn leaves behind (titles): the worker stops them with
+    /// `side_stop` and waits for them at shutdown.
+    pub side_tasks: tokio_util::task::TaskTracker,
+    pub side_stop: tokio_util::sync::CancellationToken,
 }
 
 /// Runs one claimed turn to its end. Never panics on bad data; every exit path either
@@ -220,26 +78,49 @@ pub async fn run_turn(deps: TurnDeps, claim: Claim, control: Arc<TurnControl>) {
 }
 
 async fn run_turn_inner(deps: TurnDeps, claim: Claim, control: Arc<TurnControl>) {
-    let prepared = prepare(&deps, &claim).await;
-    let (model, loaded) = match prepared {
+    let Some((turn, loaded)) = start(&deps, &claim, control).await else {
+        return;
+    };
+    let mut steps = Steps::new(&deps, &turn, loaded);
+    for _ in 0..deps.config.max_steps {
+        if let Flow::End = steps.run_one(&deps, &turn).await {
+            return;
+        }
+    }
+    let error = ChatError::new(
+        "max_steps",
+        format!(
+            "the turn reached the limit of {} steps",
+            deps.config.max_steps
+        ),
+    );
+    turn.commit(&[], TurnEnd::Failed(error), Some(steps.stream.last_seq()))
+        .await;
+}
+
+/// Loads the prompt and resolves the model; a turn that cannot start (no usable model, a
+/// crash loop) is ended here through the lease's commit path.
+async fn start(
+    deps: &TurnDeps,
+    claim: &Claim,
+    control: Arc<TurnControl>,
+) -> Option<(TurnContext, LoadedChat)> {
+    let (model, loaded) = match prepare(deps, claim).await {
         Ok(prepared) => prepared,
         Err(error) => {
             let message = error.to_string();
             tracing::warn!(error = %message, "turn cannot start");
-            fail_without_model(&deps, &claim, &message).await;
-            return;
+            let error = ChatError::new("config", message);
+            TurnLease::new(deps, claim, control)
+                .commit(&[], TurnEnd::Failed(error), None)
+                .await;
+            return None;
         }
     };
     let turn = TurnContext {
-        config: deps.config.clone(),
-        pool: deps.pool.clone(),
+        lease: TurnLease::new(deps, claim, control),
         http: deps.http.clone(),
         model,
-        control,
-        flusher: deps.flusher.clone(),
-        chat_id: claim.chat_id,
-        owner_id: claim.owner_id,
-        attempt: AtomicI32::new(claim.attempt),
     };
     if claim.crash_count > deps.config.max_crash_count {
         let error = ChatError::new(
@@ -250,88 +131,61 @@ async fn run_turn_inner(deps: TurnDeps, claim: Claim, control: Arc<TurnControl>)
             ),
         );
         turn.commit(&[], TurnEnd::Failed(error), None).await;
-        return;
+        return None;
     }
-    let toolset = Toolset::new(deps.builtin_tools.to_vec(), loaded.dynamic_tools);
-    let tools = toolset.specs();
-    let mut prompt = loaded.prompt;
-    let mut chain = loaded
-        .last_response
-        .filter(|(_, model_config_id, _)| *model_config_id == Some(turn.model.model_config_id))
-        .map(|(previous_response_id, _, new_from)| ResponseChain {
-            previous_response_id,
-            new_from,
-        });
-    let title_question = loaded.untitled.then(|| last_user_text(&prompt));
-    let mut stream = TurnStream::new(deps.flusher.clone(), claim.chat_id, claim.attempt);
-    for _ in 0..deps.config.max_steps {
+    Some((turn, loaded))
+}
+
+/// Whether the turn goes on after a step.
+enum Flow {
+    Continue,
+    End,
+}
+
+/// The state carried from step to step.
+struct Steps {
+    toolset: Toolset,
+    tools: Vec<crate::provider::ToolSpec>,
+    prompt: Vec<PromptMessage>,
+    /// Continue a provider-side response chain (Responses API) instead of resending history.
+    chain: Option<ResponseChain>,
+    /// The first user message, when the chat still has no title.
+    title_question: Option<String>,
+    stream: TurnStream,
+}
+
+impl Steps {
+    fn new(deps: &TurnDeps, turn: &TurnContext, loaded: LoadedChat) -> Steps {
+        let toolset = Toolset::new(deps.builtin_tools.to_vec(), loaded.dynamic_tools);
+        let chain = loaded
+            .last_response
+            .filter(|(_, model_config_id, _)| *model_config_id == Some(turn.model.model_config_id))
+            .map(|(previous_response_id, _, new_from)| ResponseChain {
+                previous_response_id,
+                new_from,
+            });
+        Steps {
+            tools: toolset.specs(),
+            toolset,
+            title_question: loaded.untitled.then(|| last_user_text(&loaded.prompt)),
+            prompt: loaded.prompt,
+            chain,
+            stream: TurnStream::new(deps.flusher.clone(), turn.chat_id, turn.attempt()),
+        }
+    }
+
+    /// One model step with its tools, committed; the turn's end when it ends here.
+    async fn run_one(&mut self, deps: &TurnDeps, turn: &TurnContext) -> Flow {
         let step_started = Instant::now();
         // Streaming and tools together; expiry fails the turn (not retried).
         let step_deadline = tokio::time::Instant::now() + deps.config.step_timeout;
-        let request = ModelRequest {
-            model: turn.model.model.clone(),
-            messages: std::mem::take(&mut prompt),
-            max_output_tokens: turn.model.max_output_tokens,
-            tools: tools.clone(),
-            chain: chain.take(),
+        let Some(output) = self.model_step(turn, step_started, step_deadline).await else {
+            return Flow::End;
         };
-        let result =
-            tokio::time::timeout_at(step_deadline, step::run_step(&turn, &mut stream, &request))
-                .await
-                .unwrap_or_else(|_| {
-                    StepResult::Failed(step_timeout_error(deps.config.step_timeout))
-                });
-        prompt = request.messages;
-        metrics::counter!("chatd_steps_total").increment(1);
-        let output = match result {
-            StepResult::Done(output) => output,
-            StepResult::Stopped(partial) => {
-                let runtime_ms = step_started.elapsed().as_millis() as i64;
-                stop(&turn, &mut stream, &partial, &[], runtime_ms).await;
-                return;
-            }
-            StepResult::Failed(error) => {
-                fail(&turn, &mut stream, &error).await;
-                return;
-            }
-            StepResult::LeaseLost => return,
-        };
-        let calls: Vec<CallRequest> = output
-            .tool_calls
-            .iter()
-            .map(|call| CallRequest {
-                id: call.id.clone(),
-                name: call.name.clone(),
-                args: call.args.clone(),
-            })
-            .collect();
-        let execution = if calls.is_empty() {
-            None
-        } else {
-            let execution = tokio::time::timeout_at(
-                step_deadline,
-                tool::execute(
-                    &toolset,
-                    &calls,
-                    turn.chat_id,
-                    turn.owner_id,
-                    deps.config.tool_timeout,
-                    &turn.control.token,
-                ),
-            )
-            .await;
-            match execution {
-                Ok(execution) => Some(execution),
-                Err(_) => {
-                    fail(
-                        &turn,
-                        &mut stream,
-                        &step_timeout_error(deps.config.step_timeout),
-                    )
-                    .await;
-                    return;
-                }
-            }
+        let Ok(execution) = run_tools(turn, &self.toolset, &output, step_deadline).await else {
+            let error = step_timeout_error(deps.config.step_timeout);
+            fail(turn, &mut self.stream, &error).await;
+            return Flow::End;
         };
         let runtime_ms = step_started.elapsed().as_millis() as i64;
         let outcomes = execution
@@ -341,8 +195,8 @@ async fn run_turn_inner(deps: TurnDeps, claim: Claim, control: Arc<TurnControl>)
             .as_ref()
             .is_some_and(|execution| execution.interrupted)
         {
-            stop(&turn, &mut stream, &output, outcomes, runtime_ms).await;
-            return;
+            stop(turn, &mut self.stream, &output, outcomes, runtime_ms).await;
+            return Flow::End;
         }
         let built = rows::step_rows(
             &turn.model,
@@ -356,55 +210,41 @@ async fn run_turn_inner(deps: TurnDeps, claim: Claim, control: Arc<TurnControl>)
             .any(|outcome| matches!(outcome, CallOutcome::Pending));
         let end = if pending {
             TurnEnd::RequiresAction(deps.config.action_timeout)
-        } else if calls.is_empty() {
+        } else if output.tool_calls.is_empty() {
             TurnEnd::Done
         } else {
             TurnEnd::Continue
         };
         let continues = matches!(end, TurnEnd::Continue);
-        stream.flush().await;
+        self.stream.flush().await;
         match turn
-            .commit_outcome(&built.rows, end, Some(stream.last_seq()))
+            .commit_outcome(&built.rows, end, Some(self.stream.last_seq()))
             .await
         {
             Commit::Owned => {}
-            Commit::Lost => return,
+            Commit::Lost => return Flow::End,
             Commit::Interrupting => {
                 // Interrupted while the client calls were being stored: the interrupt wins
                 // (the calls get synthetic results, a queued message runs next).
                 turn.control.stop(StopReason::Interrupt);
-                stop(&turn, &mut stream, &output, outcomes, runtime_ms).await;
-                return;
+                stop(turn, &mut self.stream, &output, outcomes, runtime_ms).await;
+                return Flow::End;
             }
         }
         if !continues {
-            if let (false, Some(question)) = (pending, title_question) {
-                let answer = output
-                    .parts
-                    .iter()
-                    .filter_map(|part| match part {
-                        ContentPart::Text { text } => Some(text.as_str()),
-                        _ => None,
-                    })
-                    .collect::<String>();
-                title::spawn(
-                    deps.clone(),
-                    turn.chat_id,
-                    turn.owner_id,
-                    turn.model.clone(),
-                    (question, answer),
-                );
+            if let (false, Some(question)) = (pending, self.title_question.take()) {
+                title::spawn(deps, turn, question, plain_text_of(&output.parts));
             }
-            return;
+            return Flow::End;
         }
-        let seen = prompt.len()
+        let seen = self.prompt.len()
             + built
                 .prompt
                 .iter()
                 .take_while(|message| message.role == Role::Assistant)
                 .count();
-        prompt.extend(built.prompt);
-        chain = output
+        self.prompt.extend(built.prompt);
+        self.chain = output
             .response_id
             .clone()
             .map(|previous_response_id| ResponseChain {
@@ -412,31 +252,129 @@ async fn run_turn_inner(deps: TurnDeps, claim: Claim, control: Arc<TurnControl>)
                 new_from: seen,
             });
         if compaction::should_compact(&turn.model, &output.usage) {
-            let summary = tokio::select! {
-                summary = compaction::summarise(&turn.http, &turn.model, &prompt) => summary,
-                _ = turn.control.token.cancelled() => None,
-            };
-            if let Some(compaction) = summary {
-                if !turn
-                    .commit(&[compaction.row], TurnEnd::Continue, None)
-                    .await
-                {
-                    return;
+            match compact(turn, &self.prompt).await {
+                Compacted::Yes(compacted) => {
+                    self.prompt = compacted;
+                    self.chain = None;
                 }
-                prompt = compaction.prompt;
-                chain = None;
+                Compacted::No => {}
+                Compacted::LeaseLost => return Flow::End,
             }
         }
+        Flow::Continue
     }
-    let error = ChatError::new(
-        "max_steps",
-        format!(
-            "the turn reached the limit of {} steps",
-            deps.config.max_steps
+
+    /// Streams one model answer; `None` when the turn ended in it (stopped, failed, lease
+    /// lost), with that end already handled.
+    async fn model_step(
+        &mut self,
+        turn: &TurnContext,
+        step_started: Instant,
+        step_deadline: tokio::time::Instant,
+    ) -> Option<StepOutput> {
+        let request = ModelRequest {
+            model: turn.model.model.clone(),
+            messages: std::mem::take(&mut self.prompt),
+            max_output_tokens: turn.model.max_output_tokens,
+            tools: self.tools.clone(),
+            chain: self.chain.take(),
+        };
+        let result = tokio::time::timeout_at(
+            step_deadline,
+            step::run_step(turn, &mut self.stream, &request),
+        )
+        .await
+        .unwrap_or_else(|_| StepResult::Failed(step_timeout_error(turn.config.step_timeout)));
+        self.prompt = request.messages;
+        metrics::counter!("chatd_steps_total").increment(1);
+        match result {
+            StepResult::Done(output) => Some(output),
+            StepResult::Stopped(partial) => {
+                let runtime_ms = step_started.elapsed().as_millis() as i64;
+                stop(turn, &mut self.stream, &partial, &[], runtime_ms).await;
+                None
+            }
+            StepResult::Failed(error) => {
+                fail(turn, &mut self.stream, &error).await;
+                None
+            }
+            StepResult::LeaseLost => None,
+        }
+    }
+}
+
+/// Runs the step's tool calls (none: `Ok(None)`), bounded by the step's deadline (`Err` when
+/// it passed).
+async fn run_tools(
+    turn: &TurnContext,
+    toolset: &Toolset,
+    output: &StepOutput,
+    step_deadline: tokio::time::Instant,
+) -> Result<Option<tool::execute::StepExecution>, tokio::time::error::Elapsed> {
+    if output.tool_calls.is_empty() {
+        return Ok(None);
+    }
+    let calls: Vec<CallRequest> = output
+        .tool_calls
+        .iter()
+        .map(|call| CallRequest {
+            id: call.id.clone(),
+            name: call.name.clone(),
+            args: call.args.clone(),
+        })
+        .collect();
+    tokio::time::timeout_at(
+        step_deadline,
+        tool::execute(
+            toolset,
+            &calls,
+            turn.chat_id,
+            turn.owner_id,
+            turn.config.tool_timeout,
+            &turn.control.token,
         ),
-    );
-    turn.commit(&[], TurnEnd::Failed(error), Some(stream.last_seq()))
-        .await;
+    )
+    .await
+    .map(Some)
+}
+
+enum Compacted {
+    /// The summary is stored; the prompt to go on with.
+    Yes(Vec<PromptMessage>),
+    /// No summary (the request failed or the turn was stopped): go on uncompacted.
+    No,
+    LeaseLost,
+}
+
+/// Summarises the history so far and stores the summary (the prompt of later turns starts
+/// there).
+async fn compact(turn: &TurnContext, prompt: &[PromptMessage]) -> Compacted {
+    let summary = tokio::select! {
+        summary = compaction::summarise(&turn.http, &turn.model, prompt) => summary,
+        _ = turn.control.token.cancelled() => None,
+    };
+    let Some(compaction) = summary else {
+        return Compacted::No;
+    };
+    if turn
+        .commit(&[compaction.row], TurnEnd::Continue, None)
+        .await
+    {
+        Compacted::Yes(compaction.prompt)
+    } else {
+        Compacted::LeaseLost
+    }
+}
+
+/// The text parts of a step's output, joined.
+fn plain_text_of(parts: &[ContentPart]) -> String {
+    parts
+        .iter()
+        .filter_map(|part| match part {
+            ContentPart::Text { text } => Some(text.as_str()),
+            _ => None,
+        })
+        .collect()
 }
 
 /// The turn was stopped from outside while streaming or while tools ran. An interrupt keeps
@@ -495,7 +433,7 @@ async fn prepare(
         .get()
         .await
         .map_err(|error| ContextError::Config(format!("database connection: {error}")))?;
-    let loaded = context::load_prompt(&client, claim.chat_id).await?;
+    let loaded = crate::store::turn::load_prompt(&client, claim.chat_id).await?;
     let model = deps
         .models
         .resolve(
@@ -528,28 +466,4 @@ async fn fail(turn: &TurnContext, stream: &mut TurnStream, error: &ProviderError
     stream.flush().await;
     turn.commit(&[], TurnEnd::Failed(error), Some(stream.last_seq()))
         .await;
-}
-
-/// A turn that could not even resolve its model fails with a config error.
-async fn fail_without_model(deps: &TurnDeps, claim: &Claim, message: &str) {
-    let Ok(client) = deps.pool.get().await else {
-        return;
-    };
-    let error = ChatError::new("config", message);
-    if let Ok(store::CommitOutcome::Committed(change)) = store::commit(
-        &client,
-        store::Lease {
-            chat_id: claim.chat_id,
-            worker_id: deps.config.worker_id,
-            attempt: claim.attempt,
-        },
-        &[],
-        &TurnEnd::Failed(error),
-        Uuid::new_v4(),
-        None,
-    )
-    .await
-    {
-        deps.flusher.publish_soon(change.notices());
-    }
 }

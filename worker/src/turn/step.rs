@@ -24,7 +24,7 @@ use crate::store::Renewal;
 
 /// First retry delay; doubles per attempt up to [`MAX_RETRY_DELAY`].
 const FIRST_RETRY_DELAY: Duration = Duration::from_millis(500);
-/// DESIGN.md section 6: backoff is capped at 60 s.
+/// Backoff is capped at 60 s.
 pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(60);
 
 /// A tool call the model made in this step.

@@ -9,12 +9,12 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
-use chatd_shared::domain::{ChatStatus, ContentPart, Role};
+use chatd_shared::domain::{ContentPart, Role};
 use chatd_shared::pubsub::{ChatChange, OwnerEventKind};
 
 use super::context::ModelChoice;
 use super::summary::collect_text;
-use super::TurnDeps;
+use super::{TurnContext, TurnDeps};
 use crate::provider::{ModelRequest, PromptMessage};
 
 /// Longest title kept (characters).
@@ -25,20 +25,24 @@ const QUOTE_CHARS: usize = 2000;
 const TITLE_INSTRUCTION: &str = "Write a short title (at most six words) for the conversation \
 below. Reply with the title only: no quotes, no full stop.";
 
-/// Starts title generation for `chat_id` in the background.
-pub fn spawn(
-    deps: TurnDeps,
-    chat_id: Uuid,
-    owner_id: Uuid,
-    model: ModelChoice,
-    exchange: (String, String),
-) {
+/// Starts title generation for the turn's chat in the background, owned by the worker's
+/// side tasks (`TurnDeps::side_tasks`): shutdown stops it and waits for it before the flusher
+/// stops, so a stored title's hint is still published.
+pub fn spawn(deps: &TurnDeps, turn: &TurnContext, question: String, answer: String) {
     let limit = deps.config.title_timeout;
     if limit.is_zero() {
         return;
     }
-    tokio::spawn(async move {
-        match generate(&deps.http, &model, &exchange, limit).await {
+    let deps = deps.clone();
+    let (chat_id, owner_id, model) = (turn.chat_id, turn.owner_id, turn.model.clone());
+    let stop = deps.side_stop.clone();
+    deps.side_tasks.clone().spawn(async move {
+        let exchange = (question, answer);
+        let title = tokio::select! {
+            title = generate(&deps.http, &model, &exchange, limit) => title,
+            _ = stop.cancelled() => return,
+        };
+        match title {
             Some(title) => {
                 if let Err(error) = store(&deps, chat_id, owner_id, &title).await {
                     tracing::warn!(error = format!("{error:#}"), %chat_id, "store the chat title");
@@ -105,21 +109,12 @@ pub fn clean_title(raw: &str) -> Option<String> {
 
 async fn store(deps: &TurnDeps, chat_id: Uuid, owner_id: Uuid, title: &str) -> anyhow::Result<()> {
     let client = deps.pool.get().await?;
-    let row = client
-        .query_opt(
-            concat!(
-                "UPDATE chats c SET title = $2, ",
-                chatd_shared::bump_chat_version!(),
-                " WHERE c.id = $1 AND c.title = '' RETURNING c.version, c.status, c.attempt"
-            ),
-            &[&chat_id, &title],
-        )
-        .await?;
-    let Some(row) = row else {
+    let Some((version, status, attempt)) =
+        crate::store::turn::set_title(&client, chat_id, title).await?
+    else {
         return Ok(()); // a user titled it meanwhile
     };
-    let status = ChatStatus::parse(row.get(1)).unwrap_or(ChatStatus::Waiting);
-    let change = ChatChange::new(chat_id, owner_id, row.get(0), status, row.get(2))
+    let change = ChatChange::new(chat_id, owner_id, version, status, attempt)
         .with_other()
         .with_owner_event(OwnerEventKind::Title);
     deps.flusher.publish_soon(change.notices());

@@ -1,4 +1,4 @@
-//! Admin routes: `/providers` and `/model-configs` (DESIGN.md section 7, governance).
+//! Admin routes: `/providers` and `/model-configs`.
 //!
 //! Every route needs an admin token (403 `forbidden` otherwise, checked before the body is
 //! read), except the reads of `/model-configs`, which ordinary users need to pick a model

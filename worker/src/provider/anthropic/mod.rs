@@ -2,7 +2,7 @@
 //! and by `chatd mock-llm`.
 //!
 //! The request is sent once; nothing here reconnects or retries, because re-sending a request
-//! bills it again (PROTOCOLS.md). The response body is fed through [`AnthropicStreamParser`].
+//! bills it again. The response body is fed through [`AnthropicStreamParser`].
 //!
 //! Replay of the provider's own blocks: reasoning arrives as [`ProviderEvent::ReasoningDelta`]s
 //! closed by a [`ProviderEvent::ReasoningSignature`], redacted reasoning as

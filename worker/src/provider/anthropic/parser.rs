@@ -22,8 +22,8 @@ use crate::provider::anthropic::wire::{
 };
 use crate::provider::error::{parse_error_body, ApiErrorObject};
 use crate::provider::http::{parse_arguments, ParsedItem, SseProtocol};
-use chatd_shared::sse::{Decoder, SseEvent};
 use crate::provider::{ErrorKind, FinishReason, ProviderError, ProviderEvent, Usage};
+use chatd_shared::sse::{Decoder, SseEvent};
 
 /// Event types whose payload must parse; a malformed one fails the stream instead of being
 /// skipped, since skipping it would silently lose output or the terminal marker.

@@ -1,6 +1,6 @@
 //! Wire types of Anthropic Messages, used by the client and by `chatd mock-llm`.
 //!
-//! Deserialization is lenient on purpose (PROTOCOLS.md): every field defaults, unknown fields
+//! Deserialization is lenient on purpose: every field defaults, unknown fields
 //! are ignored, and unknown event and delta types deserialize to an `Unknown` variant instead of
 //! failing, so a new server feature never breaks a stream. Content blocks are one flat struct
 //! rather than an enum because provider-executed tools add result block types by name

@@ -2,7 +2,7 @@
 //! llama.cpp, Ollama, LiteLLM, OpenRouter and `chatd mock-llm`.
 //!
 //! The request is sent once; nothing here reconnects or retries, because re-sending a request
-//! bills it again (PROTOCOLS.md). The response body is fed through [`ChatStreamParser`].
+//! bills it again. The response body is fed through [`ChatStreamParser`].
 
 pub mod parser;
 pub mod wire;

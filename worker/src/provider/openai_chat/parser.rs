@@ -12,8 +12,8 @@ use std::collections::VecDeque;
 
 use crate::provider::error::{parse_error_body, ApiErrorObject, ProviderError};
 use crate::provider::openai_chat::wire::{ChatChunk, ToolCallFragment, WireUsage};
-use chatd_shared::sse::{Decoder, SseEvent};
 use crate::provider::{ErrorKind, FinishReason, ProviderEvent, Usage};
+use chatd_shared::sse::{Decoder, SseEvent};
 
 pub use crate::provider::http::ParsedItem;
 use crate::provider::http::{parse_arguments, SseProtocol};

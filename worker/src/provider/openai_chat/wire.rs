@@ -221,43 +221,6 @@ pub struct CompletionTokensDetails {
     pub reasoning_tokens: Option<i64>,
 }
 
-/// The non-streaming answer (`"stream": false`); only the mock produces it.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ChatCompletion {
-    pub id: String,
-    pub object: String,
-    pub created: i64,
-    pub model: String,
-    pub choices: Vec<CompletionChoice>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub usage: Option<WireUsage>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct CompletionChoice {
-    pub index: u32,
-    pub message: CompletionMessage,
-    #[serde(default)]
-    pub finish_reason: Option<String>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct CompletionMessage {
-    pub role: String,
-    #[serde(default)]
-    pub content: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reasoning_content: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tool_calls: Option<Vec<RequestToolCall>>,
-}
-
-/// The error body of a failed request: `{"error": {...}}`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ErrorBody {
-    pub error: ApiErrorObject,
-}
-
 /// Treats an explicit `null` like an absent field (servers send `"choices": null`).
 fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
 where

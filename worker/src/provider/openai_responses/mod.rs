@@ -7,7 +7,7 @@
 //! it rejects the chained request before generating anything; [`stream`] then re-sends the
 //! request once with the whole history. That is the only second request made here: it cannot
 //! bill twice, because the first one was refused outright. Everything else about retrying is the
-//! turn loop's decision (PROTOCOLS.md).
+//! turn loop's decision.
 //!
 //! The response body is fed through [`ResponsesStreamParser`].
 

@@ -29,8 +29,8 @@ use crate::provider::http::{parse_arguments, ParsedItem, SseProtocol};
 use crate::provider::openai_responses::wire::{
     IncompleteDetails, OutputItem, ResponseObject, StreamEvent, WireUsage,
 };
-use chatd_shared::sse::{Decoder, SseEvent};
 use crate::provider::{ErrorKind, FinishReason, ProviderEvent, Usage};
+use chatd_shared::sse::{Decoder, SseEvent};
 
 /// The event types this parser acts on; a payload that does not parse is an error only for
 /// these.

@@ -1,0 +1,279 @@
+//! One chat of the run: create it, subscribe, then send its turns one after another and time
+//! what the subscribers see of each.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::timeout_at;
+use tokio_util::sync::CancellationToken;
+
+use super::recorder::{Recorder, TurnSample};
+use super::subscriber::{Observation, ObservationKind, Subscriber};
+use crate::{error_message, ApiClient};
+
+/// Everything one chat task needs.
+pub struct ChatPlan {
+    pub index: usize,
+    /// Creates the chat and receives its messages.
+    pub sender: ApiClient,
+    /// One per subscriber, on the other replica(s) so tokens cross replicas.
+    pub readers: Vec<ApiClient>,
+    pub turns: usize,
+    pub tokens: u64,
+    pub tokens_per_second: f64,
+    /// Bounds each turn (and the chat creation and stream opening before the first).
+    pub turn_timeout: Duration,
+}
+
+/// Why a chat stopped early; `kind` is the error counter it lands in.
+#[derive(Debug)]
+struct Failure {
+    kind: String,
+    detail: String,
+}
+
+impl Failure {
+    fn new(kind: impl Into<String>, detail: impl Into<String>) -> Failure {
+        Failure {
+            kind: kind.into(),
+            detail: detail.into(),
+        }
+    }
+}
+
+/// What one subscriber has seen of the current turn.
+#[derive(Debug, Default, Clone, Copy)]
+struct SubscriberTurn {
+    running_at: Option<Instant>,
+    first_part_at: Option<Instant>,
+    assistant_at: Option<Instant>,
+    /// `status: waiting` arrived after `running` but before the assistant message.
+    waiting_early: bool,
+    /// `status: waiting` arrived after the turn's assistant message.
+    done: bool,
+}
+
+/// Runs the chat to its end or first failure; failures are counted, never returned.
+pub async fn drive_chat(plan: ChatPlan, recorder: Arc<Recorder>) {
+    let index = plan.index;
+    if let Err(failure) = drive(plan, &recorder).await {
+        recorder.error(&failure.kind, &format!("chat #{index}: {}", failure.detail));
+    }
+}
+
+async fn drive(plan: ChatPlan, recorder: &Arc<Recorder>) -> Result<(), Failure> {
+    let chat_id = create_chat(&plan).await?;
+    let (observations_tx, mut observations) = mpsc::unbounded_channel();
+    let stop = CancellationToken::new();
+    let mut subscribers = Vec::with_capacity(plan.readers.len());
+    let mut ready = Vec::with_capacity(plan.readers.len());
+    for (index, client) in plan.readers.iter().enumerate() {
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let subscriber = Subscriber {
+            index,
+            client: client.clone(),
+            chat_id: chat_id.clone(),
+            observations: observations_tx.clone(),
+            ready: ready_tx,
+            stop: stop.clone(),
+        };
+        let recorder = Arc::clone(recorder);
+        subscribers.push(tokio::spawn(async move { subscriber.run(&recorder).await }));
+        ready.push(ready_rx);
+    }
+    drop(observations_tx);
+    let result = async {
+        // Subscribe, then send: every stream is open before the first message.
+        let deadline = Instant::now() + plan.turn_timeout;
+        for ready_rx in ready {
+            match timeout_at(deadline.into(), ready_rx).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(error))) => return Err(Failure::new("stream_open", error)),
+                Ok(Err(_)) => return Err(Failure::new("stream_open", "the subscriber stopped")),
+                Err(_) => return Err(Failure::new("timeout", "open the streams")),
+            }
+        }
+        let mut last_assistant_id = 0;
+        for turn in 1..=plan.turns {
+            run_turn(
+                &plan,
+                &chat_id,
+                turn,
+                &mut observations,
+                &mut last_assistant_id,
+                recorder,
+            )
+            .await?;
+        }
+        Ok(())
+    }
+    .await;
+    stop.cancel();
+    for subscriber in subscribers {
+        // Subscribers stop promptly on cancellation and flush their relay samples.
+        let _ = subscriber.await;
+    }
+    result
+}
+
+async fn create_chat(plan: &ChatPlan) -> Result<String, Failure> {
+    let deadline = Instant::now() + plan.turn_timeout;
+    let (status, body) =
+        match timeout_at(deadline.into(), plan.sender.post("/chats", &json!({}))).await {
+            Err(_) => return Err(Failure::new("timeout", "create the chat")),
+            Ok(Err(error)) => return Err(Failure::new("request", format!("{error:#}"))),
+            Ok(Ok(answer)) => answer,
+        };
+    if status != 201 {
+        return Err(Failure::new(
+            format!("http_{status}"),
+            format!("create the chat: {}", error_message(status, &body)),
+        ));
+    }
+    body["chat"]["id"]
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| {
+            Failure::new(
+                "bad_response",
+                format!("create the chat: no chat id in {body}"),
+            )
+        })
+}
+
+/// Sends one message and waits until every subscriber saw its assistant message followed by
+/// `status: waiting`.
+async fn run_turn(
+    plan: &ChatPlan,
+    chat_id: &str,
+    turn: usize,
+    observations: &mut mpsc::UnboundedReceiver<Observation>,
+    last_assistant_id: &mut i64,
+    recorder: &Recorder,
+) -> Result<(), Failure> {
+    // Whatever arrived since the previous turn ended (titles, queue events) is not this turn's.
+    while observations.try_recv().is_ok() {}
+    let content = format!(
+        "scaletest turn {turn}\n@mock {}",
+        json!({"tokens": plan.tokens, "tokens_per_second": plan.tokens_per_second})
+    );
+    let posted_at = Instant::now();
+    recorder.post_sent(posted_at);
+    let deadline = posted_at + plan.turn_timeout;
+    let path = format!("/chats/{chat_id}/messages");
+    let answer = timeout_at(
+        deadline.into(),
+        plan.sender.post(&path, &json!({"content": content})),
+    )
+    .await;
+    // The turn's reply is the first assistant message newer than this.
+    let reply_after_id = match answer {
+        Err(_) => {
+            return Err(Failure::new(
+                "timeout",
+                format!("turn {turn}: send the message"),
+            ))
+        }
+        Ok(Err(error)) => return Err(Failure::new("request", format!("turn {turn}: {error:#}"))),
+        Ok(Ok((201, body))) => body["message"]["id"].as_i64().ok_or_else(|| {
+            Failure::new(
+                "bad_response",
+                format!("turn {turn}: no message id in {body}"),
+            )
+        })?,
+        Ok(Ok((202, _))) => {
+            // The chat was still busy although it had reported `waiting`: counted, and the
+            // queued message's reply is awaited.
+            recorder.error(
+                "http_202",
+                &format!("chat {chat_id} turn {turn}: message queued"),
+            );
+            *last_assistant_id
+        }
+        Ok(Ok((status, body))) => {
+            return Err(Failure::new(
+                format!("http_{status}"),
+                format!("turn {turn}: {}", error_message(status, &body)),
+            ))
+        }
+    };
+    let mut seen = vec![SubscriberTurn::default(); plan.readers.len()];
+    while !seen.iter().all(|subscriber| subscriber.done) {
+        let observation = match timeout_at(deadline.into(), observations.recv()).await {
+            Err(_) => {
+                return Err(Failure::new(
+                    "timeout",
+                    format!(
+                        "chat {chat_id} turn {turn}: no reply within {:?}",
+                        plan.turn_timeout
+                    ),
+                ))
+            }
+            Ok(None) => return Err(Failure::new("stream_closed", "every subscriber stopped")),
+            Ok(Some(observation)) => observation,
+        };
+        let Some(subscriber) = seen.get_mut(observation.subscriber) else {
+            continue;
+        };
+        let at = observation.received_at;
+        match observation.kind {
+            ObservationKind::Status { status, last_error } => match status.as_str() {
+                "running" => {
+                    subscriber.running_at.get_or_insert(at);
+                }
+                "waiting" if subscriber.assistant_at.is_some() => subscriber.done = true,
+                "waiting" if subscriber.running_at.is_some() => subscriber.waiting_early = true,
+                "error" => {
+                    return Err(Failure::new(
+                        "status_error",
+                        format!(
+                            "chat {chat_id} turn {turn}: {}",
+                            last_error.unwrap_or_else(|| "no details".into())
+                        ),
+                    ))
+                }
+                "requires_action" => {
+                    return Err(Failure::new(
+                        "status_requires_action",
+                        format!("chat {chat_id} turn {turn}"),
+                    ))
+                }
+                _ => {}
+            },
+            ObservationKind::Part => {
+                subscriber.first_part_at.get_or_insert(at);
+            }
+            ObservationKind::Message { role, id } if role == "assistant" && id > reply_after_id => {
+                subscriber.assistant_at.get_or_insert(at);
+                *last_assistant_id = (*last_assistant_id).max(id);
+                if subscriber.waiting_early && !subscriber.done {
+                    // Out of order for a client, but the turn did finish: count it and go on
+                    // rather than wait for a `waiting` that already came.
+                    recorder.error(
+                        "waiting_before_message",
+                        &format!(
+                            "chat {chat_id} turn {turn}: subscriber {}",
+                            observation.subscriber
+                        ),
+                    );
+                    subscriber.done = true;
+                }
+            }
+            ObservationKind::Message { .. } => {}
+        }
+    }
+    let completed_at = Instant::now();
+    let since_post = |at: Instant| at.saturating_duration_since(posted_at).as_secs_f64() * 1000.0;
+    let samples: Vec<TurnSample> = seen
+        .iter()
+        .map(|subscriber| TurnSample {
+            acquire_ms: subscriber.running_at.map(since_post),
+            ttft_ms: subscriber.first_part_at.map(since_post),
+            turn_ms: subscriber.assistant_at.map(since_post).unwrap_or_default(),
+        })
+        .collect();
+    recorder.turn_completed(completed_at, &samples);
+    Ok(())
+}

@@ -1,0 +1,305 @@
+//! The protocol-neutral view of one model request: what the mock's planning needs to know,
+//! whichever wire protocol carried it.
+//!
+//! Each protocol module parses its own request body with lenient serde types (unknown fields and
+//! `null`s are ignored, as real servers do) and flattens the transcript into [`Entry`]s;
+//! [`Conversation::from_entries`] then derives everything from the entries, so the three
+//! protocols cannot drift apart in how they count words or tool rounds.
+//!
+//! **Invariant:** this module does not depend on the provider client's wire types; the mock
+//! checks the clients, so it must not share their parsing mistakes.
+
+pub mod anthropic;
+pub mod chat;
+pub mod responses;
+
+use serde_json::Value;
+
+use crate::reply::count_words;
+
+/// What one request asks of the model.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Conversation {
+    /// The requested model name, echoed in answers; `mock` when the request names none.
+    pub model: String,
+    /// The text of the last user message that is not just tool results; `@mock` directives are
+    /// read from it and the generated reply is seeded by it.
+    pub last_user_text: String,
+    pub ending: Ending,
+    /// Tool calls anywhere in the transcript, so new call ids continue the numbering.
+    pub tool_calls_so_far: usize,
+    /// Assistant steps that called tools since the last user message (a step's parallel calls
+    /// count once).
+    pub tool_rounds_since_user: usize,
+    /// Whitespace-separated words of all text: system prompt, messages and tool results (not
+    /// tool-call arguments, not reasoning). The mock's prompt token count.
+    pub prompt_words: usize,
+    /// Whether the request offered any tool; a model cannot call tools it was not given.
+    pub offers_tools: bool,
+    /// The request's output limit (`max_tokens`, `max_output_tokens`, …).
+    pub max_tokens: Option<u64>,
+}
+
+/// How the transcript ends, which decides the kind of answer.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Ending {
+    /// A user message: answer it (or call the scripted tools).
+    UserMessage,
+    /// Results of tool calls, in request order: quote them (or call the tools again).
+    ToolResults(Vec<ToolResult>),
+    /// Anything else (an assistant prefill, an empty transcript): answer with generated text.
+    #[default]
+    Other,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolResult {
+    /// The name of the call this result answers; the call id when no such call is found.
+    pub name: String,
+    pub content: String,
+}
+
+/// One protocol-neutral piece of a transcript, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Entry {
+    /// A user message (its text parts joined with `\n`).
+    User(String),
+    /// Text that counts as prompt words but is not a user turn: system prompts, instructions,
+    /// text sent next to tool results.
+    Context(String),
+    AssistantText(String),
+    ToolCall {
+        id: String,
+        name: String,
+    },
+    ToolResult {
+        call_id: String,
+        content: String,
+    },
+}
+
+impl Conversation {
+    /// Derives the view from a flattened transcript.
+    pub fn from_entries(
+        model: &str,
+        entries: &[Entry],
+        offers_tools: bool,
+        max_tokens: Option<u64>,
+    ) -> Conversation {
+        let last_user = entries
+            .iter()
+            .rposition(|entry| matches!(entry, Entry::User(_)));
+        let last_user_text = match last_user.and_then(|index| entries.get(index)) {
+            Some(Entry::User(text)) => text.clone(),
+            _ => String::new(),
+        };
+        let since_user = last_user.map_or(0, |index| index + 1);
+        Conversation {
+            model: if model.is_empty() {
+                "mock".to_owned()
+            } else {
+                model.to_owned()
+            },
+            last_user_text,
+            ending: ending_of(entries),
+            tool_calls_so_far: entries
+                .iter()
+                .filter(|entry| matches!(entry, Entry::ToolCall { .. }))
+                .count(),
+            tool_rounds_since_user: tool_rounds(entries.get(since_user..).unwrap_or_default()),
+            prompt_words: entries.iter().map(entry_words).sum(),
+            offers_tools,
+            max_tokens,
+        }
+    }
+}
+
+/// Trailing context entries (a system reminder after the user turn) do not change the ending.
+fn ending_of(entries: &[Entry]) -> Ending {
+    let meaningful: Vec<&Entry> = entries
+        .iter()
+        .filter(|entry| !matches!(entry, Entry::Context(_)))
+        .collect();
+    match meaningful.last() {
+        Some(Entry::User(_)) => Ending::UserMessage,
+        Some(Entry::ToolResult { .. }) => {
+            let trailing = meaningful
+                .iter()
+                .rev()
+                .take_while(|entry| matches!(entry, Entry::ToolResult { .. }))
+                .count();
+            let results = meaningful[meaningful.len() - trailing..]
+                .iter()
+                .filter_map(|entry| match entry {
+                    Entry::ToolResult { call_id, content } => Some(ToolResult {
+                        name: tool_name(entries, call_id),
+                        content: content.clone(),
+                    }),
+                    _ => None,
+                })
+                .collect();
+            Ending::ToolResults(results)
+        }
+        _ => Ending::Other,
+    }
+}
+
+fn tool_name(entries: &[Entry], call_id: &str) -> String {
+    entries
+        .iter()
+        .find_map(|entry| match entry {
+            Entry::ToolCall { id, name } if id == call_id => Some(name.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| call_id.to_owned())
+}
+
+/// Runs of tool calls, each ended by a user message or a tool result; assistant text between
+/// calls of one step does not start a new round.
+fn tool_rounds(entries: &[Entry]) -> usize {
+    let mut rounds = 0;
+    let mut in_round = false;
+    for entry in entries {
+        match entry {
+            Entry::ToolCall { .. } => {
+                if !in_round {
+                    rounds += 1;
+                    in_round = true;
+                }
+            }
+            Entry::AssistantText(_) => {}
+            Entry::User(_) | Entry::Context(_) | Entry::ToolResult { .. } => in_round = false,
+        }
+    }
+    rounds
+}
+
+fn entry_words(entry: &Entry) -> usize {
+    match entry {
+        Entry::User(text) | Entry::Context(text) | Entry::AssistantText(text) => count_words(text),
+        Entry::ToolResult { content, .. } => count_words(content),
+        Entry::ToolCall { .. } => 0,
+    }
+}
+
+/// The text of a message `content` in any of the protocols' shapes: a string, or an array of
+/// parts whose `text` fields are joined with `\n` (other parts, such as images, are skipped).
+pub fn content_text(content: &Value) -> String {
+    match content {
+        Value::String(text) => text.clone(),
+        Value::Array(parts) => {
+            let texts: Vec<&str> = parts
+                .iter()
+                .filter_map(|part| part.get("text").and_then(Value::as_str))
+                .collect();
+            texts.join("\n")
+        }
+        Value::Object(part) => part
+            .get("text")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned(),
+        _ => String::new(),
+    }
+}
+
+/// Whether a `tools` field offers at least one tool.
+pub fn offers_tools(tools: Option<&Value>) -> bool {
+    tools
+        .and_then(Value::as_array)
+        .is_some_and(|tools| !tools.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call(id: &str, name: &str) -> Entry {
+        Entry::ToolCall {
+            id: id.to_owned(),
+            name: name.to_owned(),
+        }
+    }
+
+    fn result(id: &str, content: &str) -> Entry {
+        Entry::ToolResult {
+            call_id: id.to_owned(),
+            content: content.to_owned(),
+        }
+    }
+
+    #[test]
+    fn rounds_results_and_words_are_derived_from_entries() {
+        let entries = vec![
+            Entry::Context("be brief".to_owned()),
+            Entry::User("first question".to_owned()),
+            call("c0", "old"),
+            result("c0", "old result"),
+            Entry::AssistantText("done".to_owned()),
+            Entry::User("second question here".to_owned()),
+            Entry::AssistantText("let me look".to_owned()),
+            call("c1", "read"),
+            call("c2", "sum"),
+            result("c1", "file text"),
+            result("c2", "3"),
+            call("c3", "read"),
+            result("c3", "again"),
+            Entry::Context("reminder".to_owned()),
+        ];
+        let conversation = Conversation::from_entries("", &entries, true, Some(5));
+        assert_eq!(conversation.model, "mock");
+        assert_eq!(conversation.last_user_text, "second question here");
+        assert_eq!(conversation.tool_calls_so_far, 4);
+        assert_eq!(conversation.tool_rounds_since_user, 2);
+        assert_eq!(
+            conversation.prompt_words,
+            2 + 2 + 2 + 1 + 3 + 3 + 2 + 1 + 1 + 1
+        );
+        assert_eq!(
+            conversation.ending,
+            Ending::ToolResults(vec![ToolResult {
+                name: "read".to_owned(),
+                content: "again".to_owned()
+            }])
+        );
+    }
+
+    #[test]
+    fn endings_and_unknown_call_ids() {
+        let user = Conversation::from_entries("m", &[Entry::User("hi".to_owned())], false, None);
+        assert_eq!(user.ending, Ending::UserMessage);
+        assert_eq!(user.tool_rounds_since_user, 0);
+        let prefill = [
+            Entry::User("hi".to_owned()),
+            Entry::AssistantText("Sure".to_owned()),
+        ];
+        assert_eq!(
+            Conversation::from_entries("m", &prefill, false, None).ending,
+            Ending::Other
+        );
+        let orphan = Conversation::from_entries("m", &[result("x9", "r")], false, None);
+        assert_eq!(
+            orphan.ending,
+            Ending::ToolResults(vec![ToolResult {
+                name: "x9".to_owned(),
+                content: "r".to_owned()
+            }])
+        );
+        assert_eq!(orphan.last_user_text, "");
+    }
+
+    #[test]
+    fn content_text_reads_every_shape() {
+        assert_eq!(content_text(&serde_json::json!("plain")), "plain");
+        let parts = serde_json::json!([
+            {"type": "text", "text": "a"},
+            {"type": "image_url", "image_url": {"url": "x"}},
+            {"type": "input_text", "text": "b"}
+        ]);
+        assert_eq!(content_text(&parts), "a\nb");
+        assert_eq!(content_text(&Value::Null), "");
+        assert!(offers_tools(Some(&serde_json::json!([{"name": "t"}]))));
+        assert!(!offers_tools(Some(&serde_json::json!([]))));
+        assert!(!offers_tools(None));
+    }
+}
