@@ -202,3 +202,13 @@ pub async fn stream(
 
 #[cfg(test)]
 mod mock_tests;
+
+/// Treats an explicit `null` like an absent field: compatible servers send `"choices": null`,
+/// `"output": null` and the like where OpenAI omits the field.
+pub(crate) fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + serde::Deserialize<'de>,
+{
+    Ok(<Option<T> as serde::Deserialize>::deserialize(deserializer)?.unwrap_or_default())
+}

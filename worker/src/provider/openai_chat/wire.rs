@@ -135,7 +135,7 @@ pub struct ChatChunk<'a> {
     pub created: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<Cow<'a, str>>,
-    #[serde(default, deserialize_with = "null_as_default")]
+    #[serde(default, deserialize_with = "crate::provider::null_as_default")]
     pub choices: Vec<ChunkChoice<'a>>,
     /// `null` on every chunk but the usage chunk (when `include_usage` was requested).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -148,7 +148,7 @@ pub struct ChatChunk<'a> {
 pub struct ChunkChoice<'a> {
     #[serde(default)]
     pub index: u32,
-    #[serde(default, deserialize_with = "null_as_default")]
+    #[serde(default, deserialize_with = "crate::provider::null_as_default")]
     pub delta: ChunkDelta<'a>,
     /// Serialized as `null` while the answer continues, as OpenAI does.
     #[serde(default)]
@@ -219,13 +219,4 @@ pub struct PromptTokensDetails {
 pub struct CompletionTokensDetails {
     #[serde(default)]
     pub reasoning_tokens: Option<i64>,
-}
-
-/// Treats an explicit `null` like an absent field (servers send `"choices": null`).
-fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
-where
-    D: serde::Deserializer<'de>,
-    T: Default + Deserialize<'de>,
-{
-    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
 }

@@ -194,7 +194,7 @@ pub struct ResponseObject {
     /// Set on `response.incomplete`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub incomplete_details: Option<IncompleteDetails>,
-    #[serde(default, deserialize_with = "null_as_default")]
+    #[serde(default, deserialize_with = "crate::provider::null_as_default")]
     pub output: Vec<OutputItem>,
     /// `null` until the response ends.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -233,15 +233,6 @@ pub struct InputTokensDetails {
 pub struct OutputTokensDetails {
     #[serde(default)]
     pub reasoning_tokens: Option<i64>,
-}
-
-/// Treats an explicit `null` like an absent field.
-fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
-where
-    D: Deserializer<'de>,
-    T: Default + Deserialize<'de>,
-{
-    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
 }
 
 /// `input` is either a string (one user message) or a list of items.
