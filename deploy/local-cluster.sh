@@ -7,7 +7,9 @@
 #   CLUSTER_BIN=target/debug/chatd deploy/local-cluster.sh
 #
 # Environment: CLUSTER_DIR (default .chatd-cluster), API_PORTS (default "8080 8081"),
-# WORKERS (default 2), MOCK_PORT (default 9090), PG_PORT (default 55432),
+# WORKERS (default 2), MOCK_PORT (default 9090), PG_PORT (default 15432: below the ephemeral
+# port range, so the thousands of client connections of a load test cannot be holding it
+# when a cluster starts right after one),
 # PG_STAT_STATEMENTS=1 to enable pg_stat_statements (for B4), WORKER_ARGS (extra worker flags).
 # Worker i serves /metrics on 127.0.0.1:910i.
 set -euo pipefail
@@ -17,7 +19,7 @@ cluster_dir=${CLUSTER_DIR:-.chatd-cluster}
 api_ports=${API_PORTS:-"8080 8081"}
 workers=${WORKERS:-2}
 mock_port=${MOCK_PORT:-9090}
-pg_port=${PG_PORT:-55432}
+pg_port=${PG_PORT:-15432}
 bin=${CLUSTER_BIN:-target/release/chatd}
 
 if [ -z "${CLUSTER_BIN:-}" ]; then
