@@ -55,6 +55,9 @@ pub enum Command {
     Scaletest(chatd_client::scaletest::ScaletestArgs),
     /// Soak the standard cluster under random faults and check the invariants.
     Chaos(crate::chaos::ChaosArgs),
+    /// Print the OpenAPI document of the public API (with the default limits; a running
+    /// replica serves its own at /api/v1/openapi.json).
+    Openapi,
 }
 
 #[derive(Args, Debug)]
@@ -331,6 +334,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             chatd_worker::run(worker_config(args)?, shutdown).await
         }
         Command::Dev(args) => crate::dev::run(args, shutdown_on_signal()).await,
+        Command::Openapi => {
+            let config = chatd_api::ApiConfig::new(String::new());
+            println!("{}", chatd_api::openapi::document(&config));
+            Ok(())
+        }
         Command::Migrate(args) => {
             let applied = chatd_shared::db::migrate::run_url(&args.database_url).await?;
             println!("applied {applied} migration(s)");

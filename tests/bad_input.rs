@@ -420,3 +420,92 @@ fn nonsense_settings_are_refused_naming_the_flag() {
         );
     }
 }
+
+/// Rules the OpenAPI document states, at their edges: lengths count characters, integral
+/// numbers are integers, blank text parts are refused, a body field naming something missing
+/// is a 404 naming it, an empty Last-Event-ID is no cursor; the document itself is public.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_documented_rules_hold_at_their_edges() {
+    let cluster = Cluster::start(1, 1).await;
+    let token = cluster.token.clone();
+    let post_chat = |body: String| {
+        let cluster = &cluster;
+        let token = token.clone();
+        async move {
+            raw(
+                cluster,
+                Method::POST,
+                "/chats",
+                Some(&token),
+                Some(&body),
+                &[],
+            )
+            .await
+        }
+    };
+    let blank_part =
+        json!({"message": [{"type": "text", "text": "hi"}, {"type": "text", "text": " \n"}]});
+    assert_field_error(&post_chat(blank_part.to_string()).await, "message[1].text");
+    assert_field_error(
+        &post_chat(json!({"message": []}).to_string()).await,
+        "message",
+    );
+    let unknown_parent =
+        post_chat(json!({"parent_chat_id": uuid::Uuid::new_v4()}).to_string()).await;
+    assert_eq!(unknown_parent.status, 404, "{}", unknown_parent.body);
+    assert_eq!(
+        unknown_parent.json()["error"]["details"]["field"],
+        "parent_chat_id"
+    );
+    // 200 characters of four bytes each: within `maxLength: 200`.
+    let long_title = "𝄞".repeat(200);
+    let created = post_chat(json!({"title": long_title}).to_string()).await;
+    assert_eq!(created.status, 201, "{}", created.body);
+    let too_long = post_chat(json!({"title": "𝄞".repeat(201)}).to_string()).await;
+    assert_field_error(&too_long, "title");
+
+    let chat_id = created.json()["chat"]["id"].as_str().unwrap().to_string();
+    let chat_path = format!("/chats/{chat_id}");
+    let patch = |body: &'static str| {
+        raw(
+            &cluster,
+            Method::PATCH,
+            &chat_path,
+            Some(&token),
+            Some(body),
+            &[],
+        )
+    };
+    let pinned = patch(r#"{"pin_order": 2.0}"#).await;
+    assert_eq!(pinned.status, 200, "{}", pinned.body);
+    assert_eq!(pinned.json()["chat"]["pin_order"], 2);
+    assert_field_error(&patch(r#"{"pin_order": 2.5}"#).await, "pin_order");
+
+    let stream = cluster
+        .http
+        .get(format!(
+            "{}/api/v1/chats/{chat_id}/stream",
+            cluster.apis[0].url
+        ))
+        .bearer_auth(&token)
+        .header("last-event-id", "")
+        .send()
+        .await
+        .expect("stream");
+    assert_eq!(stream.status(), 200);
+    assert!(stream.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    drop(stream);
+
+    let document = raw(&cluster, Method::GET, "/openapi.json", None, None, &[]).await;
+    assert_eq!(document.status, 200, "{}", document.body);
+    let document = document.json();
+    assert_eq!(document["openapi"], "3.1.0");
+    assert_eq!(document["paths"].as_object().unwrap().len(), 16);
+    assert!(document["info"]["description"]
+        .as_str()
+        .unwrap()
+        .contains("bytes (413)"));
+}

@@ -86,3 +86,62 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         .map_err(|error| ApiError::BadRequest(format!("malformed JSON: {error}")))?;
     Ok(value)
 }
+
+/// An integer field of a request. JSON Schema (and so the OpenAPI document) counts `5.0` as
+/// an integer; serde does not. This accepts any JSON number with no fractional part that
+/// fits `T`, and names the field otherwise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JsonInt<T>(pub T);
+
+impl<'de, T: TryFrom<i64>> serde::Deserialize<'de> for JsonInt<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor<T>(std::marker::PhantomData<T>);
+        impl<T: TryFrom<i64>> serde::de::Visitor<'_> for Visitor<T> {
+            type Value = JsonInt<T>;
+
+            fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+                write!(formatter, "an integer in range")
+            }
+
+            fn visit_i64<E: serde::de::Error>(self, value: i64) -> Result<JsonInt<T>, E> {
+                T::try_from(value)
+                    .map(JsonInt)
+                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Signed(value), &self))
+            }
+
+            fn visit_u64<E: serde::de::Error>(self, value: u64) -> Result<JsonInt<T>, E> {
+                let signed = i64::try_from(value)
+                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Unsigned(value), &self))?;
+                self.visit_i64(signed)
+            }
+
+            fn visit_f64<E: serde::de::Error>(self, value: f64) -> Result<JsonInt<T>, E> {
+                // 2^63 is exactly representable; anything at or past it does not fit i64.
+                if value.fract() == 0.0
+                    && (-9.223_372_036_854_776e18..9.223_372_036_854_776e18).contains(&value)
+                {
+                    self.visit_i64(value as i64)
+                } else {
+                    Err(E::invalid_type(serde::de::Unexpected::Float(value), &self))
+                }
+            }
+        }
+        deserializer.deserialize_any(Visitor(std::marker::PhantomData))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::JsonInt;
+
+    #[test]
+    fn integral_numbers_are_integers() {
+        let parse = |text: &str| serde_json::from_str::<JsonInt<i32>>(text).map(|int| int.0);
+        assert_eq!(parse("5").unwrap(), 5);
+        assert_eq!(parse("-7.0").unwrap(), -7);
+        assert_eq!(parse("1e3").unwrap(), 1000);
+        for bad in ["5.5", "3000000000", "1e300", "\"5\"", "null", "true"] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,6 +1,5 @@
 //! Cursors in URLs and SSE ids. Every parser returns a 400 naming the parameter on bad input.
 
-use base64::Engine;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -24,7 +23,19 @@ impl StreamCursor {
                 format!("{parameter}: expected <message_id>-<attempt>-<seq> (three non-negative integers)"),
             )
         };
-        let mut pieces = text.trim().split('-');
+        // Exactly what the OpenAPI document's pattern says: `[0-9]{1,18}-[0-9]{1,9}-[0-9]{1,18}`.
+        let digits = |piece: &str, max: usize| {
+            !piece.is_empty() && piece.len() <= max && piece.bytes().all(|b| b.is_ascii_digit())
+        };
+        let shape: Vec<&str> = text.split('-').collect();
+        if shape.len() != 3
+            || !digits(shape[0], 18)
+            || !digits(shape[1], 9)
+            || !digits(shape[2], 18)
+        {
+            return Err(bad());
+        }
+        let mut pieces = text.split('-');
         let message_id = pieces
             .next()
             .ok_or_else(bad)?
@@ -55,10 +66,11 @@ impl StreamCursor {
     }
 }
 
-/// `after` cursor of `GET /chats`: base64url of `<created_at µs>_<id>`.
+/// `after` cursor of `GET /chats`: `<created_at µs since the epoch>_<id>`, the pattern
+/// `[0-9]{1,16}_<uuid>` (clients pass `next` back as it is).
 pub fn encode_chat_cursor(created_at: OffsetDateTime, id: Uuid) -> String {
-    let micros = created_at.unix_timestamp_nanos() / 1000;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{micros}_{id}"))
+    let micros = (created_at.unix_timestamp_nanos() / 1000).max(0);
+    format!("{micros}_{}", id.hyphenated())
 }
 
 pub fn decode_chat_cursor(text: &str) -> Result<ChatListCursor, ApiError> {
@@ -68,11 +80,14 @@ pub fn decode_chat_cursor(text: &str) -> Result<ChatListCursor, ApiError> {
             "after: malformed cursor (use `next` from a previous page)",
         )
     };
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(text)
-        .map_err(|_| bad())?;
-    let text = String::from_utf8(bytes).map_err(|_| bad())?;
     let (micros, id) = text.split_once('_').ok_or_else(bad)?;
+    if micros.is_empty() || micros.len() > 16 || !micros.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    // Hyphenated only (36 characters), as the document's pattern says.
+    if id.len() != 36 {
+        return Err(bad());
+    }
     let micros: i128 = micros.parse().map_err(|_| bad())?;
     let created_at = OffsetDateTime::from_unix_timestamp_nanos(micros * 1000).map_err(|_| bad())?;
     let id = Uuid::parse_str(id).map_err(|_| bad())?;
@@ -149,6 +164,9 @@ mod tests {
             "-1-2-3",
             "1--2-3",
             "99999999999999999999-1-1",
+            "+1-2-3",
+            " 1-2-3",
+            "1-1234567890-3",
         ] {
             assert!(StreamCursor::parse(bad, "cursor").is_err(), "{bad}");
         }
@@ -160,7 +178,14 @@ mod tests {
         let id = Uuid::new_v4();
         let decoded = decode_chat_cursor(&encode_chat_cursor(now, id)).unwrap();
         assert_eq!((decoded.created_at, decoded.id), (now, id));
-        for bad in ["", "!!", "bm9wZQ", "MTIzX25vdC1hLXV1aWQ"] {
+        for bad in [
+            "",
+            "!!",
+            "123_not-a-uuid",
+            "+1_67e55044-10b1-426f-9247-bb680e5fe0c8",
+            "1_67e5504410b1426f9247bb680e5fe0c8",
+            "12345678901234567_67e55044-10b1-426f-9247-bb680e5fe0c8",
+        ] {
             assert!(decode_chat_cursor(bad).is_err(), "{bad}");
         }
     }

@@ -1,15 +1,23 @@
 //! The public wire format (JSON DTOs). Domain rows from `chatd-shared` are converted here;
 //! nothing else in the system knows these shapes.
 
-use serde::{Deserialize, Serialize};
+#[allow(unused_imports)] // named by `value_type` below
+use std::collections::HashMap;
+
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 use time::OffsetDateTime;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use chatd_shared::db::rows::{ChatRow, MessageRow, QueuedRow};
-use chatd_shared::domain::{ChatStatus, ContentPart};
+use chatd_shared::domain::ChatStatus;
+#[allow(unused_imports)] // named by `value_type` in the schemas below
+use chatd_shared::domain::{ChatError, ContentPart, Role};
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+use crate::openapi::schemas;
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Chat {
     pub id: Uuid,
     pub title: String,
@@ -17,9 +25,14 @@ pub struct Chat {
     pub owner_id: Uuid,
     pub parent_chat_id: Option<Uuid>,
     pub model_config_id: Option<Uuid>,
+    /// Label values are free-form strings.
+    #[schema(value_type = HashMap<String, String>)]
     pub labels: Value,
     pub archived: bool,
+    /// 0: not pinned.
     pub pin_order: i32,
+    /// Why the last turn failed (status `error`), else `null`.
+    #[schema(value_type = Option<ChatError>)]
     pub last_error: Option<Value>,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
@@ -46,7 +59,7 @@ impl From<&ChatRow> for Chat {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Usage {
     pub input_tokens: i64,
     pub output_tokens: i64,
@@ -55,11 +68,13 @@ pub struct Usage {
     pub cache_write_tokens: i64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Message {
     pub id: i64,
     pub chat_id: Uuid,
+    #[schema(value_type = Role)]
     pub role: String,
+    #[schema(value_type = Vec<ContentPart>)]
     pub content: Value,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
@@ -120,10 +135,11 @@ fn decode_content(content: &Value) -> Value {
     )
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct QueuedMessage {
     pub id: i64,
     pub chat_id: Uuid,
+    #[schema(value_type = Vec<ContentPart>)]
     pub content: Value,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
@@ -140,35 +156,107 @@ impl From<&QueuedRow> for QueuedMessage {
     }
 }
 
-/// `message` / `content` in requests: a plain string or an array of content parts.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
+/// One part of a user message: what users may send (`text`, `file`, `source`).
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum UserPart {
+    Text {
+        /// Must contain a non-whitespace character; no NUL.
+        #[schema(
+            max_length = 524288,
+            pattern = r"^[^\u0000]*[^\u0000\t-\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\u0000]*$"
+        )]
+        text: String,
+    },
+    File {
+        #[schema(max_length = 524288, pattern = r"^[^\u0000]*$")]
+        media_type: String,
+        #[schema(max_length = 524288, pattern = r"^[^\u0000]*$")]
+        file_id: Option<String>,
+        #[schema(max_length = 524288, pattern = r"^[^\u0000]*$")]
+        data: Option<String>,
+    },
+    Source {
+        #[schema(max_length = 524288, pattern = r"^[^\u0000]*$")]
+        url: String,
+        #[schema(max_length = 524288, pattern = r"^[^\u0000]*$")]
+        title: Option<String>,
+    },
+}
+
+impl From<UserPart> for ContentPart {
+    fn from(part: UserPart) -> ContentPart {
+        match part {
+            UserPart::Text { text } => ContentPart::Text { text },
+            UserPart::File {
+                media_type,
+                file_id,
+                data,
+            } => ContentPart::File {
+                media_type,
+                file_id,
+                data,
+            },
+            UserPart::Source { url, title } => ContentPart::Source { url, title },
+        }
+    }
+}
+
+/// `message` / `content` in requests: a plain string or an array of user parts.
+/// Its schema is written by hand (`openapi::schemas`): a string or 1 to 100 parts.
+#[derive(Debug, Clone)]
 pub enum MessageInput {
     Text(String),
-    Parts(Vec<ContentPart>),
+    Parts(Vec<UserPart>),
+}
+
+impl<'de> Deserialize<'de> for MessageInput {
+    /// By hand, so a bad part is named (`[1].type: unknown variant …`) instead of "did not
+    /// match any variant".
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<MessageInput, D::Error> {
+        use serde::de::Error;
+        match Value::deserialize(deserializer)? {
+            Value::String(text) => Ok(MessageInput::Text(text)),
+            parts @ Value::Array(_) => serde_path_to_error::deserialize(parts)
+                .map(MessageInput::Parts)
+                .map_err(|error| D::Error::custom(format!("{}: {}", error.path(), error.inner()))),
+            _ => Err(D::Error::custom(
+                "expected a string or an array of content parts",
+            )),
+        }
+    }
 }
 
 pub use chatd_shared::domain::DynamicTool;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateChatRequest {
+    /// The first message; without it the chat waits.
     pub message: Option<MessageInput>,
+    /// Default: the default model config. Unknown or unusable: 404.
     pub model_config_id: Option<Uuid>,
+    #[schema(max_length = 65536, pattern = r"^[^\u0000]*$")]
     pub system_prompt: Option<String>,
+    #[schema(schema_with = schemas::labels_or_null)]
     pub labels: Option<serde_json::Map<String, Value>>,
+    /// Client-executed tools, names unique.
+    #[schema(max_items = 128)]
     pub dynamic_tools: Option<Vec<DynamicTool>>,
+    /// One of the caller's chats (else 404).
     pub parent_chat_id: Option<Uuid>,
+    #[schema(max_length = 200, pattern = r"^[^\u0000]*$")]
     pub title: Option<String>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct CreateChatResponse {
     pub chat: Chat,
     pub message: Option<Message>,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+/// What a message sent to a busy chat does: wait in the queue, or interrupt the turn.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum BusyBehavior {
     #[default]
@@ -176,32 +264,37 @@ pub enum BusyBehavior {
     Interrupt,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SendMessageRequest {
     pub content: MessageInput,
     #[serde(default)]
     pub busy_behavior: BusyBehavior,
+    /// Run this and later turns on another model config (unknown or unusable: 404).
     pub model_config_id: Option<Uuid>,
 }
 
-#[derive(Debug, Deserialize)]
+/// Absent or `null` fields are unchanged.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PatchChatRequest {
+    #[schema(max_length = 200, pattern = r"^[^\u0000]*$")]
     pub title: Option<String>,
+    #[schema(schema_with = schemas::labels_or_null)]
     pub labels: Option<serde_json::Map<String, Value>>,
     pub archived: Option<bool>,
-    pub pin_order: Option<i32>,
+    #[schema(value_type = Option<i32>)]
+    pub pin_order: Option<crate::body::JsonInt<i32>>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ChatList {
     pub items: Vec<Chat>,
     pub has_more: bool,
     pub next: Option<String>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct MessageList {
     pub items: Vec<Message>,
     pub has_more: bool,
@@ -211,7 +304,23 @@ pub struct MessageList {
     pub queued: Option<Vec<QueuedMessage>>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ChatResponse {
     pub chat: Chat,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct MessageResponse {
+    pub message: Message,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct QueuedResponse {
+    pub queued_message: QueuedMessage,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct DeletedResponse {
+    /// The id of the queued message removed.
+    pub deleted: i64,
 }

@@ -5,7 +5,50 @@
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde_json::{json, Value};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// Every error response: `{"error": {code, message, details}}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorObject,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorObject {
+    pub code: ErrorCode,
+    /// For people; 5xx messages never carry internal details.
+    pub message: String,
+    pub details: ErrorDetails,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    Validation,
+    BadRequest,
+    Unauthorized,
+    Forbidden,
+    NotFound,
+    Conflict,
+    PayloadTooLarge,
+    RateLimited,
+    Unavailable,
+    Internal,
+}
+
+/// What a client can act on: the field refused (`validation`, and `not_found` for a field
+/// naming something missing), the body limit, the wait before retrying.
+#[derive(Debug, Default, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)] // `additionalProperties: false` in the document
+pub struct ErrorDetails {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit_bytes: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_after_s: Option<u64>,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -21,6 +64,10 @@ pub enum ApiError {
     /// 404. The same body for "does not exist" and "not yours" (never leak existence).
     #[error("{0} not found")]
     NotFound(&'static str),
+    /// 404 for a field that names something that does not exist (or is not the caller's):
+    /// an unknown `model_config_id`, `parent_chat_id`, `provider_id`.
+    #[error("{message}")]
+    MissingReference { field: String, message: String },
     /// 409 state conflict.
     #[error("{0}")]
     Conflict(String),
@@ -50,6 +97,10 @@ impl From<chatd_shared::db::models::StoreError> for ApiError {
         match error {
             StoreError::NotFound(what) => ApiError::NotFound(what),
             StoreError::Field(field) => field.into(),
+            StoreError::MissingReference(field) => ApiError::MissingReference {
+                field: field.field,
+                message: field.message,
+            },
             StoreError::Conflict(message) => ApiError::Conflict(message),
             StoreError::Database(error) => error.into(),
         }
@@ -69,7 +120,7 @@ impl ApiError {
             ApiError::Validation { .. } | ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden => StatusCode::FORBIDDEN,
-            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::NotFound(_) | ApiError::MissingReference { .. } => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -78,18 +129,18 @@ impl ApiError {
         }
     }
 
-    fn code(&self) -> &'static str {
+    fn code(&self) -> ErrorCode {
         match self {
-            ApiError::Validation { .. } => "validation",
-            ApiError::BadRequest(_) => "bad_request",
-            ApiError::Unauthorized => "unauthorized",
-            ApiError::Forbidden => "forbidden",
-            ApiError::NotFound(_) => "not_found",
-            ApiError::Conflict(_) => "conflict",
-            ApiError::PayloadTooLarge { .. } => "payload_too_large",
-            ApiError::TooManyRequests { .. } => "rate_limited",
-            ApiError::Unavailable(_) => "unavailable",
-            ApiError::Internal(_) => "internal",
+            ApiError::Validation { .. } => ErrorCode::Validation,
+            ApiError::BadRequest(_) => ErrorCode::BadRequest,
+            ApiError::Unauthorized => ErrorCode::Unauthorized,
+            ApiError::Forbidden => ErrorCode::Forbidden,
+            ApiError::NotFound(_) | ApiError::MissingReference { .. } => ErrorCode::NotFound,
+            ApiError::Conflict(_) => ErrorCode::Conflict,
+            ApiError::PayloadTooLarge { .. } => ErrorCode::PayloadTooLarge,
+            ApiError::TooManyRequests { .. } => ErrorCode::RateLimited,
+            ApiError::Unavailable(_) => ErrorCode::Unavailable,
+            ApiError::Internal(_) => ErrorCode::Internal,
         }
     }
 }
@@ -109,13 +160,22 @@ impl From<deadpool_postgres::PoolError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        let details: Value = match &self {
-            ApiError::Validation { field, .. } => json!({ "field": field }),
-            ApiError::PayloadTooLarge { limit } => json!({ "limit_bytes": limit }),
-            ApiError::TooManyRequests { retry_after_s, .. } => {
-                json!({ "retry_after_s": retry_after_s })
+        let details = match &self {
+            ApiError::Validation { field, .. } | ApiError::MissingReference { field, .. } => {
+                ErrorDetails {
+                    field: Some(field.clone()),
+                    ..ErrorDetails::default()
+                }
             }
-            _ => json!({}),
+            ApiError::PayloadTooLarge { limit } => ErrorDetails {
+                limit_bytes: Some(*limit),
+                ..ErrorDetails::default()
+            },
+            ApiError::TooManyRequests { retry_after_s, .. } => ErrorDetails {
+                retry_after_s: Some(*retry_after_s),
+                ..ErrorDetails::default()
+            },
+            _ => ErrorDetails::default(),
         };
         let message = match &self {
             ApiError::Internal(error) => {
@@ -128,7 +188,13 @@ impl IntoResponse for ApiError {
             }
             other => other.to_string(),
         };
-        let body = json!({"error": {"code": self.code(), "message": message, "details": details}});
+        let body = ErrorBody {
+            error: ErrorObject {
+                code: self.code(),
+                message,
+                details,
+            },
+        };
         let mut response = (status, axum::Json(body)).into_response();
         if let ApiError::TooManyRequests { retry_after_s, .. } = self {
             if let Ok(value) = HeaderValue::from_str(&retry_after_s.to_string()) {

@@ -10,6 +10,7 @@ pub mod cursor;
 pub mod dto;
 pub mod error;
 pub mod hub;
+pub mod openapi;
 pub mod routes;
 pub mod state;
 pub mod store;

@@ -6,6 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 /// `chats.status`. The state machine is in ARCHITECTURE.md, "State machine and fencing".
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ChatStatus {
@@ -54,6 +55,7 @@ impl ChatStatus {
 }
 
 /// `chat_messages.role`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
@@ -86,6 +88,7 @@ impl Role {
 
 /// One part of a message's content. The storage format of `chat_messages.content` is a JSON
 /// array of these.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum ContentPart {
@@ -171,6 +174,7 @@ pub fn plain_text(parts: &[ContentPart]) -> String {
 }
 
 /// Provider kinds known to `providers.kind`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ProviderKind {
@@ -205,6 +209,7 @@ impl ProviderKind {
 }
 
 /// A tool call that still waits for its result.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PendingToolCall {
     pub tool_call_id: String,
@@ -339,14 +344,24 @@ pub fn decode_parts(parts: &mut [ContentPart]) {
 
 /// A client-executed tool declared at chat creation: the request shape of `dynamic_tools` and
 /// the storage shape of `chats.dynamic_tools` (a JSON array of these), read by the worker.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DynamicTool {
+    /// 1 to 64 characters of `[A-Za-z0-9_-]`, unique within the chat.
+    #[cfg_attr(feature = "openapi", schema(pattern = r"^[A-Za-z0-9_-]{1,64}(?!\n)$"))]
     pub name: String,
+    /// At most 16,384 characters, no NUL.
     #[serde(default)]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(max_length = 16384, pattern = r"^[^\u0000]*$")
+    )]
     pub description: String,
-    /// JSON Schema of the arguments (default: any object).
+    /// JSON Schema of the arguments (default: any object). Free-form; its strings must not
+    /// contain NUL.
     #[serde(default = "object_schema")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub schema: serde_json::Value,
     /// "Must run alone": a step mixing it with other calls runs nothing and every call gets a
     /// policy error the model can read.
@@ -365,6 +380,7 @@ pub const MAX_ERROR_MESSAGE_BYTES: usize = 2048;
 /// Why a turn failed: `chats.last_error` and the data of the `error` stream event. One shape for
 /// every failure — provider errors, timeouts, configuration, crash loops, the step limit,
 /// client tool deadlines.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChatError {
     /// `overloaded`, `rate_limit`, `timeout`, `startup_timeout`, `auth`, `config`,

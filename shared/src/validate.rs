@@ -19,12 +19,43 @@ impl FieldError {
     }
 }
 
-/// Longest accepted `base_url`.
-pub const MAX_BASE_URL_BYTES: usize = 2048;
-/// Longest accepted provider API key.
-pub const MAX_API_KEY_BYTES: usize = 4096;
-/// Longest accepted `model` / `display_name`.
-pub const MAX_NAME_BYTES: usize = 200;
+/// Longest accepted `base_url` (characters).
+pub const MAX_BASE_URL_CHARS: usize = 2048;
+/// Longest accepted provider API key (characters).
+pub const MAX_API_KEY_CHARS: usize = 4096;
+/// Longest accepted `model` / `display_name` (characters).
+pub const MAX_NAME_CHARS: usize = 200;
+
+/// Whether `text` has more than `max` characters (Unicode scalar values, as JSON Schema's
+/// `maxLength` counts them, so the OpenAPI document can state every limit exactly).
+pub fn longer_than(text: &str, max: usize) -> bool {
+    text.len() > max && text.chars().count() > max
+}
+
+/// The grammar of a base URL: `http(s)://`, a host name (labels of letters, digits and
+/// hyphens, not `xn--`, the last starting with a letter) or a dotted IPv4 address, an optional port 1–65535, a path of unreserved,
+/// sub-delimiter, `:` `@` characters and `%XX` escapes. `for_document` adds what Python's
+/// regular expressions (the fuzzer's) need to read it exactly as Rust's do: no `xn--` label
+/// (a lookahead; Rust checks it separately) and no `$` match before a final newline.
+pub fn base_url_pattern(for_document: bool) -> String {
+    let no_punycode = if for_document { "(?![Xx][Nn]--)" } else { "" };
+    // Any label may start with a digit but the last (a numeric last label makes the host an
+    // IPv4 address to URL parsers).
+    let label = format!("{no_punycode}[A-Za-z0-9](?:[A-Za-z0-9-]{{0,61}}[A-Za-z0-9])?");
+    let last = format!("{no_punycode}[A-Za-z](?:[A-Za-z0-9-]{{0,61}}[A-Za-z0-9])?");
+    let octet = "(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])";
+    let port =
+        "(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3})";
+    let segment = "(?:[A-Za-z0-9._~!$&'()*+,;=:@-]|%[0-9A-Fa-f]{2})*";
+    let end = if for_document { r"(?!\n)$" } else { "$" };
+    format!(
+        "^https?://(?:(?:{label}\\.)*{last}|{octet}(?:\\.{octet}){{3}})(?::{port})?(?:/{segment})*{end}"
+    )
+}
+
+static BASE_URL: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+    regex::Regex::new(&base_url_pattern(false)).expect("the base URL pattern compiles")
+});
 
 /// A provider base URL: absolute `http`/`https` with a host, no credentials, query or
 /// fragment (the worker appends paths such as `/chat/completions` to it), no whitespace or
@@ -34,8 +65,8 @@ pub const MAX_NAME_BYTES: usize = 200;
 /// and self-hosted models (and the mock LLM) live there.
 pub fn base_url(text: &str) -> Result<String, FieldError> {
     let bad = |reason: &str| FieldError::new("base_url", format!("base_url: {reason}"));
-    if text.len() > MAX_BASE_URL_BYTES {
-        return Err(bad(&format!("longer than {MAX_BASE_URL_BYTES} bytes")));
+    if longer_than(text, MAX_BASE_URL_CHARS) {
+        return Err(bad(&format!("longer than {MAX_BASE_URL_CHARS} characters")));
     }
     if text.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(bad("must not contain whitespace or control characters"));
@@ -56,16 +87,27 @@ pub fn base_url(text: &str) -> Result<String, FieldError> {
     if url.query().is_some() || url.fragment().is_some() {
         return Err(bad("must not have a query or fragment"));
     }
+    let punycode = url.host_str().is_some_and(|host| {
+        host.split('.')
+            .any(|label| label.to_ascii_lowercase().starts_with("xn--"))
+    });
+    if !BASE_URL.is_match(text) || punycode {
+        return Err(bad(
+            "expected http(s)://host[:port][/path] with a host name (labels starting with a \
+             letter, no xn--) or an IPv4 address, and only unreserved characters or %XX \
+             escapes in the path (see base_url_pattern)",
+        ));
+    }
     Ok(text.trim_end_matches('/').to_string())
 }
 
-/// A short name (`model`, `display_name`): at most `MAX_NAME_BYTES`, no control characters;
+/// A short name (`model`, `display_name`): at most `MAX_NAME_CHARS`, no control characters;
 /// `required` names must not be blank.
 pub fn name(text: &str, field: &str, required: bool) -> Result<String, FieldError> {
-    if text.len() > MAX_NAME_BYTES {
+    if longer_than(text, MAX_NAME_CHARS) {
         return Err(FieldError::new(
             field,
-            format!("{field}: longer than {MAX_NAME_BYTES} bytes"),
+            format!("{field}: longer than {MAX_NAME_CHARS} characters"),
         ));
     }
     if text.chars().any(char::is_control) {
@@ -84,15 +126,15 @@ pub fn name(text: &str, field: &str, required: bool) -> Result<String, FieldErro
     Ok(trimmed.to_string())
 }
 
-/// A provider API key: not blank, at most `MAX_API_KEY_BYTES`, no whitespace or control
+/// A provider API key: not blank, at most `MAX_API_KEY_CHARS`, no whitespace or control
 /// characters (it travels in an HTTP header). The message never echoes the key.
 pub fn api_key(text: &str) -> Result<&str, FieldError> {
     let bad = |reason: &str| FieldError::new("api_key", format!("api_key: {reason}"));
     if text.is_empty() {
         return Err(bad("must not be empty (use null to remove the key)"));
     }
-    if text.len() > MAX_API_KEY_BYTES {
-        return Err(bad(&format!("longer than {MAX_API_KEY_BYTES} bytes")));
+    if longer_than(text, MAX_API_KEY_CHARS) {
+        return Err(bad(&format!("longer than {MAX_API_KEY_CHARS} characters")));
     }
     if text.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(bad("must not contain whitespace or control characters"));
@@ -120,6 +162,38 @@ pub fn range<T: PartialOrd + std::fmt::Display>(
 mod tests {
     use super::*;
 
+    #[test]
+    fn the_base_url_grammar_is_what_the_server_accepts() {
+        for good in [
+            "http://127.0.0.1:9090/v1",
+            "http://mock-llm:8080",
+            "https://api.openai.com/v1/",
+            "http://a.b/x%20y/*",
+            "http://1password.example",
+        ] {
+            assert!(base_url(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "http://[::1]:80/v1",
+            "http://xn--nxasmq6b.com",
+            "HTTP://x.example",
+            "http://256.1.1.1",
+            "http://x.example:0",
+            "http://x.example/a%zz",
+            "http://abc.1example",
+        ] {
+            assert!(base_url(bad).is_err(), "{bad}");
+        }
+        // The document's form differs only by lookaheads Rust's engine does not need.
+        let document = base_url_pattern(true);
+        assert_eq!(
+            document
+                .replace("(?![Xx][Nn]--)", "")
+                .replace(r"(?!\n)", ""),
+            base_url_pattern(false)
+        );
+    }
+
     fn field_of(result: Result<String, FieldError>) -> String {
         match result {
             Err(FieldError { field, .. }) => field,
@@ -137,7 +211,7 @@ mod tests {
             base_url("http://127.0.0.1:9090/v1").unwrap(),
             "http://127.0.0.1:9090/v1"
         );
-        let too_long = format!("https://x.example/{}", "a".repeat(MAX_BASE_URL_BYTES));
+        let too_long = format!("https://x.example/{}", "a".repeat(MAX_BASE_URL_CHARS));
         for bad in [
             "",
             "api.openai.com/v1",

@@ -5,7 +5,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::setup::{assert_field_error, idle_chat, send, settled, Setup};
+use crate::setup::{assert_field_error, assert_missing_reference, idle_chat, send, settled, Setup};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn model_configs_validate_input_and_keep_exactly_one_default() {
@@ -46,7 +46,7 @@ async fn model_configs_validate_input_and_keep_exactly_one_default() {
         &post(format!(r#"{{"provider_id": "{provider}", "model": "  "}}"#)).await,
         "model",
     );
-    assert_field_error(
+    assert_missing_reference(
         &post(format!(
             r#"{{"provider_id": "{unknown_provider}", "model": "m"}}"#
         ))
@@ -128,7 +128,23 @@ async fn model_configs_validate_input_and_keep_exactly_one_default() {
             Some(r#"{"enabled": false}"#),
         )
         .await;
-    assert_field_error(&disable_default, "enabled");
+    // A conflict with the stored config (409); asking for both at once is malformed (400).
+    assert_eq!(disable_default.status, 409, "{}", disable_default.body);
+    assert!(
+        disable_default.body.contains("enabled"),
+        "{}",
+        disable_default.body
+    );
+    let contradictory = setup
+        .call(
+            1,
+            Method::PATCH,
+            &format!("/model-configs/{default}"),
+            Some(&setup.admin),
+            Some(r#"{"enabled": false, "is_default": true}"#),
+        )
+        .await;
+    assert_field_error(&contradictory, "enabled");
 
     // What ordinary users see: usable configs only, public fields only.
     let disabled = setup
@@ -358,7 +374,7 @@ async fn a_config_of_a_disabled_provider_is_not_usable_anywhere() {
     let create = setup
         .user(Method::POST, "/chats", json!({"model_config_id": model}))
         .await;
-    assert_field_error(&create, "model_config_id");
+    assert_missing_reference(&create, "model_config_id");
     let sent = setup
         .user(
             Method::POST,
@@ -366,7 +382,7 @@ async fn a_config_of_a_disabled_provider_is_not_usable_anywhere() {
             json!({"content": "hi", "model_config_id": model}),
         )
         .await;
-    assert_field_error(&sent, "model_config_id");
+    assert_missing_reference(&sent, "model_config_id");
     let listed = setup.user(Method::GET, "/model-configs", Value::Null).await;
     assert_eq!(listed.status, 200, "{}", listed.body);
     let ids: Vec<String> = listed.json()["items"]

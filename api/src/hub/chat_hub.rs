@@ -323,7 +323,9 @@ impl ChatHubTask {
         }
         let client = self.pool.get().await?;
         let pending = chatd_shared::db::tool_calls::load_pending(&**client, self.chat_id).await?;
-        let data = serde_json::json!({"tool_calls": pending}).to_string();
+        let data = serde_json::to_string(&crate::openapi::events::ActionRequiredEvent {
+            tool_calls: pending,
+        })?;
         self.broadcast(HubEvent::ActionRequired {
             version,
             data: Arc::from(data.as_str()),

@@ -17,6 +17,9 @@ use crate::state::AppState;
 use crate::store::chats::{self as store, ChatPatch, NewChat};
 use crate::store::content;
 
+#[utoipa::path(post, path = "/chats", operation_id = "createChat", tag = "chats",
+    request_body = CreateChatRequest,
+    responses((status = 201, description = "Created; `pending` with a message, else `waiting`", body = CreateChatResponse)))]
 pub async fn create(
     State(state): State<AppState>,
     user: CurrentUser,
@@ -105,6 +108,16 @@ pub async fn create(
     ))
 }
 
+#[utoipa::path(get, path = "/chats", operation_id = "listChats", tag = "chats",
+    params(
+        ("archived" = Option<bool>, Query, description = "Archived chats instead of the others (default false)"),
+        ("label" = Option<Vec<String>>, Query, explode, pattern = r"^[^\u0000:]*:[^\u0000]*$",
+            description = "`key:value`; repeat to require several labels"),
+        ("after" = Option<String>, Query, pattern = r"^[0-9]{1,16}_[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$",
+            description = "`next` of the previous page"),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 100, description = "Default 50"),
+    ),
+    responses((status = 200, description = "The caller's chats, newest first", body = ChatList)))]
 pub async fn list(
     State(state): State<AppState>,
     user: CurrentUser,
@@ -169,6 +182,9 @@ pub async fn list(
     ))
 }
 
+#[utoipa::path(get, path = "/chats/{chat_id}", operation_id = "getChat", tag = "chats",
+    params(("chat_id" = Uuid, Path, description = "A chat of the caller")),
+    responses((status = 200, description = "The chat", body = ChatResponse)))]
 pub async fn get(
     State(state): State<AppState>,
     user: CurrentUser,
@@ -185,6 +201,9 @@ pub async fn get(
     ))
 }
 
+#[utoipa::path(patch, path = "/chats/{chat_id}", operation_id = "patchChat", tag = "chats",
+    params(("chat_id" = Uuid, Path, description = "A chat of the caller")), request_body = PatchChatRequest,
+    responses((status = 200, description = "The updated chat", body = ChatResponse)))]
 pub async fn patch(
     State(state): State<AppState>,
     user: CurrentUser,
@@ -205,7 +224,7 @@ pub async fn patch(
             title: request.title,
             labels,
             archived: request.archived,
-            pin_order: request.pin_order,
+            pin_order: request.pin_order.map(|pin| pin.0),
         },
     )
     .await?;

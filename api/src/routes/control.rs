@@ -6,7 +6,7 @@ use axum::response::Response;
 
 use crate::auth::CurrentUser;
 use crate::cursor::{parse_int_id, parse_uuid};
-use crate::dto::{Chat, ChatResponse};
+use crate::dto::{Chat, ChatResponse, DeletedResponse, MessageResponse, QueuedResponse};
 use crate::error::ApiResult;
 use crate::routes::json_response;
 use crate::routes::messages::outcome_response;
@@ -14,6 +14,9 @@ use crate::state::AppState;
 use crate::store::send;
 
 /// `POST /chats/{id}/interrupt`: idempotent; 200 with the chat.
+#[utoipa::path(post, path = "/chats/{chat_id}/interrupt", operation_id = "interruptChat", tag = "chats",
+    params(("chat_id" = Uuid, Path, description = "A chat of the caller")),
+    responses((status = 200, description = "The chat (`interrupting` while a turn stops)", body = ChatResponse)))]
 pub async fn interrupt(
     State(state): State<AppState>,
     user: CurrentUser,
@@ -34,6 +37,9 @@ pub async fn interrupt(
 }
 
 /// `DELETE /chats/{id}/queue/{qid}`: 204.
+#[utoipa::path(delete, path = "/chats/{chat_id}/queue/{queued_id}", operation_id = "deleteQueuedMessage", tag = "chats",
+    params(("chat_id" = Uuid, Path, description = "A chat of the caller"), ("queued_id" = i64, Path, minimum = 1, description = "A queued message of the chat")),
+    responses((status = 200, description = "Removed from the queue", body = DeletedResponse)))]
 pub async fn delete_queued(
     State(state): State<AppState>,
     user: CurrentUser,
@@ -46,12 +52,18 @@ pub async fn delete_queued(
     transition.publish(&client).await;
     Ok(json_response(
         StatusCode::OK,
-        serde_json::json!({"deleted": queued_id}),
+        DeletedResponse { deleted: queued_id },
     ))
 }
 
 /// `POST /chats/{id}/queue/{qid}/promote`: 201 `{message}` when it ran at once, 202
 /// `{queued_message}` when it moved to the head of the queue.
+#[utoipa::path(post, path = "/chats/{chat_id}/queue/{queued_id}/promote", operation_id = "promoteQueuedMessage", tag = "chats",
+    params(("chat_id" = Uuid, Path, description = "A chat of the caller"), ("queued_id" = i64, Path, minimum = 1, description = "A queued message of the chat")),
+    responses(
+        (status = 201, description = "Sent at once (the chat was idle)", body = MessageResponse),
+        (status = 202, description = "Moved to the head of the queue", body = QueuedResponse),
+    ))]
 pub async fn promote_queued(
     State(state): State<AppState>,
     user: CurrentUser,

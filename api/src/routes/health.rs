@@ -7,9 +7,6 @@ use serde_json::json;
 
 use crate::state::AppState;
 
-/// The OpenAPI document, kept next to the routes it describes (a test checks they agree).
-pub const OPENAPI_JSON: &str = include_str!("../openapi.json");
-
 pub async fn healthz() -> Response {
     (StatusCode::OK, axum::Json(json!({"status": "ok"}))).into_response()
 }
@@ -45,6 +42,15 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
-pub async fn openapi() -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], OPENAPI_JSON).into_response()
+/// `GET /openapi.json`: this replica's OpenAPI document (generated from the code).
+#[utoipa::path(get, path = "/openapi.json", operation_id = "getOpenApi", tag = "meta",
+    responses((status = 200, description = "The OpenAPI 3.1 document", body = Object)))]
+pub async fn openapi(
+    axum::Extension(document): axum::Extension<super::OpenApiDocument>,
+) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        document.0.to_string(),
+    )
+        .into_response()
 }

@@ -3,14 +3,15 @@
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::Response;
-use serde_json::json;
 
 use crate::store::reads;
 
 use crate::auth::CurrentUser;
 use crate::body::StrictJson;
 use crate::cursor::{parse_int_id, parse_limit, parse_uuid, query_pairs};
-use crate::dto::{Message, MessageList, QueuedMessage, SendMessageRequest};
+use crate::dto::{
+    Message, MessageList, MessageResponse, QueuedMessage, QueuedResponse, SendMessageRequest,
+};
 use crate::error::{ApiError, ApiResult};
 use crate::routes::json_response;
 use crate::state::AppState;
@@ -18,6 +19,12 @@ use crate::store::chats as chat_store;
 use crate::store::content;
 use crate::store::send::{self, NewMessage, SendOutcome};
 
+#[utoipa::path(get, path = "/chats/{chat_id}/messages", operation_id = "listMessages", tag = "chats",
+    params(("chat_id" = Uuid, Path, description = "A chat of the caller"),
+        ("before_id" = Option<i64>, Query, minimum = 1, description = "`next` of the previous page"),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 200, description = "Default 50"),
+    ),
+    responses((status = 200, description = "Messages, newest first; the queue on the first page", body = MessageList)))]
 pub async fn list(
     State(state): State<AppState>,
     user: CurrentUser,
@@ -71,6 +78,12 @@ pub async fn list(
     ))
 }
 
+#[utoipa::path(post, path = "/chats/{chat_id}/messages", operation_id = "sendMessage", tag = "chats",
+    params(("chat_id" = Uuid, Path, description = "A chat of the caller")), request_body = SendMessageRequest,
+    responses(
+        (status = 201, description = "Sent: the chat is now `pending`", body = MessageResponse),
+        (status = 202, description = "Queued behind the running turn", body = QueuedResponse),
+    ))]
 pub async fn send(
     State(state): State<AppState>,
     user: CurrentUser,
@@ -99,12 +112,17 @@ pub async fn send(
 /// 201 `{message}` or 202 `{queued_message}`.
 pub(crate) fn outcome_response(outcome: SendOutcome) -> Response {
     match outcome {
-        SendOutcome::Sent(row) => {
-            json_response(StatusCode::CREATED, json!({"message": Message::from(&row)}))
-        }
+        SendOutcome::Sent(row) => json_response(
+            StatusCode::CREATED,
+            MessageResponse {
+                message: Message::from(&row),
+            },
+        ),
         SendOutcome::Queued(row) => json_response(
             StatusCode::ACCEPTED,
-            json!({"queued_message": QueuedMessage::from(&row)}),
+            QueuedResponse {
+                queued_message: QueuedMessage::from(&row),
+            },
         ),
     }
 }

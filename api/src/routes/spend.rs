@@ -13,6 +13,7 @@ use axum::response::Response;
 use serde::Serialize;
 use time::format_description::well_known::Rfc3339;
 use time::{Date, OffsetDateTime, Time};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::auth::CurrentUser;
@@ -23,7 +24,7 @@ use crate::state::AppState;
 use crate::store::spend::{self as store, SpendGroup, SpendTotals};
 
 /// Totals in the wire format (flattened into every spend object).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Totals {
     /// Sum over priced rows, micro-dollars; `null` only when no row was priced.
     pub cost_micros: Option<i64>,
@@ -54,7 +55,7 @@ impl From<&SpendTotals> for Totals {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ModelSpend {
     /// `null` for rows that name no model config.
     pub model_config_id: Option<Uuid>,
@@ -65,15 +66,16 @@ pub struct ModelSpend {
     pub totals: Totals,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct DaySpend {
     /// `YYYY-MM-DD`, UTC.
+    #[schema(format = Date)]
     pub day: String,
     #[serde(flatten)]
     pub totals: Totals,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ChatCost {
     pub chat_id: Uuid,
     /// Chats counted: the chat and, for a root chat, its sub-chats.
@@ -83,8 +85,8 @@ pub struct ChatCost {
     pub by_model: Vec<ModelSpend>,
 }
 
-#[derive(Debug, Serialize)]
-pub struct Usage {
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UserUsage {
     pub user_id: Uuid,
     /// The window `[from, to)`.
     #[serde(with = "time::serde::rfc3339")]
@@ -98,6 +100,9 @@ pub struct Usage {
     pub days: Vec<DaySpend>,
 }
 
+#[utoipa::path(get, path = "/chats/{chat_id}/cost", operation_id = "getChatCost", tag = "spend",
+    params(("chat_id" = Uuid, Path, description = "A chat of the caller")),
+    responses((status = 200, description = "The chat's spend (with its sub-chats for a root chat)", body = ChatCost)))]
 pub async fn chat_cost(
     State(state): State<AppState>,
     user: CurrentUser,
@@ -118,6 +123,12 @@ pub async fn chat_cost(
     ))
 }
 
+#[utoipa::path(get, path = "/users/me/usage", operation_id = "getUsage", tag = "spend",
+    params(
+        ("from" = Option<String>, Query, format = DateTime, description = "RFC 3339; default: the start of the current UTC month"),
+        ("to" = Option<String>, Query, format = DateTime, description = "RFC 3339, not before `from`; default: the start of the next UTC month"),
+    ),
+    responses((status = 200, description = "The caller's spend in `[from, to)`", body = UserUsage)))]
 pub async fn user_usage(
     State(state): State<AppState>,
     user: CurrentUser,
@@ -135,7 +146,7 @@ pub async fn user_usage(
     }
     Ok(json_response(
         StatusCode::OK,
-        Usage {
+        UserUsage {
             user_id: user.id,
             from,
             to,

@@ -15,7 +15,6 @@ use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
-use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
 use uuid::Uuid;
 
@@ -28,8 +27,20 @@ use crate::dto::{Message, QueuedMessage};
 use crate::error::{ApiError, ApiResult};
 use crate::hub::chat_hub::prepare_rows;
 use crate::hub::{ChatSubscription, HubEvent, PreparedEvent};
+use crate::openapi::events::{
+    ActionRequiredEvent, AttemptResetEvent, HistoryTruncatedEvent, QueueEvent, StatusEvent,
+    TitleEvent,
+};
 use crate::state::AppState;
 
+#[utoipa::path(get, path = "/chats/{chat_id}/stream", operation_id = "streamChat", tag = "streams",
+    params(("chat_id" = Uuid, Path, description = "A chat of the caller"),
+        ("cursor" = Option<String>, Query, pattern = r"^[0-9]{1,18}-[0-9]{1,9}-[0-9]{1,18}$",
+            description = "Resume after this event id (`<message_id>-<attempt>-<seq>`)"),
+        ("Last-Event-ID" = Option<String>, Header, pattern = r"^([0-9]{1,18}-[0-9]{1,9}-[0-9]{1,18})?$",
+            description = "As `cursor`; wins over it. Empty: no cursor (as EventSource sends after an event without id)"),
+    ),
+    responses((status = 200, description = "A snapshot (status, messages after the cursor, queue, the current attempt's parts), then live events. Every event's `id` is a cursor: reconnect with `Last-Event-ID` on any replica, without gap or duplicate. Comments keep the connection alive; a `retry:` hint without data asks the client to reconnect.")))]
 pub async fn stream(
     State(state): State<AppState>,
     user: CurrentUser,
@@ -50,7 +61,11 @@ pub async fn stream(
             }
         }
     }
-    if let Some(last_event_id) = headers.get("last-event-id") {
+    // An empty Last-Event-ID is "no id" (the SSE specification's reset), not an error.
+    if let Some(last_event_id) = headers
+        .get("last-event-id")
+        .filter(|value| !value.is_empty())
+    {
         let text = last_event_id
             .to_str()
             .map_err(|_| ApiError::field("Last-Event-ID", "Last-Event-ID: not ASCII"))?;
@@ -174,7 +189,12 @@ impl Session {
                 && reads::max_frame_seq(&client, self.chat_id, self.cursor.attempt).await? == 0
             {
                 // Trimmed (the client was away too long): the messages are the answer (I9).
-                out.push(self.event("attempt_reset", &json!({"attempt": self.cursor.attempt})));
+                out.push(self.event(
+                    "attempt_reset",
+                    &AttemptResetEvent {
+                        attempt: self.cursor.attempt,
+                    },
+                ));
                 self.turn_finished = true;
             }
             read_current = self.cursor.attempt == chat.attempt;
@@ -217,7 +237,12 @@ impl Session {
         }
         drop(client);
         if let (true, Some(oldest)) = (truncated, messages.first()) {
-            out.push(self.event("history_truncated", &json!({"before_id": oldest.id})));
+            out.push(self.event(
+                "history_truncated",
+                &HistoryTruncatedEvent {
+                    before_id: oldest.id,
+                },
+            ));
         }
         // Previews and messages in stream order: a message follows the previews its attempt
         // streamed before it was committed, and precedes the next step's (or attempt's).
@@ -246,19 +271,24 @@ impl Session {
                 // Its previews are superseded: a later attempt needs no `attempt_reset`.
                 self.turn_finished = true;
             }
-            out.push(self.event("message", &json!(Message::from(message))));
+            out.push(self.event("message", &Message::from(message)));
         }
         while let Some((attempt, event, created_at_us)) = events.pop_front() {
             self.relay_any(attempt, event, created_at_us, &mut out);
         }
         if let Some(queue) = queue {
             let queued: Vec<QueuedMessage> = queue.iter().map(QueuedMessage::from).collect();
-            out.push(self.event("queue", &json!({"queued": queued})));
+            out.push(self.event("queue", &QueueEvent { queued }));
         }
         if self.first && !chat.title.is_empty() {
             // A title set before this connection (or while it was away) is not replayed by
             // any hint: state it once.
-            out.push(self.event("title", &json!({"title": chat.title})));
+            out.push(self.event(
+                "title",
+                &TitleEvent {
+                    title: chat.title.clone(),
+                },
+            ));
         }
         if version_changed && chat.status == ChatStatus::RequiresAction {
             self.action_version = chat.version;
@@ -335,15 +365,20 @@ impl Session {
                         if message.attempt == Some(self.cursor.attempt) {
                             self.turn_finished = true; // its previews are superseded
                         }
-                        out.push(self.event("message", &json!(Message::from(message))));
+                        out.push(self.event("message", &Message::from(message)));
                     }
                 }
             }
             HubEvent::Queue(queue) => {
                 let queued: Vec<QueuedMessage> = queue.iter().map(QueuedMessage::from).collect();
-                out.push(self.event("queue", &json!({"queued": queued})));
+                out.push(self.event("queue", &QueueEvent { queued }));
             }
-            HubEvent::Title(title) => out.push(self.event("title", &json!({"title": title}))),
+            HubEvent::Title(title) => out.push(self.event(
+                "title",
+                &TitleEvent {
+                    title: title.clone(),
+                },
+            )),
             HubEvent::Frame {
                 attempt,
                 events,
@@ -410,7 +445,7 @@ impl Session {
         self.cursor.seq = 0;
         self.turn_finished = false;
         if had_previews {
-            out.push(self.event("attempt_reset", &json!({"attempt": attempt})));
+            out.push(self.event("attempt_reset", &AttemptResetEvent { attempt }));
         }
     }
 
@@ -439,7 +474,7 @@ impl Session {
                     to = event.seq - 1, "hole in the resume log; resetting the attempt's previews");
                 metrics::counter!("chatd_stream_holes_total").increment(1);
                 self.cursor.seq = event.seq - 1;
-                out.push(self.event("attempt_reset", &json!({"attempt": attempt})));
+                out.push(self.event("attempt_reset", &AttemptResetEvent { attempt }));
             }
             self.cursor.seq = event.seq;
             self.turn_finished = false;
@@ -465,7 +500,12 @@ impl Session {
     async fn action_required(&self) -> ApiResult<Event> {
         let client = self.state.pool.get().await?;
         let pending = chatd_shared::db::tool_calls::load_pending(&**client, self.chat_id).await?;
-        Ok(self.event("action_required", &json!({"tool_calls": pending})))
+        Ok(self.event(
+            "action_required",
+            &ActionRequiredEvent {
+                tool_calls: pending,
+            },
+        ))
     }
 
     fn status_event(
@@ -475,18 +515,22 @@ impl Session {
         last_error: Option<serde_json::Value>,
     ) -> Event {
         self.version = version;
-        let mut data = json!({"status": status, "version": version});
-        if let Some(last_error) = last_error {
-            data["last_error"] = last_error;
-        }
-        self.event("status", &data)
+        self.event(
+            "status",
+            &StatusEvent {
+                status,
+                version,
+                last_error,
+            },
+        )
     }
 
-    fn event(&self, name: &str, data: &serde_json::Value) -> Event {
+    fn event(&self, name: &str, data: &impl serde::Serialize) -> Event {
+        let data = serde_json::to_string(data).expect("event payloads serialize");
         Event::default()
             .event(name)
             .id(self.cursor.render())
-            .data(data.to_string())
+            .data(data)
     }
 
     /// Tells the client to reconnect (with its Last-Event-ID) when this replica cannot keep

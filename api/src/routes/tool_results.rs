@@ -6,6 +6,7 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use serde::Deserialize;
 use serde_json::Value;
+use utoipa::ToSchema;
 
 use crate::auth::CurrentUser;
 use crate::body::StrictJson;
@@ -18,18 +19,21 @@ use crate::store::tool_results::{self, ClientResult};
 
 /// Most results in one submission (a step rarely makes more than a handful of calls).
 const MAX_RESULTS: usize = 128;
-/// Longest tool call id accepted.
-const MAX_CALL_ID_BYTES: usize = 256;
+/// Longest tool call id accepted (characters).
+const MAX_CALL_ID_CHARS: usize = 256;
 
-#[derive(Debug, Deserialize)]
+/// One result per pending call; tool call ids unique.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ToolResultsRequest {
+    #[schema(min_items = 1, max_items = 128)]
     pub results: Vec<ToolResultInput>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ToolResultInput {
+    #[schema(min_length = 1, max_length = 256, pattern = r"^[^\u0000]*$")]
     pub tool_call_id: String,
     /// Any JSON; strings may contain NUL (stored reversibly encoded).
     pub output: Value,
@@ -38,6 +42,9 @@ pub struct ToolResultInput {
 }
 
 /// 200 with the chat (now `pending`).
+#[utoipa::path(post, path = "/chats/{chat_id}/tool-results", operation_id = "submitToolResults", tag = "chats",
+    params(("chat_id" = Uuid, Path, description = "A chat of the caller")), request_body = ToolResultsRequest,
+    responses((status = 200, description = "Accepted: the chat is `pending` again (409 unless it is `requires_action` and the ids are exactly its pending calls)", body = ChatResponse)))]
 pub async fn submit(
     State(state): State<AppState>,
     user: CurrentUser,
@@ -73,10 +80,13 @@ fn validate(request: ToolResultsRequest) -> ApiResult<Vec<ClientResult>> {
     for (index, result) in request.results.into_iter().enumerate() {
         let field = format!("results[{index}].tool_call_id");
         let id = &result.tool_call_id;
-        if id.is_empty() || id.len() > MAX_CALL_ID_BYTES || id.contains('\0') {
+        if id.is_empty()
+            || chatd_shared::validate::longer_than(id, MAX_CALL_ID_CHARS)
+            || id.contains('\0')
+        {
             return Err(ApiError::field(
                 &field,
-                format!("{field} must be 1 to {MAX_CALL_ID_BYTES} bytes without NUL"),
+                format!("{field} must be 1 to {MAX_CALL_ID_CHARS} characters without NUL"),
             ));
         }
         if out.iter().any(|seen| &seen.tool_call_id == id) {

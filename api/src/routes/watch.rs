@@ -7,14 +7,16 @@ use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
-use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::auth::CurrentUser;
 use crate::dto::Chat;
 use crate::error::{ApiError, ApiResult};
+use crate::openapi::events::{ChatListEvent, ResyncEvent};
 use crate::state::AppState;
 
+#[utoipa::path(get, path = "/chats/watch", operation_id = "watchChats", tag = "streams",
+    responses((status = 200, description = "A `chat` event whenever one of the caller's chats changes; `resync` when events were dropped for a slow reader (list again).")))]
 pub async fn watch(State(state): State<AppState>, user: CurrentUser) -> ApiResult<Response> {
     let slot = state
         .streams
@@ -28,13 +30,18 @@ pub async fn watch(State(state): State<AppState>, user: CurrentUser) -> ApiResul
         |(mut subscription, slot)| async move {
             match subscription.events.recv().await {
                 Ok(event) => {
-                    let data = json!({"kind": event.kind, "chat": Chat::from(&event.chat)});
-                    let sse = Event::default().event("chat").data(data.to_string());
+                    let data = ChatListEvent {
+                        kind: event.kind,
+                        chat: Chat::from(&event.chat),
+                    };
+                    let data = serde_json::to_string(&data).expect("event payloads serialize");
+                    let sse = Event::default().event("chat").data(data);
                     Some((sse, (subscription, slot)))
                 }
                 Err(RecvError::Lagged(_)) => {
                     // Tell the client to re-list: events were dropped for this slow reader.
-                    let sse = Event::default().event("resync").data("{}");
+                    let data = serde_json::to_string(&ResyncEvent {}).expect("serializes");
+                    let sse = Event::default().event("resync").data(data);
                     Some((sse, (subscription, slot)))
                 }
                 Err(RecvError::Closed) => None,

@@ -74,10 +74,10 @@ pub async fn check_model_config(
         .await?;
     match found {
         Some(_) => Ok(()),
-        None => Err(ApiError::field(
-            field,
-            format!("{field}: no usable model config with this id (it must exist, be enabled and not deleted, and its provider be enabled)"),
-        )),
+        None => Err(ApiError::MissingReference {
+            field: field.to_string(),
+            message: format!("{field}: no usable model config with this id (it must exist, be enabled and not deleted, and its provider be enabled)"),
+        }),
     }
 }
 
@@ -98,7 +98,10 @@ pub async fn create_chat(
                 &[&parent_id, &new_chat.owner_id],
             )
             .await?
-            .ok_or_else(|| ApiError::field("parent_chat_id", "parent_chat_id: no such chat"))?;
+            .ok_or_else(|| ApiError::MissingReference {
+                field: "parent_chat_id".into(),
+                message: "parent_chat_id: no such chat".into(),
+            })?;
         root_chat_id = Some(parent.get::<_, Uuid>(0));
     }
     let status = if new_chat.message.is_some() {

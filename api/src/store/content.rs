@@ -3,95 +3,94 @@
 use chatd_shared::domain::ContentPart;
 use serde_json::Value;
 
-use crate::dto::MessageInput;
+use crate::dto::{MessageInput, UserPart};
 use crate::error::ApiError;
 
-/// Longest text a user message may carry (the body cap bounds it too).
-const MAX_TEXT_BYTES: usize = 512 * 1024;
+/// Longest text (characters) a user message part may carry; the body cap bounds it too.
+const MAX_TEXT_CHARS: usize = 512 * 1024;
 const MAX_PARTS: usize = 100;
 
 /// Validates a user message and returns its storage form (a JSON array of parts).
 ///
-/// Users may send `text`, `file` and `source` parts; blank text parts are dropped; at least one
-/// part must remain. NUL characters cannot be stored in jsonb and are refused here.
+/// Users send `text`, `file` and `source` parts (`UserPart`: the others cannot even be
+/// parsed), 1 to 100 of them; text must contain a non-whitespace character (blank text must
+/// never reach a provider). NUL characters cannot be stored in jsonb and are refused here.
+/// The OpenAPI document states each rule as a schema (`UserPart`, `MessageInput`).
 pub fn user_content(input: MessageInput, field: &str) -> Result<Value, ApiError> {
     let parts = match input {
-        MessageInput::Text(text) => vec![ContentPart::Text { text }],
-        MessageInput::Parts(parts) => parts,
-    };
-    if parts.len() > MAX_PARTS {
-        return Err(ApiError::field(
-            field,
-            format!("{field}: at most {MAX_PARTS} parts"),
-        ));
-    }
-    let mut kept = Vec::with_capacity(parts.len());
-    for (index, part) in parts.into_iter().enumerate() {
-        let part_field = format!("{field}[{index}]");
-        match &part {
-            ContentPart::Text { text } => check_text(text, &part_field)?,
-            ContentPart::File {
-                media_type,
-                file_id,
-                data,
-            } => {
-                check_text(media_type, &format!("{part_field}.media_type"))?;
-                for (name, value) in [("file_id", file_id), ("data", data)] {
-                    if let Some(value) = value {
-                        check_text(value, &format!("{part_field}.{name}"))?;
+        MessageInput::Text(text) => {
+            check_text(&text, field)?;
+            vec![ContentPart::Text { text }]
+        }
+        MessageInput::Parts(parts) => {
+            if parts.is_empty() {
+                return Err(ApiError::field(field, format!("{field} must not be empty")));
+            }
+            if parts.len() > MAX_PARTS {
+                return Err(ApiError::field(
+                    field,
+                    format!("{field}: at most {MAX_PARTS} parts"),
+                ));
+            }
+            let mut checked = Vec::with_capacity(parts.len());
+            for (index, part) in parts.into_iter().enumerate() {
+                let part_field = format!("{field}[{index}]");
+                match &part {
+                    UserPart::Text { text } => check_text(text, &format!("{part_field}.text"))?,
+                    UserPart::File {
+                        media_type,
+                        file_id,
+                        data,
+                    } => {
+                        plain_field(
+                            media_type,
+                            &format!("{part_field}.media_type"),
+                            MAX_TEXT_CHARS,
+                        )?;
+                        for (name, value) in [("file_id", file_id), ("data", data)] {
+                            if let Some(value) = value {
+                                plain_field(
+                                    value,
+                                    &format!("{part_field}.{name}"),
+                                    MAX_TEXT_CHARS,
+                                )?;
+                            }
+                        }
+                    }
+                    UserPart::Source { url, title } => {
+                        plain_field(url, &format!("{part_field}.url"), MAX_TEXT_CHARS)?;
+                        if let Some(title) = title {
+                            plain_field(title, &format!("{part_field}.title"), MAX_TEXT_CHARS)?;
+                        }
                     }
                 }
+                checked.push(ContentPart::from(part));
             }
-            ContentPart::Source { url, title } => {
-                check_text(url, &format!("{part_field}.url"))?;
-                if let Some(title) = title {
-                    check_text(title, &format!("{part_field}.title"))?;
-                }
-            }
-            ContentPart::Reasoning { .. }
-            | ContentPart::RedactedReasoning { .. }
-            | ContentPart::ToolCall { .. }
-            | ContentPart::ToolResult { .. }
-            | ContentPart::ProviderToolCall { .. }
-            | ContentPart::ProviderToolResult { .. } => {
-                return Err(ApiError::field(
-                    format!("{part_field}.type"),
-                    format!("{part_field}.type: users may send text, file and source parts only"),
-                ))
-            }
+            checked
         }
-        if !part.is_blank() {
-            kept.push(part);
-        }
-    }
-    if kept.is_empty() {
-        return Err(ApiError::field(field, format!("{field} must not be empty")));
-    }
-    serde_json::to_value(kept).map_err(|error| ApiError::Internal(error.into()))
+    };
+    serde_json::to_value(parts).map_err(|error| ApiError::Internal(error.into()))
 }
 
+/// Message text: not blank, no NUL, at most `MAX_TEXT_CHARS`.
 fn check_text(text: &str, field: &str) -> Result<(), ApiError> {
-    if text.len() > MAX_TEXT_BYTES {
+    plain_field(text, field, MAX_TEXT_CHARS)?;
+    if text.trim().is_empty() {
         return Err(ApiError::field(
             field,
-            format!("{field}: text longer than {MAX_TEXT_BYTES} bytes"),
-        ));
-    }
-    if text.contains('\0') {
-        return Err(ApiError::field(
-            field,
-            format!("{field}: NUL characters are not allowed"),
+            format!("{field} must contain a non-whitespace character"),
         ));
     }
     Ok(())
 }
 
-/// Validates a free-text field such as a title or a system prompt.
-pub fn plain_field(text: &str, field: &str, max_bytes: usize) -> Result<(), ApiError> {
-    if text.len() > max_bytes {
+/// Validates a free-text field such as a title or a system prompt: at most `max_chars`
+/// characters (as JSON Schema's `maxLength` counts), no NUL.
+pub fn plain_field(text: &str, field: &str, max_chars: usize) -> Result<(), ApiError> {
+    if chatd_shared::validate::longer_than(text, max_chars) {
         return Err(ApiError::field(
             field,
-            format!("{field}: longer than {max_bytes} bytes"),
+            format!("{field}: longer than {max_chars} characters"),
         ));
     }
     if text.contains('\0') {
@@ -110,10 +109,10 @@ pub fn labels(labels: &serde_json::Map<String, Value>) -> Result<Value, ApiError
     }
     for (key, value) in labels {
         let field = format!("labels.{key}");
-        if key.is_empty() || key.len() > 64 || key.contains('\0') {
+        if key.is_empty() || chatd_shared::validate::longer_than(key, 64) || key.contains('\0') {
             return Err(ApiError::field(
                 "labels",
-                "labels: keys must be 1 to 64 bytes without NUL",
+                "labels: keys must be 1 to 64 characters without NUL",
             ));
         }
         match value {
@@ -132,12 +131,24 @@ mod tests {
     fn blank_and_nul_and_tool_parts_are_refused() {
         assert!(user_content(MessageInput::Text("  ".into()), "message").is_err());
         assert!(user_content(MessageInput::Text("a\0b".into()), "message").is_err());
-        let parts = vec![ContentPart::ToolCall {
-            tool_call_id: "1".into(),
-            tool_name: "x".into(),
-            args: Value::Null,
-        }];
-        assert!(user_content(MessageInput::Parts(parts), "content").is_err());
+        let blank = vec![
+            UserPart::Text { text: "hi".into() },
+            UserPart::Text { text: " \n".into() },
+        ];
+        assert!(user_content(MessageInput::Parts(blank), "content").is_err());
+        assert!(user_content(MessageInput::Parts(Vec::new()), "content").is_err());
+        let tool_call = serde_json::json!([{"type": "tool-call", "tool_call_id": "1",
+            "tool_name": "x", "args": null}]);
+        let error = crate::body::parse_json::<crate::dto::SendMessageRequest>(
+            serde_json::json!({ "content": tool_call })
+                .to_string()
+                .as_bytes(),
+        )
+        .unwrap_err();
+        assert!(
+            error.to_string().contains("unknown variant `tool-call`"),
+            "{error}"
+        );
         let stored = user_content(MessageInput::Text("hi".into()), "message").unwrap();
         assert_eq!(stored, serde_json::json!([{"type": "text", "text": "hi"}]));
     }

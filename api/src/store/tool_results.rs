@@ -47,13 +47,10 @@ pub async fn submit(
             .iter()
             .any(|call| call.tool_call_id == result.tool_call_id)
         {
-            return Err(ApiError::field(
-                format!("results[{index}].tool_call_id"),
-                format!(
-                    "results[{index}].tool_call_id: `{}` is not a pending tool call of this chat",
-                    result.tool_call_id
-                ),
-            ));
+            return Err(ApiError::Conflict(format!(
+                "results[{index}].tool_call_id: `{}` is not a pending tool call of this chat",
+                result.tool_call_id
+            )));
         }
     }
     let missing: Vec<&str> = pending
@@ -66,13 +63,10 @@ pub async fn submit(
         .map(|call| call.tool_call_id.as_str())
         .collect();
     if !missing.is_empty() {
-        return Err(ApiError::field(
-            "results",
-            format!(
-                "results: missing results for pending tool calls: {}",
-                missing.join(", ")
-            ),
-        ));
+        return Err(ApiError::Conflict(format!(
+            "results: missing results for pending tool calls: {}",
+            missing.join(", ")
+        )));
     }
     // In call order, whatever order the client sent them in.
     let parts: Vec<ContentPart> = pending

@@ -188,7 +188,9 @@ pub struct OwnerNotice {
     pub version: i64,
 }
 
+/// What happened to a chat, as the watch stream's `chat` event says it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum OwnerEventKind {
     Created,

@@ -14,16 +14,16 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
+use chatd_shared::db::models::StoreError;
 use chatd_shared::pubsub::ConfigKind;
-use chatd_shared::validate::FieldError;
 
 use super::wire::{
-    CreateModelConfigRequest, ItemList, ModelConfig, ModelConfigResponse, PatchModelConfigRequest,
-    PublicModelConfig,
+    CreateModelConfigRequest, ItemList, ModelConfig, ModelConfigResponse, ModelConfigView,
+    PatchModelConfigRequest, PublicModelConfig,
 };
 use super::{config_changed, validate, AdminUser};
 use crate::auth::CurrentUser;
-use crate::body::StrictJson;
+use crate::body::{JsonInt, StrictJson};
 use crate::cursor::{parse_uuid, query_pairs};
 use crate::error::{ApiError, ApiResult};
 use crate::routes::json_response;
@@ -35,6 +35,10 @@ use crate::store::admin::{
     ModelConfigRow, DEFAULT_COMPRESSION_THRESHOLD, DEFAULT_CONTEXT_LIMIT,
 };
 
+#[utoipa::path(get, path = "/model-configs", operation_id = "listModelConfigs", tag = "admin",
+    params(("include_deleted" = Option<bool>, Query, description = "Admins only (else 403): soft-deleted configs too")),
+    responses((status = 200, description = "Admins: every config, every field; others: the usable configs, public fields",
+        body = ModelConfigView<ItemList<ModelConfig>, ItemList<PublicModelConfig>>)))]
 pub async fn list(
     State(state): State<AppState>,
     user: CurrentUser,
@@ -68,7 +72,9 @@ pub async fn list(
         let rows = store::list_model_configs(&client, include_deleted).await?;
         return Ok(json_response(
             StatusCode::OK,
-            ItemList::all(rows.iter().map(ModelConfig::from).collect()),
+            ModelConfigView::<_, ItemList<PublicModelConfig>>::Admin(ItemList::all(
+                rows.iter().map(ModelConfig::from).collect(),
+            )),
         ));
     }
     if include_deleted {
@@ -77,10 +83,16 @@ pub async fn list(
     let rows = store::list_usable_model_configs(&client).await?;
     Ok(json_response(
         StatusCode::OK,
-        ItemList::all(rows.iter().map(PublicModelConfig::from).collect()),
+        ModelConfigView::<ItemList<ModelConfig>, _>::Public(ItemList::all(
+            rows.iter().map(PublicModelConfig::from).collect(),
+        )),
     ))
 }
 
+#[utoipa::path(get, path = "/model-configs/{model_config_id}", operation_id = "getModelConfig", tag = "admin",
+    params(("model_config_id" = Uuid, Path, description = "A model config")),
+    responses((status = 200, description = "Admins: every field; others: public fields of a usable config (else 404)",
+        body = ModelConfigView<ModelConfigResponse<ModelConfig>, ModelConfigResponse<PublicModelConfig>>)))]
 pub async fn get(
     State(state): State<AppState>,
     user: CurrentUser,
@@ -101,6 +113,9 @@ pub async fn get(
     })
 }
 
+#[utoipa::path(post, path = "/model-configs", operation_id = "createModelConfig", tag = "admin",
+    request_body = CreateModelConfigRequest,
+    responses((status = 201, description = "Created", body = ModelConfigResponse<ModelConfig>)))]
 pub async fn create(
     State(state): State<AppState>,
     admin: AdminUser,
@@ -115,21 +130,21 @@ pub async fn create(
         provider_id: request.provider_id,
         model,
         display_name,
-        context_limit: context_limit(request.context_limit.unwrap_or(DEFAULT_CONTEXT_LIMIT))?,
+        context_limit: context_limit(int(request.context_limit).unwrap_or(DEFAULT_CONTEXT_LIMIT))?,
         compression_threshold: compression_threshold(
-            request
-                .compression_threshold
-                .unwrap_or(DEFAULT_COMPRESSION_THRESHOLD),
+            int(request.compression_threshold).unwrap_or(DEFAULT_COMPRESSION_THRESHOLD),
         )?,
-        max_output_tokens: request
-            .max_output_tokens
+        max_output_tokens: int(request.max_output_tokens)
             .map(max_output_tokens)
             .transpose()?,
-        input_price_micros: price(request.input_price_micros, "input_price_micros")?,
-        output_price_micros: price(request.output_price_micros, "output_price_micros")?,
-        cache_read_price_micros: price(request.cache_read_price_micros, "cache_read_price_micros")?,
+        input_price_micros: price(int(request.input_price_micros), "input_price_micros")?,
+        output_price_micros: price(int(request.output_price_micros), "output_price_micros")?,
+        cache_read_price_micros: price(
+            int(request.cache_read_price_micros),
+            "cache_read_price_micros",
+        )?,
         cache_write_price_micros: price(
-            request.cache_write_price_micros,
+            int(request.cache_write_price_micros),
             "cache_write_price_micros",
         )?,
         is_default: request.is_default.unwrap_or(false),
@@ -142,6 +157,9 @@ pub async fn create(
     Ok(admin_response(StatusCode::CREATED, &row))
 }
 
+#[utoipa::path(patch, path = "/model-configs/{model_config_id}", operation_id = "patchModelConfig", tag = "admin",
+    params(("model_config_id" = Uuid, Path, description = "A model config")), request_body = PatchModelConfigRequest,
+    responses((status = 200, description = "The updated config", body = ModelConfigResponse<ModelConfig>)))]
 pub async fn patch(
     State(state): State<AppState>,
     admin: AdminUser,
@@ -159,20 +177,31 @@ pub async fn patch(
         .as_deref()
         .map(|name| validate::name(name, "display_name", false))
         .transpose()?;
-    let context_limit = request.context_limit.map(context_limit).transpose()?;
-    let compression_threshold = request
-        .compression_threshold
+    let context_limit = int(request.context_limit).map(context_limit).transpose()?;
+    let compression_threshold = int(request.compression_threshold)
         .map(compression_threshold)
         .transpose()?;
-    let max_output_tokens = match request.max_output_tokens {
+    let max_output_tokens = match nullable_int(request.max_output_tokens) {
         Some(Some(tokens)) => Some(Some(max_output_tokens(tokens)?)),
         other => other,
     };
     let prices = [
-        (request.input_price_micros, "input_price_micros"),
-        (request.output_price_micros, "output_price_micros"),
-        (request.cache_read_price_micros, "cache_read_price_micros"),
-        (request.cache_write_price_micros, "cache_write_price_micros"),
+        (
+            nullable_int(request.input_price_micros),
+            "input_price_micros",
+        ),
+        (
+            nullable_int(request.output_price_micros),
+            "output_price_micros",
+        ),
+        (
+            nullable_int(request.cache_read_price_micros),
+            "cache_read_price_micros",
+        ),
+        (
+            nullable_int(request.cache_write_price_micros),
+            "cache_write_price_micros",
+        ),
     ];
     let mut checked_prices = [None; 4];
     for (slot, (value, field)) in checked_prices.iter_mut().zip(prices) {
@@ -180,7 +209,7 @@ pub async fn patch(
     }
     let [input_price, output_price, cache_read_price, cache_write_price] = checked_prices;
     let becomes_default = request.is_default == Some(true);
-    let merge = |current: &ModelConfigRow| -> Result<ModelConfigFields, FieldError> {
+    let merge = |current: &ModelConfigRow| -> Result<ModelConfigFields, StoreError> {
         let mut fields = ModelConfigFields::from(current);
         fields.provider_id = request.provider_id.unwrap_or(fields.provider_id);
         fields.model = model.unwrap_or(fields.model);
@@ -201,7 +230,14 @@ pub async fn patch(
         } else {
             "is_default"
         };
-        check_default_enabled(&fields, blamed)?;
+        if let Err(error) = check_default_enabled(&fields, blamed) {
+            // A request that asks for both is malformed (its schema says so); one that
+            // conflicts with the stored config is a conflict with the current state.
+            if request.is_default == Some(true) && request.enabled == Some(false) {
+                return Err(error.into());
+            }
+            return Err(StoreError::Conflict(error.message));
+        }
         Ok(fields)
     };
     let mut client = state.pool.get().await?;
@@ -212,6 +248,9 @@ pub async fn patch(
 }
 
 /// Soft delete; 204. Chats that chose this config fall back to the default.
+#[utoipa::path(delete, path = "/model-configs/{model_config_id}", operation_id = "deleteModelConfig", tag = "admin",
+    params(("model_config_id" = Uuid, Path, description = "A model config")),
+    responses((status = 204, description = "Soft-deleted; chats that chose it fall back to the default")))]
 pub async fn delete(
     State(state): State<AppState>,
     admin: AdminUser,
@@ -222,6 +261,14 @@ pub async fn delete(
     store::delete_model_config(&client, model_config_id).await?;
     config_changed(&client, admin, ConfigKind::ModelConfig, model_config_id).await;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+fn int<T>(value: Option<JsonInt<T>>) -> Option<T> {
+    value.map(|value| value.0)
+}
+
+fn nullable_int<T>(value: Option<Option<JsonInt<T>>>) -> Option<Option<T>> {
+    value.map(int)
 }
 
 fn admin_response(status: StatusCode, row: &ModelConfigRow) -> Response {

@@ -20,6 +20,8 @@ use crate::routes::json_response;
 use crate::state::AppState;
 use crate::store::admin::{self as store, NewProvider, ProviderDeletion, ProviderPatch};
 
+#[utoipa::path(get, path = "/providers", operation_id = "listProviders", tag = "admin",
+    responses((status = 200, description = "Every provider", body = ItemList<Provider>)))]
 pub async fn list(State(state): State<AppState>, _admin: AdminUser) -> ApiResult<Response> {
     let client = state.pool.get().await?;
     let rows = store::list_providers(&client).await?;
@@ -29,6 +31,9 @@ pub async fn list(State(state): State<AppState>, _admin: AdminUser) -> ApiResult
     ))
 }
 
+#[utoipa::path(get, path = "/providers/{provider_id}", operation_id = "getProvider", tag = "admin",
+    params(("provider_id" = Uuid, Path, description = "A provider")),
+    responses((status = 200, description = "The provider", body = ProviderResponse)))]
 pub async fn get(
     State(state): State<AppState>,
     _admin: AdminUser,
@@ -40,6 +45,9 @@ pub async fn get(
     Ok(provider_response(StatusCode::OK, &row))
 }
 
+#[utoipa::path(post, path = "/providers", operation_id = "createProvider", tag = "admin",
+    request_body = CreateProviderRequest,
+    responses((status = 201, description = "Created", body = ProviderResponse)))]
 pub async fn create(
     State(state): State<AppState>,
     admin: AdminUser,
@@ -72,6 +80,9 @@ pub async fn create(
     Ok(provider_response(StatusCode::CREATED, &row))
 }
 
+#[utoipa::path(patch, path = "/providers/{provider_id}", operation_id = "patchProvider", tag = "admin",
+    params(("provider_id" = Uuid, Path, description = "A provider")), request_body = PatchProviderRequest,
+    responses((status = 200, description = "The updated provider", body = ProviderResponse)))]
 pub async fn patch(
     State(state): State<AppState>,
     admin: AdminUser,
@@ -107,6 +118,12 @@ pub async fn patch(
 /// 204 when the provider is gone; 200 with the provider when it had to be kept (only
 /// deleted model configs, which spend history needs, still reference it): it is then
 /// disabled and its API key erased. 409 while live model configs use it.
+#[utoipa::path(delete, path = "/providers/{provider_id}", operation_id = "deleteProvider", tag = "admin",
+    params(("provider_id" = Uuid, Path, description = "A provider")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 200, description = "Kept for spend history (only deleted model configs use it): disabled, its key erased", body = ProviderResponse),
+    ))]
 pub async fn delete(
     State(state): State<AppState>,
     admin: AdminUser,

@@ -1,19 +1,22 @@
-//! Wire shapes of `/providers` and `/model-configs` (see `openapi.json`).
+//! Wire shapes of `/providers` and `/model-configs` (each derives its OpenAPI schema).
 //!
 //! Provider API keys are write-only: requests may carry `api_key`, responses only say
 //! `has_api_key`.
 
 use serde::{Deserialize, Deserializer, Serialize};
 use time::OffsetDateTime;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use chatd_shared::domain::ProviderKind;
 
+use crate::body::JsonInt;
 use crate::store::admin::{ModelConfigRow, ProviderRow};
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Provider {
     pub id: Uuid,
+    #[schema(value_type = ProviderKind)]
     pub kind: String,
     pub display_name: String,
     pub base_url: String,
@@ -41,36 +44,52 @@ impl From<&ProviderRow> for Provider {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ProviderResponse {
     pub provider: Provider,
 }
 
-#[derive(Debug, Deserialize)]
+/// `base_url`: `http(s)://host[:port][/path]` — a host name (no `xn--` labels, the last
+/// starting with a letter) or an IPv4 address (IPv6 literals are not accepted), no credentials, query or
+/// fragment; trailing slashes are dropped. The document's pattern is the server's rule.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateProviderRequest {
     pub kind: ProviderKind,
-    /// Defaults to the kind.
+    /// Defaults to the kind. No control characters; trimmed.
+    #[schema(max_length = 200, pattern = r"^[^\u0000-\u001f\u007f-\u009f]*(?!\n)$")]
     pub display_name: Option<String>,
+    #[schema(max_length = 2048)] // pattern: validate::base_url_pattern, set by openapi::finish
     pub base_url: String,
+    /// Write-only: no whitespace or control characters.
+    #[schema(
+        min_length = 1,
+        max_length = 4096,
+        pattern = r"^[^\u0000-\u0020\u007f-\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+(?!\n)$"
+    )]
     pub api_key: Option<String>,
     pub enabled: Option<bool>,
 }
 
-#[derive(Debug, Deserialize)]
+/// Absent or `null` fields are unchanged, except `api_key`.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PatchProviderRequest {
     pub kind: Option<ProviderKind>,
+    #[schema(max_length = 200, pattern = r"^[^\u0000-\u001f\u007f-\u009f]*(?!\n)$")]
     pub display_name: Option<String>,
+    #[schema(max_length = 2048)] // pattern: validate::base_url_pattern, set by openapi::finish
     pub base_url: Option<String>,
     /// Absent: unchanged; `null`: erase the key; a string: replace it.
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>, min_length = 1, max_length = 4096, pattern = r"^[^\u0000-\u0020\u007f-\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+(?!\n)$")]
     pub api_key: Option<Option<String>>,
     pub enabled: Option<bool>,
 }
 
 /// A model config as administrators see it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)] // `additionalProperties: false`: tells it from the public shape
 pub struct ModelConfig {
     pub id: Uuid,
     pub provider_id: Uuid,
@@ -117,7 +136,8 @@ impl From<&ModelConfigRow> for ModelConfig {
 
 /// A model config as ordinary users see it: what they need to pick one and to anticipate
 /// its cost, nothing about the provider.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct PublicModelConfig {
     pub id: Uuid,
     pub model: String,
@@ -148,14 +168,23 @@ impl From<&ModelConfigRow> for PublicModelConfig {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ModelConfigResponse<T> {
     pub model_config: T,
 }
 
+/// What `GET /model-configs` and `GET /model-configs/{id}` answer: every field for
+/// administrators, the public fields for other users.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum ModelConfigView<T, P> {
+    Admin(T),
+    Public(P),
+}
+
 /// Lists of providers and model configs are short and never paginated (`has_more` is always
 /// false, `next` null); the fields keep the shape of every other list.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ItemList<T> {
     pub items: Vec<T>,
     pub has_more: bool,
@@ -172,44 +201,75 @@ impl<T> ItemList<T> {
     }
 }
 
-#[derive(Debug, Deserialize)]
+/// Prices are micro-dollars per million tokens. A default config must be enabled
+/// (`is_default: true` with `enabled: false` is refused).
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateModelConfigRequest {
+    /// An existing provider (else 404).
     pub provider_id: Uuid,
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\u0000-\u0020\u007f-\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\u0000-\u001f\u007f-\u009f]*(?!\n)$"
+    )]
     pub model: String,
     /// Defaults to `model`.
+    #[schema(max_length = 200, pattern = r"^[^\u0000-\u001f\u007f-\u009f]*(?!\n)$")]
     pub display_name: Option<String>,
-    pub context_limit: Option<i32>,
-    pub compression_threshold: Option<i32>,
-    pub max_output_tokens: Option<i32>,
-    pub input_price_micros: Option<i64>,
-    pub output_price_micros: Option<i64>,
-    pub cache_read_price_micros: Option<i64>,
-    pub cache_write_price_micros: Option<i64>,
+    #[schema(value_type = Option<i32>, minimum = 1)]
+    pub context_limit: Option<JsonInt<i32>>,
+    /// Percent of the context at which history is compacted.
+    #[schema(value_type = Option<i32>, minimum = 0, maximum = 100)]
+    pub compression_threshold: Option<JsonInt<i32>>,
+    #[schema(value_type = Option<i32>, minimum = 1)]
+    pub max_output_tokens: Option<JsonInt<i32>>,
+    #[schema(value_type = Option<i64>, minimum = 0, maximum = 1000000000000_i64)]
+    pub input_price_micros: Option<JsonInt<i64>>,
+    #[schema(value_type = Option<i64>, minimum = 0, maximum = 1000000000000_i64)]
+    pub output_price_micros: Option<JsonInt<i64>>,
+    #[schema(value_type = Option<i64>, minimum = 0, maximum = 1000000000000_i64)]
+    pub cache_read_price_micros: Option<JsonInt<i64>>,
+    #[schema(value_type = Option<i64>, minimum = 0, maximum = 1000000000000_i64)]
+    pub cache_write_price_micros: Option<JsonInt<i64>>,
     pub is_default: Option<bool>,
     pub enabled: Option<bool>,
 }
 
 /// Absent fields are unchanged; for the nullable ones (`max_output_tokens`, prices) `null`
 /// clears the value.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PatchModelConfigRequest {
+    /// An existing provider (else 404).
     pub provider_id: Option<Uuid>,
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\u0000-\u0020\u007f-\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\u0000-\u001f\u007f-\u009f]*(?!\n)$"
+    )]
     pub model: Option<String>,
+    #[schema(max_length = 200, pattern = r"^[^\u0000-\u001f\u007f-\u009f]*(?!\n)$")]
     pub display_name: Option<String>,
-    pub context_limit: Option<i32>,
-    pub compression_threshold: Option<i32>,
+    #[schema(value_type = Option<i32>, minimum = 1)]
+    pub context_limit: Option<JsonInt<i32>>,
+    #[schema(value_type = Option<i32>, minimum = 0, maximum = 100)]
+    pub compression_threshold: Option<JsonInt<i32>>,
     #[serde(default, deserialize_with = "present")]
-    pub max_output_tokens: Option<Option<i32>>,
+    #[schema(value_type = Option<i32>, minimum = 1)]
+    pub max_output_tokens: Option<Option<JsonInt<i32>>>,
     #[serde(default, deserialize_with = "present")]
-    pub input_price_micros: Option<Option<i64>>,
+    #[schema(value_type = Option<i64>, minimum = 0, maximum = 1000000000000_i64)]
+    pub input_price_micros: Option<Option<JsonInt<i64>>>,
     #[serde(default, deserialize_with = "present")]
-    pub output_price_micros: Option<Option<i64>>,
+    #[schema(value_type = Option<i64>, minimum = 0, maximum = 1000000000000_i64)]
+    pub output_price_micros: Option<Option<JsonInt<i64>>>,
     #[serde(default, deserialize_with = "present")]
-    pub cache_read_price_micros: Option<Option<i64>>,
+    #[schema(value_type = Option<i64>, minimum = 0, maximum = 1000000000000_i64)]
+    pub cache_read_price_micros: Option<Option<JsonInt<i64>>>,
     #[serde(default, deserialize_with = "present")]
-    pub cache_write_price_micros: Option<Option<i64>>,
+    #[schema(value_type = Option<i64>, minimum = 0, maximum = 1000000000000_i64)]
+    pub cache_write_price_micros: Option<Option<JsonInt<i64>>>,
     pub is_default: Option<bool>,
     pub enabled: Option<bool>,
 }
@@ -240,7 +300,7 @@ mod tests {
         let prices: PatchModelConfigRequest =
             parse_json(br#"{"input_price_micros": null, "output_price_micros": 5}"#).unwrap();
         assert_eq!(prices.input_price_micros, Some(None));
-        assert_eq!(prices.output_price_micros, Some(Some(5)));
+        assert_eq!(prices.output_price_micros, Some(Some(JsonInt(5))));
         assert_eq!(prices.cache_read_price_micros, None);
     }
 

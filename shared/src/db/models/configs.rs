@@ -263,7 +263,7 @@ pub async fn patch_model_config(
     client: &mut Client,
     id: Uuid,
     becomes_default: bool,
-    merge: impl FnOnce(&ModelConfigRow) -> Result<ModelConfigFields, FieldError>,
+    merge: impl FnOnce(&ModelConfigRow) -> StoreResult<ModelConfigFields>,
 ) -> StoreResult<ModelConfigRow> {
     let transaction = client.transaction().await?;
     if becomes_default {
@@ -346,7 +346,7 @@ async fn check_provider(transaction: &Transaction<'_>, provider_id: Uuid) -> Sto
 }
 
 fn unknown_provider() -> StoreError {
-    StoreError::Field(FieldError::new(
+    StoreError::MissingReference(FieldError::new(
         "provider_id",
         "provider_id: no provider with this id",
     ))

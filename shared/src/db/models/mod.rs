@@ -33,6 +33,10 @@ pub enum StoreError {
     /// A field was refused (the API answers 400 naming it).
     #[error(transparent)]
     Field(#[from] FieldError),
+    /// A field names something that does not exist, e.g. an unknown `provider_id` (the API
+    /// answers 404 naming the field).
+    #[error("{}", .0.message)]
+    MissingReference(FieldError),
     /// The operation contradicts the current state (the API answers 409).
     #[error("{0}")]
     Conflict(String),

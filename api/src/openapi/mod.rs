@@ -1,0 +1,350 @@
+//! The OpenAPI document, generated from the code: the wire types derive their schemas
+//! (`utoipa::ToSchema`), each handler declares its route, parameters and success responses
+//! (`#[utoipa::path]`), and the router is built from the same declarations
+//! (`utoipa_axum::routes!`), so a route cannot exist undocumented. [`finish`] adds what is the
+//! same for many operations: error responses (the [`ERRORS`] table), links between
+//! operations, the event schemas of the two SSE routes, and the replica's limits.
+//!
+//! Every rule the server enforces on input is stated as a schema (lengths count characters,
+//! as JSON Schema does; patterns say "no NUL", "not blank", "no control characters"), except
+//! the few no schema can state, which the descriptions name: names unique within one
+//! request, `from` not after `to`, NUL inside free-form JSON, the body size limit.
+
+pub mod events;
+pub mod schemas;
+
+use serde_json::{json, Map, Value};
+use utoipa::OpenApi;
+
+use crate::config::ApiConfig;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "chatd", version = env!("CARGO_PKG_VERSION")),
+    components(schemas(
+        crate::error::ErrorBody,
+        events::StatusEvent,
+        events::MessagePartEvent,
+        events::RetryEvent,
+        events::ErrorEvent,
+        events::QueueEvent,
+        events::AttemptResetEvent,
+        events::HistoryTruncatedEvent,
+        events::ActionRequiredEvent,
+        events::TitleEvent,
+        events::ChatListEvent,
+        events::ResyncEvent,
+        crate::dto::Message,
+    )),
+    tags(
+        (name = "chats", description = "Chats, messages, the queue and interrupts"),
+        (name = "streams", description = "Server-sent events: one chat, or the chat list"),
+        (name = "spend", description = "What the caller's chats cost"),
+        (name = "admin", description = "Providers and model configs (writes need an admin token)"),
+        (name = "meta", description = "This document"),
+    )
+)]
+pub struct ApiDoc;
+
+/// The error statuses each operation can answer, besides 401 (every operation but
+/// `getOpenApi`) and 503 (every operation: the database is out of reach; `Retry-After`).
+pub const ERRORS: &[(&str, &[u16])] = &[
+    ("createChat", &[400, 404, 409, 413]),
+    ("listChats", &[400]),
+    ("watchChats", &[429]),
+    ("getChat", &[400, 404]),
+    ("patchChat", &[400, 404, 409, 413]),
+    ("listMessages", &[400, 404]),
+    ("sendMessage", &[400, 404, 409, 413]),
+    ("interruptChat", &[400, 404, 409]),
+    ("deleteQueuedMessage", &[400, 404, 409]),
+    ("promoteQueuedMessage", &[400, 404, 409]),
+    ("streamChat", &[400, 404, 429]),
+    ("submitToolResults", &[400, 404, 409, 413]),
+    ("getChatCost", &[400, 404]),
+    ("getUsage", &[400]),
+    ("listProviders", &[403]),
+    ("createProvider", &[400, 403, 409, 413]),
+    ("getProvider", &[400, 403, 404]),
+    ("patchProvider", &[400, 403, 404, 409, 413]),
+    ("deleteProvider", &[400, 403, 404, 409]),
+    ("listModelConfigs", &[400, 403]),
+    ("createModelConfig", &[400, 403, 404, 409, 413]),
+    ("getModelConfig", &[400, 404]),
+    ("patchModelConfig", &[400, 403, 404, 409, 413]),
+    ("deleteModelConfig", &[400, 403, 404, 409]),
+    ("getOpenApi", &[]),
+];
+
+/// Where the document allows any JSON: data that is free-form by nature. A test checks that
+/// these are the only such places.
+pub const FREE_FORM: &[&str] = &[
+    "ContentPart (tool-call, provider-tool-call): args — a tool's arguments",
+    "ContentPart (tool-result): result — a tool's result",
+    "ContentPart (provider-tool-result): content — a provider tool's result block",
+    "PendingToolCall: args — a tool's arguments",
+    "DynamicTool: schema — a tool's JSON Schema",
+    "ToolResultInput: output — a client tool's result",
+    "GET /openapi.json — this document",
+];
+
+/// `<message_id>-<attempt>-<seq>`: a chat stream's cursor (SSE `id`).
+pub const STREAM_CURSOR: &str = r"^[0-9]{1,18}-[0-9]{1,9}-[0-9]{1,18}$";
+
+/// The document for a replica with `config`, as JSON.
+pub fn document(config: &ApiConfig) -> String {
+    let (_, api) = crate::routes::api_routes().split_for_parts();
+    let value = serde_json::to_value(&api).expect("the OpenAPI document serializes");
+    finish(value, config).to_string()
+}
+
+/// Adds what many operations share to the generated document.
+pub fn finish(mut doc: Value, config: &ApiConfig) -> Value {
+    doc["openapi"] = json!("3.1.0");
+    doc["info"]["description"] = json!(description(config));
+    doc["servers"] = json!([{"url": "/api/v1"}]);
+    doc["security"] = json!([{"bearer": []}]);
+    let components = doc["components"].as_object_mut().expect("components");
+    components.insert(
+        "securitySchemes".into(),
+        json!({"bearer": {"type": "http", "scheme": "bearer",
+            "description": "An API token (`chatd admin create-token`)."}}),
+    );
+    components.insert("responses".into(), error_responses(config));
+    let schemas = components
+        .get_mut("schemas")
+        .and_then(Value::as_object_mut)
+        .expect("schemas");
+    for name in ["CreateModelConfigRequest", "PatchModelConfigRequest"] {
+        // The default config must be enabled (PATCH: 409 when only the stored config
+        // contradicts the request).
+        schemas[name]["not"] = json!({"required": ["is_default", "enabled"],
+            "properties": {"is_default": {"const": true}, "enabled": {"const": false}}});
+    }
+    for name in ["CreateProviderRequest", "PatchProviderRequest"] {
+        schemas[name]["properties"]["base_url"]["pattern"] =
+            json!(chatd_shared::validate::base_url_pattern(true));
+    }
+    // `deny_unknown_fields` on tagged enums: each variant admits only its own fields.
+    for name in ["UserPart", "ContentPart", "StreamPart"] {
+        if let Some(variants) = schemas[name]["oneOf"].as_array_mut() {
+            for variant in variants {
+                variant["additionalProperties"] = json!(false);
+            }
+        }
+    }
+    let paths = doc["paths"].as_object_mut().expect("paths");
+    for (_, item) in paths.iter_mut() {
+        for (_, operation) in item.as_object_mut().expect("path item").iter_mut() {
+            let Some(operation) = operation.as_object_mut() else {
+                continue;
+            };
+            decorate(operation);
+        }
+    }
+    doc
+}
+
+fn decorate(operation: &mut Map<String, Value>) {
+    // Query parameters and headers are absent or a string: never `null`.
+    if let Some(parameters) = operation
+        .get_mut("parameters")
+        .and_then(Value::as_array_mut)
+    {
+        for parameter in parameters {
+            if let Some(types) = parameter["schema"]["type"].as_array() {
+                let kept: Vec<Value> = types
+                    .iter()
+                    .filter(|kind| kind.as_str() != Some("null"))
+                    .cloned()
+                    .collect();
+                parameter["schema"]["type"] = match kept.as_slice() {
+                    [single] => single.clone(),
+                    _ => Value::Array(kept),
+                };
+            }
+        }
+    }
+    let id = operation["operationId"]
+        .as_str()
+        .expect("every operation has an operationId")
+        .to_string();
+    let statuses = ERRORS
+        .iter()
+        .find(|(op, _)| *op == id)
+        .map(|(_, statuses)| *statuses)
+        .unwrap_or_else(|| panic!("operation {id} is missing from openapi::ERRORS"));
+    let responses = operation["responses"].as_object_mut().expect("responses");
+    let mut all: Vec<u16> = statuses.to_vec();
+    if id != "getOpenApi" {
+        all.push(401);
+    }
+    all.push(503);
+    for status in all {
+        responses.insert(
+            status.to_string(),
+            json!({"$ref": format!("#/components/responses/{}", response_name(status))}),
+        );
+    }
+    match id.as_str() {
+        "streamChat" => set_events(responses, events::CHAT_STREAM_EVENTS, true),
+        "watchChats" => set_events(responses, events::WATCH_EVENTS, false),
+        _ => {}
+    }
+    for (status, link_set) in links(&id) {
+        if let Some(response) = responses.get_mut(status) {
+            response["links"] = link_set;
+        }
+    }
+    if id == "getOpenApi" {
+        operation.insert("security".into(), json!([]));
+    }
+}
+
+fn response_name(status: u16) -> &'static str {
+    match status {
+        400 => "BadRequest",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "NotFound",
+        409 => "Conflict",
+        413 => "PayloadTooLarge",
+        429 => "TooManyRequests",
+        503 => "Unavailable",
+        other => panic!("no shared response for status {other}"),
+    }
+}
+
+fn error_responses(config: &ApiConfig) -> Value {
+    let error = |description: &str| {
+        json!({"description": description, "content": {"application/json":
+            {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}})
+    };
+    let retry_after = json!({"Retry-After": {"description": "Seconds to wait before retrying.",
+        "schema": {"type": "integer", "minimum": 0}}});
+    let mut too_many = error(&format!(
+        "Too many open streams for this user on this replica (at most {}).",
+        config.max_streams_per_user
+    ));
+    too_many["headers"] = retry_after.clone();
+    let mut unavailable = error("The database is out of reach; retry later.");
+    unavailable["headers"] = retry_after;
+    json!({
+        "BadRequest": error("A parameter, header or body field was refused (`details.field` \
+            names it), the body is not JSON, or its Content-Type is not application/json."),
+        "Unauthorized": error("Missing or invalid bearer token."),
+        "Forbidden": error("Admin rights required."),
+        "NotFound": error("Not found: the resource, or what a body field names \
+            (`details.field`). Other users' chats are not found either."),
+        "Conflict": error("The request contradicts the current state (e.g. the chat is \
+            archived or busy, the queue is full, the provider is in use)."),
+        "PayloadTooLarge": error(&format!("The body exceeds {} bytes.", config.max_body_bytes)),
+        "TooManyRequests": too_many,
+        "Unavailable": unavailable,
+    })
+}
+
+/// The 200 response of an SSE route: one schema per event name, the JSON `data` as
+/// `contentSchema`.
+fn set_events(responses: &mut Map<String, Value>, names: &[(&str, &str)], with_id: bool) {
+    let variants: Vec<Value> = names
+        .iter()
+        .map(|(event, schema)| {
+            let mut properties = json!({
+                "event": {"const": event},
+                "data": {"type": "string", "contentMediaType": "application/json",
+                    "contentSchema": {"$ref": format!("#/components/schemas/{schema}")}},
+                "retry": {"type": "integer", "minimum": 0},
+            });
+            if with_id {
+                properties["id"] = json!({"type": "string", "pattern": STREAM_CURSOR});
+            }
+            json!({"type": "object", "title": event, "required": ["event", "data"],
+                "properties": properties})
+        })
+        .collect();
+    let ok = responses.get_mut("200").expect("SSE routes answer 200");
+    ok["content"] = json!({"text/event-stream": {"schema": {"oneOf": variants}}});
+}
+
+/// OpenAPI links: where the ids of the operations that take them come from.
+fn links(operation_id: &str) -> Vec<(&'static str, Value)> {
+    let to = |targets: &[&str], parameters: Value| -> Value {
+        let mut links = Map::new();
+        for target in targets {
+            links.insert(
+                target.to_string(),
+                json!({"operationId": target, "parameters": parameters.clone()}),
+            );
+        }
+        Value::Object(links)
+    };
+    match operation_id {
+        "createChat" => vec![(
+            "201",
+            to(
+                &[
+                    "getChat",
+                    "patchChat",
+                    "listMessages",
+                    "sendMessage",
+                    "interruptChat",
+                    "streamChat",
+                    "submitToolResults",
+                    "getChatCost",
+                ],
+                json!({"chat_id": "$response.body#/chat/id"}),
+            ),
+        )],
+        "sendMessage" => vec![(
+            "202",
+            to(
+                &["deleteQueuedMessage", "promoteQueuedMessage"],
+                json!({"chat_id": "$request.path.chat_id",
+                    "queued_id": "$response.body#/queued_message/id"}),
+            ),
+        )],
+        "createProvider" => vec![(
+            "201",
+            to(
+                &["getProvider", "patchProvider", "deleteProvider"],
+                json!({"provider_id": "$response.body#/provider/id"}),
+            ),
+        )],
+        "createModelConfig" => vec![(
+            "201",
+            to(
+                &["getModelConfig", "patchModelConfig", "deleteModelConfig"],
+                json!({"model_config_id": "$response.body#/model_config/id"}),
+            ),
+        )],
+        _ => Vec::new(),
+    }
+}
+
+fn description(config: &ApiConfig) -> String {
+    let free_form: String = FREE_FORM
+        .iter()
+        .map(|place| format!("\n- {place}"))
+        .collect();
+    format!(
+        "Horizontally scalable backend for AI agent chats. Health, readiness and metrics are \
+         served outside /api/v1 at /healthz, /readyz and /metrics.\n\n\
+         Limits of this replica: request bodies at most {body} bytes (413); a chat's queue at \
+         most {queue} messages (409); at most {streams} open streams (chat and watch) per user \
+         on this replica (429 with Retry-After); a stream's first snapshot sends at most \
+         {snapshot} messages (then `history_truncated`). Lengths count characters. Rules no \
+         schema states: dynamic tool names are unique within a chat and tool call ids within \
+         one submission; `from` is not after `to`; free-form JSON must not contain NUL in its \
+         strings (except tool results, stored reversibly).\n\n\
+         Free-form JSON (any value) appears only where the data is free-form by nature:\
+         {free_form}",
+        body = config.max_body_bytes,
+        queue = config.max_queue_len,
+        streams = config.max_streams_per_user,
+        snapshot = config.stream_snapshot_messages,
+    )
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,76 @@
+"""Schemathesis hooks: the few input rules of chatd's API that no JSON Schema can state.
+
+The OpenAPI document names each of them in its description ("Rules no schema states"). This
+`before_call` hook makes every generated request obey them before it is sent (in every phase,
+coverage and stateful included), so a 400 for any other reason is still a failure:
+- dynamic tool names unique within a chat, and no NUL inside a tool's free-form JSON Schema;
+- tool call ids unique within one submission;
+- `from` not after `to` in `GET /users/me/usage` (each defaults to the current UTC month's bound).
+"""
+
+from datetime import datetime, timedelta, timezone
+
+import schemathesis
+
+
+def _without_nul(value):
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if isinstance(value, list):
+        return [_without_nul(item) for item in value]
+    if isinstance(value, dict):
+        return {_without_nul(key): _without_nul(item) for key, item in value.items()}
+    return value
+
+
+def _make_unique(items, key, limit):
+    seen = set()
+    for index, item in enumerate(items):
+        if not isinstance(item, dict) or not isinstance(item.get(key), str):
+            continue
+        value = item[key]
+        if value in seen:
+            suffix = f"_{index}"
+            value = value[: max(0, limit - len(suffix))] + suffix
+            item[key] = value
+        seen.add(value)
+
+
+def _timestamp(text):
+    if not isinstance(text, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(text.replace("z", "Z").replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else None
+
+
+@schemathesis.hook
+def before_call(context, case, kwargs):
+    method, path = case.method.upper(), case.operation.path
+    body = case.body if isinstance(case.body, dict) else None
+    if (method, path) == ("POST", "/chats") and body is not None:
+        tools = body.get("dynamic_tools")
+        if isinstance(tools, list):
+            _make_unique(tools, "name", 64)
+            for tool in tools:
+                if isinstance(tool, dict) and "schema" in tool:
+                    tool["schema"] = _without_nul(tool["schema"])
+    elif (method, path) == ("POST", "/chats/{chat_id}/tool-results") and body is not None:
+        results = body.get("results")
+        if isinstance(results, list):
+            _make_unique(results, "tool_call_id", 256)
+    elif (method, path) == ("GET", "/users/me/usage") and isinstance(case.query, dict):
+        now = datetime.now(timezone.utc)
+        month_start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+        next_month = (month_start + timedelta(days=32)).replace(day=1)
+        start = _timestamp(case.query["from"]) if "from" in case.query else month_start
+        end = _timestamp(case.query["to"]) if "to" in case.query else next_month
+        if start is not None and end is not None and start > end:
+            if "from" in case.query and "to" in case.query:
+                case.query["from"], case.query["to"] = case.query["to"], case.query["from"]
+            elif "from" in case.query:
+                case.query["to"] = case.query["from"]
+            else:
+                case.query["from"] = case.query["to"]
