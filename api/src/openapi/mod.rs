@@ -55,7 +55,7 @@ pub const ERRORS: &[(&str, &[u16])] = &[
     ("getChat", &[400, 404]),
     ("patchChat", &[400, 404, 409, 413]),
     ("listMessages", &[400, 404]),
-    ("sendMessage", &[400, 404, 409, 413]),
+    ("sendMessage", &[400, 404, 409, 413, 429]),
     ("interruptChat", &[400, 404, 409]),
     ("deleteQueuedMessage", &[400, 404, 409]),
     ("promoteQueuedMessage", &[400, 404, 409]),
@@ -223,8 +223,9 @@ fn error_responses(config: &ApiConfig) -> Value {
     let retry_after = json!({"Retry-After": {"description": "Seconds to wait before retrying.",
         "schema": {"type": "integer", "minimum": 0}}});
     let mut too_many = error(&format!(
-        "Too many open streams for this user on this replica (at most {}).",
-        config.max_streams_per_user
+        "Too many open streams for this user on this replica (at most {}), or the chat's \
+         queue is full (at most {} messages).",
+        config.max_streams_per_user, config.max_queue_len
     ));
     too_many["headers"] = retry_after.clone();
     let mut unavailable = error("The database is out of reach; retry later.");
@@ -237,7 +238,7 @@ fn error_responses(config: &ApiConfig) -> Value {
         "NotFound": error("Not found: the resource, or what a body field names \
             (`details.field`). Other users' chats are not found either."),
         "Conflict": error("The request contradicts the current state (e.g. the chat is \
-            archived or busy, the queue is full, the provider is in use)."),
+            archived, not waiting for tool results, or the provider is still in use)."),
         "PayloadTooLarge": error(&format!("The body exceeds {} bytes.", config.max_body_bytes)),
         "TooManyRequests": too_many,
         "Unavailable": unavailable,
@@ -331,7 +332,7 @@ fn description(config: &ApiConfig) -> String {
         "Horizontally scalable backend for AI agent chats. Health, readiness and metrics are \
          served outside /api/v1 at /healthz, /readyz and /metrics.\n\n\
          Limits of this replica: request bodies at most {body} bytes (413); a chat's queue at \
-         most {queue} messages (409); at most {streams} open streams (chat and watch) per user \
+         most {queue} messages (429 with Retry-After); at most {streams} open streams (chat and watch) per user \
          on this replica (429 with Retry-After); a stream's first snapshot sends at most \
          {snapshot} messages (then `history_truncated`). Lengths count characters. Rules no \
          schema states: dynamic tool names are unique within a chat and tool call ids within \
