@@ -398,12 +398,7 @@ pub fn worker_config(args: WorkerArgs) -> anyhow::Result<chatd_worker::WorkerCon
 }
 
 async fn connect(database: &DatabaseArgs) -> anyhow::Result<tokio_postgres::Client> {
-    let (client, connection) =
-        tokio_postgres::connect(&database.database_url, tokio_postgres::NoTls)
-            .await
-            .context("connect to the database")?;
-    tokio::spawn(connection);
-    Ok(client)
+    chatd_shared::db::pool::connect_url(&database.database_url, "chatd-admin").await
 }
 
 /// A client for the provider and model-config commands, which write through the same store

@@ -33,6 +33,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     config.validate().map_err(anyhow::Error::msg)?;
+    chatd_shared::db::pool::check_at_startup(&config.database_url, "chatd-api").await?;
     let pool = build_pool(&config.database_url, "chatd-api", config.pool_size)?;
     let (sink, events) = tokio::sync::mpsc::channel(65_536);
     let pubsub = Listener::spawn(
@@ -56,6 +57,7 @@ pub async fn run(
         tokens: Arc::new(auth::TokenCache::default()),
         metrics: chatd_shared::telemetry::metrics_handle(),
         streams: Arc::default(),
+        draining: shutdown.clone(),
     };
     let address = listener.local_addr().context("read the listen address")?;
     tracing::info!(%address, "api listening");

@@ -24,6 +24,22 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// Open streams per user on this replica (`--max-streams-per-user`).
     pub streams: Arc<StreamSlots>,
+    /// Cancelled when the replica starts shutting down (SIGTERM): `/readyz` fails, new streams
+    /// are refused (503), open streams get a `retry:` hint and end, so their clients reconnect
+    /// to another replica with their `Last-Event-ID`.
+    pub draining: tokio_util::sync::CancellationToken,
+}
+
+impl AppState {
+    /// 503 for a new stream while the replica drains.
+    pub fn refuse_if_draining(&self) -> Result<(), ApiError> {
+        if self.draining.is_cancelled() {
+            return Err(ApiError::Unavailable(
+                "this replica is shutting down; reconnect to another".into(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Counts each user's open streams (chat and watch) on this replica.

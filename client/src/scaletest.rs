@@ -203,10 +203,9 @@ async fn user_tokens(args: &ScaletestArgs, chats: usize) -> anyhow::Result<Vec<S
         }
         return Ok(vec![token]);
     };
-    let (client, connection) = tokio_postgres::connect(database_url, tokio_postgres::NoTls)
+    let client = chatd_shared::db::pool::connect_url(database_url, "chatd-scaletest")
         .await
         .context("connect to --database-url")?;
-    tokio::spawn(connection);
     let run = uuid::Uuid::new_v4().simple().to_string();
     let mut tokens = Vec::with_capacity(users);
     for index in 0..users {

@@ -49,10 +49,9 @@ pub async fn check(
     records: &[ClientRecord],
     settle: Duration,
 ) -> anyhow::Result<Verdict> {
-    let (client, connection) = tokio_postgres::connect(database_url, tokio_postgres::NoTls)
+    let client = chatd_shared::db::pool::connect_url(database_url, "chaos-check")
         .await
         .context("connect for the check")?;
-    tokio::spawn(connection);
     let mut verdict = Verdict::default();
 
     let deadline = tokio::time::Instant::now() + settle;

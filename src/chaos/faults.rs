@@ -140,9 +140,9 @@ async fn apply(
         }
         Fault::TerminateBackends => {
             let database_url = cluster.lock().await.database_url.clone();
-            let (client, connection) =
-                tokio_postgres::connect(&database_url, tokio_postgres::NoTls).await?;
-            tokio::spawn(connection);
+            // Not named `chatd…`: the query below must not terminate this session.
+            let client =
+                chatd_shared::db::pool::connect_url(&database_url, "fault-injector").await?;
             let rows = client
                 .query(
                     "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \

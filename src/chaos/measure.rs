@@ -43,10 +43,7 @@ pub async fn run(cluster: &mut ChaosCluster, chats: usize, samples: usize) -> an
     let http = reqwest::Client::new();
     let api = ApiClient::new(&cluster.api_urls[0], &cluster.token, http.clone());
     let other = ApiClient::new(&cluster.api_urls[1], &cluster.token, http);
-    let (sql, connection) = tokio_postgres::connect(&cluster.database_url, tokio_postgres::NoTls)
-        .await
-        .context("connect")?;
-    tokio::spawn(connection);
+    let sql = chatd_shared::db::pool::connect_url(&cluster.database_url, "chaos-measure").await?;
 
     // B6.
     let mut chat_ids = Vec::new();

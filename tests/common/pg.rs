@@ -240,15 +240,10 @@ async fn create_from_template(
     }
 }
 
+/// The product's own connector, so test databases reached over TLS (`sslmode=…` in the URL)
+/// work like any other.
 async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .with_context(|| format!("connect to {url}"))?;
-    tokio::spawn(async move {
-        // The connection ends with an error when the test's runtime shuts down; nothing to do.
-        let _ = connection.await;
-    });
-    Ok(client)
+    chatd_shared::db::pool::connect_url(url, "test-harness").await
 }
 
 /// `url` with its database (the path) replaced by `database`, keeping any query string.

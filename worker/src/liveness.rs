@@ -80,11 +80,11 @@ impl Liveness {
 
 /// Connects, takes the lock, and pings until the connection fails.
 async fn hold(
-    config: &tokio_postgres::Config,
+    config: &chatd_shared::db::pool::PgConnect,
     worker_id: Uuid,
     held: &AtomicBool,
 ) -> anyhow::Result<()> {
-    let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
+    let (client, connection) = config.config.connect(config.tls.clone()).await?;
     let mut connection = tokio::spawn(connection);
     // Blocks only if another session holds the key (a previous life of this worker id whose
     // session the server has not noticed ending yet).

@@ -51,6 +51,7 @@ struct Shared {
 pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     config.validate().map_err(anyhow::Error::msg)?;
     let config = Arc::new(config);
+    chatd_shared::db::pool::check_at_startup(&config.database_url, "chatd-worker").await?;
     let pool = build_pool(&config.database_url, "chatd-worker", config.pool_size)?;
     let http = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))

@@ -11,8 +11,17 @@ pub async fn healthz() -> Response {
     (StatusCode::OK, axum::Json(json!({"status": "ok"}))).into_response()
 }
 
-/// Ready when the database answers and the listener connection is up.
+/// Ready when the database answers and the listener connection is up, and the replica is not
+/// shutting down (a draining replica answers 503 at once, so load balancers stop sending it
+/// new requests while its streams move elsewhere).
 pub async fn readyz(State(state): State<AppState>) -> Response {
+    if state.draining.is_cancelled() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({"draining": true})),
+        )
+            .into_response();
+    }
     let database = match state.pool.get().await {
         Ok(client) => client.simple_query("SELECT 1").await.is_ok(),
         Err(_) => false,

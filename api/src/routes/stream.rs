@@ -71,6 +71,7 @@ pub async fn stream(
             .map_err(|_| ApiError::field("Last-Event-ID", "Last-Event-ID: not ASCII"))?;
         cursor = Some(StreamCursor::parse(text, "Last-Event-ID")?);
     }
+    state.refuse_if_draining()?;
     let slot = state
         .streams
         .acquire(user.id, state.config.max_streams_per_user)?;
@@ -304,7 +305,14 @@ impl Session {
             return None;
         }
         loop {
-            match self.subscription.events.recv().await {
+            let received = tokio::select! {
+                received = self.subscription.events.recv() => received,
+                _ = self.state.draining.cancelled() => {
+                    // The replica shuts down: the client reconnects elsewhere with its cursor.
+                    return Some(vec![self.retry_hint()]);
+                }
+            };
+            match received {
                 Ok(event) => {
                     // Boxed: keeps the database paths out of every idle stream's state.
                     let batch = Box::pin(self.translate(event)).await;

@@ -18,6 +18,8 @@ use crate::state::AppState;
 #[utoipa::path(get, path = "/chats/watch", operation_id = "watchChats", tag = "streams",
     responses((status = 200, description = "A `chat` event whenever one of the caller's chats changes; `resync` when events were dropped for a slow reader (list again).")))]
 pub async fn watch(State(state): State<AppState>, user: CurrentUser) -> ApiResult<Response> {
+    state.refuse_if_draining()?;
+    let draining = state.draining.clone();
     let slot = state
         .streams
         .acquire(user.id, state.config.max_streams_per_user)?;
@@ -26,9 +28,21 @@ pub async fn watch(State(state): State<AppState>, user: CurrentUser) -> ApiResul
             .await
             .map_err(|_| ApiError::Unavailable("subscribe to chat-list events".into()))?;
     let events = futures::stream::unfold(
-        (subscription, slot),
-        |(mut subscription, slot)| async move {
-            match subscription.events.recv().await {
+        (subscription, slot, Some(draining)),
+        |(mut subscription, slot, draining)| async move {
+            // `None` once the drain hint went out: the stream ends.
+            let draining = draining?;
+            let received = tokio::select! {
+                received = subscription.events.recv() => received,
+                _ = draining.cancelled() => {
+                    // The replica shuts down: the client reconnects to another one.
+                    let hint = Event::default()
+                        .retry(Duration::from_secs(1))
+                        .comment("draining: reconnect");
+                    return Some((hint, (subscription, slot, None)));
+                }
+            };
+            match received {
                 Ok(event) => {
                     let data = ChatListEvent {
                         kind: event.kind,
@@ -36,13 +50,13 @@ pub async fn watch(State(state): State<AppState>, user: CurrentUser) -> ApiResul
                     };
                     let data = serde_json::to_string(&data).expect("event payloads serialize");
                     let sse = Event::default().event("chat").data(data);
-                    Some((sse, (subscription, slot)))
+                    Some((sse, (subscription, slot, Some(draining))))
                 }
                 Err(RecvError::Lagged(_)) => {
                     // Tell the client to re-list: events were dropped for this slow reader.
                     let data = serde_json::to_string(&ResyncEvent {}).expect("serializes");
                     let sse = Event::default().event("resync").data(data);
-                    Some((sse, (subscription, slot)))
+                    Some((sse, (subscription, slot, Some(draining))))
                 }
                 Err(RecvError::Closed) => None,
             }

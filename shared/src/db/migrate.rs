@@ -99,12 +99,6 @@ async fn apply_pending(client: &mut tokio_postgres::Client) -> anyhow::Result<us
 
 /// Connects to `database_url` with a plain (non-pooled) connection and migrates.
 pub async fn run_url(database_url: &str) -> anyhow::Result<usize> {
-    let (mut client, connection) = tokio_postgres::connect(database_url, tokio_postgres::NoTls)
-        .await
-        .context("connect to the database")?;
-    let driver = tokio::spawn(connection);
-    let result = run(&mut client).await;
-    drop(client);
-    let _ = driver.await;
-    result
+    let mut client = super::pool::connect_url(database_url, "chatd-migrate").await?;
+    run(&mut client).await
 }

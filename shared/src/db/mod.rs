@@ -10,6 +10,7 @@ pub mod models;
 pub mod pool;
 pub mod queue;
 pub mod rows;
+pub mod tls;
 pub mod tool_calls;
 
 /// The end of the `SET` list of every statement that changes what readers see of a chat:

@@ -4,24 +4,56 @@ use std::time::Duration;
 
 use anyhow::Context;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 /// The pool type used everywhere.
 pub type PgPool = Pool;
 /// A connection taken from a [`PgPool`].
 pub type PgClient = deadpool_postgres::Client;
 
-/// Parses `database_url` and applies the settings every chatd connection wants: TCP keepalive
-/// (a half-open socket is noticed in seconds, not after the 2 h OS default), a connect timeout,
-/// an application name, and `idle_in_transaction_session_timeout` so a stuck transaction can
-/// never stop the notify queue from draining.
-pub fn connection_config(
-    database_url: &str,
-    application_name: &str,
-) -> anyhow::Result<tokio_postgres::Config> {
-    let mut config: tokio_postgres::Config = database_url
+/// How to open a connection: the parsed settings and the TLS connector their `sslmode`
+/// asks for (`db::tls`).
+#[derive(Clone)]
+pub struct PgConnect {
+    pub config: tokio_postgres::Config,
+    pub tls: MakeRustlsConnect,
+    /// The URL with its password masked, for errors.
+    pub redacted: String,
+}
+
+impl PgConnect {
+    /// One plain connection, driven by a spawned task. Errors name the (redacted) URL and the
+    /// cause in one line, e.g. a certificate the CA did not sign.
+    pub async fn connect(&self) -> anyhow::Result<tokio_postgres::Client> {
+        let (client, connection) = self
+            .config
+            .connect(self.tls.clone())
+            .await
+            .with_context(|| format!("connect to {}", self.redacted))?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "database connection ended");
+            }
+        });
+        Ok(client)
+    }
+}
+
+/// Parses `database_url` (TLS parameters as libpq reads them, see `db::tls`) and applies the
+/// settings every chatd connection wants: TCP keepalive (a half-open socket is noticed in
+/// seconds, not after the 2 h OS default), a connect timeout, an application name, and
+/// `idle_in_transaction_session_timeout` so a stuck transaction can never stop the notify
+/// queue from draining.
+pub fn connection_config(database_url: &str, application_name: &str) -> anyhow::Result<PgConnect> {
+    let redacted = redact_url(database_url);
+    let (rest, tls_options) =
+        super::tls::split_url(database_url).with_context(|| format!("database url {redacted}"))?;
+    let mut config: tokio_postgres::Config = rest
         .parse()
-        .with_context(|| format!("parse database url {}", redact_url(database_url)))?;
+        .with_context(|| format!("parse database url {redacted}"))?;
+    let tls = super::tls::connector(&tls_options).with_context(|| format!("TLS for {redacted}"))?;
     config
+        .ssl_mode(tls_options.postgres_mode())
         .application_name(application_name)
         .connect_timeout(Duration::from_secs(5))
         .keepalives(true)
@@ -29,7 +61,67 @@ pub fn connection_config(
         .keepalives_interval(Duration::from_secs(2))
         .keepalives_retries(3)
         .options("-c idle_in_transaction_session_timeout=60000 -c statement_timeout=60000");
-    Ok(config)
+    Ok(PgConnect {
+        config,
+        tls,
+        redacted,
+    })
+}
+
+/// At startup: a database that answers but refuses the connection (TLS verification, no TLS
+/// where `sslmode` requires it, `pg_hba.conf`, password, missing database) is a configuration
+/// error no retry fixes, so the process fails with it (one line naming the cause). One that
+/// does not answer yet is only logged: the pool and the listener keep trying, as in a rolling
+/// start where the database comes up last.
+pub async fn check_at_startup(database_url: &str, application_name: &str) -> anyhow::Result<()> {
+    let connect = connection_config(database_url, application_name)?;
+    match connect.config.connect(connect.tls.clone()).await {
+        Ok((client, connection)) => {
+            drop(client);
+            let _ = connection.await;
+            Ok(())
+        }
+        Err(error) if refused(&error) => {
+            Err(anyhow::Error::new(error).context(format!("connect to {}", connect.redacted)))
+        }
+        Err(error) => {
+            tracing::warn!(url = %connect.redacted, %error, "the database does not answer yet; retrying");
+            Ok(())
+        }
+    }
+}
+
+/// Whether the server answered and said no (as opposed to not answering).
+fn refused(error: &tokio_postgres::Error) -> bool {
+    if error.as_db_error().is_some() || error.to_string().contains("TLS") {
+        return true;
+    }
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        if cause.is::<rustls::Error>() {
+            return true;
+        }
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            if io
+                .get_ref()
+                .is_some_and(|inner| inner.is::<rustls::Error>())
+            {
+                return true;
+            }
+        }
+        source = cause.source();
+    }
+    false
+}
+
+/// One plain connection to `database_url` (`chatd migrate`, admin commands, tests).
+pub async fn connect_url(
+    database_url: &str,
+    application_name: &str,
+) -> anyhow::Result<tokio_postgres::Client> {
+    connection_config(database_url, application_name)?
+        .connect()
+        .await
 }
 
 /// Builds a pool of at most `max_size` connections. Connections are opened lazily.
@@ -38,10 +130,10 @@ pub fn build_pool(
     application_name: &str,
     max_size: usize,
 ) -> anyhow::Result<PgPool> {
-    let config = connection_config(database_url, application_name)?;
+    let connect = connection_config(database_url, application_name)?;
     let manager = Manager::from_config(
-        config,
-        tokio_postgres::NoTls,
+        connect.config,
+        connect.tls,
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },

@@ -514,7 +514,8 @@ impl EmbeddedPostgres {
             .user(&self.superuser)
             .dbname(database)
             .connect_timeout(Duration::from_secs(5))
-            .connect(tokio_postgres::NoTls)
+            // `prefer`, as every chatd connection by default: TLS when the server has it on.
+            .connect(prefer_tls())
             .await?;
         tokio::spawn(async move {
             if let Err(error) = connection.await {
@@ -576,4 +577,10 @@ impl EmbeddedPostgres {
             log_tail,
         }
     }
+}
+
+/// The connector for `sslmode=prefer` (unverified TLS when the server offers it).
+fn prefer_tls() -> tokio_postgres_rustls::MakeRustlsConnect {
+    crate::db::tls::connector(&crate::db::tls::TlsOptions::default())
+        .expect("the default TLS settings need no files")
 }

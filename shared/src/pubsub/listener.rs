@@ -116,7 +116,7 @@ impl Listener {
 }
 
 struct ListenerTask {
-    config: tokio_postgres::Config,
+    config: crate::db::pool::PgConnect,
     channels: HashSet<String>,
     sink: mpsc::Sender<ListenerEvent>,
     connected: Arc<AtomicBool>,
@@ -186,9 +186,10 @@ impl ListenerTask {
     ) -> anyhow::Result<()> {
         let (client, mut connection) = self
             .config
-            .connect(tokio_postgres::NoTls)
+            .config
+            .connect(self.config.tls.clone())
             .await
-            .context("connect the listener")?;
+            .with_context(|| format!("connect the listener to {}", self.config.redacted))?;
         let (closed_tx, mut closed_rx) = oneshot::channel::<String>();
         let sink = self.sink.clone();
         let driver = tokio::spawn(async move {
