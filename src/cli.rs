@@ -71,6 +71,12 @@ pub struct DatabaseArgs {
 pub struct ApiArgs {
     #[command(flatten)]
     pub database: DatabaseArgs,
+    /// A direct (session-mode) PostgreSQL URL for the connections that need a session of
+    /// their own — the LISTEN connection (and, for workers, the liveness lock) — when
+    /// `--database-url` goes through a transaction pooler such as PgBouncer. Default: the
+    /// database URL.
+    #[arg(long, env = "CHATD_LISTEN_DATABASE_URL")]
+    pub listen_database_url: Option<String>,
     /// Address to listen on.
     #[arg(long, env = "CHATD_ADDR", default_value = "127.0.0.1:8080")]
     pub addr: SocketAddr,
@@ -100,6 +106,12 @@ pub struct ApiArgs {
 pub struct WorkerArgs {
     #[command(flatten)]
     pub database: DatabaseArgs,
+    /// A direct (session-mode) PostgreSQL URL for the connections that need a session of
+    /// their own — the LISTEN connection (and, for workers, the liveness lock) — when
+    /// `--database-url` goes through a transaction pooler such as PgBouncer. Default: the
+    /// database URL.
+    #[arg(long, env = "CHATD_LISTEN_DATABASE_URL")]
+    pub listen_database_url: Option<String>,
     /// Worker identity (default: a fresh UUID per process).
     #[arg(long, env = "CHATD_WORKER_ID")]
     pub worker_id: Option<Uuid>,
@@ -303,6 +315,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Api(args) => {
             let mut config = chatd_api::ApiConfig::new(args.database.database_url);
+            config.listen_database_url = args.listen_database_url;
             config.pool_size = args.pool_size;
             config.max_body_bytes = args.max_body_bytes;
             config.max_queue_len = args.max_queue_len;
@@ -360,6 +373,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 
 pub fn worker_config(args: WorkerArgs) -> anyhow::Result<chatd_worker::WorkerConfig> {
     let mut config = chatd_worker::WorkerConfig::new(args.database.database_url);
+    config.listen_database_url = args.listen_database_url;
     if let Some(worker_id) = args.worker_id {
         config.worker_id = worker_id;
     }

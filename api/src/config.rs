@@ -5,6 +5,9 @@ use std::time::Duration;
 #[derive(Debug, Clone)]
 pub struct ApiConfig {
     pub database_url: String,
+    /// A direct URL for the LISTEN connection (`--listen-database-url`), when `database_url`
+    /// goes through a transaction pooler.
+    pub listen_database_url: Option<String>,
     /// Connections in this replica's pool.
     pub pool_size: usize,
     /// Request bodies larger than this are refused with 413 before buffering.
@@ -54,6 +57,7 @@ impl ApiConfig {
         use defaults::*;
         ApiConfig {
             database_url: database_url.into(),
+            listen_database_url: None,
             pool_size: POOL_SIZE,
             max_body_bytes: MAX_BODY_BYTES,
             max_queue_len: MAX_QUEUE_LEN,
@@ -65,6 +69,13 @@ impl ApiConfig {
             hub_audit_interval: Duration::from_secs(2),
             encryption_key: None,
         }
+    }
+
+    /// The URL of connections that need a session: the listen URL, else the database URL.
+    pub fn session_database_url(&self) -> &str {
+        self.listen_database_url
+            .as_deref()
+            .unwrap_or(&self.database_url)
     }
 
     /// Refuses settings that cannot work, naming the flag. Checked by `chatd_api::run`.

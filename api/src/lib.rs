@@ -34,10 +34,13 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     config.validate().map_err(anyhow::Error::msg)?;
     chatd_shared::db::pool::check_at_startup(&config.database_url, "chatd-api").await?;
+    if let Some(url) = &config.listen_database_url {
+        chatd_shared::db::pool::check_at_startup(url, "chatd-api-listener").await?;
+    }
     let pool = build_pool(&config.database_url, "chatd-api", config.pool_size)?;
     let (sink, events) = tokio::sync::mpsc::channel(65_536);
     let pubsub = Listener::spawn(
-        &config.database_url,
+        config.session_database_url(),
         "chatd-api-listener",
         Vec::new(),
         sink,

@@ -7,6 +7,9 @@ use uuid::Uuid;
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
     pub database_url: String,
+    /// A direct URL for the LISTEN connection and the liveness lock
+    /// (`--listen-database-url`), when `database_url` goes through a transaction pooler.
+    pub listen_database_url: Option<String>,
     /// Identity of this worker in `chats.worker_id`; fresh per process by default.
     pub worker_id: Uuid,
     pub pool_size: usize,
@@ -80,10 +83,19 @@ fn ms(value: u64) -> Duration {
 }
 
 impl WorkerConfig {
+    /// The URL of connections that need a session (listener, liveness lock): the listen
+    /// URL, else the database URL.
+    pub fn session_database_url(&self) -> &str {
+        self.listen_database_url
+            .as_deref()
+            .unwrap_or(&self.database_url)
+    }
+
     pub fn new(database_url: impl Into<String>) -> WorkerConfig {
         use defaults::*;
         WorkerConfig {
             database_url: database_url.into(),
+            listen_database_url: None,
             worker_id: Uuid::new_v4(),
             pool_size: POOL_SIZE,
             max_concurrent_turns: MAX_CONCURRENT_TURNS,

@@ -52,6 +52,9 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
     config.validate().map_err(anyhow::Error::msg)?;
     let config = Arc::new(config);
     chatd_shared::db::pool::check_at_startup(&config.database_url, "chatd-worker").await?;
+    if let Some(url) = &config.listen_database_url {
+        chatd_shared::db::pool::check_at_startup(url, "chatd-worker-listener").await?;
+    }
     let pool = build_pool(&config.database_url, "chatd-worker", config.pool_size)?;
     let http = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
@@ -65,7 +68,11 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
         crate::tool::builtin_tools(&config.builtin_tools).map_err(anyhow::Error::msg)?;
     let background = CancellationToken::new();
     let flusher = StreamFlusher::new(pool.clone(), config.worker_id);
-    let liveness = Liveness::spawn(&config.database_url, config.worker_id, background.clone())?;
+    let liveness = Liveness::spawn(
+        config.session_database_url(),
+        config.worker_id,
+        background.clone(),
+    )?;
     let shared = Arc::new(Shared {
         config: config.clone(),
         turns: DashMap::new(),
@@ -76,7 +83,7 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
     let (sink, events) = mpsc::channel(4096);
     // Held for the worker's lifetime: dropping the last handle stops the listener task.
     let _listener = Listener::spawn(
-        &config.database_url,
+        config.session_database_url(),
         "chatd-worker-listener",
         vec![
             WAKE_CHANNEL.to_string(),
