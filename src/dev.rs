@@ -144,7 +144,7 @@ async fn seed(database_url: &str, mock_base_url: &str) -> anyhow::Result<String>
     // The mock's port changes every run: re-point the provider of earlier runs.
     let existing = client
         .query_opt(
-            "SELECT id FROM providers WHERE display_name = $1",
+            "SELECT id FROM providers WHERE display_name = $1 AND NOT deleted",
             &[&MOCK_PROVIDER_NAME],
         )
         .await?;

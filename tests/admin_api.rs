@@ -256,8 +256,9 @@ async fn providers_keep_api_keys_secret_and_refuse_bad_input() {
         .await;
     assert_field_error(&malformed, "provider_id");
 
-    // Delete: refused while a live model config uses the provider, naming it; kept (disabled,
-    // key erased) while only deleted configs reference it; removed when nothing does.
+    // Delete: refused while a live model config uses the provider, naming it; hidden (row
+    // kept for spend history, disabled, key erased) while only deleted configs reference it;
+    // removed when nothing does. Either way it is gone from every route.
     setup
         .admin(
             Method::PATCH,
@@ -286,17 +287,39 @@ async fn providers_keep_api_keys_secret_and_refuse_bad_input() {
             204,
         )
         .await;
-    let retired = setup
+    setup
         .admin(
             Method::DELETE,
             &format!("/providers/{id}"),
             Value::Null,
-            200,
+            204,
         )
         .await;
-    assert_eq!(retired["provider"]["enabled"], false);
-    assert_eq!(retired["provider"]["has_api_key"], false);
-    assert_eq!(stored(id.clone()).await, None);
+    assert_eq!(stored(id.clone()).await, None, "the key is erased");
+    for (method, status) in [(Method::GET, 404), (Method::DELETE, 404)] {
+        setup
+            .admin(method, &format!("/providers/{id}"), Value::Null, status)
+            .await;
+    }
+    let listed = setup
+        .admin(Method::GET, "/providers", Value::Null, 200)
+        .await;
+    assert!(
+        !listed.to_string().contains(&id),
+        "hidden from the list: {listed}"
+    );
+    let hidden: (bool, bool) = {
+        let sql = setup.cluster.sql().await;
+        let row = sql
+            .query_one(
+                "SELECT deleted, enabled FROM providers WHERE id = $1::text::uuid",
+                &[&id],
+            )
+            .await
+            .expect("the row stays for spend history");
+        (row.get(0), row.get(1))
+    };
+    assert_eq!(hidden, (true, false));
     let unused = setup
         .admin(
             Method::POST,

@@ -423,7 +423,7 @@ fn nonsense_settings_are_refused_naming_the_flag() {
 
 /// Rules the OpenAPI document states, at their edges: lengths count characters, integral
 /// numbers are integers, blank text parts are refused, a body field naming something missing
-/// is a 404 naming it, an empty Last-Event-ID is no cursor; the document itself is public.
+/// is a 422 naming it, an empty Last-Event-ID is no cursor; the document itself is public.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_documented_rules_hold_at_their_edges() {
     let cluster = Cluster::start(1, 1).await;
@@ -452,7 +452,7 @@ async fn the_documented_rules_hold_at_their_edges() {
     );
     let unknown_parent =
         post_chat(json!({"parent_chat_id": uuid::Uuid::new_v4()}).to_string()).await;
-    assert_eq!(unknown_parent.status, 404, "{}", unknown_parent.body);
+    assert_eq!(unknown_parent.status, 422, "{}", unknown_parent.body);
     assert_eq!(
         unknown_parent.json()["error"]["details"]["field"],
         "parent_chat_id"

@@ -30,6 +30,7 @@ pub enum ErrorCode {
     Unauthorized,
     Forbidden,
     NotFound,
+    InvalidReference,
     Conflict,
     PayloadTooLarge,
     RateLimited,
@@ -37,8 +38,7 @@ pub enum ErrorCode {
     Internal,
 }
 
-/// What a client can act on: the field refused (`validation`, and `not_found` for a field
-/// naming something missing), the body limit, the wait before retrying.
+/// What a client can act on: the field refused (`validation`, `invalid_reference`), the body limit, the wait before retrying.
 #[derive(Debug, Default, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)] // `additionalProperties: false` in the document
 pub struct ErrorDetails {
@@ -64,8 +64,9 @@ pub enum ApiError {
     /// 404. The same body for "does not exist" and "not yours" (never leak existence).
     #[error("{0} not found")]
     NotFound(&'static str),
-    /// 404 for a field that names something that does not exist (or is not the caller's):
-    /// an unknown `model_config_id`, `parent_chat_id`, `provider_id`.
+    /// 422 for a body field that names something that does not exist (or is not the
+    /// caller's): an unknown `model_config_id`, `parent_chat_id`, `provider_id`. Not 404: the
+    /// addressed resource exists; what the body refers to does not.
     #[error("{message}")]
     MissingReference { field: String, message: String },
     /// 409 state conflict.
@@ -120,7 +121,8 @@ impl ApiError {
             ApiError::Validation { .. } | ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden => StatusCode::FORBIDDEN,
-            ApiError::NotFound(_) | ApiError::MissingReference { .. } => StatusCode::NOT_FOUND,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MissingReference { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -135,7 +137,8 @@ impl ApiError {
             ApiError::BadRequest(_) => ErrorCode::BadRequest,
             ApiError::Unauthorized => ErrorCode::Unauthorized,
             ApiError::Forbidden => ErrorCode::Forbidden,
-            ApiError::NotFound(_) | ApiError::MissingReference { .. } => ErrorCode::NotFound,
+            ApiError::NotFound(_) => ErrorCode::NotFound,
+            ApiError::MissingReference { .. } => ErrorCode::InvalidReference,
             ApiError::Conflict(_) => ErrorCode::Conflict,
             ApiError::PayloadTooLarge { .. } => ErrorCode::PayloadTooLarge,
             ApiError::TooManyRequests { .. } => ErrorCode::RateLimited,

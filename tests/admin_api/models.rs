@@ -159,12 +159,13 @@ async fn model_configs_validate_input_and_keep_exactly_one_default() {
             204,
         )
         .await;
+    // Once deleted it is gone: deleting it again is a 404, like any route on it.
     setup
         .admin(
             Method::DELETE,
             &format!("/model-configs/{deleted}"),
             Value::Null,
-            204,
+            404,
         )
         .await;
     let listed = setup.user(Method::GET, "/model-configs", Value::Null).await;
@@ -223,16 +224,26 @@ async fn model_configs_validate_input_and_keep_exactly_one_default() {
     );
     assert!(with_deleted.contains(&deleted));
 
-    // Soft delete: the row stays, flagged, and can no longer change.
-    let row = setup
+    // Soft delete: the row stays, flagged (the admin list shows it), and every route treats
+    // it as gone.
+    for method in [Method::GET, Method::DELETE] {
+        setup
+            .admin(
+                method,
+                &format!("/model-configs/{deleted}"),
+                Value::Null,
+                404,
+            )
+            .await;
+    }
+    setup
         .admin(
-            Method::GET,
+            Method::PATCH,
             &format!("/model-configs/{deleted}"),
-            Value::Null,
-            200,
+            json!({"model": "again"}),
+            404,
         )
         .await;
-    assert_eq!(row["model_config"]["deleted"], true);
     let client = setup.cluster.sql().await;
     let still_there: i64 = client
         .query_one(
@@ -252,7 +263,7 @@ async fn model_configs_validate_input_and_keep_exactly_one_default() {
             Some(r#"{"display_name": "again"}"#),
         )
         .await;
-    assert_eq!(patch_deleted.status, 409, "{}", patch_deleted.body);
+    assert_eq!(patch_deleted.status, 404, "{}", patch_deleted.body);
 
     // Deleting the default leaves none.
     setup

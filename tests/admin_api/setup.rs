@@ -196,11 +196,15 @@ pub async fn spawn_api_with_key(cluster: &mut Cluster, key: &str) {
     .await;
 }
 
-/// A body field naming something that does not exist: 404 `not_found` naming the field.
+/// A body field naming something that does not exist: 422 `invalid_reference` naming it.
 pub fn assert_missing_reference(response: &Raw, field: &str) {
-    assert_eq!(response.status, 404, "{}", response.body);
+    assert_eq!(response.status, 422, "{}", response.body);
     let body = response.json();
-    assert_eq!(body["error"]["code"], "not_found", "{}", response.body);
+    assert_eq!(
+        body["error"]["code"], "invalid_reference",
+        "{}",
+        response.body
+    );
     assert_eq!(
         body["error"]["details"]["field"], field,
         "{}",

@@ -49,13 +49,13 @@ pub struct ApiDoc;
 /// The error statuses each operation can answer, besides 401 (every operation but
 /// `getOpenApi`) and 503 (every operation: the database is out of reach; `Retry-After`).
 pub const ERRORS: &[(&str, &[u16])] = &[
-    ("createChat", &[400, 404, 409, 413]),
+    ("createChat", &[400, 409, 413, 422]),
     ("listChats", &[400]),
     ("watchChats", &[429]),
     ("getChat", &[400, 404]),
     ("patchChat", &[400, 404, 409, 413]),
     ("listMessages", &[400, 404]),
-    ("sendMessage", &[400, 404, 409, 413, 429]),
+    ("sendMessage", &[400, 404, 409, 413, 422, 429]),
     ("interruptChat", &[400, 404, 409]),
     ("deleteQueuedMessage", &[400, 404, 409]),
     ("promoteQueuedMessage", &[400, 404, 409]),
@@ -69,9 +69,9 @@ pub const ERRORS: &[(&str, &[u16])] = &[
     ("patchProvider", &[400, 403, 404, 409, 413]),
     ("deleteProvider", &[400, 403, 404, 409]),
     ("listModelConfigs", &[400, 403]),
-    ("createModelConfig", &[400, 403, 404, 409, 413]),
+    ("createModelConfig", &[400, 403, 409, 413, 422]),
     ("getModelConfig", &[400, 404]),
-    ("patchModelConfig", &[400, 403, 404, 409, 413]),
+    ("patchModelConfig", &[400, 403, 404, 409, 413, 422]),
     ("deleteModelConfig", &[400, 403, 404, 409]),
     ("getOpenApi", &[]),
 ];
@@ -209,6 +209,7 @@ fn response_name(status: u16) -> &'static str {
         404 => "NotFound",
         409 => "Conflict",
         413 => "PayloadTooLarge",
+        422 => "InvalidReference",
         429 => "TooManyRequests",
         503 => "Unavailable",
         other => panic!("no shared response for status {other}"),
@@ -235,8 +236,9 @@ fn error_responses(config: &ApiConfig) -> Value {
             names it), the body is not JSON, or its Content-Type is not application/json."),
         "Unauthorized": error("Missing or invalid bearer token."),
         "Forbidden": error("Admin rights required."),
-        "NotFound": error("Not found: the resource, or what a body field names \
-            (`details.field`). Other users' chats are not found either."),
+        "NotFound": error("Not found (other users' chats are not found either)."),
+        "InvalidReference": error("A body field names something that does not exist or is \
+            not usable (`details.field`), e.g. an unknown `model_config_id`."),
         "Conflict": error("The request contradicts the current state (e.g. the chat is \
             archived, not waiting for tool results, or the provider is still in use)."),
         "PayloadTooLarge": error(&format!("The body exceeds {} bytes.", config.max_body_bytes)),

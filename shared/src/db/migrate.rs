@@ -22,6 +22,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0002_fault_tolerance",
         sql: include_str!("../../../migrations/0002_fault_tolerance.sql"),
     },
+    Migration {
+        version: 3,
+        name: "0003_provider_soft_delete",
+        sql: include_str!("../../../migrations/0003_provider_soft_delete.sql"),
+    },
 ];
 
 /// Arbitrary constant key of the advisory lock that serialises migrations.

@@ -1,7 +1,8 @@
 //! `GET/POST /model-configs`, `GET/PATCH/DELETE /model-configs/{model_config_id}`.
 //!
-//! Reads are open to every user: administrators get every field (and, with
-//! `?include_deleted=true`, soft-deleted configs); other users get only the configs they can
+//! Reads are open to every user: administrators get every field (and, in the list with
+//! `?include_deleted=true`, soft-deleted configs, which every other route treats as gone);
+//! other users get only the configs they can
 //! choose (enabled, not deleted, provider enabled) with public fields. Writes are for
 //! administrators only.
 //!

@@ -115,15 +115,12 @@ pub async fn patch(
     Ok(provider_response(StatusCode::OK, &row))
 }
 
-/// 204 when the provider is gone; 200 with the provider when it had to be kept (only
-/// deleted model configs, which spend history needs, still reference it): it is then
-/// disabled and its API key erased. 409 while live model configs use it.
+/// 204: the provider is gone from every route. When only deleted model configs (which spend
+/// history needs) still reference it, its row stays hidden, disabled, its API key erased.
+/// 409 while live model configs use it.
 #[utoipa::path(delete, path = "/providers/{provider_id}", operation_id = "deleteProvider", tag = "admin",
     params(("provider_id" = Uuid, Path, description = "A provider")),
-    responses(
-        (status = 204, description = "Deleted"),
-        (status = 200, description = "Kept for spend history (only deleted model configs use it): disabled, its key erased", body = ProviderResponse),
-    ))]
+    responses((status = 204, description = "Deleted: gone from every route (kept hidden, disabled and without its key when deleted model configs, which spend history needs, still reference it)")))]
 pub async fn delete(
     State(state): State<AppState>,
     admin: AdminUser,
@@ -133,10 +130,10 @@ pub async fn delete(
     let mut client = state.pool.get().await?;
     let deletion = store::delete_provider(&mut client, provider_id).await?;
     config_changed(&client, admin, ConfigKind::Provider, provider_id).await;
-    Ok(match deletion {
-        ProviderDeletion::Deleted => StatusCode::NO_CONTENT.into_response(),
-        ProviderDeletion::Retired(row) => provider_response(StatusCode::OK, &row),
-    })
+    if let ProviderDeletion::Retired = deletion {
+        tracing::info!(%provider_id, "provider hidden (deleted model configs still reference it)");
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 fn provider_response(status: StatusCode, row: &store::ProviderRow) -> Response {

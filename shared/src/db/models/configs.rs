@@ -216,7 +216,7 @@ pub async fn get_model_config(
     usable_only: bool,
 ) -> StoreResult<ModelConfigRow> {
     let sql = format!(
-        "SELECT {MODEL_COLUMNS} FROM model_configs mc WHERE mc.id = $1 \
+        "SELECT {MODEL_COLUMNS} FROM model_configs mc WHERE mc.id = $1 AND NOT mc.deleted \
          AND (NOT $2 OR ({USABLE}))"
     );
     client
@@ -255,7 +255,7 @@ pub async fn create_model_config(
 }
 
 /// Locks the config, lets `merge` validate and apply a patch to it, and writes the result.
-/// A deleted config is a 409 (deletion is final).
+/// A deleted config is not found (deletion is final).
 ///
 /// # Locks
 /// `DEFAULT_LOCK` when the patch makes it the default, then the config's row lock.
@@ -276,9 +276,9 @@ pub async fn patch_model_config(
         .map(|row| ModelConfigRow::from_row(&row))
         .ok_or(StoreError::NotFound("model config"))?;
     if current.deleted {
-        return Err(StoreError::Conflict(
-            "the model config is deleted; create a new one".into(),
-        ));
+        // Deleted is gone, for every route (the list shows it to admins with
+        // `include_deleted=true`, for spend history).
+        return Err(StoreError::NotFound("model config"));
     }
     let fields = merge(&current)?;
     fields.check("is_default")?;
@@ -306,11 +306,12 @@ pub async fn patch_model_config(
 }
 
 /// Soft delete: `deleted = true` (spend history keeps referencing the row) and no longer the
-/// default. Deleting the default leaves the deployment without one. Idempotent.
+/// default. Deleting the default leaves the deployment without one. A deleted config is not
+/// found again (every route answers 404 for it; only the admin list with
+/// `include_deleted=true` still shows it).
 pub async fn delete_model_config(client: &Client, id: Uuid) -> StoreResult<()> {
-    let sql = "UPDATE model_configs SET deleted = true, is_default = false, \
-               updated_at = CASE WHEN deleted THEN updated_at ELSE now() END \
-               WHERE id = $1 RETURNING id";
+    let sql = "UPDATE model_configs SET deleted = true, is_default = false, updated_at = now() \
+               WHERE id = $1 AND NOT deleted RETURNING id";
     client
         .query_opt(&client.prepare_cached(sql).await?, &[&id])
         .await?
@@ -339,7 +340,10 @@ async fn clear_default(transaction: &Transaction<'_>, keep: Option<Uuid>) -> Sto
 
 async fn check_provider(transaction: &Transaction<'_>, provider_id: Uuid) -> StoreResult<()> {
     transaction
-        .query_opt("SELECT 1 FROM providers WHERE id = $1", &[&provider_id])
+        .query_opt(
+            "SELECT 1 FROM providers WHERE id = $1 AND NOT deleted",
+            &[&provider_id],
+        )
         .await?
         .map(|_| ())
         .ok_or_else(unknown_provider)

@@ -62,17 +62,20 @@ pub struct ProviderPatch {
     pub enabled: Option<bool>,
 }
 
-/// What `DELETE /providers/{id}` did.
+/// What `DELETE /providers/{id}` did. Either way the provider is gone from every route.
 pub enum ProviderDeletion {
     /// No model config ever used it: the row is gone.
     Deleted,
     /// Only deleted model configs (kept for spend history) still reference it, so the row
-    /// must stay: it is disabled and its API key erased.
-    Retired(ProviderRow),
+    /// stays, hidden (`deleted`), disabled and with its API key erased.
+    Retired,
 }
 
 pub async fn list_providers(client: &Client) -> StoreResult<Vec<ProviderRow>> {
-    let sql = format!("SELECT {PROVIDER_COLUMNS} FROM providers p ORDER BY p.created_at, p.id");
+    let sql = format!(
+        "SELECT {PROVIDER_COLUMNS} FROM providers p WHERE NOT p.deleted \
+         ORDER BY p.created_at, p.id"
+    );
     let rows = client
         .query(&client.prepare_cached(&sql).await?, &[])
         .await?;
@@ -80,7 +83,8 @@ pub async fn list_providers(client: &Client) -> StoreResult<Vec<ProviderRow>> {
 }
 
 pub async fn get_provider(client: &Client, id: Uuid) -> StoreResult<ProviderRow> {
-    let sql = format!("SELECT {PROVIDER_COLUMNS} FROM providers p WHERE p.id = $1");
+    let sql =
+        format!("SELECT {PROVIDER_COLUMNS} FROM providers p WHERE p.id = $1 AND NOT p.deleted");
     client
         .query_opt(&client.prepare_cached(&sql).await?, &[&id])
         .await?
@@ -136,7 +140,9 @@ pub async fn patch_provider(
     patch: ProviderPatch,
 ) -> StoreResult<ProviderRow> {
     let transaction = client.transaction().await?;
-    let sql = format!("SELECT {PROVIDER_COLUMNS} FROM providers p WHERE p.id = $1 FOR UPDATE");
+    let sql = format!(
+        "SELECT {PROVIDER_COLUMNS} FROM providers p WHERE p.id = $1 AND NOT p.deleted FOR UPDATE"
+    );
     let current = transaction
         .query_opt(&sql, &[&id])
         .await?
@@ -187,7 +193,10 @@ pub async fn patch_provider(
 pub async fn delete_provider(client: &mut Client, id: Uuid) -> StoreResult<ProviderDeletion> {
     let transaction = client.transaction().await?;
     transaction
-        .query_opt("SELECT 1 FROM providers WHERE id = $1 FOR UPDATE", &[&id])
+        .query_opt(
+            "SELECT 1 FROM providers WHERE id = $1 AND NOT deleted FOR UPDATE",
+            &[&id],
+        )
         .await?
         .ok_or(StoreError::NotFound("provider"))?;
     let users = transaction
@@ -218,12 +227,14 @@ pub async fn delete_provider(client: &mut Client, id: Uuid) -> StoreResult<Provi
             .map_err(foreign_key_conflict)?;
         ProviderDeletion::Deleted
     } else {
-        let sql = format!(
-            "UPDATE providers p SET enabled = false, api_key_encrypted = NULL, \
-             updated_at = now() WHERE p.id = $1 RETURNING {PROVIDER_COLUMNS}"
-        );
-        let row = transaction.query_one(&sql, &[&id]).await?;
-        ProviderDeletion::Retired(ProviderRow::from_row(&row))
+        transaction
+            .execute(
+                "UPDATE providers SET deleted = true, enabled = false, api_key_encrypted = NULL, \
+                 updated_at = now() WHERE id = $1",
+                &[&id],
+            )
+            .await?;
+        ProviderDeletion::Retired
     };
     transaction.commit().await?;
     Ok(deletion)
