@@ -77,6 +77,10 @@ pub struct ApiArgs {
     /// database URL.
     #[arg(long, env = "CHATD_LISTEN_DATABASE_URL")]
     pub listen_database_url: Option<String>,
+    /// Wait for `chatd migrate` to bring the schema to this build's version instead of
+    /// exiting with an error (e.g. when the migration Job runs alongside the rollout).
+    #[arg(long, env = "CHATD_WAIT_FOR_MIGRATIONS")]
+    pub wait_for_migrations: bool,
     /// Address to listen on.
     #[arg(long, env = "CHATD_ADDR", default_value = "127.0.0.1:8080")]
     pub addr: SocketAddr,
@@ -112,6 +116,10 @@ pub struct WorkerArgs {
     /// database URL.
     #[arg(long, env = "CHATD_LISTEN_DATABASE_URL")]
     pub listen_database_url: Option<String>,
+    /// Wait for `chatd migrate` to bring the schema to this build's version instead of
+    /// exiting with an error (e.g. when the migration Job runs alongside the rollout).
+    #[arg(long, env = "CHATD_WAIT_FOR_MIGRATIONS")]
+    pub wait_for_migrations: bool,
     /// Worker identity (default: a fresh UUID per process).
     #[arg(long, env = "CHATD_WORKER_ID")]
     pub worker_id: Option<Uuid>,
@@ -316,6 +324,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Api(args) => {
             let mut config = chatd_api::ApiConfig::new(args.database.database_url);
             config.listen_database_url = args.listen_database_url;
+            config.wait_for_migrations = args.wait_for_migrations;
+            config.wait_for_migrations = args.wait_for_migrations;
             config.pool_size = args.pool_size;
             config.max_body_bytes = args.max_body_bytes;
             config.max_queue_len = args.max_queue_len;

@@ -8,6 +8,9 @@ pub struct ApiConfig {
     /// A direct URL for the LISTEN connection (`--listen-database-url`), when `database_url`
     /// goes through a transaction pooler.
     pub listen_database_url: Option<String>,
+    /// At startup, wait for the schema to reach this build's version
+    /// (`--wait-for-migrations`) instead of failing.
+    pub wait_for_migrations: bool,
     /// Connections in this replica's pool.
     pub pool_size: usize,
     /// Request bodies larger than this are refused with 413 before buffering.
@@ -58,6 +61,7 @@ impl ApiConfig {
         ApiConfig {
             database_url: database_url.into(),
             listen_database_url: None,
+            wait_for_migrations: false,
             pool_size: POOL_SIZE,
             max_body_bytes: MAX_BODY_BYTES,
             max_queue_len: MAX_QUEUE_LEN,

@@ -37,6 +37,8 @@ pub async fn run(
     if let Some(url) = &config.listen_database_url {
         chatd_shared::db::pool::check_at_startup(url, "chatd-api-listener").await?;
     }
+    chatd_shared::db::migrate::require_schema(&config.database_url, config.wait_for_migrations)
+        .await?;
     let pool = build_pool(&config.database_url, "chatd-api", config.pool_size)?;
     let (sink, events) = tokio::sync::mpsc::channel(65_536);
     let pubsub = Listener::spawn(

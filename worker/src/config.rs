@@ -10,6 +10,9 @@ pub struct WorkerConfig {
     /// A direct URL for the LISTEN connection and the liveness lock
     /// (`--listen-database-url`), when `database_url` goes through a transaction pooler.
     pub listen_database_url: Option<String>,
+    /// At startup, wait for the schema to reach this build's version
+    /// (`--wait-for-migrations`) instead of failing.
+    pub wait_for_migrations: bool,
     /// Identity of this worker in `chats.worker_id`; fresh per process by default.
     pub worker_id: Uuid,
     pub pool_size: usize,
@@ -96,6 +99,7 @@ impl WorkerConfig {
         WorkerConfig {
             database_url: database_url.into(),
             listen_database_url: None,
+            wait_for_migrations: false,
             worker_id: Uuid::new_v4(),
             pool_size: POOL_SIZE,
             max_concurrent_turns: MAX_CONCURRENT_TURNS,

@@ -55,6 +55,8 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
     if let Some(url) = &config.listen_database_url {
         chatd_shared::db::pool::check_at_startup(url, "chatd-worker-listener").await?;
     }
+    chatd_shared::db::migrate::require_schema(&config.database_url, config.wait_for_migrations)
+        .await?;
     let pool = build_pool(&config.database_url, "chatd-worker", config.pool_size)?;
     let http = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))

@@ -29,6 +29,81 @@ pub const MIGRATIONS: &[Migration] = &[
     },
 ];
 
+/// The newest migration this build knows.
+pub fn latest_version() -> i32 {
+    MIGRATIONS.last().map_or(0, |migration| migration.version)
+}
+
+/// The newest applied migration, `None` when the database has no chatd schema at all.
+pub async fn applied_version(client: &tokio_postgres::Client) -> anyhow::Result<Option<i32>> {
+    let exists: bool = client
+        .query_one("SELECT to_regclass('schema_migrations') IS NOT NULL", &[])
+        .await
+        .context("look for schema_migrations")?
+        .get(0);
+    if !exists {
+        return Ok(None);
+    }
+    let row = client
+        .query_one("SELECT max(version) FROM schema_migrations", &[])
+        .await
+        .context("read the schema version")?;
+    Ok(row.get::<_, Option<i32>>(0))
+}
+
+/// At startup of `chatd api` and `chatd worker`: the schema must be at least this build's
+/// (`chatd migrate` runs first, e.g. as the Kubernetes migration Job). Behind, the process
+/// fails naming both versions — or, with `wait`, waits for the migration to land. A newer
+/// schema is accepted with a warning (migrations are additive, so an older build keeps
+/// working during a rolling update). A database that does not answer is left to the pool's
+/// retries, as at any start.
+pub async fn require_schema(database_url: &str, wait: bool) -> anyhow::Result<()> {
+    let needed = latest_version();
+    let mut logged = false;
+    loop {
+        let client = match super::pool::connect_url(database_url, "chatd-schema-check").await {
+            Ok(client) => client,
+            Err(error) => {
+                tracing::warn!(error = format!("{error:#}"), "schema version not checked");
+                return Ok(());
+            }
+        };
+        let applied = applied_version(&client).await?;
+        match applied {
+            Some(version) if version >= needed => {
+                if version > needed {
+                    tracing::warn!(
+                        schema = version,
+                        this_build = needed,
+                        "the database schema is newer than this chatd build"
+                    );
+                }
+                return Ok(());
+            }
+            _ if wait => {
+                if !logged {
+                    tracing::info!(
+                        schema = applied.unwrap_or(0),
+                        needed,
+                        "waiting for `chatd migrate` (--wait-for-migrations)"
+                    );
+                    logged = true;
+                }
+                drop(client);
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+            Some(version) => anyhow::bail!(
+                "the database schema is at version {version}, this chatd needs version \
+                 {needed}: run `chatd migrate` first (or start with --wait-for-migrations)"
+            ),
+            None => anyhow::bail!(
+                "the database has no chatd schema (this chatd needs version {needed}): run \
+                 `chatd migrate` first (or start with --wait-for-migrations)"
+            ),
+        }
+    }
+}
+
 /// Arbitrary constant key of the advisory lock that serialises migrations.
 const MIGRATION_LOCK_KEY: i64 = 0x6368_6174_645f_6d67; // "chatd_mg"
 
