@@ -87,6 +87,15 @@ class Postgres:
         self.run("pg_ctl", "-D", self.data, "-m", "fast", "-w", "stop")
 
 
+def test_secret(postgres):
+    """The values of the Secret `chatd` the manifests reference, for the local PostgreSQL."""
+    return {
+        "database-url": postgres.url,
+        "direct-database-url": postgres.url,
+        "encryption-key": base64.b64encode(os.urandom(32)).decode(),
+    }
+
+
 def environment(container, objects, secret):
     env = {"PATH": "/usr/bin:/bin"}
     for source in container.get("envFrom", []):
@@ -145,11 +154,7 @@ def http_ok(url, deadline):
 
 def check_overlay(binary, overlay, documents, postgres, workdir):
     objects = {(doc["kind"], doc["metadata"]["name"]): doc for doc in documents}
-    secret = {
-        "database-url": postgres.url,
-        "direct-database-url": postgres.url,
-        "encryption-key": base64.b64encode(os.urandom(32)).decode(),
-    }
+    secret = test_secret(postgres)
     # The migration Job first, to completion.
     for (kind, name), job in objects.items():
         if kind != "Job":
@@ -204,8 +209,7 @@ def typos_fail(binary, documents, postgres, workdir):
     pod = deployment["spec"]["template"]["spec"]
     container = dict(pod["containers"][0])
     container["env"] = [*container["env"], {"name": "CHATD_POOLSIZE", "value": "8"}]
-    secret = {"database-url": postgres.url, "direct-database-url": postgres.url,
-              "encryption-key": base64.b64encode(os.urandom(32)).decode()}
+    secret = test_secret(postgres)
     process, log = start(binary, container, pod, objects, secret, workdir)
     try:
         status = process.wait(timeout=10)
