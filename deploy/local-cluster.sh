@@ -10,7 +10,11 @@
 # WORKERS (default 2), MOCK_PORT (default 9090), PG_PORT (default 15432: below the ephemeral
 # port range, so the thousands of client connections of a load test cannot be holding it
 # when a cluster starts right after one),
-# PG_STAT_STATEMENTS=1 to enable pg_stat_statements (for B4), WORKER_ARGS (extra worker flags).
+# PG_STAT_STATEMENTS=1 to enable pg_stat_statements (for B4), PG_SSL=1 for PostgreSQL over TLS
+# (a self-signed certificate; every URL says sslmode=require), WORKER_ARGS and API_ARGS (extra
+# flags), DATABASE_POOLER=transaction (API replicas and workers run their pools as if behind a
+# transaction-mode pooler — unnamed statements — with the database URL as the direct URL).
+# CHATD_* variables in the environment reach every chatd process.
 # Worker i serves /metrics on 127.0.0.1:910i.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -49,14 +53,26 @@ if [ ! -f "$data_dir/PG_VERSION" ]; then
     [ "$(id -u)" = 0 ] && chown postgres "$data_dir"
     as_pg "$bindir/initdb" -D "$data_dir" -U chatd --auth=trust -E UTF8 --locale=C >/dev/null
 fi
+ssl_options=""
+url_options=""
+if [ "${PG_SSL:-0}" = 1 ]; then
+    if [ ! -f "$data_dir/server.crt" ]; then
+        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 \
+            -subj /CN=127.0.0.1 -keyout "$data_dir/server.key" -out "$data_dir/server.crt" 2>/dev/null
+        chmod 600 "$data_dir/server.key"
+        [ "$(id -u)" = 0 ] && chown postgres "$data_dir/server.key" "$data_dir/server.crt"
+    fi
+    ssl_options="-c ssl=on -c ssl_cert_file=$data_dir/server.crt -c ssl_key_file=$data_dir/server.key"
+    url_options="?sslmode=require"
+fi
 preload=""
 [ "${PG_STAT_STATEMENTS:-0}" = 1 ] && preload="-c shared_preload_libraries=pg_stat_statements -c pg_stat_statements.track_utility=off"
 echo "==> starting PostgreSQL on 127.0.0.1:$pg_port"
 as_pg "$bindir/pg_ctl" -D "$data_dir" -w -l "$data_dir/postgres.log" \
-    -o "-p $pg_port -k $data_dir -c listen_addresses=127.0.0.1 -c max_connections=400 -c fsync=off -c synchronous_commit=off $preload" start >/dev/null
-database_url="postgres://chatd@127.0.0.1:$pg_port/chatd"
-psql "postgres://chatd@127.0.0.1:$pg_port/postgres" -qtAc "SELECT 1 FROM pg_database WHERE datname = 'chatd'" | grep -q 1 ||
-    psql "postgres://chatd@127.0.0.1:$pg_port/postgres" -qc "CREATE DATABASE chatd"
+    -o "-p $pg_port -k $data_dir -c listen_addresses=127.0.0.1 -c max_connections=400 -c fsync=off -c synchronous_commit=off $preload $ssl_options" start >/dev/null
+database_url="postgres://chatd@127.0.0.1:$pg_port/chatd$url_options"
+psql "postgres://chatd@127.0.0.1:$pg_port/postgres$url_options" -qtAc "SELECT 1 FROM pg_database WHERE datname = 'chatd'" | grep -q 1 ||
+    psql "postgres://chatd@127.0.0.1:$pg_port/postgres$url_options" -qc "CREATE DATABASE chatd"
 [ "${PG_STAT_STATEMENTS:-0}" = 1 ] && psql "$database_url" -qc "CREATE EXTENSION IF NOT EXISTS pg_stat_statements"
 
 pids=()
@@ -81,16 +97,22 @@ psql "$database_url" -qtAc "SELECT 1 FROM users WHERE username = 'admin'" | grep
     "$bin" admin create-user --database-url "$database_url" --username admin --admin >/dev/null
 token=$("$bin" admin create-token --database-url "$database_url" --username admin)
 
+pooler_args=""
+if [ -n "${DATABASE_POOLER:-}" ]; then
+    pooler_args="--database-pooler $DATABASE_POOLER --listen-database-url $database_url"
+fi
 urls=()
 for port in $api_ports; do
-    "$bin" api --database-url "$database_url" --addr "127.0.0.1:$port" >"$cluster_dir/api-$port.log" 2>&1 &
+    # shellcheck disable=SC2086
+    "$bin" api --database-url "$database_url" --addr "127.0.0.1:$port" $pooler_args ${API_ARGS:-} \
+        >"$cluster_dir/api-$port.log" 2>&1 &
     pids+=($!)
     urls+=("http://127.0.0.1:$port")
 done
 for index in $(seq 1 "$workers"); do
     # shellcheck disable=SC2086
     "$bin" worker --database-url "$database_url" --metrics-addr "127.0.0.1:$((9100 + index))" \
-        ${WORKER_ARGS:-} >"$cluster_dir/worker-$index.log" 2>&1 &
+        $pooler_args ${WORKER_ARGS:-} >"$cluster_dir/worker-$index.log" 2>&1 &
     pids+=($!)
 done
 for url in "${urls[@]}"; do

@@ -28,6 +28,24 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// `--database-pooler`.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum PoolerArg {
+    /// PostgreSQL itself, or a pooler in session mode.
+    None,
+    /// A pooler in transaction mode.
+    Transaction,
+}
+
+impl From<PoolerArg> for chatd_shared::db::pool::Pooler {
+    fn from(value: PoolerArg) -> Self {
+        match value {
+            PoolerArg::None => chatd_shared::db::pool::Pooler::None,
+            PoolerArg::Transaction => chatd_shared::db::pool::Pooler::Transaction,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum LogFormatArg {
     Json,
@@ -81,6 +99,11 @@ pub struct ApiArgs {
     /// exiting with an error (e.g. when the migration Job runs alongside the rollout).
     #[arg(long, env = "CHATD_WAIT_FOR_MIGRATIONS")]
     pub wait_for_migrations: bool,
+    /// What sits between `--database-url` and PostgreSQL: `transaction` for a pooler in
+    /// transaction mode (PgBouncer, RDS Proxy, …): the pool then runs unnamed statements and
+    /// sends no startup options; needs `--listen-database-url`.
+    #[arg(long, env = "CHATD_DATABASE_POOLER", value_enum, default_value_t = PoolerArg::None)]
+    pub database_pooler: PoolerArg,
     /// Address to listen on.
     #[arg(long, env = "CHATD_ADDR", default_value = "127.0.0.1:8080")]
     pub addr: SocketAddr,
@@ -120,6 +143,11 @@ pub struct WorkerArgs {
     /// exiting with an error (e.g. when the migration Job runs alongside the rollout).
     #[arg(long, env = "CHATD_WAIT_FOR_MIGRATIONS")]
     pub wait_for_migrations: bool,
+    /// What sits between `--database-url` and PostgreSQL: `transaction` for a pooler in
+    /// transaction mode (PgBouncer, RDS Proxy, …): the pool then runs unnamed statements and
+    /// sends no startup options; needs `--listen-database-url`.
+    #[arg(long, env = "CHATD_DATABASE_POOLER", value_enum, default_value_t = PoolerArg::None)]
+    pub database_pooler: PoolerArg,
     /// Worker identity (default: a fresh UUID per process).
     #[arg(long, env = "CHATD_WORKER_ID")]
     pub worker_id: Option<Uuid>,
@@ -325,7 +353,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let mut config = chatd_api::ApiConfig::new(args.database.database_url);
             config.listen_database_url = args.listen_database_url;
             config.wait_for_migrations = args.wait_for_migrations;
-            config.wait_for_migrations = args.wait_for_migrations;
+            config.database_pooler = args.database_pooler.into();
             config.pool_size = args.pool_size;
             config.max_body_bytes = args.max_body_bytes;
             config.max_queue_len = args.max_queue_len;
@@ -384,6 +412,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 pub fn worker_config(args: WorkerArgs) -> anyhow::Result<chatd_worker::WorkerConfig> {
     let mut config = chatd_worker::WorkerConfig::new(args.database.database_url);
     config.listen_database_url = args.listen_database_url;
+    config.wait_for_migrations = args.wait_for_migrations;
+    config.database_pooler = args.database_pooler.into();
     if let Some(worker_id) = args.worker_id {
         config.worker_id = worker_id;
     }

@@ -402,6 +402,14 @@ fn nonsense_settings_are_refused_naming_the_flag() {
             &["api", "--max-streams-per-user", "0"],
             "--max-streams-per-user",
         ),
+        (
+            &["api", "--database-pooler", "transaction"],
+            "needs --listen-database-url",
+        ),
+        (
+            &["worker", "--database-pooler", "transaction"],
+            "needs --listen-database-url",
+        ),
     ];
     for (args, flag) in cases {
         let output = std::process::Command::new(env!("CARGO_BIN_EXE_chatd"))

@@ -179,7 +179,14 @@ async fn a_stale_lease_holder_cannot_write() {
         .until(TURN, |event| event.event == "message_part")
         .await;
     let chat_uuid = Uuid::parse_str(&chat_id).unwrap();
-    let pool = chatd_shared::db::pool::build_pool(&cluster.db.url, "stale-writer", 1).unwrap();
+    let pool = chatd_shared::db::pool::build_pool(
+        &cluster.db.url,
+        "stale-writer",
+        1,
+        Default::default(),
+        &cluster.db.url,
+    )
+    .unwrap();
     let sql = pool.get().await.expect("a pooled connection");
     let row = sql
         .query_one(

@@ -1,5 +1,7 @@
 //! A replica started against a database `chatd migrate` has not brought to its schema version
-//! says so and exits — or, with `--wait-for-migrations`, waits and starts once it has.
+//! says so and exits — or, with `--wait-for-migrations`, waits (answering its liveness probe)
+//! and starts once it has; against a newer schema it runs only when the newer migrations
+//! declare it compatible.
 
 mod common;
 
@@ -55,7 +57,8 @@ async fn an_unmigrated_database_is_refused_or_waited_for() {
         String::from_utf8_lossy(&worker.stderr)
     );
 
-    // Waiting: it starts once the migration has run.
+    // Waiting: both start once the migration has run. Meanwhile the API replica answers
+    // its liveness probe (so Kubernetes does not restart it for waiting) and nothing else.
     let port = free_port();
     let address = format!("127.0.0.1:{port}");
     let mut waiting = chatd()
@@ -71,33 +74,153 @@ async fn an_unmigrated_database_is_refused_or_waited_for() {
         .stderr(Stdio::null())
         .spawn()
         .expect("start chatd api");
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(waiting.try_wait().unwrap().is_none(), "it waits");
-    // The port is bound from the start, but nothing is served before the schema is there.
+    let mut waiting_worker = chatd()
+        .args(["worker", "--database-url", &empty, "--wait-for-migrations"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start chatd worker");
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(1))
         .build()
         .unwrap();
-    let ready = format!("http://{address}/readyz");
-    assert!(http.get(&ready).send().await.is_err(), "not serving yet");
+    let base = format!("http://{address}");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while http.get(format!("{base}/healthz")).send().await.is_err() {
+        assert!(Instant::now() < deadline, "no /healthz while waiting");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        waiting.try_wait().unwrap().is_none(),
+        "the API replica waits"
+    );
+    assert!(
+        waiting_worker.try_wait().unwrap().is_none(),
+        "the worker waits"
+    );
+    let status = |path: &'static str| {
+        let http = http.clone();
+        let url = format!("{base}{path}");
+        async move { http.get(url).send().await.map(|r| r.status().as_u16()).ok() }
+    };
+    assert_eq!(status("/healthz").await, Some(200));
+    assert_eq!(status("/readyz").await, Some(503));
+    assert_eq!(status("/api/v1/chats").await, Some(503));
     let migrated = chatd()
         .args(["migrate", "--database-url", &empty])
         .output()
         .expect("run chatd migrate");
     assert!(migrated.status.success());
     let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        if let Ok(response) = http.get(&ready).send().await {
-            if response.status() == 200 {
-                break;
-            }
-        }
+    while status("/readyz").await != Some(200) {
         assert!(
             Instant::now() < deadline,
             "not ready 15 s after the migration"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let _ = waiting.kill();
-    let _ = waiting.wait();
+    // The real routes now (401 without a token, not the stand-in's 503).
+    assert_eq!(status("/api/v1/chats").await, Some(401));
+    assert!(
+        waiting_worker.try_wait().unwrap().is_none(),
+        "the worker runs"
+    );
+    for mut child in [waiting, waiting_worker] {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// Rolling back: a build runs against a newer schema only while every newer migration says
+/// it is compatible with the build (`compatible_from`, recorded by `chatd migrate`).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_newer_schema_is_run_against_only_when_compatible() {
+    let db = test_database().await;
+    let sql = db.connect().await.expect("connect");
+    let known = chatd_shared::db::migrate::latest_version();
+    let recorded: Vec<(i32, Option<i32>, Option<String>)> = sql
+        .query(
+            "SELECT version, compatible_from, chatd_version FROM schema_migrations ORDER BY 1",
+            &[],
+        )
+        .await
+        .expect("read schema_migrations")
+        .iter()
+        .map(|row| (row.get(0), row.get(1), row.get(2)))
+        .collect();
+    let expected: Vec<(i32, Option<i32>, Option<String>)> = chatd_shared::db::migrate::MIGRATIONS
+        .iter()
+        .map(|migration| {
+            (
+                migration.version,
+                Some(migration.compatible_from),
+                Some(chatd_shared::db::migrate::CHATD_VERSION.to_owned()),
+            )
+        })
+        .collect();
+    assert_eq!(recorded, expected, "chatd migrate records compatibility");
+
+    // A newer, additive migration (as a newer chatd would record it): this build runs.
+    sql.execute(
+        "INSERT INTO schema_migrations (version, name, compatible_from, chatd_version) \
+         VALUES ($1, 'future_additive', $2, '9.9.9')",
+        &[&(known + 1), &known],
+    )
+    .await
+    .expect("record a compatible migration");
+    let port = free_port();
+    let address = format!("127.0.0.1:{port}");
+    let mut api = chatd()
+        .args(["api", "--database-url", &db.url, "--addr", &address])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start chatd api");
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Ok(response) = http.get(format!("http://{address}/readyz")).send().await {
+            if response.status() == 200 {
+                break;
+            }
+        }
+        assert!(
+            api.try_wait().unwrap().is_none(),
+            "it runs against a compatible schema"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "not ready against a compatible schema"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = api.kill();
+    let _ = api.wait();
+
+    // One that this build cannot run against: refused, naming both versions.
+    sql.execute(
+        "INSERT INTO schema_migrations (version, name, compatible_from, chatd_version) \
+         VALUES ($1, 'future_breaking', $1, '9.9.9')",
+        &[&(known + 2)],
+    )
+    .await
+    .expect("record an incompatible migration");
+    for role in ["api", "worker"] {
+        let mut command = chatd();
+        command.args([role, "--database-url", &db.url]);
+        if role == "api" {
+            command.args(["--addr", "127.0.0.1:0"]);
+        }
+        let refused = command.output().expect("run chatd");
+        assert!(!refused.status.success(), "{role} refuses");
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(
+            stderr.contains(&format!("schema is at version {}", known + 2))
+                && stderr.contains("chatd 9.9.9")
+                && stderr.contains(&format!("schema version {} or later", known + 2))
+                && stderr.contains(&format!("knows version {known}")),
+            "{role}: {stderr}"
+        );
+    }
 }

@@ -373,3 +373,49 @@ async fn a_resume_across_a_turn_boundary_keeps_stream_order() {
     let counts = checker.take_counts();
     assert!(counts.is_zero(), "{counts:?}: {:?}", resumed.seen);
 }
+
+/// A client that resumes after the turn it was watching ended gets the answer, then
+/// `waiting` — the order of the live stream. The snapshot used to send the status first, so a
+/// client (and `chatd scaletest`, under a rolling restart behind nginx) saw the chat idle
+/// before its reply arrived.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_resume_after_the_turn_ended_sends_the_answer_before_waiting() {
+    let cluster = Cluster::start(2, 1).await;
+    let api = cluster.api(0);
+    let message = directive_message("watch me", json!({"tokens": 40, "tokens_per_second": 40}));
+    let (chat_id, message_id) = create_chat(&api, &message).await;
+    let mut reader = Reader::open(&api, &chat_id, Some(&format!("{message_id}-0-0"))).await;
+    reader
+        .until(TURN, |event| event.event == "message_part")
+        .await;
+    let cursor = reader.last_id();
+    let mut stream = reader.seen.clone();
+    drop(reader);
+    wait_until(TURN, "the turn to end", || async {
+        (common::cluster::chat_status(&api, &chat_id).await == "waiting").then_some(())
+    })
+    .await;
+
+    let mut resumed = Reader::open(&cluster.api(1), &chat_id, Some(&cursor)).await;
+    resumed
+        .until(TURN, |event| {
+            event.event == "status" && event.data["status"] == "waiting"
+        })
+        .await;
+    let answer = resumed
+        .seen
+        .iter()
+        .position(|event| event.event == "message" && event.data["role"] == "assistant");
+    let waiting = resumed.seen.len() - 1;
+    assert!(
+        answer.is_some_and(|answer| answer < waiting),
+        "the answer precedes `waiting`: {:?}",
+        resumed
+            .seen
+            .iter()
+            .map(|event| format!("{} {}", event.event, event.id))
+            .collect::<Vec<_>>()
+    );
+    stream.extend(resumed.seen.iter().cloned());
+    assert_eq!(assert_contiguous(&stream), reply_text(&message, 40));
+}

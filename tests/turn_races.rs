@@ -94,7 +94,14 @@ async fn a_retried_commit_writes_nothing_twice() {
     let cluster = Cluster::start(1, 0).await;
     let (chat_id, _) = create_chat(&cluster.api(0), "hello").await;
     let chat_uuid = Uuid::parse_str(&chat_id).expect("uuid");
-    let pool = chatd_shared::db::pool::build_pool(&cluster.db.url, "test-worker", 1).expect("pool");
+    let pool = chatd_shared::db::pool::build_pool(
+        &cluster.db.url,
+        "test-worker",
+        1,
+        Default::default(),
+        &cluster.db.url,
+    )
+    .expect("pool");
     let client = pool.get().await.expect("connection");
     let worker_id = Uuid::new_v4();
     let claims = acquire(&client, worker_id, 10).await.expect("acquire");

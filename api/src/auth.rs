@@ -1,6 +1,7 @@
 //! Bearer-token authentication with a short-lived in-memory cache of verified tokens, so a
 //! streaming client's requests do not each cost a database read.
 
+use chatd_shared::db::sql::Sql;
 use std::time::Instant;
 
 use axum::extract::FromRequestParts;
@@ -65,14 +66,10 @@ impl FromRequestParts<AppState> for CurrentUser {
         }
         let client = state.pool.get().await?;
         let row = client
-            .query_opt(
-                &client
-                    .prepare_cached(
-                        "SELECT t.secret_hash, u.id, u.is_admin FROM api_tokens t \
+            .row_opt(
+                "SELECT t.secret_hash, u.id, u.is_admin FROM api_tokens t \
                  JOIN users u ON u.id = t.user_id \
                  WHERE t.prefix = $1 AND (t.expires_at IS NULL OR t.expires_at > now())",
-                    )
-                    .await?,
                 &[&prefix],
             )
             .await?;

@@ -11,6 +11,10 @@ pub struct ApiConfig {
     /// At startup, wait for the schema to reach this build's version
     /// (`--wait-for-migrations`) instead of failing.
     pub wait_for_migrations: bool,
+    /// What sits between the pool and PostgreSQL (`--database-pooler`): behind a
+    /// transaction-mode pooler the pool runs unnamed statements and needs
+    /// `listen_database_url`.
+    pub database_pooler: chatd_shared::db::pool::Pooler,
     /// Connections in this replica's pool.
     pub pool_size: usize,
     /// Request bodies larger than this are refused with 413 before buffering.
@@ -62,6 +66,7 @@ impl ApiConfig {
             database_url: database_url.into(),
             listen_database_url: None,
             wait_for_migrations: false,
+            database_pooler: chatd_shared::db::pool::Pooler::None,
             pool_size: POOL_SIZE,
             max_body_bytes: MAX_BODY_BYTES,
             max_queue_len: MAX_QUEUE_LEN,
@@ -84,6 +89,10 @@ impl ApiConfig {
 
     /// Refuses settings that cannot work, naming the flag. Checked by `chatd_api::run`.
     pub fn validate(&self) -> Result<(), String> {
+        chatd_shared::db::pool::check_pooler(
+            self.database_pooler,
+            self.listen_database_url.as_deref(),
+        )?;
         let checks: [(&str, bool); 5] = [
             ("--pool-size", self.pool_size > 0),
             ("--max-body-bytes", self.max_body_bytes > 0),

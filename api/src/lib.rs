@@ -14,6 +14,7 @@ pub mod openapi;
 pub mod routes;
 pub mod state;
 pub mod store;
+mod waiting;
 
 use std::sync::Arc;
 
@@ -21,7 +22,7 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use chatd_shared::db::pool::build_pool;
+use chatd_shared::db::pool::{build_pool, Pooler};
 use chatd_shared::pubsub::Listener;
 
 pub use config::ApiConfig;
@@ -33,13 +34,20 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     config.validate().map_err(anyhow::Error::msg)?;
-    chatd_shared::db::pool::check_at_startup(&config.database_url, "chatd-api").await?;
+    let pooler = config.database_pooler;
+    chatd_shared::db::pool::check_at_startup(&config.database_url, "chatd-api", pooler).await?;
     if let Some(url) = &config.listen_database_url {
-        chatd_shared::db::pool::check_at_startup(url, "chatd-api-listener").await?;
+        chatd_shared::db::pool::check_at_startup(url, "chatd-api-listener", Pooler::None).await?;
     }
-    chatd_shared::db::migrate::require_schema(&config.database_url, config.wait_for_migrations)
-        .await?;
-    let pool = build_pool(&config.database_url, "chatd-api", config.pool_size)?;
+    let listener = waiting::SharedListener::new(listener);
+    waiting::until_schema(&listener, &config).await?;
+    let pool = build_pool(
+        &config.database_url,
+        "chatd-api",
+        config.pool_size,
+        pooler,
+        config.session_database_url(),
+    )?;
     let (sink, events) = tokio::sync::mpsc::channel(65_536);
     let pubsub = Listener::spawn(
         config.session_database_url(),
@@ -64,7 +72,7 @@ pub async fn run(
         streams: Arc::default(),
         draining: shutdown.clone(),
     };
-    let address = listener.local_addr().context("read the listen address")?;
+    let address = listener.address().context("read the listen address")?;
     tracing::info!(%address, "api listening");
     // Small SSE writes must leave at once: no Nagle delay (40 ms with delayed ACKs).
     let listener = axum::serve::ListenerExt::tap_io(listener, |stream| {

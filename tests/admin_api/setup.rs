@@ -184,6 +184,7 @@ pub async fn spawn_api_with_key(cluster: &mut Cluster, key: &str) {
         child,
         url,
         worker_id: None,
+        args: Vec::new(),
     });
     wait_until(Duration::from_secs(30), "the keyed API to be ready", || {
         let http = http.clone();

@@ -36,6 +36,8 @@ pub struct Process {
     pub child: Child,
     pub url: String,
     pub worker_id: Option<Uuid>,
+    /// The command line it was started with (for restarts).
+    pub args: Vec<String>,
 }
 
 pub struct Cluster {
@@ -50,7 +52,7 @@ pub struct Cluster {
     log_dir: PathBuf,
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
         .map(|address| address.port())
@@ -101,6 +103,7 @@ impl Cluster {
             child: mock,
             url: format!("http://127.0.0.1:{mock_port}"),
             worker_id: None,
+            args: Vec::new(),
         };
         wait_http_ok(&http, &format!("{}/healthz", mock.url)).await?;
         let token = seed(&db, &format!("{}/v1", mock.url)).await?;
@@ -127,12 +130,23 @@ impl Cluster {
         self.add_api_with(&[]).await
     }
 
+    /// The log file of process `role` (`api-0`, `worker-1`, `mock-llm`).
+    pub fn log_path(&self, role: &str) -> PathBuf {
+        self.log_dir.join(format!("{role}.log"))
+    }
+
     /// Starts another API replica with `extra` flags.
     pub async fn add_api_with(&mut self, extra: &[&str]) -> anyhow::Result<()> {
+        let url = self.db.url.clone();
+        self.add_api_via(&url, extra).await
+    }
+
+    /// Starts an API replica that reaches PostgreSQL through `database_url` (e.g. a pooler).
+    pub async fn add_api_via(&mut self, database_url: &str, extra: &[&str]) -> anyhow::Result<()> {
         let port = free_port();
         let index = self.apis.len();
         let address = format!("127.0.0.1:{port}");
-        let mut args = vec!["api", "--database-url", &self.db.url, "--addr", &address];
+        let mut args = vec!["api", "--database-url", database_url, "--addr", &address];
         args.extend_from_slice(extra);
         let child = spawn(&self.log_dir, &format!("api-{index}"), &args, &[])?;
         let url = format!("http://127.0.0.1:{port}");
@@ -141,6 +155,7 @@ impl Cluster {
             child,
             url,
             worker_id: None,
+            args: args.iter().map(|arg| arg.to_string()).collect(),
         });
         Ok(())
     }
@@ -179,6 +194,7 @@ impl Cluster {
             child,
             url: String::new(),
             worker_id: Some(worker_id),
+            args: args.iter().map(|arg| arg.to_string()).collect(),
         });
         Ok(worker_id)
     }
@@ -223,6 +239,46 @@ impl Cluster {
         self.workers
             .iter()
             .position(|worker| worker.worker_id.is_some() && worker.worker_id == worker_id)
+    }
+
+    /// Restarts API replica `index` as a rolling update does: SIGTERM, wait for it to exit
+    /// (it drains), start a new one with the same command line (same port), wait until ready.
+    pub async fn restart_api(&mut self, index: usize, generation: usize) -> anyhow::Result<()> {
+        stop_gracefully(&mut self.apis[index].child).await?;
+        let args: Vec<&str> = self.apis[index].args.iter().map(String::as_str).collect();
+        let child = spawn(
+            &self.log_dir,
+            &format!("api-{index}.{generation}"),
+            &args,
+            &[],
+        )?;
+        self.apis[index].child = child;
+        wait_http_ok(&self.http, &format!("{}/readyz", self.apis[index].url)).await
+    }
+
+    /// Restarts worker `index` as a rolling update does: SIGTERM, wait for it to exit (it
+    /// finishes or releases its turns), start a new one with a new identity.
+    pub async fn restart_worker(&mut self, index: usize, generation: usize) -> anyhow::Result<()> {
+        stop_gracefully(&mut self.workers[index].child).await?;
+        let worker_id = Uuid::new_v4();
+        let mut args = self.workers[index].args.clone();
+        if let Some(position) = args.iter().position(|arg| arg == "--worker-id") {
+            args[position + 1] = worker_id.to_string();
+        }
+        let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let child = spawn(
+            &self.log_dir,
+            &format!("worker-{index}.{generation}"),
+            &arg_refs,
+            &[],
+        )?;
+        self.workers[index] = Process {
+            child,
+            url: String::new(),
+            worker_id: Some(worker_id),
+            args,
+        };
+        Ok(())
     }
 
     pub fn signal_worker(&self, index: usize, signal: i32) {
@@ -279,6 +335,23 @@ fn spawn(
     command
         .spawn()
         .with_context(|| format!("spawn chatd {role}"))
+}
+
+/// SIGTERM, then waits (up to 60 s) for the process to exit.
+async fn stop_gracefully(child: &mut Child) -> anyhow::Result<()> {
+    // SAFETY: signalling our own child.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait()?.is_none() {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "still running 60 s after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
 }
 
 async fn wait_http_ok(http: &reqwest::Client, url: &str) -> anyhow::Result<()> {

@@ -55,7 +55,7 @@ impl Reader {
     }
 
     /// Reads until an assistant message has arrived and the latest status is `waiting`. (A
-    /// snapshot sends the status before the messages, so the two may come in either order.)
+    /// new stream's snapshot of an idle chat may send `waiting` with no new message.)
     pub async fn until_turn_done(&mut self, timeout: Duration) {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut answered = false;
@@ -224,6 +224,19 @@ impl ResumingReader {
     /// Asserts the integrity counts are all zero (gaps, duplicates, order, text).
     pub fn assert_intact(&mut self) {
         let counts = self.checker.take_counts();
-        assert!(counts.is_zero(), "stream integrity: {counts:?}");
+        assert!(
+            counts.is_zero(),
+            "stream integrity: {counts:?} ({} reconnects); events:\n{}",
+            self.reconnects,
+            self.seen
+                .iter()
+                .map(|event| {
+                    let data = event.data.to_string();
+                    let cut = data.char_indices().nth(160).map_or(data.len(), |(i, _)| i);
+                    format!("{} {} {}", event.event, event.id, &data[..cut])
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
     }
 }

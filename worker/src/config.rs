@@ -13,6 +13,10 @@ pub struct WorkerConfig {
     /// At startup, wait for the schema to reach this build's version
     /// (`--wait-for-migrations`) instead of failing.
     pub wait_for_migrations: bool,
+    /// What sits between the pool and PostgreSQL (`--database-pooler`): behind a
+    /// transaction-mode pooler the pool runs unnamed statements and needs
+    /// `listen_database_url`.
+    pub database_pooler: chatd_shared::db::pool::Pooler,
     /// Identity of this worker in `chats.worker_id`; fresh per process by default.
     pub worker_id: Uuid,
     pub pool_size: usize,
@@ -100,6 +104,7 @@ impl WorkerConfig {
             database_url: database_url.into(),
             listen_database_url: None,
             wait_for_migrations: false,
+            database_pooler: chatd_shared::db::pool::Pooler::None,
             worker_id: Uuid::new_v4(),
             pool_size: POOL_SIZE,
             max_concurrent_turns: MAX_CONCURRENT_TURNS,
@@ -128,6 +133,10 @@ impl WorkerConfig {
     /// Refuses settings that cannot work, naming the setting (the flag) and why. Checked by
     /// `chatd_worker::run` before anything starts.
     pub fn validate(&self) -> Result<(), String> {
+        chatd_shared::db::pool::check_pooler(
+            self.database_pooler,
+            self.listen_database_url.as_deref(),
+        )?;
         let positive: [(&str, bool); 13] = [
             ("--pool-size", self.pool_size > 0),
             ("--max-concurrent-turns", self.max_concurrent_turns > 0),

@@ -16,6 +16,7 @@
 //! put failed events back in front of newer ones and re-cut them: the re-cut frame had the key
 //! of the written one, `ON CONFLICT DO NOTHING` dropped it, and the stream had a hole.)
 
+use chatd_shared::db::sql::Sql;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -351,10 +352,8 @@ async fn write_frames(
     // `DO UPDATE` (a no-op: the same frame has the same seq_to) rather than `DO NOTHING`, so
     // an already written frame comes back in RETURNING and is published.
     let rows = client
-        .query(
-            &client
-                .prepare_cached(
-                    "INSERT INTO chat_stream_frames (chat_id, attempt, seq_from, seq_to, events) \
+        .rows(
+            "INSERT INTO chat_stream_frames (chat_id, attempt, seq_from, seq_to, events) \
              SELECT u.chat_id, u.attempt, u.seq_from, u.seq_to, u.events \
              FROM unnest($1::uuid[], $2::int[], $3::bigint[], $4::bigint[], $5::jsonb[]) \
                  AS u(chat_id, attempt, seq_from, seq_to, events) \
@@ -362,8 +361,6 @@ async fn write_frames(
              ON CONFLICT (chat_id, attempt, seq_from) DO UPDATE SET seq_to = EXCLUDED.seq_to \
              RETURNING chat_id, attempt, seq_from, \
                  (extract(epoch FROM created_at) * 1000000)::bigint",
-                )
-                .await?,
             &[
                 &chat_ids, &attempts, &seq_froms, &seq_tos, &bodies, &worker_id,
             ],

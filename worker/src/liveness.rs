@@ -14,6 +14,7 @@
 //! (`attempt`) keeps a "dead" worker that comes back harmless: its next write finds the lease
 //! gone.
 
+use chatd_shared::db::sql::Sql;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -118,14 +119,10 @@ pub async fn free_holders(
     me: Uuid,
 ) -> Result<Vec<Uuid>, tokio_postgres::Error> {
     let rows = client
-        .query(
-            &client
-                .prepare_cached(
-                    "SELECT h.worker_id FROM (SELECT DISTINCT worker_id FROM chats \
+        .rows(
+            "SELECT h.worker_id FROM (SELECT DISTINCT worker_id FROM chats \
                      WHERE worker_id IS NOT NULL AND worker_id <> $1) h \
                      WHERE pg_try_advisory_xact_lock(hashtextextended(h.worker_id::text, 0))",
-                )
-                .await?,
             &[&me],
         )
         .await?;
@@ -143,17 +140,15 @@ pub async fn release_dead(
     dead: &[Uuid],
 ) -> Result<Vec<(String, String)>, tokio_postgres::Error> {
     let rows = client
-        .query(
-            &client
-                .prepare_cached(concat!(
-                    "WITH lost AS ( \
+        .rows(
+            concat!(
+                "WITH lost AS ( \
                  SELECT id FROM chats WHERE worker_id = ANY($1) \
                  AND status IN ('running', 'interrupting') \
                  AND pg_try_advisory_xact_lock(hashtextextended(worker_id::text, 0)) \
                  FOR UPDATE SKIP LOCKED) ",
-                    crate::recovery::release_leases_sql!("lost")
-                ))
-                .await?,
+                crate::recovery::release_leases_sql!("lost")
+            ),
             &[&dead],
         )
         .await?;

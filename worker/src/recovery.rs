@@ -6,6 +6,7 @@
 //! - the resume log is trimmed: frames of superseded attempts, and of turns that ended a
 //!   minute ago.
 
+use chatd_shared::db::sql::Sql;
 use std::time::Duration;
 
 use uuid::Uuid;
@@ -46,16 +47,14 @@ pub async fn sweep(
 ) -> Result<usize, tokio_postgres::Error> {
     let stale_ms = stale_after.as_millis() as i64;
     let rows = client
-        .query(
-            &client
-                .prepare_cached(concat!(
-                    "WITH stale AS ( \
+        .rows(
+            concat!(
+                "WITH stale AS ( \
                  SELECT id FROM chats WHERE status IN ('running', 'interrupting') \
                  AND heartbeat_at < now() - ($1::bigint * interval '1 millisecond') \
                  ORDER BY heartbeat_at FOR UPDATE SKIP LOCKED LIMIT 100) ",
-                    release_leases_sql!("stale")
-                ))
-                .await?,
+                release_leases_sql!("stale")
+            ),
             &[&stale_ms],
         )
         .await?;
@@ -66,29 +65,25 @@ pub async fn sweep(
     publish(client, &notices).await?;
     if trim_frames {
         client
-            .execute(
-                &client.prepare_cached("DELETE FROM chat_stream_frames f USING chats c WHERE f.chat_id = c.id AND \
+            .exec(
+                "DELETE FROM chat_stream_frames f USING chats c WHERE f.chat_id = c.id AND \
                  (f.attempt < c.attempt OR (c.status NOT IN ('running', 'interrupting') \
-                  AND c.updated_at < now() - interval '60 seconds'))").await?,
+                  AND c.updated_at < now() - interval '60 seconds'))",
                 &[],
             )
             .await?;
         client
-            .execute(
-                &client
-                    .prepare_cached(
-                        "DELETE FROM chat_stream_frames f WHERE NOT EXISTS \
+            .exec(
+                "DELETE FROM chat_stream_frames f WHERE NOT EXISTS \
                  (SELECT 1 FROM chats c WHERE c.id = f.chat_id)",
-                    )
-                    .await?,
                 &[],
             )
             .await?;
     }
     let gauge = client
-        .query_one(
-            &client.prepare_cached("SELECT count(*), coalesce(extract(epoch FROM now() - min(updated_at)), 0)::float8 \
-             FROM chats WHERE status = 'pending'").await?,
+        .row(
+            "SELECT count(*), coalesce(extract(epoch FROM now() - min(updated_at)), 0)::float8 \
+             FROM chats WHERE status = 'pending'",
             &[],
         )
         .await?;
@@ -124,7 +119,7 @@ async fn expire_actions(
 ) -> Result<usize, tokio_postgres::Error> {
     let transaction = client.transaction().await?;
     let expired = transaction
-        .query(
+        .rows(
             "SELECT id, owner_id FROM chats WHERE status = 'requires_action' \
              AND action_deadline_at < now() ORDER BY action_deadline_at \
              FOR UPDATE SKIP LOCKED LIMIT 50",
@@ -145,7 +140,7 @@ async fn expire_actions(
         )
         .to_value();
         let row = transaction
-            .query_one(
+            .row(
                 concat!(
                     "UPDATE chats c SET status = 'error', last_error = $2, \
                      action_deadline_at = NULL, ",
@@ -180,7 +175,7 @@ async fn promote_stranded_queues(
 ) -> Result<usize, tokio_postgres::Error> {
     let transaction = client.transaction().await?;
     let stranded = transaction
-        .query(
+        .rows(
             "SELECT c.id, c.owner_id FROM chats c WHERE c.status = 'waiting' AND NOT c.archived \
              AND c.updated_at < now() - interval '1 second' \
              AND EXISTS (SELECT 1 FROM chat_queued_messages q WHERE q.chat_id = c.id) \
@@ -192,7 +187,7 @@ async fn promote_stranded_queues(
         let chat_id: Uuid = chat.get(0);
         chatd_shared::db::queue::promote_head(&transaction, chat_id).await?;
         let row = transaction
-            .query_one(
+            .row(
                 concat!(
                     "UPDATE chats c SET status = 'pending', ",
                     bump_chat_version!(),

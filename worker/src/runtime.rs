@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
-use chatd_shared::db::pool::build_pool;
+use chatd_shared::db::pool::{build_pool, Pooler};
 use chatd_shared::domain::ChatStatus;
 use chatd_shared::pubsub::{
     worker_channel, ControlKind, ControlNotice, Listener, ListenerEvent, WAKE_CHANNEL,
@@ -51,13 +51,25 @@ struct Shared {
 pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     config.validate().map_err(anyhow::Error::msg)?;
     let config = Arc::new(config);
-    chatd_shared::db::pool::check_at_startup(&config.database_url, "chatd-worker").await?;
+    let pooler = config.database_pooler;
+    chatd_shared::db::pool::check_at_startup(&config.database_url, "chatd-worker", pooler).await?;
     if let Some(url) = &config.listen_database_url {
-        chatd_shared::db::pool::check_at_startup(url, "chatd-worker-listener").await?;
+        chatd_shared::db::pool::check_at_startup(url, "chatd-worker-listener", Pooler::None)
+            .await?;
     }
-    chatd_shared::db::migrate::require_schema(&config.database_url, config.wait_for_migrations)
-        .await?;
-    let pool = build_pool(&config.database_url, "chatd-worker", config.pool_size)?;
+    chatd_shared::db::migrate::require_schema(
+        &config.database_url,
+        pooler,
+        config.wait_for_migrations,
+    )
+    .await?;
+    let pool = build_pool(
+        &config.database_url,
+        "chatd-worker",
+        config.pool_size,
+        pooler,
+        config.session_database_url(),
+    )?;
     let http = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
         // Reset by every chunk of the body (keep-alive comments and pings included): a provider

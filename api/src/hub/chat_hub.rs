@@ -1,5 +1,6 @@
 //! The task behind one chat's hub: notifications in, events out.
 
+use chatd_shared::db::sql::Sql;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -141,7 +142,7 @@ impl ChatHubTask {
     async fn initial_read(&mut self) -> anyhow::Result<()> {
         let client = self.pool.get().await?;
         let row = client
-            .query_opt(
+            .row_opt(
                 "SELECT c.version, c.attempt, c.title, \
                  coalesce((SELECT max(id) FROM chat_messages WHERE chat_id = c.id), 0), \
                  coalesce((SELECT max(seq_to) FROM chat_stream_frames f \
@@ -322,7 +323,7 @@ impl ChatHubTask {
             return Ok(());
         }
         let client = self.pool.get().await?;
-        let pending = chatd_shared::db::tool_calls::load_pending(&**client, self.chat_id).await?;
+        let pending = chatd_shared::db::tool_calls::load_pending(&*client, self.chat_id).await?;
         let data = serde_json::to_string(&crate::openapi::events::ActionRequiredEvent {
             tool_calls: pending,
         })?;

@@ -15,6 +15,7 @@
 pub mod chat_hub;
 pub mod owner_hub;
 
+use chatd_shared::db::sql::Sql;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -185,10 +186,14 @@ impl Hubs {
             let chat_ids: Vec<Uuid> = relayed.keys().copied().collect();
             let current = async {
                 let client = self.pool.get().await?;
-                let statement = client
-                    .prepare_cached("SELECT id, version FROM chats WHERE id = ANY($1)")
-                    .await?;
-                anyhow::Ok(client.query(&statement, &[&chat_ids]).await?)
+                anyhow::Ok(
+                    client
+                        .rows(
+                            "SELECT id, version FROM chats WHERE id = ANY($1)",
+                            &[&chat_ids],
+                        )
+                        .await?,
+                )
             }
             .await;
             let rows = match current {

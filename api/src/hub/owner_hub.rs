@@ -1,5 +1,6 @@
 //! The task behind one user's chat-list hub (`GET /chats/watch`).
 
+use chatd_shared::db::sql::Sql;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -111,7 +112,7 @@ impl OwnerHubTask {
              ORDER BY c.updated_at LIMIT 1000",
             ChatRow::COLUMNS
         );
-        let rows = client.query(&sql, &[&self.owner_id, &since]).await?;
+        let rows = client.rows(&sql, &[&self.owner_id, &since]).await?;
         drop(client);
         for row in rows {
             let chat = ChatRow::from_row(&row);

@@ -3,7 +3,7 @@
 mod admin;
 mod chats;
 mod control;
-mod health;
+pub(crate) mod health;
 mod messages;
 mod spend;
 mod stream;

@@ -40,7 +40,7 @@ use crate::state::AppState;
         ("Last-Event-ID" = Option<String>, Header, pattern = r"^([0-9]{1,18}-[0-9]{1,9}-[0-9]{1,18})?$",
             description = "As `cursor`; wins over it. Empty: no cursor (as EventSource sends after an event without id)"),
     ),
-    responses((status = 200, description = "A snapshot (status, messages after the cursor, queue, the current attempt's parts), then live events. Every event's `id` is a cursor: reconnect with `Last-Event-ID` on any replica, without gap or duplicate. Comments keep the connection alive; a `retry:` hint without data asks the client to reconnect.")))]
+    responses((status = 200, description = "A snapshot (the status — after the messages when the turn has ended, as live — messages after the cursor with the current attempt's parts, the queue), then live events. Every event's `id` is a cursor: reconnect with `Last-Event-ID` on any replica, without gap or duplicate. Comments keep the connection alive; a `retry:` hint without data asks the client to reconnect.")))]
 pub async fn stream(
     State(state): State<AppState>,
     user: CurrentUser,
@@ -150,7 +150,14 @@ impl Session {
         };
         let mut out = Vec::new();
         let version_changed = chat.version > self.version;
-        if version_changed {
+        let ended = matches!(
+            chat.status,
+            ChatStatus::Waiting | ChatStatus::Error | ChatStatus::RequiresAction
+        );
+        // In the order a live stream shows them: a turn's end (`waiting`, `error`,
+        // `requires_action`) after the messages it wrote, any other status before what follows
+        // it. (A client resuming across a turn's end saw `waiting` before the reply once.)
+        if version_changed && !ended {
             out.push(self.status_event(chat.status, chat.version, chat.last_error.clone()));
         }
         // Bounded: a stream never loads a whole long history (older messages are paged with
@@ -168,10 +175,6 @@ impl Session {
             None
         };
         let running = matches!(chat.status, ChatStatus::Running | ChatStatus::Interrupting);
-        let ended = matches!(
-            chat.status,
-            ChatStatus::Waiting | ChatStatus::Error | ChatStatus::RequiresAction
-        );
         let mut frames = Vec::new();
         // Previews the client holds of its cursor's attempt, when messages now supersede them
         // (a lagging or resuming client): finish them first, so its deltas add up to each
@@ -276,6 +279,9 @@ impl Session {
         }
         while let Some((attempt, event, created_at_us)) = events.pop_front() {
             self.relay_any(attempt, event, created_at_us, &mut out);
+        }
+        if version_changed && ended {
+            out.push(self.status_event(chat.status, chat.version, chat.last_error.clone()));
         }
         if let Some(queue) = queue {
             let queued: Vec<QueuedMessage> = queue.iter().map(QueuedMessage::from).collect();
@@ -507,7 +513,7 @@ impl Session {
     /// `action_required {tool_calls}`: the dynamic tool calls waiting for the client.
     async fn action_required(&self) -> ApiResult<Event> {
         let client = self.state.pool.get().await?;
-        let pending = chatd_shared::db::tool_calls::load_pending(&**client, self.chat_id).await?;
+        let pending = chatd_shared::db::tool_calls::load_pending(&*client, self.chat_id).await?;
         Ok(self.event(
             "action_required",
             &ActionRequiredEvent {

@@ -1,5 +1,6 @@
 //! Chat creation, reads, listing and updates.
 
+use chatd_shared::db::sql::Sql;
 use serde_json::Value;
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -28,7 +29,7 @@ pub struct NewChat {
 /// Inserts a message row. The caller holds the chat row lock (or created the chat in the
 /// same transaction), which keeps per-chat message ids in commit order.
 pub async fn insert_message(
-    transaction: &tokio_postgres::Transaction<'_>,
+    transaction: &deadpool_postgres::Transaction<'_>,
     chat_id: Uuid,
     role: Role,
     content: &Value,
@@ -42,7 +43,7 @@ pub async fn insert_message(
         MessageRow::COLUMNS
     );
     let row = transaction
-        .query_one(
+        .row(
             &sql,
             &[
                 &chat_id,
@@ -59,12 +60,12 @@ pub async fn insert_message(
 
 /// Checks that a model config can be chosen (exists, enabled, not deleted).
 pub async fn check_model_config(
-    client: &impl tokio_postgres::GenericClient,
+    client: &impl chatd_shared::db::sql::Sql,
     model_config_id: Uuid,
     field: &str,
 ) -> ApiResult<()> {
     let found = client
-        .query_opt(
+        .row_opt(
             concat!(
                 "SELECT 1 FROM model_configs mc WHERE mc.id = $1 AND ",
                 chatd_shared::usable_model_config!()
@@ -88,12 +89,12 @@ pub async fn create_chat(
 ) -> ApiResult<(Transition, Option<MessageRow>)> {
     let transaction = client.transaction().await?;
     if let Some(model_config_id) = new_chat.model_config_id {
-        check_model_config(&*transaction, model_config_id, "model_config_id").await?;
+        check_model_config(&transaction, model_config_id, "model_config_id").await?;
     }
     let mut root_chat_id = None;
     if let Some(parent_id) = new_chat.parent_chat_id {
         let parent = transaction
-            .query_opt(
+            .row_opt(
                 "SELECT coalesce(root_chat_id, id) FROM chats WHERE id = $1 AND owner_id = $2",
                 &[&parent_id, &new_chat.owner_id],
             )
@@ -116,7 +117,7 @@ pub async fn create_chat(
         ChatRow::COLUMNS
     );
     let row = transaction
-        .query_one(
+        .row(
             &sql,
             &[
                 &new_chat.owner_id,
@@ -173,7 +174,7 @@ pub async fn create_chat(
 /// # Locks
 /// Row lock on `chats.id = chat_id` until the transaction ends.
 pub async fn lock_chat(
-    transaction: &tokio_postgres::Transaction<'_>,
+    transaction: &deadpool_postgres::Transaction<'_>,
     chat_id: Uuid,
     owner_id: Uuid,
 ) -> ApiResult<LockedChat> {
@@ -184,7 +185,7 @@ pub async fn lock_chat(
         ChatRow::COLUMNS
     );
     let row = transaction
-        .query_opt(&sql, &[&chat_id, &owner_id])
+        .row_opt(&sql, &[&chat_id, &owner_id])
         .await?
         .ok_or(ApiError::NotFound("chat"))?;
     Ok(LockedChat {
@@ -228,7 +229,7 @@ pub async fn patch_chat(
             if !archived {
                 if let Some(parent_id) = locked.chat.parent_chat_id {
                     let parent_archived = transaction
-                        .query_one("SELECT archived FROM chats WHERE id = $1", &[&parent_id])
+                        .row("SELECT archived FROM chats WHERE id = $1", &[&parent_id])
                         .await?
                         .get::<_, bool>(0);
                     if parent_archived {
@@ -240,7 +241,7 @@ pub async fn patch_chat(
             }
             owner_event = OwnerEventKind::Archived;
             transaction
-                .execute(
+                .exec(
                     concat!(
                         "UPDATE chats c SET archived = $2, ",
                         chatd_shared::bump_chat_version!(),
@@ -259,7 +260,7 @@ pub async fn patch_chat(
          archived = coalesce($4, c.archived), pin_order = coalesce($5, c.pin_order)",
     );
     let row = transaction
-        .query_one(
+        .row(
             &sql,
             &[
                 &chat_id,
@@ -301,7 +302,7 @@ pub async fn list_chats(
     let after_time = after.map(|cursor| cursor.created_at);
     let after_id = after.map(|cursor| cursor.id).unwrap_or_default();
     let rows = client
-        .query(
+        .rows(
             &sql,
             &[&owner_id, &archived, labels, &after_time, &after_id, &limit],
         )
@@ -322,7 +323,7 @@ pub async fn list_messages(
          ORDER BY m.id DESC LIMIT $3",
         MessageRow::COLUMNS
     );
-    let rows = client.query(&sql, &[&chat_id, &before_id, &limit]).await?;
+    let rows = client.rows(&sql, &[&chat_id, &before_id, &limit]).await?;
     Ok(rows.iter().map(MessageRow::from_row).collect())
 }
 

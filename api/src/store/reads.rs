@@ -1,6 +1,7 @@
 //! The API's reads: stream snapshots and gap fills, hub resyncs (`chat_sync`), chat lookups
 //! and the queue.
 
+use chatd_shared::db::sql::Sql;
 use uuid::Uuid;
 
 use chatd_shared::db::rows::{ChatRow, FrameRow, MessageRow, QueuedRow};
@@ -16,9 +17,7 @@ pub async fn chat_for_owner(
         "SELECT {} FROM chats c WHERE c.id = $1 AND c.owner_id = $2",
         ChatRow::COLUMNS
     );
-    let row = client
-        .query_opt(&client.prepare_cached(&sql).await?, &[&chat_id, &owner_id])
-        .await?;
+    let row = client.row_opt(&sql, &[&chat_id, &owner_id]).await?;
     Ok(row.as_ref().map(ChatRow::from_row))
 }
 
@@ -28,9 +27,7 @@ pub async fn chat_by_id(
     chat_id: Uuid,
 ) -> Result<Option<ChatRow>, tokio_postgres::Error> {
     let sql = format!("SELECT {} FROM chats c WHERE c.id = $1", ChatRow::COLUMNS);
-    let row = client
-        .query_opt(&client.prepare_cached(&sql).await?, &[&chat_id])
-        .await?;
+    let row = client.row_opt(&sql, &[&chat_id]).await?;
     Ok(row.as_ref().map(ChatRow::from_row))
 }
 
@@ -48,10 +45,7 @@ pub async fn newest_messages_after(
         MessageRow::COLUMNS
     );
     let rows = client
-        .query(
-            &client.prepare_cached(&sql).await?,
-            &[&chat_id, &after_id, &(limit + 1)],
-        )
+        .rows(&sql, &[&chat_id, &after_id, &(limit + 1)])
         .await?;
     let mut messages: Vec<MessageRow> = rows.iter().map(MessageRow::from_row).collect();
     let truncated = messages.len() as i64 > limit;
@@ -69,9 +63,7 @@ pub async fn queue(
         "SELECT {} FROM chat_queued_messages q WHERE q.chat_id = $1 ORDER BY q.position, q.id",
         QueuedRow::COLUMNS
     );
-    let rows = client
-        .query(&client.prepare_cached(&sql).await?, &[&chat_id])
-        .await?;
+    let rows = client.rows(&sql, &[&chat_id]).await?;
     Ok(rows.iter().map(QueuedRow::from_row).collect())
 }
 
@@ -83,15 +75,11 @@ pub async fn frames_after(
     after_seq: i64,
 ) -> Result<Vec<FrameRow>, tokio_postgres::Error> {
     let rows = client
-        .query(
-            &client
-                .prepare_cached(
-                    "SELECT attempt, seq_from, seq_to, events, \
+        .rows(
+            "SELECT attempt, seq_from, seq_to, events, \
              (extract(epoch FROM created_at) * 1000000)::bigint \
              FROM chat_stream_frames WHERE chat_id = $1 AND attempt = $2 AND seq_to > $3 \
              ORDER BY seq_from",
-                )
-                .await?,
             &[&chat_id, &attempt, &after_seq],
         )
         .await?;
@@ -114,13 +102,9 @@ pub async fn max_frame_seq(
     attempt: i32,
 ) -> Result<i64, tokio_postgres::Error> {
     let row = client
-        .query_one(
-            &client
-                .prepare_cached(
-                    "SELECT coalesce(max(seq_to), 0) FROM chat_stream_frames \
+        .row(
+            "SELECT coalesce(max(seq_to), 0) FROM chat_stream_frames \
              WHERE chat_id = $1 AND attempt = $2",
-                )
-                .await?,
             &[&chat_id, &attempt],
         )
         .await?;
@@ -169,8 +153,8 @@ pub async fn chat_sync(
         chat_columns = ChatRow::COLUMNS
     );
     let row = client
-        .query_opt(
-            &client.prepare_cached(&sql).await?,
+        .row_opt(
+            &sql,
             &[
                 &chat_id,
                 &after_message_id,

@@ -1,5 +1,6 @@
 //! Sending, queueing, interrupting.
 
+use chatd_shared::db::sql::Sql;
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -67,7 +68,7 @@ async fn send_to_idle_chat(
         chat_columns = ChatRow::COLUMNS,
     );
     let row = client
-        .query_opt(
+        .row_opt(
             &sql,
             &[&message.chat_id, &message.owner_id, &message.content],
         )
@@ -100,7 +101,7 @@ pub async fn send_message(
         ));
     }
     if let Some(model_config_id) = message.model_config_id {
-        check_model_config(&*transaction, model_config_id, "model_config_id").await?;
+        check_model_config(&transaction, model_config_id, "model_config_id").await?;
     }
     let status = locked.chat.status;
     let idle = matches!(status, ChatStatus::Waiting | ChatStatus::Error);
@@ -211,7 +212,7 @@ pub async fn delete_queued(
     let transaction = client.transaction().await?;
     let locked = lock_chat(&transaction, chat_id, owner_id).await?;
     let deleted = transaction
-        .execute(
+        .exec(
             "DELETE FROM chat_queued_messages WHERE id = $1 AND chat_id = $2",
             &[&queued_id, &chat_id],
         )
@@ -242,7 +243,7 @@ pub async fn promote_queued(
         QueuedRow::COLUMNS
     );
     let moved = transaction
-        .query_opt(&sql, &[&queued_id, &chat_id])
+        .row_opt(&sql, &[&queued_id, &chat_id])
         .await?
         .ok_or(ApiError::NotFound("queued message"))?;
     let moved = QueuedRow::from_row(&moved);
@@ -272,7 +273,7 @@ pub async fn promote_queued(
 }
 
 async fn enqueue(
-    transaction: &tokio_postgres::Transaction<'_>,
+    transaction: &deadpool_postgres::Transaction<'_>,
     message: &NewMessage,
     end: QueueEnd,
 ) -> ApiResult<QueuedRow> {
@@ -290,7 +291,7 @@ async fn enqueue(
         QueuedRow::COLUMNS
     );
     let row = transaction
-        .query_one(
+        .row(
             &sql,
             &[
                 &message.chat_id,
@@ -305,14 +306,14 @@ async fn enqueue(
 
 /// Moves the queue head into the history and makes the chat pending.
 async fn pop_head_and_run(
-    transaction: &tokio_postgres::Transaction<'_>,
+    transaction: &deadpool_postgres::Transaction<'_>,
     locked: &LockedChat,
 ) -> ApiResult<ChatRow> {
     Ok(pop_head(transaction, locked).await?.0)
 }
 
 async fn pop_head(
-    transaction: &tokio_postgres::Transaction<'_>,
+    transaction: &deadpool_postgres::Transaction<'_>,
     locked: &LockedChat,
 ) -> ApiResult<(ChatRow, Option<MessageRow>)> {
     let chat_id = locked.chat.id;
@@ -323,7 +324,7 @@ async fn pop_head(
 
 /// Sets the status (clearing `last_error` when leaving `error`) and bumps the version.
 async fn set_status(
-    transaction: &tokio_postgres::Transaction<'_>,
+    transaction: &deadpool_postgres::Transaction<'_>,
     chat_id: Uuid,
     status: ChatStatus,
 ) -> ApiResult<ChatRow> {
@@ -331,16 +332,17 @@ async fn set_status(
         "status = $2, last_error = CASE WHEN $2 = 'pending' THEN NULL ELSE c.last_error END, \
          action_deadline_at = CASE WHEN $2 IN ('pending', 'waiting') THEN NULL ELSE c.action_deadline_at END",
     );
-    let row = transaction
-        .query_one(&sql, &[&chat_id, &status.as_str()])
-        .await?;
+    let row = transaction.row(&sql, &[&chat_id, &status.as_str()]).await?;
     Ok(ChatRow::from_row(&row))
 }
 
 /// Bumps the version only (the queue changed).
-async fn bump(transaction: &tokio_postgres::Transaction<'_>, chat: &ChatRow) -> ApiResult<ChatRow> {
+async fn bump(
+    transaction: &deadpool_postgres::Transaction<'_>,
+    chat: &ChatRow,
+) -> ApiResult<ChatRow> {
     let row = transaction
-        .query_one(&update_chat_sql("title = c.title"), &[&chat.id])
+        .row(&update_chat_sql("title = c.title"), &[&chat.id])
         .await?;
     Ok(ChatRow::from_row(&row))
 }

@@ -5,6 +5,7 @@
 //! micro-dollars; NULL = the model had no price), so a total is exact and a NULL total means
 //! no counted row was priced.
 
+use chatd_shared::db::sql::Sql;
 use deadpool_postgres::Client;
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -96,14 +97,10 @@ pub async fn chat_cost(
     owner_id: Uuid,
 ) -> ApiResult<(i64, Vec<SpendGroup>)> {
     let chats = client
-        .query_opt(
-            &client
-                .prepare_cached(
-                    "SELECT 1 + (SELECT count(*) FROM chats k \
+        .row_opt(
+            "SELECT 1 + (SELECT count(*) FROM chats k \
                      WHERE k.root_chat_id = c.id AND k.owner_id = c.owner_id) \
                      FROM chats c WHERE c.id = $1 AND c.owner_id = $2",
-                )
-                .await?,
             &[&chat_id, &owner_id],
         )
         .await?
@@ -120,9 +117,7 @@ pub async fn chat_cost(
          GROUP BY m.model_config_id, mc.model, mc.display_name \
          ORDER BY m.model_config_id"
     );
-    let rows = client
-        .query(&client.prepare_cached(&sql).await?, &[&chat_id, &owner_id])
-        .await?;
+    let rows = client.rows(&sql, &[&chat_id, &owner_id]).await?;
     let groups = rows
         .iter()
         .map(|row| SpendGroup {
@@ -158,12 +153,7 @@ pub async fn user_usage(
          GROUP BY day, m.model_config_id, mc.model, mc.display_name \
          ORDER BY day, m.model_config_id"
     );
-    let rows = client
-        .query(
-            &client.prepare_cached(&sql).await?,
-            &[&owner_id, &from, &to],
-        )
-        .await?;
+    let rows = client.rows(&sql, &[&owner_id, &from, &to]).await?;
     Ok(rows
         .iter()
         .map(|row| SpendGroup {

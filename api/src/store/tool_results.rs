@@ -1,6 +1,7 @@
 //! `requires_action` → `pending`: storing the client's results for the pending dynamic tool
 //! calls, and closing pending calls when a chat leaves `requires_action` another way.
 
+use chatd_shared::db::sql::Sql;
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -41,7 +42,7 @@ pub async fn submit(
             locked.chat.status.as_str()
         )));
     }
-    let pending = tool_calls::load_pending(&*transaction, chat_id).await?;
+    let pending = tool_calls::load_pending(&transaction, chat_id).await?;
     for (index, result) in results.iter().enumerate() {
         if !pending
             .iter()
@@ -90,11 +91,11 @@ pub async fn submit(
         MessageRow::COLUMNS
     );
     let row = transaction
-        .query_one(&sql, &[&chat_id, &content, &owner_id])
+        .row(&sql, &[&chat_id, &content, &owner_id])
         .await?;
     let message = MessageRow::from_row(&row);
     let chat = transaction
-        .query_one(
+        .row(
             &update_chat_sql("status = 'pending', action_deadline_at = NULL, last_error = NULL"),
             &[&chat_id],
         )
@@ -113,7 +114,7 @@ pub const ABANDONED_RESULT: &str = "the user continued without providing this to
 /// When `locked` waits for client tool results, stores synthetic error results for them (the
 /// caller is about to move the chat out of `requires_action`). Returns the inserted row.
 pub async fn close_if_waiting(
-    transaction: &tokio_postgres::Transaction<'_>,
+    transaction: &deadpool_postgres::Transaction<'_>,
     locked: &LockedChat,
 ) -> ApiResult<Option<MessageRow>> {
     if locked.chat.status != ChatStatus::RequiresAction {

@@ -36,7 +36,7 @@ impl IntegrityCounts {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct StreamChecker {
     /// Attempt of the sequenced events being received (0 before the first).
     attempt: i64,
@@ -46,9 +46,12 @@ pub struct StreamChecker {
     missing: BTreeSet<i64>,
     /// Text deltas of the current attempt since the last assistant message.
     streamed_text: String,
-    /// The connection was re-established and has not yet delivered a message whose deltas it
+    /// The connection was (re-)established and has not yet delivered a message whose deltas it
     /// streamed: a resume after a step or the turn finished legitimately gets the messages
-    /// without their remaining deltas (several of them after a multi-step tool turn).
+    /// without their remaining deltas (several of them after a multi-step tool turn). A new
+    /// checker starts so too — a first connection is a resume from the client's cursor — and
+    /// a `status` event ends it: a live stream states a turn's start before its deltas, and a
+    /// snapshot states a turn's end after the messages it wrote.
     resumed: bool,
     /// A sequenced event arrived since the reconnect: the next message checked ends the
     /// catch-up of durable messages.
@@ -63,10 +66,27 @@ pub struct StreamChecker {
     counts: IntegrityCounts,
 }
 
+impl Default for StreamChecker {
+    fn default() -> Self {
+        StreamChecker {
+            attempt: 0,
+            last_seq: 0,
+            missing: BTreeSet::new(),
+            streamed_text: String::new(),
+            resumed: true,
+            live_since_resume: false,
+            after_hole: false,
+            holes: 0,
+            counts: IntegrityCounts::default(),
+        }
+    }
+}
+
 impl StreamChecker {
     /// Feeds one received event.
     pub fn observe(&mut self, event: &str, data: &Value) {
         match event {
+            "status" => self.resumed = false,
             "attempt_reset" => {
                 let attempt = data["attempt"].as_i64().unwrap_or(self.attempt + 1);
                 if attempt < self.attempt {
@@ -409,6 +429,22 @@ mod tests {
         checker.observe("message_part", &part(1, 3, "Found").1);
         checker.observe("message", &assistant(4, "Found it").1);
         assert_eq!(checker.take_counts().text_mismatches, 1);
+    }
+
+    #[test]
+    fn a_first_connection_after_the_turn_ended_gets_messages_without_deltas() {
+        // Opened after a tool turn ended: the snapshot's messages, then `waiting`.
+        let counts = feed(&[
+            assistant(4, ""),
+            ("message", json!({"id": 5, "role": "tool", "content": []})),
+            assistant(6, "Tool results: current_time: now"),
+            status("waiting"),
+            // The next turn streams live and is compared exactly.
+            status("running"),
+            part(2, 1, "Bye"),
+            assistant(8, "Bye!"),
+        ]);
+        assert_eq!(counts.text_mismatches, 1, "{counts:?}");
     }
 
     #[test]

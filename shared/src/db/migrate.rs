@@ -4,10 +4,21 @@
 use anyhow::Context;
 
 /// One migration file. `version` is the numeric prefix of the file name.
+///
+/// Migrations follow expand/contract: a migration that only adds (a nullable column, a column
+/// with a default, a table, an index) leaves older builds running correctly, and says so with
+/// `compatible_from` — the oldest *schema version a build knows* (a build's newest migration)
+/// whose code still runs correctly once this migration is applied. One that removes or
+/// changes what older code reads or writes sets it to its own version. `chatd migrate`
+/// records it with each migration, so an older build (which does not know the migration)
+/// can read from the database whether it may run against it: during a rolling update the
+/// migration Job runs first while old pods keep serving, and a rollback works while every
+/// migration newer than the rolled-back build is compatible with it.
 pub struct Migration {
     pub version: i32,
     pub name: &'static str,
     pub sql: &'static str,
+    pub compatible_from: i32,
 }
 
 /// Every migration, oldest first. Add new files here.
@@ -16,18 +27,26 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 1,
         name: "0001_init",
         sql: include_str!("../../../migrations/0001_init.sql"),
+        compatible_from: 1,
     },
+    // Changed how workers commit (idempotency keys): builds before it must not run beside it.
     Migration {
         version: 2,
         name: "0002_fault_tolerance",
         sql: include_str!("../../../migrations/0002_fault_tolerance.sql"),
+        compatible_from: 2,
     },
+    // Adds `providers.deleted` with a default: builds at version 2 ignore it.
     Migration {
         version: 3,
         name: "0003_provider_soft_delete",
         sql: include_str!("../../../migrations/0003_provider_soft_delete.sql"),
+        compatible_from: 2,
     },
 ];
+
+/// This binary's version, recorded with the migrations it applies and named in errors.
+pub const CHATD_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// The newest migration this build knows.
 pub fn latest_version() -> i32 {
@@ -35,9 +54,12 @@ pub fn latest_version() -> i32 {
 }
 
 /// The newest applied migration, `None` when the database has no chatd schema at all.
+///
+/// Unnamed statements throughout (`query_typed`), so the startup check works through a
+/// transaction-mode pooler too.
 pub async fn applied_version(client: &tokio_postgres::Client) -> anyhow::Result<Option<i32>> {
     let exists: bool = client
-        .query_one("SELECT to_regclass('schema_migrations') IS NOT NULL", &[])
+        .query_typed_one("SELECT to_regclass('schema_migrations') IS NOT NULL", &[])
         .await
         .context("look for schema_migrations")?
         .get(0);
@@ -45,46 +67,122 @@ pub async fn applied_version(client: &tokio_postgres::Client) -> anyhow::Result<
         return Ok(None);
     }
     let row = client
-        .query_one("SELECT max(version) FROM schema_migrations", &[])
+        .query_typed_one("SELECT max(version) FROM schema_migrations", &[])
         .await
         .context("read the schema version")?;
     Ok(row.get::<_, Option<i32>>(0))
 }
 
-/// At startup of `chatd api` and `chatd worker`: the schema must be at least this build's
-/// (`chatd migrate` runs first, e.g. as the Kubernetes migration Job). Behind, the process
-/// fails naming both versions — or, with `wait`, waits for the migration to land. A newer
-/// schema is accepted with a warning (migrations are additive, so an older build keeps
-/// working during a rolling update). A database that does not answer is left to the pool's
-/// retries, as at any start.
-pub async fn require_schema(database_url: &str, wait: bool) -> anyhow::Result<()> {
-    let needed = latest_version();
+/// What a build may do against the schema it finds.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SchemaCheck {
+    /// No chatd schema at all.
+    Missing,
+    /// Older than this build needs: `chatd migrate` has not run yet.
+    Behind { applied: i32 },
+    /// Exactly this build's schema.
+    Current,
+    /// Newer, and every newer migration declares this build compatible.
+    NewerCompatible { applied: i32 },
+    /// Newer, and some newer migration needs a build at least `needs`.
+    NewerIncompatible {
+        applied: i32,
+        needs: i32,
+        applied_by: Option<String>,
+    },
+}
+
+/// Compares the database's schema with `known` (this build's newest migration).
+pub async fn check_schema(
+    client: &tokio_postgres::Client,
+    known: i32,
+) -> anyhow::Result<SchemaCheck> {
+    let Some(applied) = applied_version(client).await? else {
+        return Ok(SchemaCheck::Missing);
+    };
+    if applied < known {
+        return Ok(SchemaCheck::Behind { applied });
+    }
+    if applied == known {
+        return Ok(SchemaCheck::Current);
+    }
+    // Rows recorded before `compatible_from` existed count as compatible only with their own
+    // version.
+    let row = client
+        .query_typed_one(
+            "SELECT coalesce(max(coalesce(compatible_from, version)), 0), \
+                    (SELECT chatd_version FROM schema_migrations ORDER BY version DESC LIMIT 1) \
+             FROM schema_migrations WHERE version > $1",
+            &[(&known, tokio_postgres::types::Type::INT4)],
+        )
+        .await
+        .context("read the schema's compatibility")?;
+    let needs: i32 = row.get(0);
+    if needs > known {
+        return Ok(SchemaCheck::NewerIncompatible {
+            applied,
+            needs,
+            applied_by: row.get(1),
+        });
+    }
+    Ok(SchemaCheck::NewerCompatible { applied })
+}
+
+/// At startup of `chatd api` and `chatd worker` (on the pool's URL): the schema must be one
+/// this build runs against. Behind (`chatd migrate` runs first, e.g. as the Kubernetes
+/// migration Job), the process fails naming both versions — or, with `wait`, waits for the
+/// migration to land. Newer is accepted (with a warning) when every newer migration declares
+/// this build compatible (see [`Migration`]), refused naming both versions otherwise. A
+/// database that does not answer is left to the pool's retries, as at any start.
+pub async fn require_schema(
+    database_url: &str,
+    pooler: super::pool::Pooler,
+    wait: bool,
+) -> anyhow::Result<()> {
+    let known = latest_version();
     let mut logged = false;
     loop {
-        let client = match super::pool::connect_url(database_url, "chatd-schema-check").await {
+        let connect =
+            super::pool::pooled_connection_config(database_url, "chatd-schema-check", pooler)?;
+        let client = match connect.connect().await {
             Ok(client) => client,
             Err(error) => {
                 tracing::warn!(error = format!("{error:#}"), "schema version not checked");
                 return Ok(());
             }
         };
-        let applied = applied_version(&client).await?;
-        match applied {
-            Some(version) if version >= needed => {
-                if version > needed {
-                    tracing::warn!(
-                        schema = version,
-                        this_build = needed,
-                        "the database schema is newer than this chatd build"
-                    );
-                }
+        let check = check_schema(&client, known).await?;
+        match check {
+            SchemaCheck::Current => return Ok(()),
+            SchemaCheck::NewerCompatible { applied } => {
+                tracing::warn!(
+                    schema = applied,
+                    this_build = known,
+                    "the database schema is newer than this chatd build, and compatible with it"
+                );
                 return Ok(());
             }
-            _ if wait => {
+            SchemaCheck::NewerIncompatible {
+                applied,
+                needs,
+                applied_by,
+            } => anyhow::bail!(
+                "the database schema is at version {applied}{by}, which needs a chatd that \
+                 knows schema version {needs} or later; this chatd ({CHATD_VERSION}) knows \
+                 version {known}: run a newer chatd",
+                by = applied_by
+                    .map(|version| format!(" (migrated by chatd {version})"))
+                    .unwrap_or_default()
+            ),
+            SchemaCheck::Missing | SchemaCheck::Behind { .. } if wait => {
                 if !logged {
+                    let applied = match check {
+                        SchemaCheck::Behind { applied } => applied,
+                        _ => 0,
+                    };
                     tracing::info!(
-                        schema = applied.unwrap_or(0),
-                        needed,
+                        schema = applied,
+                        needed = known,
                         "waiting for `chatd migrate` (--wait-for-migrations)"
                     );
                     logged = true;
@@ -92,13 +190,14 @@ pub async fn require_schema(database_url: &str, wait: bool) -> anyhow::Result<()
                 drop(client);
                 tokio::time::sleep(std::time::Duration::from_secs(1)).await;
             }
-            Some(version) => anyhow::bail!(
-                "the database schema is at version {version}, this chatd needs version \
-                 {needed}: run `chatd migrate` first (or start with --wait-for-migrations)"
+            SchemaCheck::Behind { applied } => anyhow::bail!(
+                "the database schema is at version {applied}, this chatd ({CHATD_VERSION}) \
+                 needs version {known}: run `chatd migrate` first (or start with \
+                 --wait-for-migrations)"
             ),
-            None => anyhow::bail!(
-                "the database has no chatd schema (this chatd needs version {needed}): run \
-                 `chatd migrate` first (or start with --wait-for-migrations)"
+            SchemaCheck::Missing => anyhow::bail!(
+                "the database has no chatd schema (this chatd ({CHATD_VERSION}) needs version \
+                 {known}): run `chatd migrate` first (or start with --wait-for-migrations)"
             ),
         }
     }
@@ -144,7 +243,10 @@ async fn apply_pending(client: &mut tokio_postgres::Client) -> anyhow::Result<us
             "CREATE TABLE IF NOT EXISTS schema_migrations (
                  version integer PRIMARY KEY,
                  name text NOT NULL,
-                 applied_at timestamptz NOT NULL DEFAULT now())",
+                 applied_at timestamptz NOT NULL DEFAULT now());
+             ALTER TABLE schema_migrations
+                 ADD COLUMN IF NOT EXISTS compatible_from integer,
+                 ADD COLUMN IF NOT EXISTS chatd_version text;",
         )
         .await
         .context("create schema_migrations")?;
@@ -165,8 +267,14 @@ async fn apply_pending(client: &mut tokio_postgres::Client) -> anyhow::Result<us
             .with_context(|| format!("apply migration {}", migration.name))?;
         transaction
             .execute(
-                "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
-                &[&migration.version, &migration.name],
+                "INSERT INTO schema_migrations (version, name, compatible_from, chatd_version) \
+                 VALUES ($1, $2, $3, $4)",
+                &[
+                    &migration.version,
+                    &migration.name,
+                    &migration.compatible_from,
+                    &CHATD_VERSION,
+                ],
             )
             .await
             .context("record migration")?;

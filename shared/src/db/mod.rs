@@ -10,6 +10,7 @@ pub mod models;
 pub mod pool;
 pub mod queue;
 pub mod rows;
+pub mod sql;
 pub mod tls;
 pub mod tool_calls;
 

@@ -39,12 +39,52 @@ impl PgConnect {
     }
 }
 
+/// What sits between the pool and PostgreSQL (`--database-pooler`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Pooler {
+    /// PostgreSQL itself, or a pooler in session mode: statements are prepared once per
+    /// connection and cached.
+    #[default]
+    None,
+    /// A pooler in transaction mode (PgBouncer, RDS Proxy, Supavisor, …): a session lasts one
+    /// transaction, so the pool runs unnamed statements (`db::sql`) and sends no startup
+    /// `options` (PgBouncer refuses them); the statement and idle-in-transaction timeouts
+    /// must then come from the role or the pooler (README, "Connection poolers").
+    Transaction,
+}
+
+/// Refuses a transaction-mode pooler without a direct URL (`--listen-database-url`): LISTEN
+/// and session locks cannot go through it.
+pub fn check_pooler(pooler: Pooler, listen_database_url: Option<&str>) -> Result<(), String> {
+    if pooler == Pooler::Transaction && listen_database_url.is_none() {
+        return Err(
+            "--database-pooler transaction needs --listen-database-url: LISTEN and \
+                    session locks cannot go through a transaction-mode pooler"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
+/// The timeouts every direct chatd connection sets at startup: a stuck transaction can never
+/// stop the notify queue from draining, nor a runaway statement hold a connection.
+pub const SESSION_TIMEOUTS: &str =
+    "-c idle_in_transaction_session_timeout=60000 -c statement_timeout=60000";
+
 /// Parses `database_url` (TLS parameters as libpq reads them, see `db::tls`) and applies the
 /// settings every chatd connection wants: TCP keepalive (a half-open socket is noticed in
-/// seconds, not after the 2 h OS default), a connect timeout, an application name, and
-/// `idle_in_transaction_session_timeout` so a stuck transaction can never stop the notify
-/// queue from draining.
+/// seconds, not after the 2 h OS default), a connect timeout, an application name, and the
+/// [`SESSION_TIMEOUTS`].
 pub fn connection_config(database_url: &str, application_name: &str) -> anyhow::Result<PgConnect> {
+    pooled_connection_config(database_url, application_name, Pooler::None)
+}
+
+/// [`connection_config`] for connections that go through `pooler`.
+pub fn pooled_connection_config(
+    database_url: &str,
+    application_name: &str,
+    pooler: Pooler,
+) -> anyhow::Result<PgConnect> {
     let redacted = redact_url(database_url);
     let (rest, tls_options) =
         super::tls::split_url(database_url).with_context(|| format!("database url {redacted}"))?;
@@ -59,8 +99,10 @@ pub fn connection_config(database_url: &str, application_name: &str) -> anyhow::
         .keepalives(true)
         .keepalives_idle(Duration::from_secs(5))
         .keepalives_interval(Duration::from_secs(2))
-        .keepalives_retries(3)
-        .options("-c idle_in_transaction_session_timeout=60000 -c statement_timeout=60000");
+        .keepalives_retries(3);
+    if pooler == Pooler::None {
+        config.options(SESSION_TIMEOUTS);
+    }
     Ok(PgConnect {
         config,
         tls,
@@ -73,10 +115,21 @@ pub fn connection_config(database_url: &str, application_name: &str) -> anyhow::
 /// error no retry fixes, so the process fails with it (one line naming the cause). One that
 /// does not answer yet is only logged: the pool and the listener keep trying, as in a rolling
 /// start where the database comes up last.
-pub async fn check_at_startup(database_url: &str, application_name: &str) -> anyhow::Result<()> {
-    let connect = connection_config(database_url, application_name)?;
+///
+/// Behind a transaction-mode pooler, where the startup `options` cannot set the
+/// [`SESSION_TIMEOUTS`], a role without them is logged as a warning naming the fix.
+pub async fn check_at_startup(
+    database_url: &str,
+    application_name: &str,
+    pooler: Pooler,
+) -> anyhow::Result<()> {
+    let connect = pooled_connection_config(database_url, application_name, pooler)?;
     match connect.config.connect(connect.tls.clone()).await {
         Ok((client, connection)) => {
+            let connection = tokio::spawn(connection);
+            if pooler == Pooler::Transaction {
+                warn_without_timeouts(&client).await;
+            }
             drop(client);
             let _ = connection.await;
             Ok(())
@@ -87,6 +140,33 @@ pub async fn check_at_startup(database_url: &str, application_name: &str) -> any
         Err(error) => {
             tracing::warn!(url = %connect.redacted, %error, "the database does not answer yet; retrying");
             Ok(())
+        }
+    }
+}
+
+async fn warn_without_timeouts(client: &tokio_postgres::Client) {
+    let sql = "SELECT current_user, current_setting('idle_in_transaction_session_timeout'), \
+               current_setting('statement_timeout')";
+    let Ok(messages) = client.simple_query(sql).await else {
+        return;
+    };
+    let Some(row) = messages.into_iter().find_map(|message| match message {
+        tokio_postgres::SimpleQueryMessage::Row(row) => Some(row),
+        _ => None,
+    }) else {
+        return;
+    };
+    let role = row.get(0).unwrap_or("chatd");
+    for (index, setting) in [
+        (1, "idle_in_transaction_session_timeout"),
+        (2, "statement_timeout"),
+    ] {
+        if row.get(index) == Some("0") {
+            tracing::warn!(
+                setting,
+                "no {setting} through the pooler: set it for the role, e.g. \
+                 ALTER ROLE {role} SET {setting} = '60s'"
+            );
         }
     }
 }
@@ -124,13 +204,26 @@ pub async fn connect_url(
         .await
 }
 
-/// Builds a pool of at most `max_size` connections. Connections are opened lazily.
+/// Builds a pool of at most `max_size` connections. Connections are opened lazily. A pool
+/// behind a transaction-mode `pooler` switches the process to unnamed statements, which learn
+/// their parameter types over a direct connection to `session_url`
+/// (`db::sql::use_unnamed_statements`).
 pub fn build_pool(
     database_url: &str,
     application_name: &str,
     max_size: usize,
+    pooler: Pooler,
+    session_url: &str,
 ) -> anyhow::Result<PgPool> {
-    let connect = connection_config(database_url, application_name)?;
+    let connect = pooled_connection_config(database_url, application_name, pooler)?;
+    if pooler == Pooler::Transaction {
+        // Not through the pooler: a transaction that needs a statement's types while the
+        // pooler's server connections are all held by such transactions would wait forever.
+        super::sql::use_unnamed_statements(connection_config(
+            session_url,
+            &format!("{application_name}-statements"),
+        )?);
+    }
     let manager = Manager::from_config(
         connect.config,
         connect.tls,
@@ -151,7 +244,13 @@ pub fn build_pool(
 /// One pooled-style connection for a short-lived command (`chatd admin`, seeding): the same
 /// client type the servers use, so the same store functions serve both.
 pub async fn one_client(database_url: &str, application_name: &str) -> anyhow::Result<PgClient> {
-    let pool = build_pool(database_url, application_name, 1)?;
+    let pool = build_pool(
+        database_url,
+        application_name,
+        1,
+        Pooler::None,
+        database_url,
+    )?;
     pool.get()
         .await
         .with_context(|| format!("connect to {}", redact_url(database_url)))

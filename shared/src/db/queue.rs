@@ -1,6 +1,7 @@
 //! The queue head's promotion into the history, shared by the API (send, promote) and the
 //! recovery sweep. (The worker's step commit does the same inside its single statement.)
 
+use crate::db::sql::Sql;
 use uuid::Uuid;
 
 use super::rows::MessageRow;
@@ -12,7 +13,7 @@ use super::rows::MessageRow;
 /// The caller must hold the chat row lock (per-chat message ids stay in commit order, and a
 /// concurrent delete of the queued message cannot race the promotion).
 pub async fn promote_head(
-    transaction: &tokio_postgres::Transaction<'_>,
+    transaction: &deadpool_postgres::Transaction<'_>,
     chat_id: Uuid,
 ) -> Result<Option<MessageRow>, tokio_postgres::Error> {
     let sql = format!(
@@ -27,6 +28,6 @@ pub async fn promote_head(
          RETURNING {}",
         MessageRow::COLUMNS
     );
-    let row = transaction.query_opt(&sql, &[&chat_id]).await?;
+    let row = transaction.row_opt(&sql, &[&chat_id]).await?;
     Ok(row.as_ref().map(MessageRow::from_row))
 }

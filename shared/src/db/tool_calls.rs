@@ -6,6 +6,7 @@
 //! `requires_action` either stores the client's results or [`close_pending`]'s synthetic ones,
 //! in the same transaction as the status change.
 
+use crate::db::sql::Sql;
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -16,12 +17,12 @@ use crate::domain::{pending_tool_calls, ContentPart, PendingToolCall};
 ///
 /// # Locks
 /// None; callers that act on the answer hold the chat row lock.
-pub async fn load_pending<C: tokio_postgres::GenericClient>(
+pub async fn load_pending<C: crate::db::sql::Sql>(
     client: &C,
     chat_id: Uuid,
 ) -> Result<Vec<PendingToolCall>, tokio_postgres::Error> {
     let rows = client
-        .query(
+        .rows(
             "SELECT role, content FROM chat_messages WHERE chat_id = $1 AND NOT deleted \
              AND id >= coalesce((SELECT max(id) FROM chat_messages \
                  WHERE chat_id = $1 AND role = 'assistant' AND NOT deleted), 0) ORDER BY id",
@@ -48,7 +49,7 @@ pub async fn load_pending<C: tokio_postgres::GenericClient>(
 /// # Locks
 /// The caller holds the chat row lock.
 pub async fn close_pending(
-    transaction: &tokio_postgres::Transaction<'_>,
+    transaction: &deadpool_postgres::Transaction<'_>,
     chat_id: Uuid,
     reason: &str,
 ) -> Result<Option<MessageRow>, tokio_postgres::Error> {
@@ -71,6 +72,6 @@ pub async fn close_pending(
          VALUES ($1, 'tool', $2, 'both') RETURNING {}",
         MessageRow::COLUMNS
     );
-    let row = transaction.query_one(&sql, &[&chat_id, &content]).await?;
+    let row = transaction.row(&sql, &[&chat_id, &content]).await?;
     Ok(Some(MessageRow::from_row(&row)))
 }

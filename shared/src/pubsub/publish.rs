@@ -4,6 +4,8 @@
 //! change committed, in their own statement. A NOTIFY inside a transaction that also writes
 //! durable rows can fail that commit when the notify queue is full, losing the rows.
 
+use crate::db::sql::Sql;
+
 /// Publishes every `(channel, payload)` pair with one statement (one round trip, one commit).
 pub async fn publish(
     client: &deadpool_postgres::ClientWrapper,
@@ -21,12 +23,8 @@ pub async fn publish(
         .map(|(_, payload)| payload.as_str())
         .collect();
     client
-        .execute(
-            &client
-                .prepare_cached(
-                    "SELECT pg_notify(c, p) FROM unnest($1::text[], $2::text[]) AS t(c, p)",
-                )
-                .await?,
+        .exec(
+            "SELECT pg_notify(c, p) FROM unnest($1::text[], $2::text[]) AS t(c, p)",
             &[&channels, &payloads],
         )
         .await?;

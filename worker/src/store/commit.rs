@@ -5,6 +5,7 @@
 //! my_attempt`, checked under the row lock. Zero rows means the turn lost its lease: the caller
 //! stops and writes nothing more.
 
+use chatd_shared::db::sql::Sql;
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -224,8 +225,8 @@ pub async fn commit(
     };
     let status = status.map(ChatStatus::as_str);
     let row = client
-        .query_opt(
-            &client.prepare_cached(COMMIT_SQL).await?,
+        .row_opt(
+            COMMIT_SQL,
             &[
                 &chat_id,
                 &worker_id,
@@ -314,17 +315,16 @@ pub async fn renew_attempt(
     key: Uuid,
 ) -> Result<Renewal, tokio_postgres::Error> {
     let row = client
-        .query_opt(
-            &client
-                .prepare_cached(concat!(
-                    "WITH current AS ( \
+        .row_opt(
+            concat!(
+                "WITH current AS ( \
                  SELECT id, worker_id, status, attempt, version, last_commit_key FROM chats \
                  WHERE id = $1 FOR UPDATE), \
              renewed AS ( \
                  UPDATE chats c SET attempt = c.attempt + 1, heartbeat_at = now(), \
                      last_commit_key = $4, ",
-                    bump_chat_version!(),
-                    " FROM current k WHERE c.id = k.id AND k.worker_id = $2 AND k.attempt = $3 \
+                bump_chat_version!(),
+                " FROM current k WHERE c.id = k.id AND k.worker_id = $2 AND k.attempt = $3 \
                      AND k.status = 'running' AND k.last_commit_key IS DISTINCT FROM $4 \
                  RETURNING c.attempt, c.version) \
              SELECT coalesce(r.attempt, k.attempt), coalesce(r.version, k.version), \
@@ -334,8 +334,7 @@ pub async fn renew_attempt(
                           THEN 'interrupting' \
                       ELSE 'lost' END \
              FROM current k LEFT JOIN renewed r ON true",
-                ))
-                .await?,
+            ),
             &[&chat_id, &worker_id, &attempt, &key],
         )
         .await?;

@@ -11,6 +11,7 @@ pub mod turn;
 
 pub use commit::{commit, renew_attempt, CommitOutcome, Lease, NewRow, Renewal, RowUsage, TurnEnd};
 
+use chatd_shared::db::sql::Sql;
 use uuid::Uuid;
 
 use chatd_shared::bump_chat_version;
@@ -38,21 +39,19 @@ pub async fn acquire(
     limit: i64,
 ) -> Result<Vec<Claim>, tokio_postgres::Error> {
     let rows = client
-        .query(
-            &client
-                .prepare_cached(concat!(
-                    "WITH picked AS ( \
+        .rows(
+            concat!(
+                "WITH picked AS ( \
                  SELECT id, updated_at AS pending_since FROM chats \
                  WHERE status = 'pending' AND NOT archived \
                  ORDER BY updated_at FOR UPDATE SKIP LOCKED LIMIT $2) \
              UPDATE chats c SET status = 'running', worker_id = $1, attempt = c.attempt + 1, \
                  heartbeat_at = now(), crash_count = c.crash_count + 1, ",
-                    bump_chat_version!(),
-                    " FROM picked WHERE c.id = picked.id \
+                bump_chat_version!(),
+                " FROM picked WHERE c.id = picked.id \
              RETURNING c.id, c.owner_id, c.attempt, c.version, c.crash_count, \
                  extract(epoch FROM (clock_timestamp() - picked.pending_since))::float8",
-                ))
-                .await?,
+            ),
             &[&worker_id, &limit],
         )
         .await?;
@@ -84,13 +83,9 @@ pub async fn heartbeat(
     chat_ids: &[Uuid],
 ) -> Result<Vec<LeaseState>, tokio_postgres::Error> {
     let rows = client
-        .query(
-            &client
-                .prepare_cached(
-                    "UPDATE chats SET heartbeat_at = now() WHERE id = ANY($1) AND worker_id = $2 \
+        .rows(
+            "UPDATE chats SET heartbeat_at = now() WHERE id = ANY($1) AND worker_id = $2 \
              AND status IN ('running', 'interrupting') RETURNING id, status, attempt",
-                )
-                .await?,
             &[&chat_ids, &worker_id],
         )
         .await?;

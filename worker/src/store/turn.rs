@@ -2,6 +2,7 @@
 //! (one statement), the model with its provider — and the title it stores afterwards.
 
 use anyhow::Context;
+use chatd_shared::db::sql::Sql;
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -16,18 +17,14 @@ pub async fn load_prompt(
     chat_id: Uuid,
 ) -> Result<LoadedChat, ContextError> {
     let rows = client
-        .query(
-            &client
-                .prepare_cached(
-                    "SELECT m.role, m.content, m.model_config_id, c.model_config_id, \
+        .rows(
+            "SELECT m.role, m.content, m.model_config_id, c.model_config_id, \
              c.dynamic_tools, c.title = '', m.provider_response_id FROM chats c \
              LEFT JOIN chat_messages m ON m.chat_id = c.id AND NOT m.deleted \
                  AND m.visibility <> 'user' \
                  AND (m.role = 'system' OR m.id >= coalesce((SELECT max(id) FROM chat_messages \
                       WHERE chat_id = $1 AND compressed AND NOT deleted), 0)) \
              WHERE c.id = $1 ORDER BY m.id",
-                )
-                .await?,
             &[&chat_id],
         )
         .await?;
@@ -75,20 +72,18 @@ pub async fn resolve_model(
     encryption_key: Option<&[u8; 32]>,
 ) -> Result<ModelChoice, ContextError> {
     let row = client
-        .query_opt(
-            &client
-                .prepare_cached(concat!(
-                    "SELECT mc.id, mc.model, mc.max_output_tokens, p.kind, p.base_url, \
+        .row_opt(
+            concat!(
+                "SELECT mc.id, mc.model, mc.max_output_tokens, p.kind, p.base_url, \
              p.api_key_encrypted, mc.input_price_micros, mc.output_price_micros, \
              mc.cache_read_price_micros, mc.cache_write_price_micros, mc.context_limit, \
              mc.compression_threshold \
              FROM model_configs mc JOIN providers p ON p.id = mc.provider_id \
              WHERE ",
-                    chatd_shared::usable_model_config!(),
-                    " AND (mc.id = $1 OR mc.is_default) \
+                chatd_shared::usable_model_config!(),
+                " AND (mc.id = $1 OR mc.is_default) \
              ORDER BY (mc.id = $1) DESC NULLS LAST LIMIT 1",
-                ))
-                .await?,
+            ),
             &[&wanted],
         )
         .await?
@@ -138,7 +133,7 @@ pub async fn set_title(
     title: &str,
 ) -> Result<Option<(i64, ChatStatus, i32)>, tokio_postgres::Error> {
     let row = client
-        .query_opt(
+        .row_opt(
             concat!(
                 "UPDATE chats c SET title = $2, ",
                 chatd_shared::bump_chat_version!(),

@@ -1,5 +1,6 @@
 //! Model configs: rows, field rules, and the writes that keep exactly one default.
 
+use crate::db::sql::Sql;
 use deadpool_postgres::{Client, Transaction};
 use time::OffsetDateTime;
 use tokio_postgres::error::SqlState;
@@ -191,9 +192,7 @@ pub async fn list_model_configs(
         "SELECT {MODEL_COLUMNS} FROM model_configs mc WHERE $1 OR NOT mc.deleted \
          ORDER BY mc.is_default DESC, mc.created_at, mc.id"
     );
-    let rows = client
-        .query(&client.prepare_cached(&sql).await?, &[&include_deleted])
-        .await?;
+    let rows = client.rows(&sql, &[&include_deleted]).await?;
     Ok(rows.iter().map(ModelConfigRow::from_row).collect())
 }
 
@@ -203,9 +202,7 @@ pub async fn list_usable_model_configs(client: &Client) -> StoreResult<Vec<Model
         "SELECT {MODEL_COLUMNS} FROM model_configs mc WHERE {USABLE} \
          ORDER BY mc.is_default DESC, mc.created_at, mc.id"
     );
-    let rows = client
-        .query(&client.prepare_cached(&sql).await?, &[])
-        .await?;
+    let rows = client.rows(&sql, &[]).await?;
     Ok(rows.iter().map(ModelConfigRow::from_row).collect())
 }
 
@@ -220,7 +217,7 @@ pub async fn get_model_config(
          AND (NOT $2 OR ({USABLE}))"
     );
     client
-        .query_opt(&client.prepare_cached(&sql).await?, &[&id, &usable_only])
+        .row_opt(&sql, &[&id, &usable_only])
         .await?
         .map(|row| ModelConfigRow::from_row(&row))
         .ok_or(StoreError::NotFound("model config"))
@@ -247,7 +244,7 @@ pub async fn create_model_config(
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING {MODEL_COLUMNS}"
     );
     let row = transaction
-        .query_one(&sql, &field_params(&fields))
+        .row(&sql, &field_params(&fields))
         .await
         .map_err(model_write_error)?;
     transaction.commit().await?;
@@ -271,7 +268,7 @@ pub async fn patch_model_config(
     }
     let sql = format!("SELECT {MODEL_COLUMNS} FROM model_configs mc WHERE mc.id = $1 FOR UPDATE");
     let current = transaction
-        .query_opt(&sql, &[&id])
+        .row_opt(&sql, &[&id])
         .await?
         .map(|row| ModelConfigRow::from_row(&row))
         .ok_or(StoreError::NotFound("model config"))?;
@@ -298,7 +295,7 @@ pub async fn patch_model_config(
     let mut params = field_params(&fields);
     params.push(&id);
     let row = transaction
-        .query_one(&sql, &params)
+        .row(&sql, &params)
         .await
         .map_err(model_write_error)?;
     transaction.commit().await?;
@@ -313,7 +310,7 @@ pub async fn delete_model_config(client: &Client, id: Uuid) -> StoreResult<()> {
     let sql = "UPDATE model_configs SET deleted = true, is_default = false, updated_at = now() \
                WHERE id = $1 AND NOT deleted RETURNING id";
     client
-        .query_opt(&client.prepare_cached(sql).await?, &[&id])
+        .row_opt(sql, &[&id])
         .await?
         .map(|_| ())
         .ok_or(StoreError::NotFound("model config"))
@@ -321,7 +318,7 @@ pub async fn delete_model_config(client: &Client, id: Uuid) -> StoreResult<()> {
 
 async fn take_default_lock(transaction: &Transaction<'_>) -> StoreResult<()> {
     transaction
-        .execute("SELECT pg_advisory_xact_lock($1)", &[&DEFAULT_LOCK])
+        .exec("SELECT pg_advisory_xact_lock($1)", &[&DEFAULT_LOCK])
         .await?;
     Ok(())
 }
@@ -329,7 +326,7 @@ async fn take_default_lock(transaction: &Transaction<'_>) -> StoreResult<()> {
 /// Clears the current default (except `keep`). The caller holds `DEFAULT_LOCK`.
 async fn clear_default(transaction: &Transaction<'_>, keep: Option<Uuid>) -> StoreResult<()> {
     transaction
-        .execute(
+        .exec(
             "UPDATE model_configs SET is_default = false, updated_at = now() \
              WHERE is_default AND ($1::uuid IS NULL OR id <> $1)",
             &[&keep],
@@ -340,7 +337,7 @@ async fn clear_default(transaction: &Transaction<'_>, keep: Option<Uuid>) -> Sto
 
 async fn check_provider(transaction: &Transaction<'_>, provider_id: Uuid) -> StoreResult<()> {
     transaction
-        .query_opt(
+        .row_opt(
             "SELECT 1 FROM providers WHERE id = $1 AND NOT deleted",
             &[&provider_id],
         )

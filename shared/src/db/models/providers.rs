@@ -1,6 +1,7 @@
 //! Providers: rows, creation (with the same field checks on every path), patches and
 //! deletion.
 
+use crate::db::sql::Sql;
 use deadpool_postgres::Client;
 use time::OffsetDateTime;
 use tokio_postgres::error::SqlState;
@@ -76,9 +77,7 @@ pub async fn list_providers(client: &Client) -> StoreResult<Vec<ProviderRow>> {
         "SELECT {PROVIDER_COLUMNS} FROM providers p WHERE NOT p.deleted \
          ORDER BY p.created_at, p.id"
     );
-    let rows = client
-        .query(&client.prepare_cached(&sql).await?, &[])
-        .await?;
+    let rows = client.rows(&sql, &[]).await?;
     Ok(rows.iter().map(ProviderRow::from_row).collect())
 }
 
@@ -86,7 +85,7 @@ pub async fn get_provider(client: &Client, id: Uuid) -> StoreResult<ProviderRow>
     let sql =
         format!("SELECT {PROVIDER_COLUMNS} FROM providers p WHERE p.id = $1 AND NOT p.deleted");
     client
-        .query_opt(&client.prepare_cached(&sql).await?, &[&id])
+        .row_opt(&sql, &[&id])
         .await?
         .map(|row| ProviderRow::from_row(&row))
         .ok_or(StoreError::NotFound("provider"))
@@ -118,8 +117,8 @@ pub async fn create_provider(client: &Client, provider: NewProvider) -> StoreRes
          VALUES ($1, $2, $3, $4, $5) RETURNING {PROVIDER_COLUMNS}"
     );
     let row = client
-        .query_one(
-            &client.prepare_cached(&sql).await?,
+        .row(
+            &sql,
             &[
                 &provider.kind,
                 &display_name,
@@ -144,7 +143,7 @@ pub async fn patch_provider(
         "SELECT {PROVIDER_COLUMNS} FROM providers p WHERE p.id = $1 AND NOT p.deleted FOR UPDATE"
     );
     let current = transaction
-        .query_opt(&sql, &[&id])
+        .row_opt(&sql, &[&id])
         .await?
         .map(|row| ProviderRow::from_row(&row))
         .ok_or(StoreError::NotFound("provider"))?;
@@ -168,7 +167,7 @@ pub async fn patch_provider(
          updated_at = now() WHERE p.id = $1 RETURNING {PROVIDER_COLUMNS}"
     );
     let row = transaction
-        .query_one(
+        .row(
             &sql,
             &[
                 &id,
@@ -193,14 +192,14 @@ pub async fn patch_provider(
 pub async fn delete_provider(client: &mut Client, id: Uuid) -> StoreResult<ProviderDeletion> {
     let transaction = client.transaction().await?;
     transaction
-        .query_opt(
+        .row_opt(
             "SELECT 1 FROM providers WHERE id = $1 AND NOT deleted FOR UPDATE",
             &[&id],
         )
         .await?
         .ok_or(StoreError::NotFound("provider"))?;
     let users = transaction
-        .query(
+        .rows(
             "SELECT id, model, deleted FROM model_configs WHERE provider_id = $1 \
              ORDER BY deleted, created_at, id",
             &[&id],
@@ -222,13 +221,13 @@ pub async fn delete_provider(client: &mut Client, id: Uuid) -> StoreResult<Provi
     }
     let deletion = if users.is_empty() {
         transaction
-            .execute("DELETE FROM providers WHERE id = $1", &[&id])
+            .exec("DELETE FROM providers WHERE id = $1", &[&id])
             .await
             .map_err(foreign_key_conflict)?;
         ProviderDeletion::Deleted
     } else {
         transaction
-            .execute(
+            .exec(
                 "UPDATE providers SET deleted = true, enabled = false, api_key_encrypted = NULL, \
                  updated_at = now() WHERE id = $1",
                 &[&id],
