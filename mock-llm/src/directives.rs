@@ -39,6 +39,19 @@ pub struct Directives {
     pub cached_tokens: Option<usize>,
     /// Responses only: clear the stored responses and do not store this one.
     pub forget_responses: Option<bool>,
+    /// Answer with what the request carried instead of generated text (see [`Echo`]).
+    pub echo: Option<Echo>,
+}
+
+/// `echo`: the reply is a view of the request, so a test can see exactly what a provider
+/// received.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Echo {
+    /// Every system part of the request (system and developer messages, Responses
+    /// `instructions`, Anthropic `system` blocks), in order, joined with a blank line;
+    /// `(no system text)` when there is none.
+    System,
 }
 
 /// The kind of an injected in-stream error; each protocol spells it its own way.

@@ -8,7 +8,7 @@ use std::ops::Range;
 use std::time::Duration;
 
 use crate::conversation::{Conversation, Ending, ToolResult};
-use crate::directives::{parse_directives, Directives, StreamErrorKind};
+use crate::directives::{parse_directives, Directives, Echo, StreamErrorKind};
 use crate::reply::{generated_token, piece_ends, reasoning_seed, reply_seed, tool_results_reply};
 
 /// Reply length when no `tokens` directive is given.
@@ -185,8 +185,19 @@ impl Plan {
         let output = match planned_tool_calls(conversation, &directives, tool_call_prefix) {
             Some(calls) => Output::ToolCalls(calls),
             None => {
-                let text = match &conversation.ending {
-                    Ending::ToolResults(results) => quote_tool_results(results),
+                let text = match (&conversation.ending, directives.echo) {
+                    (_, Some(Echo::System)) => {
+                        let text = if conversation.system_text.is_empty() {
+                            "(no system text)".to_owned()
+                        } else {
+                            conversation.system_text.clone()
+                        };
+                        TextSource::Fixed {
+                            ends: piece_ends(&text),
+                            text,
+                        }
+                    }
+                    (Ending::ToolResults(results), None) => quote_tool_results(results),
                     _ => TextSource::Generated {
                         seed: reply_seed(&conversation.last_user_text),
                         count: directives.tokens.unwrap_or(DEFAULT_TOKENS),
@@ -520,5 +531,25 @@ mod tests {
             Output::Text(text) => assert_eq!(text.full_text(), "Tool results: t: "),
             Output::ToolCalls(_) => panic!("text expected"),
         }
+    }
+
+    #[test]
+    fn echo_system_answers_with_the_system_text() {
+        let mut with_system = conversation(
+            r#"@mock {"echo": "system", "tokens": 3}"#,
+            Ending::UserMessage,
+            false,
+        );
+        with_system.system_text = "be brief\n\nsay hi".to_owned();
+        let Output::Text(text) = plan(&with_system).output else {
+            panic!("a text answer");
+        };
+        assert_eq!(text.full_text(), "be brief\n\nsay hi");
+        let without = conversation(r#"@mock {"echo": "system"}"#, Ending::UserMessage, false);
+        let Output::Text(text) = plan(&without).output else {
+            panic!("a text answer");
+        };
+        assert_eq!(text.full_text(), "(no system text)");
+        assert!(parse_directives(r#"@mock {"echo": "everything"}"#).is_err());
     }
 }

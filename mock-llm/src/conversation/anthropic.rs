@@ -55,8 +55,18 @@ pub fn parse(body: &[u8]) -> Result<MessagesCall, String> {
     if let Some(system) = &request.system {
         if let Value::Array(blocks) = system {
             check_text_blocks(blocks, "system")?;
+            // One system part per block, as a client sends them.
+            for block in blocks {
+                let text = content_text(block);
+                if !text.is_empty() {
+                    entries.push(Entry::Context(text));
+                }
+            }
         }
-        let text = content_text(system);
+        let text = match system {
+            Value::Array(_) => String::new(),
+            _ => content_text(system),
+        };
         if !text.is_empty() {
             entries.push(Entry::Context(text));
         }
@@ -293,5 +303,26 @@ mod tests {
         }))
         .expect("valid prefill");
         assert_eq!(prefill.conversation.ending, Ending::UserMessage);
+    }
+
+    #[test]
+    fn each_system_block_is_a_system_part() {
+        let call = parse_json(serde_json::json!({
+            "model": "claude", "max_tokens": 10,
+            "system": [{"type": "text", "text": "deployment rules"},
+                       {"type": "text", "text": "user notes"}],
+            "messages": [{"role": "user", "content": "hi"}]
+        }))
+        .expect("valid body");
+        assert_eq!(
+            call.conversation.system_text,
+            "deployment rules\n\nuser notes"
+        );
+        let plain = parse_json(serde_json::json!({
+            "model": "claude", "max_tokens": 10, "system": "one prompt",
+            "messages": [{"role": "user", "content": "hi"}]
+        }))
+        .expect("valid body");
+        assert_eq!(plain.conversation.system_text, "one prompt");
     }
 }

@@ -151,4 +151,22 @@ mod tests {
             .expect_err("messages are required")
             .contains("messages"));
     }
+
+    #[test]
+    fn system_and_developer_messages_are_the_system_text() {
+        let call = parse(
+            serde_json::json!({"model": "m", "messages": [
+                {"role": "system", "content": "deployment rules"},
+                {"role": "developer", "content": [{"type": "text", "text": "user notes"}]},
+                {"role": "user", "content": "hi"},
+            ]})
+            .to_string()
+            .as_bytes(),
+        )
+        .expect("valid body");
+        assert_eq!(
+            call.conversation.system_text,
+            "deployment rules\n\nuser notes"
+        );
+    }
 }

@@ -38,6 +38,9 @@ pub struct Conversation {
     pub offers_tools: bool,
     /// The request's output limit (`max_tokens`, `max_output_tokens`, …).
     pub max_tokens: Option<u64>,
+    /// The system parts (system and developer messages, instructions, system blocks), in
+    /// order, joined with a blank line (`"echo": "system"`).
+    pub system_text: String,
 }
 
 /// How the transcript ends, which decides the kind of answer.
@@ -64,8 +67,8 @@ pub struct ToolResult {
 pub enum Entry {
     /// A user message (its text parts joined with `\n`).
     User(String),
-    /// Text that counts as prompt words but is not a user turn: system prompts, instructions,
-    /// text sent next to tool results.
+    /// A system part: a system or developer message, Responses `instructions`, an Anthropic
+    /// `system` block. Counts as prompt words; echoed by `"echo": "system"`.
     Context(String),
     AssistantText(String),
     ToolCall {
@@ -110,6 +113,14 @@ impl Conversation {
             prompt_words: entries.iter().map(entry_words).sum(),
             offers_tools,
             max_tokens,
+            system_text: entries
+                .iter()
+                .filter_map(|entry| match entry {
+                    Entry::Context(text) if !text.is_empty() => Some(text.as_str()),
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+                .join("\n\n"),
         }
     }
 }

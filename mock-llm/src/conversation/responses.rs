@@ -177,4 +177,18 @@ mod tests {
             }])
         );
     }
+
+    #[test]
+    fn instructions_and_system_items_are_the_system_text() {
+        let call = parse(
+            br#"{"model": "m", "instructions": "deployment rules", "input": [
+                {"role": "developer", "content": "user notes"},
+                {"role": "user", "content": "hi"}]}"#,
+        )
+        .expect("valid body");
+        assert_eq!(
+            call.conversation([]).system_text,
+            "deployment rules\n\nuser notes"
+        );
+    }
 }
