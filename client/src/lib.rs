@@ -46,14 +46,28 @@ impl ApiClient {
 
     /// POSTs JSON; returns (status, body). Non-2xx bodies are returned, not turned into errors.
     pub async fn post(&self, path: &str, body: &Value) -> anyhow::Result<(u16, Value)> {
+        self.send_json(reqwest::Method::POST, path, body).await
+    }
+
+    /// PUTs JSON; returns (status, body), like [`ApiClient::post`].
+    pub async fn put(&self, path: &str, body: &Value) -> anyhow::Result<(u16, Value)> {
+        self.send_json(reqwest::Method::PUT, path, body).await
+    }
+
+    async fn send_json(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: &Value,
+    ) -> anyhow::Result<(u16, Value)> {
         let response = self
             .http
-            .post(self.url(path))
+            .request(method.clone(), self.url(path))
             .bearer_auth(&self.token)
             .json(body)
             .send()
             .await
-            .with_context(|| format!("POST {path}"))?;
+            .with_context(|| format!("{method} {path}"))?;
         let status = response.status().as_u16();
         let body = response.json().await.unwrap_or(Value::Null);
         Ok((status, body))

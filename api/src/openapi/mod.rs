@@ -40,7 +40,8 @@ use crate::config::ApiConfig;
         (name = "chats", description = "Chats, messages, the queue and interrupts"),
         (name = "streams", description = "Server-sent events: one chat, or the chat list"),
         (name = "spend", description = "What the caller's chats cost"),
-        (name = "admin", description = "Providers and model configs (writes need an admin token)"),
+        (name = "users", description = "The caller's own settings"),
+        (name = "admin", description = "Providers, model configs and the deployment's system prompt (writes — and the system prompt — need an admin token)"),
         (name = "meta", description = "This document"),
     )
 )]
@@ -63,6 +64,10 @@ pub const ERRORS: &[(&str, &[u16])] = &[
     ("submitToolResults", &[400, 404, 409, 413]),
     ("getChatCost", &[400, 404]),
     ("getUsage", &[400]),
+    ("getInstructions", &[]),
+    ("putInstructions", &[400, 413]),
+    ("getSystemPrompt", &[403]),
+    ("putSystemPrompt", &[400, 403, 413]),
     ("listProviders", &[403]),
     ("createProvider", &[400, 403, 409, 413]),
     ("getProvider", &[400, 403, 404]),

@@ -4,6 +4,7 @@ mod admin;
 mod chats;
 mod control;
 pub(crate) mod health;
+mod instructions;
 mod messages;
 mod spend;
 mod stream;
@@ -50,6 +51,14 @@ pub fn api_routes() -> OpenApiRouter<AppState> {
             admin::models::get,
             admin::models::patch,
             admin::models::delete
+        ))
+        .routes(routes!(
+            instructions::get_system_prompt,
+            instructions::put_system_prompt
+        ))
+        .routes(routes!(
+            instructions::get_instructions,
+            instructions::put_instructions
         ))
         .routes(routes!(health::openapi))
 }

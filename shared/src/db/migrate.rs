@@ -43,6 +43,13 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../../../migrations/0003_provider_soft_delete.sql"),
         compatible_from: 2,
     },
+    // Adds `users.instructions` with a default: builds at version 3 ignore it.
+    Migration {
+        version: 4,
+        name: "0004_instructions",
+        sql: include_str!("../../../migrations/0004_instructions.sql"),
+        compatible_from: 3,
+    },
 ];
 
 /// This binary's version, recorded with the migrations it applies and named in errors.

@@ -5,6 +5,7 @@
 //! `chatd-worker` store module); this module holds what both need.
 
 pub mod admin;
+pub mod instructions;
 pub mod migrate;
 pub mod models;
 pub mod pool;

@@ -1,4 +1,4 @@
-//! `chatd_config`: providers or model configs changed, so every process drops what it cached
+//! `chatd_config`: providers, model configs or prompt instructions changed, so every process drops what it cached
 //! about them (the worker's resolved models, for one).
 //!
 //! Like every notification this is a hint: a process that misses it still picks the change up
@@ -23,6 +23,8 @@ pub struct ConfigNotice {
 pub enum ConfigKind {
     Provider,
     ModelConfig,
+    /// The deployment's system prompt (`id` nil) or a user's instructions (`id` the user).
+    Instructions,
 }
 
 /// Publishes `notice` on `chatd_config`. Call it after the change committed.

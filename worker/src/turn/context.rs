@@ -57,9 +57,15 @@ pub struct LoadedChat {
 /// Resolved models cached for a few seconds per worker, so a turn does not pay a statement to
 /// re-resolve the same model. Configuration changes take effect within `MODEL_CACHE_TTL`.
 /// Read at the start of every turn by every turn task: a sharded map.
+///
+/// It also keeps, per chat owner, the system parts every step's prompt starts with (the
+/// deployment's system prompt and the owner's instructions, `db::instructions`), so a step
+/// costs no statement for them; a `chatd_config` notice (or the TTL) brings changes in from
+/// the next step.
 #[derive(Default)]
 pub struct ModelCache {
     entries: dashmap::DashMap<Option<Uuid>, (ModelChoice, std::time::Instant)>,
+    instructions: dashmap::DashMap<Uuid, (std::sync::Arc<Vec<PromptMessage>>, std::time::Instant)>,
 }
 
 /// How long a resolved model is reused.
@@ -84,9 +90,54 @@ impl ModelCache {
         Ok(choice)
     }
 
-    /// Forgets every resolved model (a `chatd_config` notice or a listener reconnect).
+    /// Forgets every resolved model and instruction (a `chatd_config` notice or a listener
+    /// reconnect).
     pub fn clear(&self) {
         self.entries.clear();
+        self.instructions.clear();
+    }
+
+    /// The system messages that precede the chat's own for `owner_id`: the deployment's
+    /// system prompt, then the owner's instructions, each its own system part. When they
+    /// cannot be read, the last known ones (however old); an error only when there are none.
+    pub async fn instructions(
+        &self,
+        pool: &deadpool_postgres::Pool,
+        owner_id: Uuid,
+    ) -> anyhow::Result<std::sync::Arc<Vec<PromptMessage>>> {
+        if let Some(entry) = self.instructions.get(&owner_id) {
+            let (parts, at) = entry.value();
+            if at.elapsed() < MODEL_CACHE_TTL {
+                return Ok(parts.clone());
+            }
+        }
+        let read = async {
+            let client = pool.get().await?;
+            anyhow::Ok(chatd_shared::db::instructions::prompt_parts(&*client, owner_id).await?)
+        };
+        let parts = match read.await {
+            Ok(parts) => parts,
+            // The database is briefly away: the last known instructions beat none.
+            Err(error) => match self.instructions.get(&owner_id) {
+                Some(entry) => return Ok(entry.value().0.clone()),
+                None => return Err(error),
+            },
+        };
+        let messages: std::sync::Arc<Vec<PromptMessage>> = std::sync::Arc::new(
+            parts
+                .into_iter()
+                .map(|text| PromptMessage {
+                    role: chatd_shared::domain::Role::System,
+                    content: vec![chatd_shared::domain::ContentPart::text(text)],
+                })
+                .collect(),
+        );
+        if self.instructions.len() > 10_000 {
+            self.instructions.clear();
+        }
+        self.instructions
+            .insert(owner_id, (messages.clone(), std::time::Instant::now()));
+        Ok(messages)
     }
 
     fn get(&self, wanted: Option<Uuid>) -> Option<ModelChoice> {

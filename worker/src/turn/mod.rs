@@ -179,7 +179,24 @@ impl Steps {
         let step_started = Instant::now();
         // Streaming and tools together; expiry fails the turn (not retried).
         let step_deadline = tokio::time::Instant::now() + deps.config.step_timeout;
-        let Some(output) = self.model_step(turn, step_started, step_deadline).await else {
+        // The deployment's prompt and the owner's instructions, as they are now (cached).
+        let instructions = match deps.models.instructions(&deps.pool, turn.owner_id).await {
+            Ok(instructions) => instructions,
+            Err(error) => {
+                tracing::warn!(error = format!("{error:#}"), chat_id = %turn.chat_id, "read the prompt instructions");
+                let error = ProviderError::new(
+                    crate::provider::ErrorKind::Generic,
+                    format!("read the prompt instructions: {error:#}"),
+                    true,
+                );
+                fail(turn, &mut self.stream, &error).await;
+                return Flow::End;
+            }
+        };
+        let Some(output) = self
+            .model_step(turn, &instructions, step_started, step_deadline)
+            .await
+        else {
             return Flow::End;
         };
         let Ok(execution) = run_tools(turn, &self.toolset, &output, step_deadline).await else {
@@ -269,15 +286,24 @@ impl Steps {
     async fn model_step(
         &mut self,
         turn: &TurnContext,
+        instructions: &[PromptMessage],
         step_started: Instant,
         step_deadline: tokio::time::Instant,
     ) -> Option<StepOutput> {
+        // The instructions go first; the chain's index moves past them.
+        let prefix = instructions.len();
+        let mut messages = Vec::with_capacity(prefix + self.prompt.len());
+        messages.extend_from_slice(instructions);
+        messages.append(&mut self.prompt);
         let request = ModelRequest {
             model: turn.model.model.clone(),
-            messages: std::mem::take(&mut self.prompt),
+            messages,
             max_output_tokens: turn.model.max_output_tokens,
             tools: self.tools.clone(),
-            chain: self.chain.take(),
+            chain: self.chain.take().map(|chain| ResponseChain {
+                new_from: chain.new_from + prefix,
+                ..chain
+            }),
         };
         let result = tokio::time::timeout_at(
             step_deadline,
@@ -285,7 +311,8 @@ impl Steps {
         )
         .await
         .unwrap_or_else(|_| StepResult::Failed(step_timeout_error(turn.config.step_timeout)));
-        self.prompt = request.messages;
+        let mut messages = request.messages;
+        self.prompt = messages.split_off(prefix.min(messages.len()));
         metrics::counter!("chatd_steps_total").increment(1);
         match result {
             StepResult::Done(output) => Some(output),
