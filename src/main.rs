@@ -1,6 +1,7 @@
 //! `chatd`: one binary, every role. This file only parses the command line (flags and
 //! `CHATD_*` environment variables) and calls into the crates.
 
+mod admin;
 mod chaos;
 mod cli;
 mod dev;

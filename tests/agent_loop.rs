@@ -567,38 +567,3 @@ async fn agent_loop_openai_responses() {
 async fn agent_loop_anthropic() {
     agent_loop_for(PROTOCOLS[2]).await;
 }
-
-/// What reached the provider, in every protocol: a chat's `system_prompt` is the request's
-/// system text (`"echo": "system"` makes the mock answer with exactly that).
-#[tokio::test(flavor = "multi_thread")]
-async fn the_chat_s_system_prompt_reaches_the_provider_in_every_protocol() {
-    let cluster = Cluster::start(2, 1).await;
-    let api = cluster.api(0);
-    for kind in PROTOCOLS {
-        let model = add_model(&cluster, kind, ModelOptions::default()).await;
-        let prompt = format!("You answer as the {kind} test.\nKeep it short.");
-        let (status, body) = api
-            .post(
-                "/chats",
-                &serde_json::json!({
-                    "model_config_id": model,
-                    "system_prompt": prompt,
-                    "message": directive_message("what were you told?", serde_json::json!({"echo": "system"})),
-                }),
-            )
-            .await
-            .expect("create chat");
-        assert_eq!(status, 201, "{body}");
-        let chat_id = body["chat"]["id"].as_str().expect("chat id").to_owned();
-        let texts = wait_until(TURN, "the echo", || {
-            let api = cluster.api(1);
-            let chat_id = chat_id.clone();
-            async move {
-                let texts = assistant_texts(&api, &chat_id).await;
-                (!texts.is_empty()).then_some(texts)
-            }
-        })
-        .await;
-        assert_eq!(texts, [prompt], "{kind}");
-    }
-}

@@ -1,4 +1,5 @@
-//! The deployment's system prompt (admin) and each user's instructions: a turn's prompt is the
+//! What reaches the provider as system text, in every protocol: the chat's `system_prompt`,
+//! the deployment's system prompt (admin) and each user's instructions. A turn's prompt is the
 //! deployment's prompt, then the owner's instructions, then the chat's own `system_prompt`,
 //! each its own system part — seen through `chatd mock-llm`'s `"echo": "system"`, on every
 //! replica and worker, and changed from the next step on.
@@ -12,6 +13,7 @@ use serde_json::json;
 use chatd_client::ApiClient;
 use chatd_shared::db::instructions::DEFAULT_SYSTEM_PROMPT;
 use common::cluster::{assistant_texts, directive_message, wait_until, Cluster};
+use common::models::{add_model, ModelOptions, PROTOCOLS};
 
 const TURN: Duration = Duration::from_secs(30);
 
@@ -162,4 +164,39 @@ async fn a_turn_s_prompt_is_deployment_then_user_then_chat() {
         .await
         .expect("put");
     assert_eq!(status, 400, "{body}");
+}
+
+/// What reached the provider, in every protocol: a chat's `system_prompt` is the request's
+/// system text (`"echo": "system"` makes the mock answer with exactly that).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_chat_s_system_prompt_reaches_the_provider_in_every_protocol() {
+    let cluster = Cluster::start(2, 1).await;
+    let api = cluster.api(0);
+    for kind in PROTOCOLS {
+        let model = add_model(&cluster, kind, ModelOptions::default()).await;
+        let prompt = format!("You answer as the {kind} test.\nKeep it short.");
+        let (status, body) = api
+            .post(
+                "/chats",
+                &json!({
+                    "model_config_id": model,
+                    "system_prompt": prompt,
+                    "message": directive_message("what were you told?", json!({"echo": "system"})),
+                }),
+            )
+            .await
+            .expect("create chat");
+        assert_eq!(status, 201, "{body}");
+        let chat_id = body["chat"]["id"].as_str().expect("chat id").to_owned();
+        let texts = wait_until(TURN, "the echo", || {
+            let api = cluster.api(1);
+            let chat_id = chat_id.clone();
+            async move {
+                let texts = assistant_texts(&api, &chat_id).await;
+                (!texts.is_empty()).then_some(texts)
+            }
+        })
+        .await;
+        assert_eq!(texts, [prompt], "{kind}");
+    }
 }

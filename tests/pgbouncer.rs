@@ -8,7 +8,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -35,19 +35,6 @@ impl Drop for PgBouncer {
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-/// Debian ships it outside `PATH` for non-root users.
-fn pgbouncer_binary() -> PathBuf {
-    for candidate in ["/usr/sbin/pgbouncer", "/usr/bin/pgbouncer"] {
-        if Path::new(candidate).exists() {
-            return PathBuf::from(candidate);
-        }
-    }
-    panic!(
-        "pgbouncer not found: scripts/test installs it when run as root; otherwise \
-         `sudo apt-get install -y pgbouncer`"
-    );
 }
 
 impl PgBouncer {
@@ -81,7 +68,7 @@ impl PgBouncer {
             ),
         )
         .expect("write pgbouncer.ini");
-        let mut command = Command::new(pgbouncer_binary());
+        let mut command = Command::new(common::debian_binary("pgbouncer"));
         command
             .arg(dir.join("pgbouncer.ini"))
             .stdin(Stdio::null())

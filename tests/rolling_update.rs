@@ -9,7 +9,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -48,18 +48,6 @@ impl Drop for Nginx {
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-fn nginx_binary() -> PathBuf {
-    for candidate in ["/usr/sbin/nginx", "/usr/bin/nginx"] {
-        if Path::new(candidate).exists() {
-            return PathBuf::from(candidate);
-        }
-    }
-    panic!(
-        "nginx not found: scripts/test installs it when run as root; otherwise \
-         `sudo apt-get install -y nginx`"
-    );
 }
 
 impl Nginx {
@@ -103,7 +91,7 @@ http {{
 "
         );
         std::fs::write(dir.join("nginx.conf"), config).expect("write nginx.conf");
-        let child = Command::new(nginx_binary())
+        let child = Command::new(common::debian_binary("nginx"))
             .args(["-p", &dir.display().to_string(), "-c"])
             .arg(dir.join("nginx.conf"))
             .stdin(Stdio::null())
