@@ -43,6 +43,33 @@ impl<T: DeserializeOwned> FromRequest<AppState> for StrictJson<T> {
     }
 }
 
+/// An optional JSON body: none at all (no bytes) is `None`; anything else is parsed as
+/// [`StrictJson`] would.
+pub struct OptionalJson<T>(pub Option<T>);
+
+impl<T: DeserializeOwned> FromRequest<AppState> for OptionalJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, ApiError> {
+        let limit = state.config.max_body_bytes;
+        let has_json_type = request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok())
+            .is_some_and(|value| value.starts_with("application/json"));
+        let bytes = read_capped(request.into_body(), limit).await?;
+        if bytes.is_empty() {
+            return Ok(OptionalJson(None));
+        }
+        if !has_json_type {
+            return Err(ApiError::BadRequest(
+                "expected no body, or a JSON body with Content-Type: application/json".into(),
+            ));
+        }
+        parse_json(&bytes).map(|value| OptionalJson(Some(value)))
+    }
+}
+
 /// Reads at most `limit` bytes; a longer (e.g. chunked) body fails as soon as it passes the
 /// limit, without buffering the rest.
 async fn read_capped(body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {

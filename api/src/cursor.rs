@@ -66,11 +66,11 @@ impl StreamCursor {
     }
 }
 
-/// `after` cursor of `GET /chats`: `<created_at µs since the epoch>_<id>`, the pattern
-/// `[0-9]{1,16}_<uuid>` (clients pass `next` back as it is).
-pub fn encode_chat_cursor(created_at: OffsetDateTime, id: Uuid) -> String {
-    let micros = (created_at.unix_timestamp_nanos() / 1000).max(0);
-    format!("{micros}_{}", id.hyphenated())
+/// `after` cursor of `GET /chats`: `<pin_order>_<updated_at µs since the epoch>_<id>`, the
+/// pattern `[0-9]{1,10}_[0-9]{1,16}_<uuid>` (clients pass `next` back as it is).
+pub fn encode_chat_cursor(pin_order: i32, updated_at: OffsetDateTime, id: Uuid) -> String {
+    let micros = (updated_at.unix_timestamp_nanos() / 1000).max(0);
+    format!("{}_{micros}_{}", pin_order.max(0), id.hyphenated())
 }
 
 pub fn decode_chat_cursor(text: &str) -> Result<ChatListCursor, ApiError> {
@@ -80,18 +80,26 @@ pub fn decode_chat_cursor(text: &str) -> Result<ChatListCursor, ApiError> {
             "after: malformed cursor (use `next` from a previous page)",
         )
     };
-    let (micros, id) = text.split_once('_').ok_or_else(bad)?;
-    if micros.is_empty() || micros.len() > 16 || !micros.bytes().all(|b| b.is_ascii_digit()) {
+    let digits = |piece: &str, max: usize| {
+        !piece.is_empty() && piece.len() <= max && piece.bytes().all(|b| b.is_ascii_digit())
+    };
+    let mut pieces = text.splitn(3, '_');
+    let (Some(pin), Some(micros), Some(id)) = (pieces.next(), pieces.next(), pieces.next()) else {
+        return Err(bad());
+    };
+    // Hyphenated ids only (36 characters), as the document's pattern says.
+    if !digits(pin, 10) || !digits(micros, 16) || id.len() != 36 {
         return Err(bad());
     }
-    // Hyphenated only (36 characters), as the document's pattern says.
-    if id.len() != 36 {
-        return Err(bad());
-    }
+    let pin_order: i32 = pin.parse().map_err(|_| bad())?;
     let micros: i128 = micros.parse().map_err(|_| bad())?;
-    let created_at = OffsetDateTime::from_unix_timestamp_nanos(micros * 1000).map_err(|_| bad())?;
+    let updated_at = OffsetDateTime::from_unix_timestamp_nanos(micros * 1000).map_err(|_| bad())?;
     let id = Uuid::parse_str(id).map_err(|_| bad())?;
-    Ok(ChatListCursor { created_at, id })
+    Ok(ChatListCursor {
+        pin_order,
+        updated_at,
+        id,
+    })
 }
 
 /// Parses a UUID path segment.
@@ -176,15 +184,21 @@ mod tests {
     fn chat_cursor_round_trips_and_rejects_garbage() {
         let now = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
         let id = Uuid::new_v4();
-        let decoded = decode_chat_cursor(&encode_chat_cursor(now, id)).unwrap();
-        assert_eq!((decoded.created_at, decoded.id), (now, id));
+        let decoded = decode_chat_cursor(&encode_chat_cursor(3, now, id)).unwrap();
+        assert_eq!(
+            (decoded.pin_order, decoded.updated_at, decoded.id),
+            (3, now, id)
+        );
         for bad in [
             "",
             "!!",
-            "123_not-a-uuid",
-            "+1_67e55044-10b1-426f-9247-bb680e5fe0c8",
-            "1_67e5504410b1426f9247bb680e5fe0c8",
-            "12345678901234567_67e55044-10b1-426f-9247-bb680e5fe0c8",
+            "0_123_not-a-uuid",
+            "0_+1_67e55044-10b1-426f-9247-bb680e5fe0c8",
+            "-1_1_67e55044-10b1-426f-9247-bb680e5fe0c8",
+            "1_67e55044-10b1-426f-9247-bb680e5fe0c8",
+            "0_1_67e5504410b1426f9247bb680e5fe0c8",
+            "0_12345678901234567_67e55044-10b1-426f-9247-bb680e5fe0c8",
+            "99999999999_1_67e55044-10b1-426f-9247-bb680e5fe0c8",
         ] {
             assert!(decode_chat_cursor(bad).is_err(), "{bad}");
         }

@@ -29,8 +29,10 @@ pub struct Chat {
     #[schema(value_type = HashMap<String, String>)]
     pub labels: Value,
     pub archived: bool,
-    /// 0: not pinned.
+    /// 0: not pinned; 1…n: listed first, in this order.
     pub pin_order: i32,
+    /// An assistant message newer than the read marker (`POST /chats/{id}/read`) exists.
+    pub has_unread: bool,
     /// Why the last turn failed (status `error`), else `null`.
     #[schema(value_type = Option<ChatError>)]
     pub last_error: Option<Value>,
@@ -52,6 +54,7 @@ impl From<&ChatRow> for Chat {
             labels: row.labels.clone(),
             archived: row.archived,
             pin_order: row.pin_order,
+            has_unread: row.has_unread,
             last_error: row.last_error.clone(),
             created_at: row.created_at,
             updated_at: row.updated_at,
@@ -282,9 +285,29 @@ pub struct PatchChatRequest {
     pub title: Option<String>,
     #[schema(schema_with = schemas::labels_or_null)]
     pub labels: Option<serde_json::Map<String, Value>>,
+    /// Archives or unarchives the chat and every descendant (409 while any chat of the tree
+    /// is busy; a child cannot be unarchived under an archived parent). Archiving unpins.
     pub archived: Option<bool>,
-    #[schema(value_type = Option<i32>)]
+    /// 0 unpins; k ≥ 1 puts the chat at pin position k (past the end: last) and moves the
+    /// other pins so positions stay 1…n. Root chats that are not archived only (else 409).
+    #[schema(value_type = Option<i32>, minimum = 0)]
     pub pin_order: Option<crate::body::JsonInt<i32>>,
+}
+
+/// `POST /chats/{id}/read`: where the read marker goes (default: the newest message).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MarkReadRequest {
+    /// A visible message of the chat; an earlier one marks later replies unread again.
+    #[schema(value_type = Option<i64>, minimum = 1)]
+    pub message_id: Option<crate::body::JsonInt<i64>>,
+}
+
+/// `PATCH /chats/{id}/messages/{message_id}`: the user message's new content.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EditMessageRequest {
+    pub content: MessageInput,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]

@@ -54,6 +54,44 @@ impl ApiClient {
         self.send_json(reqwest::Method::PUT, path, body).await
     }
 
+    /// PATCHes JSON; returns (status, body), like [`ApiClient::post`].
+    pub async fn patch(&self, path: &str, body: &Value) -> anyhow::Result<(u16, Value)> {
+        self.send_json(reqwest::Method::PATCH, path, body).await
+    }
+
+    /// DELETEs; returns (status, body) (`Null` for an empty body).
+    pub async fn delete(&self, path: &str) -> anyhow::Result<(u16, Value)> {
+        let response = self
+            .http
+            .delete(self.url(path))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .with_context(|| format!("DELETE {path}"))?;
+        let status = response.status().as_u16();
+        let body = response.json().await.unwrap_or(Value::Null);
+        Ok((status, body))
+    }
+
+    /// Opens `GET /chats/watch` and yields its events.
+    pub async fn watch(
+        &self,
+    ) -> anyhow::Result<impl Stream<Item = anyhow::Result<StreamEvent>> + Send + Unpin> {
+        let response = self
+            .http
+            .get(self.url("/chats/watch"))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .context("open the watch stream")?;
+        let status = response.status();
+        if !status.is_success() {
+            let body = response.text().await.unwrap_or_default();
+            anyhow::bail!("watch answered {status}: {body}");
+        }
+        Ok(Box::pin(sse_events(response.bytes_stream())))
+    }
+
     async fn send_json(
         &self,
         method: reqwest::Method,

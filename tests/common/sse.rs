@@ -38,6 +38,14 @@ impl Reader {
         event
     }
 
+    /// The next event, or `None` when the stream ended (no timeout).
+    #[allow(dead_code)]
+    pub async fn try_next(&mut self) -> Option<StreamEvent> {
+        let event = self.events.next().await?.ok()?;
+        self.seen.push(event.clone());
+        Some(event)
+    }
+
     /// Reads until `predicate` holds for an event; returns it.
     pub async fn until(
         &mut self,

@@ -51,6 +51,11 @@ pub enum HubEvent {
         version: i64,
         data: Arc<str>,
     },
+    /// The history changed other than by appending (an edit): subscribers drop what they sent
+    /// and start over from the database (`history_reset`). Later events continue from there.
+    HistoryReset,
+    /// The chat was deleted: streams end.
+    Gone,
 }
 
 /// What the hub has relayed so far.
@@ -61,6 +66,7 @@ struct HubState {
     last_seq: i64,
     last_message_id: i64,
     title: String,
+    history_epoch: i32,
 }
 
 pub struct ChatHubTask {
@@ -146,7 +152,8 @@ impl ChatHubTask {
                 "SELECT c.version, c.attempt, c.title, \
                  coalesce((SELECT max(id) FROM chat_messages WHERE chat_id = c.id), 0), \
                  coalesce((SELECT max(seq_to) FROM chat_stream_frames f \
-                           WHERE f.chat_id = c.id AND f.attempt = c.attempt), 0) \
+                           WHERE f.chat_id = c.id AND f.attempt = c.attempt), 0), \
+                 c.history_epoch \
                  FROM chats c WHERE c.id = $1",
                 &[&self.chat_id],
             )
@@ -158,6 +165,7 @@ impl ChatHubTask {
                 title: row.get(2),
                 last_message_id: row.get(3),
                 last_seq: row.get(4),
+                history_epoch: row.get(5),
             };
             self.relayed_version
                 .store(self.state.version, Ordering::Relaxed);
@@ -371,8 +379,15 @@ impl ChatHubTask {
         .await?;
         drop(client);
         let Some(sync) = sync else {
-            return Ok(()); // deleted
+            self.broadcast(HubEvent::Gone); // deleted
+            return Ok(());
         };
+        if sync.history_epoch != self.state.history_epoch {
+            // Edited: subscribers start over from the database; what this read found after
+            // the reset (the replacement, new previews) follows and is deduplicated by them.
+            self.state.history_epoch = sync.history_epoch;
+            self.broadcast(HubEvent::HistoryReset);
+        }
         let chat = sync.chat;
         let version_changed = chat.version > self.state.version;
         // The rest of the hub's attempt comes first even when the chat has moved on (a queued

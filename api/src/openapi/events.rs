@@ -103,6 +103,13 @@ pub struct HistoryTruncatedEvent {
     pub before_id: i64,
 }
 
+/// `history_reset`: the history changed other than by appending (a user message was edited and
+/// the conversation reruns from it). Drop every message and preview shown; the current history
+/// follows (the newest messages, then `history_truncated` if there are more), as on a new
+/// connection.
+#[derive(Serialize, ToSchema)]
+pub struct HistoryResetEvent {}
+
 /// `action_required`: the dynamic tool calls waiting for `POST /chats/{id}/tool-results`.
 #[derive(Serialize, ToSchema)]
 pub struct ActionRequiredEvent {
@@ -137,6 +144,7 @@ pub const CHAT_STREAM_EVENTS: &[(&str, &str)] = &[
     ("error", "ErrorEvent"),
     ("attempt_reset", "AttemptResetEvent"),
     ("history_truncated", "HistoryTruncatedEvent"),
+    ("history_reset", "HistoryResetEvent"),
     ("action_required", "ActionRequiredEvent"),
     ("title", "TitleEvent"),
 ];

@@ -2,20 +2,22 @@
 
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
 use crate::auth::CurrentUser;
-use crate::body::StrictJson;
+use crate::body::{OptionalJson, StrictJson};
 use crate::cursor::{decode_chat_cursor, encode_chat_cursor, parse_limit, parse_uuid, query_pairs};
 use crate::dto::{
-    Chat, ChatList, ChatResponse, CreateChatRequest, CreateChatResponse, Message, PatchChatRequest,
+    Chat, ChatList, ChatResponse, CreateChatRequest, CreateChatResponse, MarkReadRequest, Message,
+    PatchChatRequest,
 };
 use crate::error::{ApiError, ApiResult};
 use crate::routes::json_response;
 use crate::state::AppState;
-use crate::store::chats::{self as store, ChatPatch, NewChat};
-use crate::store::content;
+use crate::store::chats::{self as store, ChatFilter, ChatPatch, NewChat};
+use crate::store::{content, tree};
+use chatd_shared::pubsub::OwnerEventKind;
 
 #[utoipa::path(post, path = "/chats", operation_id = "createChat", tag = "chats",
     request_body = CreateChatRequest,
@@ -111,19 +113,24 @@ pub async fn create(
 #[utoipa::path(get, path = "/chats", operation_id = "listChats", tag = "chats",
     params(
         ("archived" = Option<bool>, Query, description = "Archived chats instead of the others (default false)"),
+        ("unread" = Option<bool>, Query, description = "Only chats with (true) or without (false) a reply newer than the read marker"),
+        ("q" = Option<String>, Query, max_length = 200, pattern = r"^[^\u0000]*$",
+            description = "Case-insensitive substring of the title"),
         ("label" = Option<Vec<String>>, Query, explode, pattern = r"^[^\u0000:]*:[^\u0000]*$",
             description = "`key:value`; repeat to require several labels"),
-        ("after" = Option<String>, Query, pattern = r"^[0-9]{1,16}_[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$",
+        ("after" = Option<String>, Query, pattern = r"^[0-9]{1,10}_[0-9]{1,16}_[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$",
             description = "`next` of the previous page"),
         ("limit" = Option<i64>, Query, minimum = 1, maximum = 100, description = "Default 50"),
     ),
-    responses((status = 200, description = "The caller's chats, newest first", body = ChatList)))]
+    responses((status = 200, description = "The caller's root chats: pinned ones first by `pin_order`, then the others by `updated_at` descending (ties by id). `updated_at` moves with activity (messages, status, title, labels), not with reading or pin moves; a chat that moves while you page may show on two pages or none.", body = ChatList)))]
 pub async fn list(
     State(state): State<AppState>,
     user: CurrentUser,
     RawQuery(raw): RawQuery,
 ) -> ApiResult<Response> {
     let mut archived = false;
+    let mut unread = None;
+    let mut title = None;
     let mut labels = serde_json::Map::new();
     let mut after = None;
     let mut limit = None;
@@ -135,6 +142,17 @@ pub async fn list(
                     "false" => false,
                     _ => return Err(ApiError::field("archived", "archived: true or false")),
                 }
+            }
+            "unread" => {
+                unread = Some(match value.as_str() {
+                    "true" => true,
+                    "false" => false,
+                    _ => return Err(ApiError::field("unread", "unread: true or false")),
+                })
+            }
+            "q" => {
+                content::plain_field(&value, "q", 200)?;
+                title = Some(value);
             }
             "label" => {
                 let (label_key, label_value) = value
@@ -157,19 +175,19 @@ pub async fn list(
     }
     let limit = parse_limit(limit.as_deref(), 50, 100)?;
     let client = state.pool.get().await?;
-    let mut rows = store::list_chats(
-        &client,
-        user.id,
+    let filter = ChatFilter {
         archived,
-        &Value::Object(labels),
-        after.as_ref(),
-        limit + 1,
-    )
-    .await?;
+        labels: Value::Object(labels),
+        title,
+        unread,
+    };
+    let mut rows = store::list_chats(&client, user.id, &filter, after.as_ref(), limit + 1).await?;
     let has_more = rows.len() as i64 > limit;
     rows.truncate(limit as usize);
     let next = match rows.last() {
-        Some(last) if has_more => Some(encode_chat_cursor(last.created_at, last.id)),
+        Some(last) if has_more => {
+            Some(encode_chat_cursor(last.pin_order, last.updated_at, last.id))
+        }
         _ => None,
     };
     Ok(json_response(
@@ -215,6 +233,12 @@ pub async fn patch(
         content::plain_field(title, "title", 200)?;
     }
     let labels = request.labels.as_ref().map(content::labels).transpose()?;
+    if request.pin_order.is_some_and(|pin| pin.0 < 0) {
+        return Err(ApiError::field(
+            "pin_order",
+            "pin_order: 0 (not pinned) or a position from 1",
+        ));
+    }
     let mut client = state.pool.get().await?;
     let transition = store::patch_chat(
         &mut client,
@@ -233,6 +257,51 @@ pub async fn patch(
         StatusCode::OK,
         ChatResponse {
             chat: Chat::from(&transition.chat),
+        },
+    ))
+}
+
+#[utoipa::path(delete, path = "/chats/{chat_id}", operation_id = "deleteChat", tag = "chats",
+    params(("chat_id" = Uuid, Path, description = "A chat of the caller")),
+    responses((status = 204, description = "Deleted with every descendant: gone from every route (404 after); their spend stays in usage totals. 409 while any chat of the tree is busy.")))]
+pub async fn delete(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    Path(chat_id): Path<String>,
+) -> ApiResult<Response> {
+    let chat_id = parse_uuid(&chat_id, "chat_id")?;
+    let mut client = state.pool.get().await?;
+    let transition = store::delete_chat(&mut client, chat_id, user.id).await?;
+    transition.publish(&client).await;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[utoipa::path(post, path = "/chats/{chat_id}/read", operation_id = "markChatRead", tag = "chats",
+    params(("chat_id" = Uuid, Path, description = "A chat of the caller")),
+    request_body(content = Option<MarkReadRequest>, description = "Optional; without it the marker moves to the newest message"),
+    responses((status = 200, description = "The chat with its `has_unread` after the move", body = ChatResponse)))]
+pub async fn mark_read(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    Path(chat_id): Path<String>,
+    OptionalJson(request): OptionalJson<MarkReadRequest>,
+) -> ApiResult<Response> {
+    let chat_id = parse_uuid(&chat_id, "chat_id")?;
+    let message_id = request
+        .and_then(|request| request.message_id)
+        .map(|id| id.0);
+    if message_id.is_some_and(|id| id < 1) {
+        return Err(ApiError::field("message_id", "message_id: not a valid id"));
+    }
+    let mut client = state.pool.get().await?;
+    let chat = tree::mark_read(&mut client, chat_id, user.id, message_id).await?;
+    let change =
+        chatd_shared::pubsub::ChatChange::of_row(&chat).with_owner_event(OwnerEventKind::Read);
+    change.publish(&client).await;
+    Ok(json_response(
+        StatusCode::OK,
+        ChatResponse {
+            chat: Chat::from(&chat),
         },
     ))
 }

@@ -10,14 +10,15 @@ use crate::auth::CurrentUser;
 use crate::body::StrictJson;
 use crate::cursor::{parse_int_id, parse_limit, parse_uuid, query_pairs};
 use crate::dto::{
-    Message, MessageList, MessageResponse, QueuedMessage, QueuedResponse, SendMessageRequest,
+    EditMessageRequest, Message, MessageList, MessageResponse, QueuedMessage, QueuedResponse,
+    SendMessageRequest,
 };
 use crate::error::{ApiError, ApiResult};
 use crate::routes::json_response;
 use crate::state::AppState;
 use crate::store::chats as chat_store;
-use crate::store::content;
 use crate::store::send::{self, NewMessage, SendOutcome};
+use crate::store::{content, edit};
 
 #[utoipa::path(get, path = "/chats/{chat_id}/messages", operation_id = "listMessages", tag = "chats",
     params(("chat_id" = Uuid, Path, description = "A chat of the caller"),
@@ -107,6 +108,32 @@ pub async fn send(
     .await?;
     transition.publish(&client).await;
     Ok(outcome_response(outcome))
+}
+
+#[utoipa::path(patch, path = "/chats/{chat_id}/messages/{message_id}", operation_id = "editMessage", tag = "chats",
+    params(("chat_id" = Uuid, Path, description = "A chat of the caller"),
+        ("message_id" = i64, Path, minimum = 1, description = "A user message of the chat (another role: 400)")),
+    request_body = EditMessageRequest,
+    responses((status = 200, description = "Replaced: the message and everything after it are gone from the history (spend keeps them), the queue is cleared, a running turn is stopped, and the chat is `pending` again with the replacement as its last message. Streams get `history_reset`. An archived chat: 409.", body = MessageResponse)))]
+pub async fn edit(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    Path((chat_id, message_id)): Path<(String, String)>,
+    StrictJson(request): StrictJson<EditMessageRequest>,
+) -> ApiResult<Response> {
+    let chat_id = parse_uuid(&chat_id, "chat_id")?;
+    let message_id = parse_int_id(&message_id, "message_id")?;
+    let content = content::user_content(request.content, "content")?;
+    let mut client = state.pool.get().await?;
+    let (transition, message) =
+        edit::edit_message(&mut client, chat_id, user.id, message_id, &content).await?;
+    transition.publish(&client).await;
+    Ok(json_response(
+        StatusCode::OK,
+        MessageResponse {
+            message: Message::from(&message),
+        },
+    ))
 }
 
 /// 201 `{message}` or 202 `{queued_message}`.

@@ -28,8 +28,8 @@ use crate::error::{ApiError, ApiResult};
 use crate::hub::chat_hub::prepare_rows;
 use crate::hub::{ChatSubscription, HubEvent, PreparedEvent};
 use crate::openapi::events::{
-    ActionRequiredEvent, AttemptResetEvent, HistoryTruncatedEvent, QueueEvent, StatusEvent,
-    TitleEvent,
+    ActionRequiredEvent, AttemptResetEvent, HistoryResetEvent, HistoryTruncatedEvent, QueueEvent,
+    StatusEvent, TitleEvent,
 };
 use crate::state::AppState;
 
@@ -149,6 +149,13 @@ impl Session {
             return Ok(None);
         };
         let mut out = Vec::new();
+        if self.cursor.message_id > 0
+            && !reads::message_visible(&client, self.chat_id, self.cursor.message_id).await?
+        {
+            // The cursor names a message an edit removed: start over, never a mix.
+            self.start_over();
+            out.push(self.event("history_reset", &HistoryResetEvent {}));
+        }
         let version_changed = chat.version > self.version;
         let ended = matches!(
             chat.status,
@@ -325,6 +332,9 @@ impl Session {
                     if !batch.is_empty() {
                         return Some(batch);
                     }
+                    if self.closing {
+                        return None; // the chat was deleted
+                    }
                 }
                 Err(RecvError::Lagged(_)) => {
                     // Too slow for the hub's buffer: catch up from the database instead.
@@ -387,6 +397,16 @@ impl Session {
                 let queued: Vec<QueuedMessage> = queue.iter().map(QueuedMessage::from).collect();
                 out.push(self.event("queue", &QueueEvent { queued }));
             }
+            HubEvent::HistoryReset => {
+                self.start_over();
+                out.push(self.event("history_reset", &HistoryResetEvent {}));
+                match Box::pin(self.snapshot()).await {
+                    Ok(Some(batch)) => out.extend(batch),
+                    Ok(None) => self.closing = true,
+                    Err(_) => out.push(self.retry_hint()),
+                }
+            }
+            HubEvent::Gone => self.closing = true,
             HubEvent::Title(title) => out.push(self.event(
                 "title",
                 &TitleEvent {
@@ -508,6 +528,16 @@ impl Session {
             metrics::histogram!("chatd_relay_latency_seconds")
                 .record((now_us - created_at_us).max(0) as f64 / 1e6);
         }
+    }
+
+    /// Forgets everything sent (after `history_reset`): the next snapshot is a new
+    /// connection's.
+    fn start_over(&mut self) {
+        self.cursor = StreamCursor::default();
+        self.version = 0;
+        self.action_version = 0;
+        self.turn_finished = false;
+        self.first = true;
     }
 
     /// `action_required {tool_calls}`: the dynamic tool calls waiting for the client.

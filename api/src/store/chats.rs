@@ -10,8 +10,9 @@ use chatd_shared::db::rows::{ChatRow, MessageRow};
 use chatd_shared::domain::{ChatStatus, Role};
 use chatd_shared::pubsub::OwnerEventKind;
 
-use super::{update_chat_sql, Transition};
+use super::{tree, update_chat_sql, Transition};
 use crate::error::{ApiError, ApiResult};
+use chatd_shared::pubsub::ChatChange;
 
 /// Validated input of `POST /chats`.
 pub struct NewChat {
@@ -93,9 +94,12 @@ pub async fn create_chat(
     }
     let mut root_chat_id = None;
     if let Some(parent_id) = new_chat.parent_chat_id {
+        // FOR SHARE: the parent cannot be archived or deleted until this child exists (and
+        // then the cascade finds it).
         let parent = transaction
             .row_opt(
-                "SELECT coalesce(root_chat_id, id) FROM chats WHERE id = $1 AND owner_id = $2",
+                "SELECT coalesce(root_chat_id, id), archived FROM chats \
+                 WHERE id = $1 AND owner_id = $2 AND NOT deleted FOR SHARE",
                 &[&parent_id, &new_chat.owner_id],
             )
             .await?
@@ -103,6 +107,11 @@ pub async fn create_chat(
                 field: "parent_chat_id".into(),
                 message: "parent_chat_id: no such chat".into(),
             })?;
+        if parent.get::<_, bool>(1) {
+            return Err(ApiError::Conflict(
+                "the parent chat is archived: unarchive it first".into(),
+            ));
+        }
         root_chat_id = Some(parent.get::<_, Uuid>(0));
     }
     let status = if new_chat.message.is_some() {
@@ -181,7 +190,7 @@ pub async fn lock_chat(
     let sql = format!(
         "SELECT {}, c.worker_id, \
          (SELECT count(*) FROM chat_queued_messages q WHERE q.chat_id = c.id) \
-         FROM chats c WHERE c.id = $1 AND c.owner_id = $2 FOR UPDATE",
+         FROM chats c WHERE c.id = $1 AND c.owner_id = $2 AND NOT c.deleted FOR UPDATE",
         ChatRow::COLUMNS
     );
     let row = transaction
@@ -190,8 +199,8 @@ pub async fn lock_chat(
         .ok_or(ApiError::NotFound("chat"))?;
     Ok(LockedChat {
         chat: ChatRow::from_row(&row),
-        worker_id: row.get(14),
-        queue_len: row.get(15),
+        worker_id: row.get(ChatRow::LEN),
+        queue_len: row.get(ChatRow::LEN + 1),
     })
 }
 
@@ -216,97 +225,249 @@ pub async fn patch_chat(
     patch: ChatPatch,
 ) -> ApiResult<Transition> {
     let transaction = client.transaction().await?;
+    if patch.archived.is_some() || patch.pin_order.is_some() {
+        // These change other chats too (the tree, other pins): owner lock first.
+        tree::lock_owner(&transaction, owner_id).await?;
+    }
     let locked = lock_chat(&transaction, chat_id, owner_id).await?;
-    let mut owner_event = OwnerEventKind::Updated;
+    let mut changed = ChangedRows::default();
     if let Some(archived) = patch.archived {
         if archived != locked.chat.archived {
-            if locked.chat.status.is_busy() {
-                return Err(ApiError::Conflict(format!(
-                    "chat is {}: archive or unarchive it when it is waiting or in error",
-                    locked.chat.status.as_str()
-                )));
+            let rows = tree::set_archived(&transaction, chat_id, owner_id, archived).await?;
+            let unpinned = archived && rows.iter().any(|row| row.pin_order == 0);
+            changed.extend(rows, OwnerEventKind::Archived);
+            if unpinned {
+                let rows = tree::close_pin_holes(&transaction, owner_id).await?;
+                changed.extend(rows, OwnerEventKind::Updated);
             }
-            if !archived {
-                if let Some(parent_id) = locked.chat.parent_chat_id {
-                    let parent_archived = transaction
-                        .row("SELECT archived FROM chats WHERE id = $1", &[&parent_id])
-                        .await?
-                        .get::<_, bool>(0);
-                    if parent_archived {
-                        return Err(ApiError::Conflict(
-                            "the parent chat is archived: unarchive it first".into(),
-                        ));
-                    }
-                }
-            }
-            owner_event = OwnerEventKind::Archived;
-            transaction
-                .exec(
-                    concat!(
-                        "UPDATE chats c SET archived = $2, ",
-                        chatd_shared::bump_chat_version!(),
-                        " WHERE c.root_chat_id = $1"
-                    ),
-                    &[&chat_id, &archived],
-                )
-                .await?;
         }
     }
-    if patch.title.is_some() && patch.archived.is_none() {
-        owner_event = OwnerEventKind::Title;
+    if let Some(position) = patch.pin_order {
+        let current = changed.row(chat_id).unwrap_or(&locked.chat);
+        if position > 0 && current.parent_chat_id.is_some() {
+            return Err(ApiError::Conflict(
+                "only root chats are listed, so only they can be pinned".into(),
+            ));
+        }
+        if position > 0 && current.archived {
+            return Err(ApiError::Conflict(
+                "the chat is archived: unarchive it before pinning it".into(),
+            ));
+        }
+        let rows = tree::set_pin(&transaction, owner_id, chat_id, position).await?;
+        changed.extend(rows, OwnerEventKind::Updated);
     }
-    let sql = update_chat_sql(
-        "title = coalesce($2, c.title), labels = coalesce($3, c.labels), \
-         archived = coalesce($4, c.archived), pin_order = coalesce($5, c.pin_order)",
-    );
-    let row = transaction
-        .row(
-            &sql,
-            &[
-                &chat_id,
-                &patch.title,
-                &patch.labels,
-                &patch.archived,
-                &patch.pin_order,
-            ],
-        )
-        .await?;
+    if patch.title.is_some() || patch.labels.is_some() {
+        let sql = update_chat_sql("title = coalesce($2, c.title), labels = coalesce($3, c.labels)");
+        let row = transaction
+            .row(&sql, &[&chat_id, &patch.title, &patch.labels])
+            .await?;
+        let kind = if patch.title.is_some() {
+            OwnerEventKind::Title
+        } else {
+            OwnerEventKind::Updated
+        };
+        changed.extend([ChatRow::from_row(&row)], kind);
+    }
     transaction.commit().await?;
-    let mut transition = Transition::new(ChatRow::from_row(&row));
-    transition.change.other = true;
-    transition.change.owner_event = owner_event;
-    Ok(transition)
+    Ok(changed.into_transition(locked.chat))
 }
 
-/// Keyset position in the chat list (newest first).
+/// Deletes the chat and its descendants (`tree::delete_tree`) and closes the pin holes.
+pub async fn delete_chat(
+    client: &mut deadpool_postgres::Client,
+    chat_id: Uuid,
+    owner_id: Uuid,
+) -> ApiResult<Transition> {
+    let transaction = client.transaction().await?;
+    tree::lock_owner(&transaction, owner_id).await?;
+    let locked = lock_chat(&transaction, chat_id, owner_id).await?;
+    let mut changed = ChangedRows::default();
+    let rows = tree::delete_tree(&transaction, chat_id, owner_id).await?;
+    let unpinned = rows.iter().any(|row| row.pin_order != 0) || locked.chat.pin_order != 0;
+    changed.extend(rows, OwnerEventKind::Deleted);
+    if unpinned {
+        let rows = tree::close_pin_holes(&transaction, owner_id).await?;
+        changed.extend(rows, OwnerEventKind::Updated);
+    }
+    transaction.commit().await?;
+    Ok(changed.into_transition(locked.chat))
+}
+
+/// The rows one transaction changed, newest version of each chat, with the owner event each
+/// chat's change is announced as (the first specific one: `archived` wins over a pin shift).
+#[derive(Default)]
+pub struct ChangedRows {
+    rows: Vec<(ChatRow, OwnerEventKind)>,
+}
+
+impl ChangedRows {
+    pub fn extend(&mut self, rows: impl IntoIterator<Item = ChatRow>, kind: OwnerEventKind) {
+        for row in rows {
+            match self.rows.iter_mut().find(|(known, _)| known.id == row.id) {
+                Some((known, known_kind)) => {
+                    *known = row;
+                    if *known_kind == OwnerEventKind::Updated {
+                        *known_kind = kind;
+                    }
+                }
+                None => self.rows.push((row, kind)),
+            }
+        }
+    }
+
+    pub fn row(&self, chat_id: Uuid) -> Option<&ChatRow> {
+        self.rows
+            .iter()
+            .find(|(row, _)| row.id == chat_id)
+            .map(|(row, _)| row)
+    }
+
+    /// The transition of `unchanged.id` (its row as it is now), with every other changed chat
+    /// in `others`. Nothing changed: the chat as it was, and nothing to publish.
+    pub fn into_transition(self, unchanged: ChatRow) -> Transition {
+        let chat_id = unchanged.id;
+        let mut main = None;
+        let mut others = Vec::new();
+        for (row, kind) in self.rows {
+            let change = ChatChange::of_row(&row).with_other().with_owner_event(kind);
+            if row.id == chat_id {
+                main = Some((row, change));
+            } else {
+                others.push(change);
+            }
+        }
+        let mut transition = match main {
+            Some((row, change)) => {
+                let mut transition = Transition::new(row);
+                transition.change = change;
+                transition
+            }
+            None => {
+                let mut transition = Transition::new(unchanged);
+                transition.change.owner_event = OwnerEventKind::Updated;
+                transition.unchanged = true;
+                transition
+            }
+        };
+        transition.others = others;
+        transition
+    }
+}
+
+/// Keyset position in the chat list: the last chat of the previous page's place in the order
+/// (pinned first by `pin_order`, then the rest by `updated_at` descending, ties by id).
 pub struct ChatListCursor {
-    pub created_at: OffsetDateTime,
+    pub pin_order: i32,
+    pub updated_at: OffsetDateTime,
     pub id: Uuid,
 }
 
+/// What `GET /chats` filters on.
+pub struct ChatFilter {
+    pub archived: bool,
+    /// Labels the chat must all have (`@>`).
+    pub labels: Value,
+    /// Case-insensitive substring of the title.
+    pub title: Option<String>,
+    pub unread: Option<bool>,
+}
+
+/// Escapes `%`, `_` and `\` for a `LIKE` pattern.
+fn like_pattern(text: &str) -> String {
+    let mut pattern = String::with_capacity(text.len() + 2);
+    pattern.push('%');
+    for ch in text.chars() {
+        if matches!(ch, '%' | '_' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(ch);
+    }
+    pattern.push('%');
+    pattern
+}
+
+/// The owner's root chats: pinned first by `pin_order`, then by `updated_at` descending.
 pub async fn list_chats(
     client: &deadpool_postgres::Client,
     owner_id: Uuid,
-    archived: bool,
-    labels: &Value,
+    filter: &ChatFilter,
     after: Option<&ChatListCursor>,
     limit: i64,
 ) -> ApiResult<Vec<ChatRow>> {
+    // After a pinned chat: later pins, then every unpinned chat; after an unpinned one: the
+    // unpinned chats below it.
+    let keyset = match after {
+        None => "true",
+        Some(cursor) if cursor.pin_order > 0 => {
+            "(c.pin_order = 0 OR c.pin_order > $7 OR (c.pin_order = $7 AND \
+             (c.updated_at, c.id) < ($8, $9)))"
+        }
+        Some(_) => "(c.pin_order = 0 AND (c.updated_at, c.id) < ($8, $9))",
+    };
     let sql = format!(
-        "SELECT {} FROM chats c WHERE c.owner_id = $1 AND c.parent_chat_id IS NULL \
-         AND c.archived = $2 AND c.labels @> $3 \
-         AND ($4::timestamptz IS NULL OR (c.created_at, c.id) < ($4, $5)) \
-         ORDER BY c.created_at DESC, c.id DESC LIMIT $6",
-        ChatRow::COLUMNS
+        "SELECT {columns} FROM chats c WHERE c.owner_id = $1 AND c.parent_chat_id IS NULL \
+         AND NOT c.deleted AND c.archived = $2 AND c.labels @> $3 \
+         AND ($4::text IS NULL OR c.title ILIKE $4) \
+         AND ($5::bool IS NULL OR {unread} = $5) AND {keyset} \
+         ORDER BY c.pin_order = 0, c.pin_order, c.updated_at DESC, c.id DESC LIMIT $6",
+        columns = ChatRow::COLUMNS,
+        unread = ChatRow::HAS_UNREAD,
     );
-    let after_time = after.map(|cursor| cursor.created_at);
-    let after_id = after.map(|cursor| cursor.id).unwrap_or_default();
-    let rows = client
-        .rows(
-            &sql,
-            &[&owner_id, &archived, labels, &after_time, &after_id, &limit],
-        )
-        .await?;
+    let title = filter.title.as_deref().map(like_pattern);
+    let rows = match after {
+        None => {
+            client
+                .rows(
+                    &sql,
+                    &[
+                        &owner_id,
+                        &filter.archived,
+                        &filter.labels,
+                        &title,
+                        &filter.unread,
+                        &limit,
+                    ],
+                )
+                .await?
+        }
+        Some(cursor) if cursor.pin_order > 0 => {
+            client
+                .rows(
+                    &sql,
+                    &[
+                        &owner_id,
+                        &filter.archived,
+                        &filter.labels,
+                        &title,
+                        &filter.unread,
+                        &limit,
+                        &cursor.pin_order,
+                        &cursor.updated_at,
+                        &cursor.id,
+                    ],
+                )
+                .await?
+        }
+        Some(cursor) => {
+            let sql = sql.replace("$8", "$7").replace("$9", "$8");
+            client
+                .rows(
+                    &sql,
+                    &[
+                        &owner_id,
+                        &filter.archived,
+                        &filter.labels,
+                        &title,
+                        &filter.unread,
+                        &limit,
+                        &cursor.updated_at,
+                        &cursor.id,
+                    ],
+                )
+                .await?
+        }
+    };
     Ok(rows.iter().map(ChatRow::from_row).collect())
 }
 

@@ -7,10 +7,12 @@
 pub use chatd_shared::db::models as admin;
 pub mod chats;
 pub mod content;
+pub mod edit;
 pub mod reads;
 pub mod send;
 pub mod spend;
 pub mod tool_results;
+pub mod tree;
 
 use chatd_shared::db::rows::ChatRow;
 use chatd_shared::pubsub::ChatChange;
@@ -20,19 +22,39 @@ use chatd_shared::pubsub::ChatChange;
 pub struct Transition {
     pub chat: ChatRow,
     pub change: ChatChange,
+    /// Other chats the same transaction changed (a tree archived or deleted, pins shifted).
+    pub others: Vec<ChatChange>,
+    /// Nothing was written (`chat` is as it was): nothing to publish for it.
+    pub unchanged: bool,
 }
 
 impl Transition {
     /// A change of `chat`; the chat lists see `updated` unless told otherwise.
     pub fn new(chat: ChatRow) -> Transition {
         let change = ChatChange::of_row(&chat);
-        Transition { chat, change }
+        Transition {
+            chat,
+            change,
+            others: Vec::new(),
+            unchanged: false,
+        }
     }
 
     /// Publishes the hints for this committed change (a failure is logged: re-reads repair a
     /// lost hint).
     pub async fn publish(&self, client: &deadpool_postgres::Client) {
-        self.change.publish(client).await;
+        if self.others.is_empty() && !self.unchanged {
+            return self.change.publish(client).await;
+        }
+        let main = (!self.unchanged).then_some(&self.change);
+        let notices: Vec<(String, String)> = main
+            .into_iter()
+            .chain(&self.others)
+            .flat_map(ChatChange::notices)
+            .collect();
+        if let Err(error) = chatd_shared::pubsub::publish(client, &notices).await {
+            tracing::warn!(chat_id = %self.chat.id, error = %error, "publish change hints");
+        }
     }
 }
 

@@ -14,7 +14,7 @@ pub async fn chat_for_owner(
     owner_id: Uuid,
 ) -> Result<Option<ChatRow>, tokio_postgres::Error> {
     let sql = format!(
-        "SELECT {} FROM chats c WHERE c.id = $1 AND c.owner_id = $2",
+        "SELECT {} FROM chats c WHERE c.id = $1 AND c.owner_id = $2 AND NOT c.deleted",
         ChatRow::COLUMNS
     );
     let row = client.row_opt(&sql, &[&chat_id, &owner_id]).await?;
@@ -52,6 +52,23 @@ pub async fn newest_messages_after(
     messages.truncate(limit.max(0) as usize);
     messages.reverse();
     Ok((messages, truncated))
+}
+
+/// Whether message `message_id` of the chat is still in the visible history (a stream cursor
+/// naming one that is not gets `history_reset`).
+pub async fn message_visible(
+    client: &deadpool_postgres::ClientWrapper,
+    chat_id: Uuid,
+    message_id: i64,
+) -> Result<bool, tokio_postgres::Error> {
+    let row = client
+        .row_opt(
+            "SELECT 1 FROM chat_messages WHERE id = $1 AND chat_id = $2 AND NOT deleted \
+             AND visibility <> 'model'",
+            &[&message_id, &chat_id],
+        )
+        .await?;
+    Ok(row.is_some())
 }
 
 /// The queue in run order.
@@ -120,11 +137,13 @@ pub struct ChatSync {
     pub queue: Option<Vec<QueuedRow>>,
     /// Frames of the chat's current attempt after the given position, in seq order.
     pub frames: Vec<FrameRow>,
+    /// Bumped by every edit-and-rerun (`history_reset`).
+    pub history_epoch: i32,
 }
 
 /// One read for a hub resync: the chat, its messages after `after_message_id`, the queue (when
 /// `with_queue`), and the current attempt's frames after `after_seq` (counted from 0 when the
-/// current attempt is not `known_attempt`). `None` when the chat is gone.
+/// current attempt is not `known_attempt`). `None` when the chat is gone or deleted.
 pub async fn chat_sync(
     client: &deadpool_postgres::ClientWrapper,
     chat_id: Uuid,
@@ -148,8 +167,9 @@ pub async fn chat_sync(
               SELECT f.attempt, f.seq_from, f.seq_to, f.events, \
                   (extract(epoch FROM f.created_at) * 1000000)::bigint AS created_at_us \
               FROM chat_stream_frames f WHERE f.chat_id = c.id \
-              AND ((f.attempt = $4::int AND f.seq_to > $5::bigint) OR f.attempt > $4::int)) f) \
-         FROM chats c WHERE c.id = $1",
+              AND ((f.attempt = $4::int AND f.seq_to > $5::bigint) OR f.attempt > $4::int)) f), \
+           c.history_epoch \
+         FROM chats c WHERE c.id = $1 AND NOT c.deleted",
         chat_columns = ChatRow::COLUMNS
     );
     let row = client
@@ -165,14 +185,16 @@ pub async fn chat_sync(
         )
         .await?;
     let Some(row) = row else { return Ok(None) };
-    let messages: serde_json::Value = row.get(14);
-    let queue: Option<serde_json::Value> = row.get(15);
-    let frames: serde_json::Value = row.get(16);
+    let messages: serde_json::Value = row.get(ChatRow::LEN);
+    let queue: Option<serde_json::Value> = row.get(ChatRow::LEN + 1);
+    let frames: serde_json::Value = row.get(ChatRow::LEN + 2);
+    let history_epoch: i32 = row.get(ChatRow::LEN + 3);
     Ok(Some(ChatSync {
         chat: ChatRow::from_row(&row),
         messages: serde_json::from_value(messages)?,
         queue: queue.map(serde_json::from_value).transpose()?,
         frames: serde_json::from_value(frames)?,
+        history_epoch,
     }))
 }
 

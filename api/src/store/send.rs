@@ -50,7 +50,7 @@ async fn send_to_idle_chat(
             "WITH target AS ( \
              SELECT c.id FROM chats c \
              WHERE c.id = $1 AND c.owner_id = $2 AND c.status IN ('waiting', 'error') \
-             AND NOT c.archived \
+             AND NOT c.archived AND NOT c.deleted \
              AND NOT EXISTS (SELECT 1 FROM chat_queued_messages q WHERE q.chat_id = c.id) \
              FOR UPDATE), \
          inserted AS ( \
@@ -75,7 +75,7 @@ async fn send_to_idle_chat(
         .await?;
     Ok(row.map(|row| {
         let chat = ChatRow::from_row(&row);
-        let message = MessageRow::from_row_at(&row, 14);
+        let message = MessageRow::from_row_at(&row, ChatRow::LEN);
         (chat, message)
     }))
 }
@@ -247,6 +247,11 @@ pub async fn promote_queued(
         .await?
         .ok_or(ApiError::NotFound("queued message"))?;
     let moved = QueuedRow::from_row(&moved);
+    if locked.chat.archived {
+        return Err(ApiError::Conflict(
+            "chat is archived: unarchive it before promoting a queued message".into(),
+        ));
+    }
     let (mut transition, outcome) = match locked.chat.status {
         ChatStatus::Waiting | ChatStatus::Error | ChatStatus::RequiresAction => {
             close_if_waiting(&transaction, &locked).await?;

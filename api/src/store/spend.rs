@@ -100,7 +100,7 @@ pub async fn chat_cost(
         .row_opt(
             "SELECT 1 + (SELECT count(*) FROM chats k \
                      WHERE k.root_chat_id = c.id AND k.owner_id = c.owner_id) \
-                     FROM chats c WHERE c.id = $1 AND c.owner_id = $2",
+                     FROM chats c WHERE c.id = $1 AND c.owner_id = $2 AND NOT c.deleted",
             &[&chat_id, &owner_id],
         )
         .await?

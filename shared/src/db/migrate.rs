@@ -50,6 +50,14 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../../../migrations/0004_instructions.sql"),
         compatible_from: 3,
     },
+    // Adds deleted chats, history resets and unread tracking: builds at version 4 would show
+    // deleted chats and stop keeping `last_reply_id`, so they must not run beside it.
+    Migration {
+        version: 5,
+        name: "0005_conversations",
+        sql: include_str!("../../../migrations/0005_conversations.sql"),
+        compatible_from: 5,
+    },
 ];
 
 /// This binary's version, recorded with the migrations it applies and named in errors.

@@ -28,12 +28,22 @@ pub struct ChatRow {
     pub last_error: Option<Value>,
     pub created_at: OffsetDateTime,
     pub updated_at: OffsetDateTime,
+    /// An assistant message newer than the owner's read marker exists.
+    pub has_unread: bool,
 }
 
 impl ChatRow {
     pub const COLUMNS: &'static str = "c.id, c.owner_id, c.parent_chat_id, c.title, c.status, \
         c.version, c.attempt, c.model_config_id, c.labels, c.archived, c.pin_order, \
-        c.last_error, c.created_at, c.updated_at";
+        c.last_error, c.created_at, c.updated_at, \
+        coalesce(c.last_reply_id, 0) > coalesce(c.last_read_message_id, 0)";
+
+    /// How many columns `COLUMNS` selects (queries that select more read them from here).
+    pub const LEN: usize = 15;
+
+    /// SQL for "has an unread reply" on the row aliased `c` (filters use the same rule).
+    pub const HAS_UNREAD: &'static str =
+        "(coalesce(c.last_reply_id, 0) > coalesce(c.last_read_message_id, 0))";
 
     pub fn from_row(row: &Row) -> ChatRow {
         let status: &str = row.get(4);
@@ -53,6 +63,7 @@ impl ChatRow {
             last_error: row.get(11),
             created_at: row.get(12),
             updated_at: row.get(13),
+            has_unread: row.get(14),
         }
     }
 }

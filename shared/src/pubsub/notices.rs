@@ -199,6 +199,8 @@ pub enum OwnerEventKind {
     Title,
     Archived,
     Deleted,
+    /// The read marker moved (`has_unread` may have changed).
+    Read,
 }
 
 /// Serialises a notice; these types cannot fail to serialise.

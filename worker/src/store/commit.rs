@@ -120,6 +120,8 @@ updated AS (
                            WHEN $18 THEN c.crash_count - 1 ELSE 0 END,
         action_deadline_at = CASE WHEN $16::text = 'requires_action'
                                   THEN now() + make_interval(secs => $20::float8) END,
+        last_reply_id = coalesce((SELECT max(id) FROM step WHERE role = 'assistant'),
+                                 c.last_reply_id),
         last_commit_key = $21, ",
     bump_chat_version!(),
     "
