@@ -5,7 +5,8 @@ The OpenAPI document names each of them in its description ("Rules no schema sta
 coverage and stateful included), so a 400 for any other reason is still a failure:
 - dynamic tool names unique within a chat, and no NUL inside a tool's free-form JSON Schema;
 - tool call ids unique within one submission;
-- `from` not after `to` in `GET /users/me/usage` (each defaults to the current UTC month's bound).
+- `from` not after `to` in `GET /users/me/usage` (each defaults to the current UTC month's bound);
+- a new token's `expires_at` in the future.
 """
 
 from datetime import datetime, timedelta, timezone
@@ -74,3 +75,8 @@ def before_call(context, case, kwargs):
                 case.query["to"] = case.query["from"]
             else:
                 case.query["from"] = case.query["to"]
+    elif method == "POST" and path in ("/users/me/tokens", "/users/{user_id}/tokens") \
+            and body is not None:
+        expires_at = _timestamp(body.get("expires_at"))
+        if expires_at is not None and expires_at <= datetime.now(timezone.utc):
+            body["expires_at"] = (datetime.now(timezone.utc) + timedelta(days=1)).isoformat()

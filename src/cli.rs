@@ -123,6 +123,13 @@ pub struct ApiArgs {
     /// Most open streams (chat and watch) per user on this replica (429 beyond).
     #[arg(long, env = "CHATD_MAX_STREAMS_PER_USER", default_value_t = ad::MAX_STREAMS_PER_USER, value_parser = at_least(1))]
     pub max_streams_per_user: usize,
+    /// Requests per second per API token on this replica (a token bucket; 429 with
+    /// `Retry-After` beyond; 0 = no limit).
+    #[arg(long, env = "CHATD_RATE_LIMIT_PER_SECOND", default_value_t = ad::RATE_LIMIT_PER_SECOND)]
+    pub rate_limit_per_second: f64,
+    /// Requests a token may send at once after being idle (the bucket's size, at least 1).
+    #[arg(long, env = "CHATD_RATE_LIMIT_BURST", default_value_t = ad::RATE_LIMIT_BURST)]
+    pub rate_limit_burst: f64,
     /// Base64 32-byte key that encrypts provider API keys set through the admin API (the
     /// workers' key). Without it, requests that set an API key are refused.
     #[arg(long, env = "CHATD_ENCRYPTION_KEY", hide_env_values = true)]
@@ -157,6 +164,14 @@ pub struct WorkerArgs {
     /// Most turns this worker runs at once.
     #[arg(long, env = "CHATD_MAX_CONCURRENT_TURNS", default_value_t = wd::MAX_CONCURRENT_TURNS, value_parser = at_least(1))]
     pub max_concurrent_turns: usize,
+    /// Most running chats per user across the cluster (fair share: a user's other pending
+    /// chats wait while others' run); 0: no cap.
+    #[arg(long, env = "CHATD_MAX_RUNNING_CHATS_PER_USER", default_value_t = wd::MAX_RUNNING_CHATS_PER_USER, value_parser = clap::value_parser!(i64).range(0..))]
+    pub max_running_chats_per_user: i64,
+    /// Archive root chats (with their sub-chats) idle this many days, from the recovery
+    /// sweep, a few at a time; 0: never.
+    #[arg(long, env = "CHATD_ARCHIVE_INACTIVE_AFTER_DAYS", default_value_t = 0)]
+    pub archive_inactive_after_days: u32,
     /// Most chats claimed per acquire statement.
     #[arg(long, env = "CHATD_ACQUIRE_BATCH", default_value_t = wd::ACQUIRE_BATCH, value_parser = at_least(1))]
     pub acquire_batch: usize,
@@ -359,6 +374,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             config.max_queue_len = args.max_queue_len;
             config.stream_snapshot_messages = args.stream_snapshot_messages;
             config.max_streams_per_user = args.max_streams_per_user;
+            config.rate_limit_per_second = args.rate_limit_per_second;
+            config.rate_limit_burst = args.rate_limit_burst;
             config.encryption_key = args
                 .encryption_key
                 .as_deref()
@@ -419,6 +436,8 @@ pub fn worker_config(args: WorkerArgs) -> anyhow::Result<chatd_worker::WorkerCon
     }
     config.pool_size = args.pool_size;
     config.max_concurrent_turns = args.max_concurrent_turns;
+    config.max_running_chats_per_user = args.max_running_chats_per_user;
+    config.archive_inactive_after_days = args.archive_inactive_after_days;
     config.acquire_batch = args.acquire_batch;
     config.acquire_interval = ms(args.acquire_interval_ms);
     config.heartbeat_interval = ms(args.heartbeat_interval_ms);

@@ -472,12 +472,33 @@ async fn cost_figures(cluster: &Cluster, kind: &str) {
         steps += 1;
     }
     assert_eq!(steps, 2);
+    // The title request (in the background, after the first exchange) is billed too: a usage
+    // record of the chat, priced like a step.
+    let sql = cluster.sql().await;
+    let title_cost: i64 = wait_until(TURN, "the title's usage record", || async {
+        let row = sql
+            .query_opt(
+                "SELECT input_tokens, output_tokens, cost_micros FROM usage_records \
+                 WHERE chat_id = $1::text::uuid AND kind = 'title'",
+                &[&chat_id],
+            )
+            .await
+            .expect("read usage records")?;
+        let (input, output): (i64, i64) = (row.get(0), row.get(1));
+        assert_eq!(
+            row.get::<_, Option<i64>>(2),
+            Some((input * 3_000_000 + output * 15_000_000 + 999_999) / 1_000_000)
+        );
+        row.get(2)
+    })
+    .await;
     let (status, cost) = api
         .get(&format!("/chats/{chat_id}/cost"))
         .await
         .expect("cost");
     assert_eq!(status, 200, "{cost}");
-    assert_eq!(cost["cost_micros"], total, "{cost}");
+    assert_eq!(cost["cost_micros"], total + title_cost, "{cost}");
+    assert_eq!(cost["messages"], 3, "two steps and the title: {cost}");
 }
 
 /// After the first exchange the chat gets a title, published on its stream and on the

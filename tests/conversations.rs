@@ -509,7 +509,7 @@ async fn pins(api: &ApiClient) -> Vec<(String, i64)> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn pinned_chats_come_first_without_gaps_and_paging_is_exact() {
-    let cluster = Cluster::start(2, 0).await;
+    let cluster = Cluster::start(2, 2).await;
     let (api_a, api_b) = (cluster.api(0), cluster.api(1));
     let mut chats = Vec::new();
     for index in 0..6 {
@@ -672,7 +672,7 @@ async fn unread_replies_are_marked_filtered_and_watched() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn chats_are_found_by_title_and_labels() {
-    let cluster = Cluster::start(2, 0).await;
+    let cluster = Cluster::start(2, 2).await;
     let (api_a, api_b) = (cluster.api(0), cluster.api(1));
     let alpha = child_of(
         &api_a,

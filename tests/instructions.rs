@@ -42,15 +42,7 @@ async fn reply(api: &ApiClient, chat_id: &str, message: &str, count: usize) -> S
 async fn a_turn_s_prompt_is_deployment_then_user_then_chat() {
     let cluster = Cluster::start(0, 0).await;
     // The test user is the admin here (before any request, so no cached token says otherwise).
-    cluster
-        .sql()
-        .await
-        .execute(
-            "UPDATE users SET is_admin = true WHERE username = 'alice'",
-            &[],
-        )
-        .await
-        .expect("make alice an admin");
+    cluster.make_admin("alice").await;
     let mut cluster = cluster;
     for _ in 0..2 {
         cluster.add_api().await.expect("api");

@@ -104,7 +104,7 @@ async fn a_retried_commit_writes_nothing_twice() {
     .expect("pool");
     let client = pool.get().await.expect("connection");
     let worker_id = Uuid::new_v4();
-    let claims = acquire(&client, worker_id, 10).await.expect("acquire");
+    let claims = acquire(&client, worker_id, 10, 50).await.expect("acquire");
     assert_eq!(claims.len(), 1);
     let lease = Lease {
         chat_id: chat_uuid,

@@ -66,7 +66,8 @@ impl<T: DeserializeOwned> FromRequest<AppState> for OptionalJson<T> {
                 "expected no body, or a JSON body with Content-Type: application/json".into(),
             ));
         }
-        parse_json(&bytes).map(|value| OptionalJson(Some(value)))
+        // `null` is no body too (the document's schema for an optional body allows it).
+        parse_json::<Option<T>>(&bytes).map(OptionalJson)
     }
 }
 
@@ -119,6 +120,12 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 /// fits `T`, and names the field otherwise.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct JsonInt<T>(pub T);
+
+impl<T: serde::Serialize> serde::Serialize for JsonInt<T> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(serializer)
+    }
+}
 
 impl<'de, T: TryFrom<i64>> serde::Deserialize<'de> for JsonInt<T> {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {

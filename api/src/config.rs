@@ -27,6 +27,10 @@ pub struct ApiConfig {
     pub stream_snapshot_messages: i64,
     /// Most open streams (chat streams and watch streams) per user on this replica.
     pub max_streams_per_user: usize,
+    /// Requests per second per token on this replica (a token bucket; 0 = no limit).
+    pub rate_limit_per_second: f64,
+    /// The bucket's size: requests a token may send at once after being idle.
+    pub rate_limit_burst: f64,
     /// How long a verified token stays cached in memory (revocation takes up to this long).
     pub token_cache_ttl: Duration,
     /// SSE comment keep-alive interval.
@@ -57,6 +61,8 @@ pub mod defaults {
     pub const MAX_QUEUE_LEN: i64 = 20;
     pub const STREAM_SNAPSHOT_MESSAGES: i64 = 100;
     pub const MAX_STREAMS_PER_USER: usize = 100;
+    pub const RATE_LIMIT_PER_SECOND: f64 = 50.0;
+    pub const RATE_LIMIT_BURST: f64 = 100.0;
 }
 
 impl ApiConfig {
@@ -72,6 +78,8 @@ impl ApiConfig {
             max_queue_len: MAX_QUEUE_LEN,
             stream_snapshot_messages: STREAM_SNAPSHOT_MESSAGES,
             max_streams_per_user: MAX_STREAMS_PER_USER,
+            rate_limit_per_second: RATE_LIMIT_PER_SECOND,
+            rate_limit_burst: RATE_LIMIT_BURST,
             token_cache_ttl: Duration::from_secs(30),
             keep_alive: Duration::from_secs(15),
             hub_buffer: 128,
@@ -93,7 +101,7 @@ impl ApiConfig {
             self.database_pooler,
             self.listen_database_url.as_deref(),
         )?;
-        let checks: [(&str, bool); 5] = [
+        let checks: [(&str, bool); 7] = [
             ("--pool-size", self.pool_size > 0),
             ("--max-body-bytes", self.max_body_bytes > 0),
             ("--max-queue-len", self.max_queue_len >= 0),
@@ -102,10 +110,24 @@ impl ApiConfig {
                 self.stream_snapshot_messages > 0,
             ),
             ("--max-streams-per-user", self.max_streams_per_user > 0),
+            (
+                "--rate-limit-per-second",
+                self.rate_limit_per_second.is_finite() && self.rate_limit_per_second >= 0.0,
+            ),
+            (
+                "--rate-limit-burst",
+                self.rate_limit_burst.is_finite() && self.rate_limit_burst >= 1.0,
+            ),
         ];
         match checks.iter().find(|(_, ok)| !ok) {
             Some((flag, _)) if *flag == "--max-queue-len" => {
                 Err(format!("{flag} must not be negative"))
+            }
+            Some((flag, _)) if *flag == "--rate-limit-per-second" => {
+                Err(format!("{flag} must be a number, 0 (no limit) or more"))
+            }
+            Some((flag, _)) if *flag == "--rate-limit-burst" => {
+                Err(format!("{flag} must be a number, 1 or more"))
             }
             Some((flag, _)) => Err(format!("{flag} must be greater than 0")),
             None => Ok(()),

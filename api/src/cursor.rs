@@ -67,7 +67,7 @@ impl StreamCursor {
 }
 
 /// `after` cursor of `GET /chats`: `<pin_order>_<updated_at µs since the epoch>_<id>`, the
-/// pattern `[0-9]{1,10}_[0-9]{1,16}_<uuid>` (clients pass `next` back as it is).
+/// pattern `[0-9]{1,9}_[0-9]{1,16}_<uuid>` (clients pass `next` back as it is).
 pub fn encode_chat_cursor(pin_order: i32, updated_at: OffsetDateTime, id: Uuid) -> String {
     let micros = (updated_at.unix_timestamp_nanos() / 1000).max(0);
     format!("{}_{micros}_{}", pin_order.max(0), id.hyphenated())
@@ -88,7 +88,7 @@ pub fn decode_chat_cursor(text: &str) -> Result<ChatListCursor, ApiError> {
         return Err(bad());
     };
     // Hyphenated ids only (36 characters), as the document's pattern says.
-    if !digits(pin, 10) || !digits(micros, 16) || id.len() != 36 {
+    if !digits(pin, 9) || !digits(micros, 16) || id.len() != 36 {
         return Err(bad());
     }
     let pin_order: i32 = pin.parse().map_err(|_| bad())?;
@@ -198,7 +198,7 @@ mod tests {
             "1_67e55044-10b1-426f-9247-bb680e5fe0c8",
             "0_1_67e5504410b1426f9247bb680e5fe0c8",
             "0_12345678901234567_67e55044-10b1-426f-9247-bb680e5fe0c8",
-            "99999999999_1_67e55044-10b1-426f-9247-bb680e5fe0c8",
+            "1234567890_1_67e55044-10b1-426f-9247-bb680e5fe0c8",
         ] {
             assert!(decode_chat_cursor(bad).is_err(), "{bad}");
         }

@@ -34,6 +34,7 @@ pub enum ErrorCode {
     Conflict,
     PayloadTooLarge,
     RateLimited,
+    SpendLimitExceeded,
     Unavailable,
     Internal,
 }
@@ -48,6 +49,20 @@ pub struct ErrorDetails {
     pub limit_bytes: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retry_after_s: Option<u64>,
+    /// `spend_limit_exceeded`: the caller's limit for the current period.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit_micros: Option<i64>,
+    /// `spend_limit_exceeded`: what the caller spent in the current period.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spent_micros: Option<i64>,
+    /// `spend_limit_exceeded`: when the period ends and the spend starts from zero.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub resets_at: Option<time::OffsetDateTime>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +92,14 @@ pub enum ApiError {
     /// 429 with `Retry-After`.
     #[error("{message}")]
     TooManyRequests { message: String, retry_after_s: u64 },
+    /// 429 `spend_limit_exceeded` with `Retry-After` until the period resets.
+    #[error("spend limit reached: {spent_micros} of {limit_micros} micro-dollars spent this {period}; it resets at {resets_at}")]
+    SpendLimit {
+        limit_micros: i64,
+        spent_micros: i64,
+        period: String,
+        resets_at: time::OffsetDateTime,
+    },
     #[error("service unavailable: {0}")]
     Unavailable(String),
     #[error("internal error")]
@@ -116,6 +139,18 @@ impl ApiError {
         }
     }
 
+    /// Seconds until a 429 may succeed (at least 1).
+    fn retry_after_s(&self) -> u64 {
+        match self {
+            ApiError::TooManyRequests { retry_after_s, .. } => *retry_after_s,
+            ApiError::SpendLimit { resets_at, .. } => {
+                let left = (*resets_at - time::OffsetDateTime::now_utc()).whole_seconds();
+                left.max(1) as u64
+            }
+            _ => 1,
+        }
+    }
+
     fn status(&self) -> StatusCode {
         match self {
             ApiError::Validation { .. } | ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
@@ -125,7 +160,9 @@ impl ApiError {
             ApiError::MissingReference { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::TooManyRequests { .. } | ApiError::SpendLimit { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -142,6 +179,7 @@ impl ApiError {
             ApiError::Conflict(_) => ErrorCode::Conflict,
             ApiError::PayloadTooLarge { .. } => ErrorCode::PayloadTooLarge,
             ApiError::TooManyRequests { .. } => ErrorCode::RateLimited,
+            ApiError::SpendLimit { .. } => ErrorCode::SpendLimitExceeded,
             ApiError::Unavailable(_) => ErrorCode::Unavailable,
             ApiError::Internal(_) => ErrorCode::Internal,
         }
@@ -178,6 +216,18 @@ impl IntoResponse for ApiError {
                 retry_after_s: Some(*retry_after_s),
                 ..ErrorDetails::default()
             },
+            ApiError::SpendLimit {
+                limit_micros,
+                spent_micros,
+                resets_at,
+                ..
+            } => ErrorDetails {
+                retry_after_s: Some(self.retry_after_s()),
+                limit_micros: Some(*limit_micros),
+                spent_micros: Some(*spent_micros),
+                resets_at: Some(*resets_at),
+                ..ErrorDetails::default()
+            },
             _ => ErrorDetails::default(),
         };
         let message = match &self {
@@ -198,8 +248,13 @@ impl IntoResponse for ApiError {
                 details,
             },
         };
+        let retry_after_s = match &self {
+            ApiError::TooManyRequests { retry_after_s, .. } => Some(*retry_after_s),
+            ApiError::SpendLimit { .. } => Some(self.retry_after_s()),
+            _ => None,
+        };
         let mut response = (status, axum::Json(body)).into_response();
-        if let ApiError::TooManyRequests { retry_after_s, .. } = self {
+        if let Some(retry_after_s) = retry_after_s {
             if let Ok(value) = HeaderValue::from_str(&retry_after_s.to_string()) {
                 response.headers_mut().insert(header::RETRY_AFTER, value);
             }

@@ -52,11 +52,24 @@ pub async fn run(
     let pubsub = Listener::spawn(
         config.session_database_url(),
         "chatd-api-listener",
-        Vec::new(),
+        vec![chatd_shared::pubsub::CONFIG_CHANNEL.to_string()],
         sink,
         shutdown.child_token(),
     )?;
-    let hubs = hub::Hubs::new(pool.clone(), pubsub.clone(), config.hub_buffer);
+    let (config_events, _) = tokio::sync::broadcast::channel(1024);
+    let hubs = hub::Hubs::new(
+        pool.clone(),
+        pubsub.clone(),
+        config.hub_buffer,
+        config_events.clone(),
+    );
+    let tokens = Arc::new(auth::TokenCache::default());
+    let spend = Arc::new(chatd_shared::db::limits::SpendCache::default());
+    tokio::spawn(drop_stale_caches(
+        config_events.subscribe(),
+        tokens.clone(),
+        spend.clone(),
+    ));
     tokio::spawn(hubs.clone().dispatch(events));
     tokio::spawn(
         hubs.clone()
@@ -67,7 +80,10 @@ pub async fn run(
         pool,
         listener: pubsub,
         hubs,
-        tokens: Arc::new(auth::TokenCache::default()),
+        tokens,
+        rate_limits: Arc::default(),
+        spend,
+        config_events,
         metrics: chatd_shared::telemetry::metrics_handle(),
         streams: Arc::default(),
         draining: shutdown.clone(),
@@ -84,4 +100,29 @@ pub async fn run(
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
         .context("serve http")
+}
+
+/// Evicts what a `chatd_config` notice made stale: a user's verified tokens (their access
+/// changed), every spend status (limits changed), everything after a listener reconnect.
+async fn drop_stale_caches(
+    mut events: tokio::sync::broadcast::Receiver<state::ConfigEvent>,
+    tokens: Arc<auth::TokenCache>,
+    spend: Arc<chatd_shared::db::limits::SpendCache>,
+) {
+    use chatd_shared::pubsub::ConfigKind;
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        match events.recv().await {
+            Ok(state::ConfigEvent::Changed(notice)) => match notice.kind {
+                ConfigKind::Auth => tokens.evict_user(notice.id),
+                ConfigKind::Limits => spend.clear(),
+                _ => {}
+            },
+            Ok(state::ConfigEvent::Reconnected) | Err(RecvError::Lagged(_)) => {
+                tokens.clear();
+                spend.clear();
+            }
+            Err(RecvError::Closed) => return,
+        }
+    }
 }

@@ -9,7 +9,7 @@ use chatd_shared::db::pool::PgPool;
 use chatd_shared::pubsub::Listener;
 use metrics_exporter_prometheus::PrometheusHandle;
 
-use crate::auth::TokenCache;
+use crate::auth::{RateLimiter, TokenCache};
 use crate::config::ApiConfig;
 use crate::error::ApiError;
 use crate::hub::Hubs;
@@ -21,6 +21,12 @@ pub struct AppState {
     pub listener: Listener,
     pub hubs: Arc<Hubs>,
     pub tokens: Arc<TokenCache>,
+    /// Per-token request buckets (`--rate-limit-per-second`).
+    pub rate_limits: Arc<RateLimiter>,
+    /// Each user's spend status while limits are on (cleared by `chatd_config`).
+    pub spend: Arc<chatd_shared::db::limits::SpendCache>,
+    /// `chatd_config` notices (and listener reconnects), for caches and open streams.
+    pub config_events: tokio::sync::broadcast::Sender<ConfigEvent>,
     pub metrics: PrometheusHandle,
     /// Open streams per user on this replica (`--max-streams-per-user`).
     pub streams: Arc<StreamSlots>,
@@ -28,6 +34,14 @@ pub struct AppState {
     /// are refused (503), open streams get a `retry:` hint and end, so their clients reconnect
     /// to another replica with their `Last-Event-ID`.
     pub draining: tokio_util::sync::CancellationToken,
+}
+
+/// What the API's listener heard on `chatd_config`.
+#[derive(Debug, Clone, Copy)]
+pub enum ConfigEvent {
+    Changed(chatd_shared::pubsub::ConfigNotice),
+    /// Notices may have been lost: drop every cache.
+    Reconnected,
 }
 
 impl AppState {

@@ -22,6 +22,10 @@ pub struct WorkerConfig {
     pub pool_size: usize,
     /// Most turns this worker runs at once.
     pub max_concurrent_turns: usize,
+    /// Most running chats per user across the cluster (the claim counts them); 0: no cap.
+    pub max_running_chats_per_user: i64,
+    /// Root chats idle this many days are archived by the sweep; 0: never.
+    pub archive_inactive_after_days: u32,
     /// Most chats claimed by one acquire statement.
     pub acquire_batch: usize,
     /// Poll for pending chats this often even when notifications work.
@@ -66,6 +70,7 @@ pub struct WorkerConfig {
 pub mod defaults {
     pub const POOL_SIZE: usize = 16;
     pub const MAX_CONCURRENT_TURNS: usize = 512;
+    pub const MAX_RUNNING_CHATS_PER_USER: i64 = 50;
     pub const ACQUIRE_BATCH: usize = 64;
     pub const ACQUIRE_INTERVAL_MS: u64 = 1_000;
     pub const HEARTBEAT_INTERVAL_MS: u64 = 5_000;
@@ -108,6 +113,8 @@ impl WorkerConfig {
             worker_id: Uuid::new_v4(),
             pool_size: POOL_SIZE,
             max_concurrent_turns: MAX_CONCURRENT_TURNS,
+            max_running_chats_per_user: MAX_RUNNING_CHATS_PER_USER,
+            archive_inactive_after_days: 0,
             acquire_batch: ACQUIRE_BATCH,
             acquire_interval: ms(ACQUIRE_INTERVAL_MS),
             heartbeat_interval: ms(HEARTBEAT_INTERVAL_MS),

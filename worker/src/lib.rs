@@ -9,6 +9,7 @@ pub mod liveness;
 pub mod metrics_server;
 pub mod provider;
 pub mod recovery;
+pub mod retention;
 pub mod runtime;
 pub mod store;
 pub mod tool;

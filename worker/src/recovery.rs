@@ -177,6 +177,7 @@ async fn promote_stranded_queues(
     let stranded = transaction
         .rows(
             "SELECT c.id, c.owner_id FROM chats c WHERE c.status = 'waiting' AND NOT c.archived \
+             AND NOT c.deleted \
              AND c.updated_at < now() - interval '1 second' \
              AND EXISTS (SELECT 1 FROM chat_queued_messages q WHERE q.chat_id = c.id) \
              FOR UPDATE SKIP LOCKED LIMIT 50",

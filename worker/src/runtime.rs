@@ -114,9 +114,11 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
             .run(config.stream_flush_interval, background.clone()),
     );
     let models: Arc<crate::turn::context::ModelCache> = Arc::default();
+    let spend: Arc<chatd_shared::db::limits::SpendCache> = Arc::default();
     tracker.spawn(dispatch_notifications(
         shared.clone(),
         models.clone(),
+        spend.clone(),
         events,
     ));
     tracker.spawn(heartbeat_loop(
@@ -140,6 +142,7 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
         http,
         flusher,
         models,
+        spend,
         builtin_tools: Arc::new(builtin_tools),
         side_tasks: side_tasks.clone(),
         side_stop: side_stop.clone(),
@@ -228,9 +231,14 @@ async fn claim(
     limit: i64,
 ) -> anyhow::Result<usize> {
     let client = pool.get().await.context("get a connection")?;
-    let claims = store::acquire(&client, shared.config.worker_id, limit)
-        .await
-        .context("claim pending chats")?;
+    let claims = store::acquire(
+        &client,
+        shared.config.worker_id,
+        limit,
+        shared.config.max_running_chats_per_user,
+    )
+    .await
+    .context("claim pending chats")?;
     if claims.is_empty() {
         return Ok(0);
     }
@@ -290,6 +298,7 @@ async fn claim(
 async fn dispatch_notifications(
     shared: Arc<Shared>,
     models: Arc<crate::turn::context::ModelCache>,
+    spend: Arc<chatd_shared::db::limits::SpendCache>,
     mut events: mpsc::Receiver<ListenerEvent>,
 ) {
     let control_channel = worker_channel(shared.config.worker_id);
@@ -299,8 +308,10 @@ async fn dispatch_notifications(
                 if channel == WAKE_CHANNEL {
                     shared.wake.notify_one();
                 } else if channel == chatd_shared::pubsub::CONFIG_CHANNEL {
-                    // A provider or model changed: resolve afresh (any payload will do).
+                    // A provider, model, prompt or limit changed: read afresh (any payload
+                    // will do).
                     models.clear();
+                    spend.clear();
                 } else if channel == control_channel {
                     match serde_json::from_str::<ControlNotice>(&payload) {
                         Ok(notice) => control(&shared, notice),
@@ -312,6 +323,7 @@ async fn dispatch_notifications(
             // forget models whose change notice may be lost.
             ListenerEvent::Reconnected => {
                 models.clear();
+                spend.clear();
                 shared.wake.notify_one();
             }
             ListenerEvent::Disconnected => {}
@@ -465,14 +477,18 @@ async fn sweep_loop(
         round += 1;
         let result = async {
             let mut client = pool.get().await?;
-            anyhow::Ok(
-                recovery::sweep(
-                    &mut client,
-                    shared.config.stale_after,
-                    round.is_multiple_of(6),
-                )
-                .await?,
+            let recovered = recovery::sweep(
+                &mut client,
+                shared.config.stale_after,
+                round.is_multiple_of(6),
             )
+            .await?;
+            let days = shared.config.archive_inactive_after_days;
+            if days > 0 {
+                let notices = crate::retention::archive_inactive(&mut client, days).await?;
+                chatd_shared::pubsub::publish(&client, &notices).await?;
+            }
+            anyhow::Ok(recovered)
         }
         .await;
         match result {

@@ -27,11 +27,13 @@ use tokio::sync::{broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::state::ConfigEvent;
 use chatd_shared::db::pool::PgPool;
 use chatd_shared::pubsub::{
     bucket_channel, chat_bucket, owner_channel, parse_chat_channel, parse_owner_channel,
     ChangeNotice, ChatNotice, FrameNotice, Listener, ListenerEvent,
 };
+use chatd_shared::pubsub::{ConfigNotice, CONFIG_CHANNEL};
 
 pub use chat_hub::{HubEvent, PreparedEvent};
 pub use owner_hub::OwnerEvent;
@@ -81,6 +83,8 @@ pub struct Hubs {
     owners: DashMap<Uuid, HubSlot<OwnerEvent>>,
     /// Live chat hubs (`chatd_hubs`); `DashMap::len` would take every shard's lock.
     chat_hubs: std::sync::atomic::AtomicUsize,
+    /// Where `chatd_config` notices go (token and spend caches, open streams).
+    config_events: broadcast::Sender<ConfigEvent>,
 }
 
 /// A live subscription to one chat. Dropping it unsubscribes.
@@ -100,11 +104,17 @@ pub struct OwnerSubscription {
 const INBOX_CAPACITY: usize = 4096;
 
 impl Hubs {
-    pub fn new(pool: PgPool, listener: Listener, buffer: usize) -> Arc<Hubs> {
+    pub fn new(
+        pool: PgPool,
+        listener: Listener,
+        buffer: usize,
+        config_events: tokio::sync::broadcast::Sender<crate::state::ConfigEvent>,
+    ) -> Arc<Hubs> {
         Arc::new(Hubs {
             pool,
             listener,
             buffer,
+            config_events,
             buckets: Mutex::new(HashMap::new()),
             chats: DashMap::new(),
             owners: DashMap::new(),
@@ -133,9 +143,16 @@ impl Hubs {
                         }
                     } else if let Some(owner_id) = parse_owner_channel(&channel) {
                         self.deliver_owner(owner_id, HubInput::Notification(payload));
+                    } else if channel == CONFIG_CHANNEL {
+                        if let Ok(notice) = serde_json::from_str::<ConfigNotice>(&payload) {
+                            let _ = self.config_events.send(ConfigEvent::Changed(notice));
+                        }
                     }
                 }
-                ListenerEvent::Reconnected => self.resync_all(),
+                ListenerEvent::Reconnected => {
+                    let _ = self.config_events.send(ConfigEvent::Reconnected);
+                    self.resync_all()
+                }
                 ListenerEvent::Disconnected => {}
             }
         }

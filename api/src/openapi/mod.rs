@@ -51,7 +51,7 @@ pub struct ApiDoc;
 /// The error statuses each operation can answer, besides 401 (every operation but
 /// `getOpenApi`) and 503 (every operation: the database is out of reach; `Retry-After`).
 pub const ERRORS: &[(&str, &[u16])] = &[
-    ("createChat", &[400, 409, 413, 422]),
+    ("createChat", &[400, 409, 413, 422, 429]),
     ("listChats", &[400]),
     ("watchChats", &[429]),
     ("getChat", &[400, 404]),
@@ -60,12 +60,12 @@ pub const ERRORS: &[(&str, &[u16])] = &[
     ("markChatRead", &[400, 404, 413]),
     ("listMessages", &[400, 404]),
     ("sendMessage", &[400, 404, 409, 413, 422, 429]),
-    ("editMessage", &[400, 404, 409, 413]),
+    ("editMessage", &[400, 404, 409, 413, 429]),
     ("interruptChat", &[400, 404, 409]),
     ("deleteQueuedMessage", &[400, 404, 409]),
-    ("promoteQueuedMessage", &[400, 404, 409]),
+    ("promoteQueuedMessage", &[400, 404, 409, 429]),
     ("streamChat", &[400, 404, 429]),
-    ("submitToolResults", &[400, 404, 409, 413]),
+    ("submitToolResults", &[400, 404, 409, 413, 429]),
     ("getChatCost", &[400, 404]),
     ("getUsage", &[400]),
     ("getInstructions", &[]),
@@ -82,6 +82,28 @@ pub const ERRORS: &[(&str, &[u16])] = &[
     ("getModelConfig", &[400, 404]),
     ("patchModelConfig", &[400, 403, 404, 409, 413, 422]),
     ("deleteModelConfig", &[400, 403, 404, 409]),
+    ("listUsers", &[400, 403]),
+    ("createUser", &[400, 403, 409, 413]),
+    ("getMe", &[]),
+    ("listMyTokens", &[]),
+    ("createMyToken", &[400, 413]),
+    ("deleteMyToken", &[400, 404]),
+    ("getUser", &[400, 403, 404]),
+    ("patchUser", &[400, 403, 404, 409, 413]),
+    ("listUserTokens", &[400, 403, 404]),
+    ("createUserToken", &[400, 403, 404, 413]),
+    ("deleteUserToken", &[400, 403, 404]),
+    ("getUsageLimits", &[403]),
+    ("putUsageLimits", &[400, 403, 413]),
+    ("putUserSpendLimit", &[400, 403, 404, 413]),
+    ("listGroups", &[403]),
+    ("createGroup", &[400, 403, 409, 413]),
+    ("getGroup", &[400, 403, 404]),
+    ("putGroup", &[400, 403, 404, 409, 413]),
+    ("deleteGroup", &[400, 403, 404]),
+    ("listGroupMembers", &[400, 403, 404]),
+    ("addGroupMember", &[400, 403, 404, 413, 422]),
+    ("removeGroupMember", &[400, 403, 404]),
     ("getOpenApi", &[]),
 ];
 
@@ -186,9 +208,13 @@ fn decorate(operation: &mut Map<String, Value>) {
     let responses = operation["responses"].as_object_mut().expect("responses");
     let mut all: Vec<u16> = statuses.to_vec();
     if id != "getOpenApi" {
+        // Every authenticated request: a bad token, and the per-token rate limit.
         all.push(401);
+        all.push(429);
     }
     all.push(503);
+    all.sort_unstable();
+    all.dedup();
     for status in all {
         responses.insert(
             status.to_string(),
@@ -233,9 +259,16 @@ fn error_responses(config: &ApiConfig) -> Value {
     let retry_after = json!({"Retry-After": {"description": "Seconds to wait before retrying.",
         "schema": {"type": "integer", "minimum": 0}}});
     let mut too_many = error(&format!(
-        "Too many open streams for this user on this replica (at most {}), or the chat's \
-         queue is full (at most {} messages).",
-        config.max_streams_per_user, config.max_queue_len
+        "Too many requests with this token on this replica (at most {} per second, bursts \
+         of {}; `rate_limited`), too many open streams for this user on this replica (at \
+         most {}), the chat's queue is full (at most {} messages), or — for requests that \
+         start a turn — the user's spend limit for the period is reached \
+         (`spend_limit_exceeded`: `details` has `limit_micros`, `spent_micros`, `resets_at`; \
+         `Retry-After` lasts until the period resets).",
+        config.rate_limit_per_second,
+        config.rate_limit_burst,
+        config.max_streams_per_user,
+        config.max_queue_len
     ));
     too_many["headers"] = retry_after.clone();
     let mut unavailable = error("The database is out of reach; retry later.");
@@ -344,16 +377,20 @@ fn description(config: &ApiConfig) -> String {
          served outside /api/v1 at /healthz, /readyz and /metrics.\n\n\
          Limits of this replica: request bodies at most {body} bytes (413); a chat's queue at \
          most {queue} messages (429 with Retry-After); at most {streams} open streams (chat and watch) per user \
-         on this replica (429 with Retry-After); a stream's first snapshot sends at most \
-         {snapshot} messages (then `history_truncated`). Lengths count characters. Rules no \
-         schema states: dynamic tool names are unique within a chat and tool call ids within \
-         one submission; `from` is not after `to`; free-form JSON must not contain NUL in its \
-         strings (except tool results, stored reversibly).\n\n\
+         on this replica (429 with Retry-After); at most {rate} requests per second per token \
+         on this replica, in bursts of {burst} (429 `rate_limited` with Retry-After); a stream's \
+         first snapshot sends at most {snapshot} messages (then `history_truncated`). Lengths \
+         count characters. Rules no schema states: dynamic tool names are unique within a chat \
+         and tool call ids within one submission; `from` is not after `to`; a token's \
+         `expires_at` is in the future; only user messages can be edited; free-form JSON must \
+         not contain NUL in its strings (except tool results, stored reversibly).\n\n\
          Free-form JSON (any value) appears only where the data is free-form by nature:\
          {free_form}",
         body = config.max_body_bytes,
         queue = config.max_queue_len,
         streams = config.max_streams_per_user,
+        rate = config.rate_limit_per_second,
+        burst = config.rate_limit_burst,
         snapshot = config.stream_snapshot_messages,
     )
 }

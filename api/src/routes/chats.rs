@@ -86,6 +86,9 @@ pub async fn create(
     }
     let dynamic_tools = serde_json::to_value(dynamic_tools).map_err(anyhow::Error::from)?;
     let mut client = state.pool.get().await?;
+    if message.is_some() {
+        crate::routes::limits::ensure_within_limit(&state, &client, user.id).await?;
+    }
     let (transition, first_message) = store::create_chat(
         &mut client,
         NewChat {
@@ -118,7 +121,7 @@ pub async fn create(
             description = "Case-insensitive substring of the title"),
         ("label" = Option<Vec<String>>, Query, explode, pattern = r"^[^\u0000:]*:[^\u0000]*$",
             description = "`key:value`; repeat to require several labels"),
-        ("after" = Option<String>, Query, pattern = r"^[0-9]{1,10}_[0-9]{1,16}_[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$",
+        ("after" = Option<String>, Query, pattern = r"^[0-9]{1,9}_[0-9]{1,16}_[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$",
             description = "`next` of the previous page"),
         ("limit" = Option<i64>, Query, minimum = 1, maximum = 100, description = "Default 50"),
     ),

@@ -72,6 +72,7 @@ pub async fn promote_queued(
     let chat_id = parse_uuid(&chat_id, "chat_id")?;
     let queued_id = parse_int_id(&queued_id, "queued_id")?;
     let mut client = state.pool.get().await?;
+    crate::routes::limits::ensure_within_limit(&state, &client, user.id).await?;
     let (transition, outcome) =
         send::promote_queued(&mut client, chat_id, user.id, queued_id).await?;
     transition.publish(&client).await;

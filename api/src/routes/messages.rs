@@ -94,6 +94,7 @@ pub async fn send(
     let chat_id = parse_uuid(&chat_id, "chat_id")?;
     let content = content::user_content(request.content, "content")?;
     let mut client = state.pool.get().await?;
+    crate::routes::limits::ensure_within_limit(&state, &client, user.id).await?;
     let (transition, outcome) = send::send_message(
         &mut client,
         NewMessage {
@@ -125,6 +126,7 @@ pub async fn edit(
     let message_id = parse_int_id(&message_id, "message_id")?;
     let content = content::user_content(request.content, "content")?;
     let mut client = state.pool.get().await?;
+    crate::routes::limits::ensure_within_limit(&state, &client, user.id).await?;
     let (transition, message) =
         edit::edit_message(&mut client, chat_id, user.id, message_id, &content).await?;
     transition.publish(&client).await;

@@ -5,10 +5,12 @@ mod chats;
 mod control;
 pub(crate) mod health;
 mod instructions;
+mod limits;
 mod messages;
 mod spend;
 mod stream;
 mod tool_results;
+pub(crate) mod users;
 mod watch;
 
 use std::sync::Arc;
@@ -62,6 +64,23 @@ pub fn api_routes() -> OpenApiRouter<AppState> {
             instructions::get_instructions,
             instructions::put_instructions
         ))
+        .routes(routes!(users::list, users::create))
+        .routes(routes!(users::me))
+        .routes(routes!(users::my_tokens, users::create_my_token))
+        .routes(routes!(users::delete_my_token))
+        .routes(routes!(users::get, users::patch))
+        .routes(routes!(users::user_tokens, users::create_user_token))
+        .routes(routes!(users::delete_user_token))
+        .routes(routes!(limits::get_settings, limits::put_settings))
+        .routes(routes!(limits::put_user_limit))
+        .routes(routes!(limits::list_groups, limits::create_group))
+        .routes(routes!(
+            limits::get_group,
+            limits::put_group,
+            limits::delete_group
+        ))
+        .routes(routes!(limits::members, limits::add_member))
+        .routes(routes!(limits::remove_member))
         .routes(routes!(health::openapi))
 }
 

@@ -98,6 +98,25 @@ pub struct UserUsage {
     pub by_model: Vec<ModelSpend>,
     /// Days with at least one assistant message, oldest first.
     pub days: Vec<DaySpend>,
+    /// The caller's spend limit in the current period; `null` while limits are off.
+    pub limit: Option<SpendLimitState>,
+}
+
+/// Where the caller stands against their spend limit (the current calendar period in UTC,
+/// whatever `from`/`to` asked for).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SpendLimitState {
+    /// `null`: no limit applies to the caller.
+    pub limit_micros: Option<i64>,
+    pub spent_micros: i64,
+    /// `limit_micros - spent_micros`, never below 0; `null` without a limit.
+    pub remaining_micros: Option<i64>,
+    /// `day`, `week` or `month`.
+    pub period: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub period_start: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub resets_at: OffsetDateTime,
 }
 
 #[utoipa::path(get, path = "/chats/{chat_id}/cost", operation_id = "getChatCost", tag = "spend",
@@ -137,6 +156,17 @@ pub async fn user_usage(
     let (from, to) = usage_window(raw.as_deref(), OffsetDateTime::now_utc())?;
     let client = state.pool.get().await?;
     let groups = store::user_usage(&client, user.id, from, to).await?;
+    let (_, limit) = chatd_shared::db::limits::status(&*client, user.id).await?;
+    let limit = limit.map(|status| SpendLimitState {
+        limit_micros: status.limit_micros,
+        spent_micros: status.spent_micros,
+        remaining_micros: status
+            .limit_micros
+            .map(|limit| (limit - status.spent_micros).max(0)),
+        period: status.period,
+        period_start: status.period_start,
+        resets_at: status.resets_at,
+    });
     let (totals, by_model) = by_model(&groups);
     let mut days: BTreeMap<String, SpendTotals> = BTreeMap::new();
     for group in &groups {
@@ -159,6 +189,7 @@ pub async fn user_usage(
                     totals: Totals::from(totals),
                 })
                 .collect(),
+            limit,
         },
     ))
 }

@@ -95,6 +95,8 @@ pub async fn stream(
         state: state.clone(),
         chat_id,
         owner_id: user.id,
+        user,
+        access: state.config_events.subscribe(),
         subscription,
         _slot: slot,
         cursor: cursor.unwrap_or_default(),
@@ -124,6 +126,9 @@ struct Session {
     state: AppState,
     chat_id: Uuid,
     owner_id: Uuid,
+    /// The caller, rechecked when their access changes (`access`).
+    user: CurrentUser,
+    access: tokio::sync::broadcast::Receiver<crate::state::ConfigEvent>,
     subscription: ChatSubscription,
     /// This stream's place in the user's per-replica stream cap.
     _slot: crate::state::StreamSlot,
@@ -323,6 +328,12 @@ impl Session {
                 _ = self.state.draining.cancelled() => {
                     // The replica shuts down: the client reconnects elsewhere with its cursor.
                     return Some(vec![self.retry_hint()]);
+                }
+                event = self.access.recv() => {
+                    if crate::auth::revoked(&self.state, &self.user, event).await {
+                        return None; // the token was revoked or the user suspended
+                    }
+                    continue;
                 }
             };
             match received {

@@ -54,6 +54,7 @@ pub async fn submit(
     let chat_id = parse_uuid(&chat_id, "chat_id")?;
     let results = validate(request)?;
     let mut client = state.pool.get().await?;
+    crate::routes::limits::ensure_within_limit(&state, &client, user.id).await?;
     let transition = tool_results::submit(&mut client, chat_id, user.id, results).await?;
     transition.publish(&client).await;
     Ok(json_response(

@@ -27,43 +27,55 @@ pub async fn watch(State(state): State<AppState>, user: CurrentUser) -> ApiResul
         tokio::time::timeout(Duration::from_secs(10), state.hubs.subscribe_owner(user.id))
             .await
             .map_err(|_| ApiError::Unavailable("subscribe to chat-list events".into()))?;
+    let access = state.config_events.subscribe();
+    let keep_alive = state.config.keep_alive;
     let events = futures::stream::unfold(
-        (subscription, slot, Some(draining)),
-        |(mut subscription, slot, draining)| async move {
-            // `None` once the drain hint went out: the stream ends.
-            let draining = draining?;
-            let received = tokio::select! {
-                received = subscription.events.recv() => received,
-                _ = draining.cancelled() => {
-                    // The replica shuts down: the client reconnects to another one.
-                    let hint = Event::default()
-                        .retry(Duration::from_secs(1))
-                        .comment("draining: reconnect");
-                    return Some((hint, (subscription, slot, None)));
+        (subscription, slot, Some(draining), access),
+        move |(mut subscription, slot, draining, mut access)| {
+            let state = state.clone();
+            async move {
+                // `None` once the drain hint went out: the stream ends.
+                let draining = draining?;
+                let received = loop {
+                    tokio::select! {
+                        received = subscription.events.recv() => break received,
+                        _ = draining.cancelled() => {
+                            // The replica shuts down: the client reconnects to another one.
+                            let hint = Event::default()
+                                .retry(Duration::from_secs(1))
+                                .comment("draining: reconnect");
+                            return Some((hint, (subscription, slot, None, access)));
+                        }
+                        event = access.recv() => {
+                            if crate::auth::revoked(&state, &user, event).await {
+                                return None; // the token was revoked or the user suspended
+                            }
+                        }
+                    }
+                };
+                match received {
+                    Ok(event) => {
+                        let data = ChatListEvent {
+                            kind: event.kind,
+                            chat: Chat::from(&event.chat),
+                        };
+                        let data = serde_json::to_string(&data).expect("event payloads serialize");
+                        let sse = Event::default().event("chat").data(data);
+                        Some((sse, (subscription, slot, Some(draining), access)))
+                    }
+                    Err(RecvError::Lagged(_)) => {
+                        // Tell the client to re-list: events were dropped for this slow reader.
+                        let data = serde_json::to_string(&ResyncEvent {}).expect("serializes");
+                        let sse = Event::default().event("resync").data(data);
+                        Some((sse, (subscription, slot, Some(draining), access)))
+                    }
+                    Err(RecvError::Closed) => None,
                 }
-            };
-            match received {
-                Ok(event) => {
-                    let data = ChatListEvent {
-                        kind: event.kind,
-                        chat: Chat::from(&event.chat),
-                    };
-                    let data = serde_json::to_string(&data).expect("event payloads serialize");
-                    let sse = Event::default().event("chat").data(data);
-                    Some((sse, (subscription, slot, Some(draining))))
-                }
-                Err(RecvError::Lagged(_)) => {
-                    // Tell the client to re-list: events were dropped for this slow reader.
-                    let data = serde_json::to_string(&ResyncEvent {}).expect("serializes");
-                    let sse = Event::default().event("resync").data(data);
-                    Some((sse, (subscription, slot, Some(draining))))
-                }
-                Err(RecvError::Closed) => None,
             }
         },
     )
     .map(Ok::<Event, Infallible>);
     Ok(Sse::new(events)
-        .keep_alive(KeepAlive::new().interval(state.config.keep_alive))
+        .keep_alive(KeepAlive::new().interval(keep_alive))
         .into_response())
 }

@@ -13,6 +13,7 @@ pub mod send;
 pub mod spend;
 pub mod tool_results;
 pub mod tree;
+pub mod users;
 
 use chatd_shared::db::rows::ChatRow;
 use chatd_shared::pubsub::ChatChange;

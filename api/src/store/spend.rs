@@ -1,7 +1,8 @@
-//! Spend reads: totals over assistant rows, by model (and by day).
+//! Spend reads: totals over billed rows, by model (and by day).
 //!
-//! Every assistant row counts, including deleted (edited away) and compressed ones: the
-//! money was spent. `cost_micros` is what the worker stored per row (ceil to whole
+//! Billed rows are assistant messages and compaction summaries (message rows with usage),
+//! including deleted (edited away) ones and those of deleted chats — the money was spent —
+//! and `usage_records` (chat titles). `cost_micros` is what the worker stored per row (ceil to whole
 //! micro-dollars; NULL = the model had no price), so a total is exact and a NULL total means
 //! no counted row was priced.
 
@@ -25,7 +26,7 @@ pub struct SpendTotals {
     pub cache_read_tokens: i64,
     pub cache_write_tokens: i64,
     pub runtime_ms: i64,
-    /// Assistant rows counted.
+    /// Billed rows counted (assistant messages, compaction summaries, titles).
     pub messages: i64,
 }
 
@@ -64,6 +65,14 @@ pub struct SpendGroup {
     pub day: Option<String>,
     pub totals: SpendTotals,
 }
+
+/// The columns of a billed row (`m`: a message or a usage record) the sums read.
+const BILLED: &str = "m.model_config_id, m.cost_micros, m.input_tokens, m.output_tokens, \
+    m.reasoning_tokens, m.cache_read_tokens, m.cache_write_tokens, m.runtime_ms, m.created_at";
+
+/// Which message rows are billed: assistant messages and compaction summaries (a summary is
+/// a user-role row that carries the summary request's usage).
+const BILLED_ROW: &str = "(m.role = 'assistant' OR m.input_tokens IS NOT NULL)";
 
 /// The aggregate columns shared by both reads (`m` = chat_messages). Sums are numeric in
 /// PostgreSQL; they are cast back to bigint.
@@ -112,7 +121,10 @@ pub async fn chat_cost(
              UNION ALL \
              SELECT k.id FROM chats k WHERE k.root_chat_id = $1 AND k.owner_id = $2) \
          SELECT m.model_config_id, mc.model, mc.display_name, {SUMS} \
-         FROM tree t JOIN chat_messages m ON m.chat_id = t.id AND m.role = 'assistant' \
+         FROM (SELECT {BILLED} FROM tree t JOIN chat_messages m ON m.chat_id = t.id \
+               WHERE {BILLED_ROW} \
+               UNION ALL \
+               SELECT {BILLED} FROM tree t JOIN usage_records m ON m.chat_id = t.id) m \
          LEFT JOIN model_configs mc ON mc.id = m.model_config_id \
          GROUP BY m.model_config_id, mc.model, mc.display_name \
          ORDER BY m.model_config_id"
@@ -145,11 +157,13 @@ pub async fn user_usage(
     let sql = format!(
         "SELECT m.model_config_id, mc.model, mc.display_name, \
          to_char(m.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD') AS day, {SUMS} \
-         FROM chats c \
-         JOIN chat_messages m ON m.chat_id = c.id \
+         FROM (SELECT {BILLED} FROM chats c JOIN chat_messages m ON m.chat_id = c.id \
+               WHERE c.owner_id = $1 AND c.created_at < $3 AND {BILLED_ROW} \
+               AND m.created_at >= $2 AND m.created_at < $3 \
+               UNION ALL \
+               SELECT {BILLED} FROM usage_records m WHERE m.owner_id = $1 \
+               AND m.created_at >= $2 AND m.created_at < $3) m \
          LEFT JOIN model_configs mc ON mc.id = m.model_config_id \
-         WHERE c.owner_id = $1 AND c.created_at < $3 \
-         AND m.role = 'assistant' AND m.created_at >= $2 AND m.created_at < $3 \
          GROUP BY day, m.model_config_id, mc.model, mc.display_name \
          ORDER BY day, m.model_config_id"
     );

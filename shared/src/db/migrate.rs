@@ -58,6 +58,14 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../../../migrations/0005_conversations.sql"),
         compatible_from: 5,
     },
+    // Adds a table, a column with a default and indexes: builds at version 5 ignore them
+    // (they do not enforce limits or suspensions, which a rolling update tolerates).
+    Migration {
+        version: 6,
+        name: "0006_governance",
+        sql: include_str!("../../../migrations/0006_governance.sql"),
+        compatible_from: 5,
+    },
 ];
 
 /// This binary's version, recorded with the migrations it applies and named in errors.

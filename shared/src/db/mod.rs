@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod instructions;
+pub mod limits;
 pub mod migrate;
 pub mod models;
 pub mod pool;

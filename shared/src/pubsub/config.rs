@@ -1,5 +1,6 @@
-//! `chatd_config`: providers, model configs or prompt instructions changed, so every process drops what it cached
-//! about them (the worker's resolved models, for one).
+//! `chatd_config`: providers, model configs, prompt instructions, spend limits or a user's
+//! access changed, so every process drops what it cached about them (the worker's resolved
+//! models and spend statuses, the API replicas' verified tokens).
 //!
 //! Like every notification this is a hint: a process that misses it still picks the change up
 //! when its cache entries expire, so caches must keep a short TTL as well.
@@ -14,7 +15,7 @@ use super::publish::publish;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConfigNotice {
     pub kind: ConfigKind,
-    /// The provider or model config that changed.
+    /// What changed (see [`ConfigKind`]).
     pub id: Uuid,
 }
 
@@ -25,6 +26,11 @@ pub enum ConfigKind {
     ModelConfig,
     /// The deployment's system prompt (`id` nil) or a user's instructions (`id` the user).
     Instructions,
+    /// Spend limit settings, a user's or a group's limit or membership (`id` what changed).
+    Limits,
+    /// A user's access (`id` the user): a token revoked, the user suspended or their admin
+    /// rights changed. API replicas evict the user's cached tokens and recheck their streams.
+    Auth,
 }
 
 /// Publishes `notice` on `chatd_config`. Call it after the change committed.

@@ -29,32 +29,73 @@ pub struct Claim {
     pub pending_seconds: f64,
 }
 
-/// Claims up to `limit` pending chats in one statement and commits at once.
+/// The end of both claim statements: the chats in CTE `picked` (`id`, `pending_since`) become
+/// this worker's, in a new attempt.
+macro_rules! claim_picked {
+    () => {
+        concat!(
+            "UPDATE chats c SET status = 'running', worker_id = $1, attempt = c.attempt + 1, \
+             heartbeat_at = now(), crash_count = c.crash_count + 1, ",
+            bump_chat_version!(),
+            " FROM picked WHERE c.id = picked.id \
+             RETURNING c.id, c.owner_id, c.attempt, c.version, c.crash_count, \
+             extract(epoch FROM (clock_timestamp() - picked.pending_since))::float8"
+        )
+    };
+}
+
+/// Claims up to `limit` pending chats in one statement and commits at once, oldest pending
+/// first. With `max_per_owner > 0` (fair share), a chat whose owner already has that many
+/// running chats across the cluster is skipped (it stays pending for a later claim), and one
+/// claim takes no more of an owner's chats than the cap leaves. Concurrent claims on other
+/// workers count from their own snapshots, so the cap can be passed by what they claim in
+/// the same instant.
 ///
 /// # Locks
-/// `FOR UPDATE SKIP LOCKED` on the picked rows for the statement's duration only.
+/// `FOR UPDATE SKIP LOCKED` on the candidate rows for the statement's duration only.
 pub async fn acquire(
     client: &deadpool_postgres::ClientWrapper,
     worker_id: Uuid,
     limit: i64,
+    max_per_owner: i64,
 ) -> Result<Vec<Claim>, tokio_postgres::Error> {
-    let rows = client
-        .rows(
-            concat!(
-                "WITH picked AS ( \
-                 SELECT id, updated_at AS pending_since FROM chats \
-                 WHERE status = 'pending' AND NOT archived \
-                 ORDER BY updated_at FOR UPDATE SKIP LOCKED LIMIT $2) \
-             UPDATE chats c SET status = 'running', worker_id = $1, attempt = c.attempt + 1, \
-                 heartbeat_at = now(), crash_count = c.crash_count + 1, ",
-                bump_chat_version!(),
-                " FROM picked WHERE c.id = picked.id \
-             RETURNING c.id, c.owner_id, c.attempt, c.version, c.crash_count, \
-                 extract(epoch FROM (clock_timestamp() - picked.pending_since))::float8",
-            ),
-            &[&worker_id, &limit],
-        )
-        .await?;
+    let rows = if max_per_owner > 0 {
+        client
+            .rows(
+                concat!(
+                    "WITH candidates AS ( \
+                     SELECT c.id, c.owner_id, c.updated_at AS pending_since, r.running \
+                     FROM chats c CROSS JOIN LATERAL ( \
+                         SELECT count(*) AS running FROM chats o \
+                         WHERE o.owner_id = c.owner_id AND o.worker_id IS NOT NULL) r \
+                     WHERE c.status = 'pending' AND NOT c.archived AND r.running < $3 \
+                     ORDER BY c.updated_at FOR UPDATE OF c SKIP LOCKED LIMIT $2), \
+                 picked AS ( \
+                     SELECT id, pending_since FROM ( \
+                         SELECT *, row_number() OVER (PARTITION BY owner_id \
+                             ORDER BY pending_since, id) AS rank FROM candidates) ranked \
+                     WHERE running + rank <= $3) \
+                 ",
+                    claim_picked!(),
+                ),
+                &[&worker_id, &limit, &max_per_owner],
+            )
+            .await?
+    } else {
+        client
+            .rows(
+                concat!(
+                    "WITH picked AS ( \
+                     SELECT id, updated_at AS pending_since FROM chats \
+                     WHERE status = 'pending' AND NOT archived \
+                     ORDER BY updated_at FOR UPDATE SKIP LOCKED LIMIT $2) \
+                 ",
+                    claim_picked!(),
+                ),
+                &[&worker_id, &limit],
+            )
+            .await?
+    };
     Ok(rows
         .iter()
         .map(|row| Claim {

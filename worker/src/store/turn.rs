@@ -147,3 +147,38 @@ pub async fn set_title(
         (row.get(0), status, row.get(2))
     }))
 }
+
+/// Records a billed request that is not a message (`usage_records`: chat titles).
+#[allow(clippy::too_many_arguments)]
+pub async fn record_usage(
+    client: &deadpool_postgres::ClientWrapper,
+    owner_id: Uuid,
+    chat_id: Uuid,
+    kind: &str,
+    model_config_id: Uuid,
+    usage: &crate::provider::Usage,
+    cost_micros: Option<i64>,
+    runtime_ms: i64,
+) -> Result<(), tokio_postgres::Error> {
+    client
+        .exec(
+            "INSERT INTO usage_records (owner_id, chat_id, kind, model_config_id, input_tokens, \
+             output_tokens, reasoning_tokens, cache_read_tokens, cache_write_tokens, \
+             cost_micros, runtime_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            &[
+                &owner_id,
+                &chat_id,
+                &kind,
+                &model_config_id,
+                &usage.input_tokens,
+                &usage.output_tokens,
+                &usage.reasoning_tokens,
+                &usage.cache_read_tokens,
+                &usage.cache_write_tokens,
+                &cost_micros,
+                &runtime_ms,
+            ],
+        )
+        .await?;
+    Ok(())
+}

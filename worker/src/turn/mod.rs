@@ -57,6 +57,8 @@ pub struct TurnDeps {
     pub http: reqwest::Client,
     pub flusher: Arc<StreamFlusher>,
     pub models: Arc<context::ModelCache>,
+    /// Owners' spend statuses while limits are on (`chatd_config` clears them).
+    pub spend: Arc<chatd_shared::db::limits::SpendCache>,
     /// The built-in tools this worker offers (`--tools`).
     pub builtin_tools: Arc<Vec<Arc<dyn Tool>>>,
     /// Owner of the tasks a turn leaves behind (titles): the worker stops them with
@@ -193,6 +195,15 @@ impl Steps {
                 return Flow::End;
             }
         };
+        if let Some(error) = spend_limit_reached(deps, turn).await {
+            // Before the provider call: a running turn ends at its next step boundary, a
+            // claimed one before its first; the queue stays as it is.
+            self.stream.error(&error);
+            self.stream.flush().await;
+            turn.commit(&[], TurnEnd::Failed(error), Some(self.stream.last_seq()))
+                .await;
+            return Flow::End;
+        }
         let Some(output) = self
             .model_step(turn, &instructions, step_started, step_deadline)
             .await
@@ -238,7 +249,14 @@ impl Steps {
             .commit_outcome(&built.rows, end, Some(self.stream.last_seq()))
             .await
         {
-            Commit::Owned => {}
+            Commit::Owned => {
+                let cost: i64 = built
+                    .rows
+                    .iter()
+                    .filter_map(|row| row.usage.and_then(|usage| usage.cost_micros))
+                    .sum();
+                deps.spend.add_spend(turn.owner_id, cost);
+            }
             Commit::Lost => return Flow::End,
             Commit::Interrupting => {
                 // Interrupted while the client calls were being stored: the interrupt wins
@@ -482,6 +500,39 @@ fn step_timeout_error(step_timeout: Duration) -> ProviderError {
 }
 
 /// Publishes the `error` event, then commits the `error` state with `last_error`.
+/// The `spend_limit_exceeded` error when the chat's owner is at or over their limit for the
+/// current period (`None` while limits are off, under the limit, or when the check cannot be
+/// read: a database hiccup does not fail turns; the next step checks again).
+async fn spend_limit_reached(deps: &TurnDeps, turn: &TurnContext) -> Option<ChatError> {
+    let status = async {
+        let client = deps.pool.get().await?;
+        anyhow::Ok(deps.spend.status(&*client, turn.owner_id).await?)
+    }
+    .await;
+    let status = match status {
+        Ok(status) => status?,
+        Err(error) => {
+            tracing::warn!(error = format!("{error:#}"), chat_id = %turn.chat_id, "read the owner's spend");
+            return None;
+        }
+    };
+    let limit = status.limit_micros?;
+    if status.spent_micros < limit {
+        return None;
+    }
+    let resets_at = status
+        .resets_at
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    Some(ChatError::new(
+        "spend_limit_exceeded",
+        format!(
+            "the spend limit is reached: {} of {} micro-dollars spent this {}; it resets at {resets_at}",
+            status.spent_micros, limit, status.period
+        ),
+    ))
+}
+
 async fn fail(turn: &TurnContext, stream: &mut TurnStream, error: &ProviderError) {
     let error = ChatError {
         provider: Some(turn.model.endpoint.kind.as_str().to_owned()),

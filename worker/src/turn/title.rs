@@ -38,10 +38,21 @@ pub fn spawn(deps: &TurnDeps, turn: &TurnContext, question: String, answer: Stri
     let stop = deps.side_stop.clone();
     deps.side_tasks.clone().spawn(async move {
         let exchange = (question, answer);
-        let title = tokio::select! {
-            title = generate(&deps.http, &model, &exchange, limit) => title,
+        let started = std::time::Instant::now();
+        let generated = tokio::select! {
+            generated = generate(&deps.http, &model, &exchange, limit) => generated,
             _ = stop.cancelled() => return,
         };
+        let Some((title, usage)) = generated else {
+            tracing::debug!(%chat_id, "no title generated");
+            return;
+        };
+        // The request was billed whether or not its answer makes a title.
+        let runtime_ms = started.elapsed().as_millis() as i64;
+        if let Err(error) = record_usage(&deps, chat_id, owner_id, &model, &usage, runtime_ms).await
+        {
+            tracing::warn!(error = format!("{error:#}"), %chat_id, "record the title's usage");
+        }
         match title {
             Some(title) => {
                 if let Err(error) = store(&deps, chat_id, owner_id, &title).await {
@@ -58,7 +69,7 @@ async fn generate(
     model: &ModelChoice,
     (question, answer): &(String, String),
     limit: Duration,
-) -> Option<String> {
+) -> Option<(Option<String>, crate::provider::Usage)> {
     let quote = |text: &str| text.chars().take(QUOTE_CHARS).collect::<String>();
     let request = ModelRequest {
         model: model.model.clone(),
@@ -80,12 +91,39 @@ async fn generate(
         ..ModelRequest::default()
     };
     match collect_text(http, model, &request, limit).await {
-        Ok((text, _)) => clean_title(&text),
+        Ok((text, usage)) => Some((clean_title(&text), usage)),
         Err(error) => {
             tracing::debug!(error = %error, "title request failed");
             None
         }
     }
+}
+
+/// Stores what the title request cost (`usage_records`), so spend totals and limits count it,
+/// and adds it to this worker's cached spend of the owner.
+async fn record_usage(
+    deps: &TurnDeps,
+    chat_id: Uuid,
+    owner_id: Uuid,
+    model: &ModelChoice,
+    usage: &crate::provider::Usage,
+    runtime_ms: i64,
+) -> anyhow::Result<()> {
+    let cost = super::rows::cost_micros(model, usage);
+    let client = deps.pool.get().await?;
+    crate::store::turn::record_usage(
+        &client,
+        owner_id,
+        chat_id,
+        "title",
+        model.model_config_id,
+        usage,
+        cost,
+        runtime_ms,
+    )
+    .await?;
+    deps.spend.add_spend(owner_id, cost.unwrap_or(0));
+    Ok(())
 }
 
 /// First non-empty line, without quotes or a trailing full stop, at most
