@@ -728,3 +728,52 @@ async fn chats_are_found_by_title_and_labels() {
         (400, json!("q"))
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_edit_closes_pending_client_tool_calls() {
+    let cluster = Cluster::start(2, 2).await;
+    let (api_a, api_b) = (cluster.api(0), cluster.api(1));
+    let tools = json!([{"name": "lookup", "description": "Client side.",
+        "schema": {"type": "object"}}]);
+    let call = directive_message("call", json!({"tool_calls": [{"name": "lookup"}]}));
+    let chat = child_of(
+        &api_a,
+        None,
+        json!({"dynamic_tools": tools, "message": call}),
+    )
+    .await;
+    wait_until(TURN, "requires_action", || async {
+        (chat_status(&api_a, &chat).await == "requires_action").then_some(())
+    })
+    .await;
+    let before = messages(&api_a, &chat).await;
+    let question = before[0]["id"].as_i64().unwrap();
+    let call_id = before
+        .iter()
+        .flat_map(|m| m["content"].as_array().cloned().unwrap_or_default())
+        .find(|part| part["type"] == "tool-call")
+        .and_then(|part| part["tool_call_id"].as_str().map(str::to_string))
+        .expect("a pending tool call");
+
+    let (status, body) = api_b
+        .patch(
+            &format!("/chats/{chat}/messages/{question}"),
+            &json!({"content": "never mind, just answer"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    replies(&api_a, &chat, 1).await;
+    let stored = history(&api_b, &chat).await;
+    assert_eq!(stored.len(), 2, "{stored:?}");
+    assert_eq!(stored[0], ("user".into(), "never mind, just answer".into()));
+    // The old call is gone with its message: its result is refused.
+    let (status, body) = api_a
+        .post(
+            &format!("/chats/{chat}/tool-results"),
+            &json!({"results": [{"tool_call_id": call_id, "output": "late"}]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 409, "{body}");
+}

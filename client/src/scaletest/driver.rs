@@ -64,7 +64,7 @@ pub async fn drive_chat(plan: ChatPlan, recorder: Arc<Recorder>) {
 }
 
 async fn drive(plan: ChatPlan, recorder: &Arc<Recorder>) -> Result<(), Failure> {
-    let chat_id = create_chat(&plan).await?;
+    let chat_id = create_chat(&plan, recorder).await?;
     let (observations_tx, mut observations) = mpsc::unbounded_channel();
     let stop = CancellationToken::new();
     let mut subscribers = Vec::with_capacity(plan.readers.len());
@@ -118,13 +118,46 @@ async fn drive(plan: ChatPlan, recorder: &Arc<Recorder>) -> Result<(), Failure> 
     result
 }
 
-async fn create_chat(plan: &ChatPlan) -> Result<String, Failure> {
+/// The answer of a POST and when its last attempt was sent.
+type Paced = (anyhow::Result<(u16, serde_json::Value)>, Instant);
+
+/// POSTs until the answer is not a 429 `rate_limited`, waiting `Retry-After` in between as a
+/// well-behaved client does (each wait counted as `throttled`), within `deadline`.
+async fn post_paced(
+    sender: &ApiClient,
+    path: &str,
+    body: &serde_json::Value,
+    deadline: Instant,
+    recorder: &Recorder,
+) -> Result<Paced, tokio::time::error::Elapsed> {
+    loop {
+        let sent_at = Instant::now();
+        let answer = timeout_at(deadline.into(), sender.post(path, body)).await?;
+        match &answer {
+            Ok((429, body)) if body["error"]["code"] == "rate_limited" => {
+                recorder.throttled();
+                let wait = body["error"]["details"]["retry_after_s"]
+                    .as_u64()
+                    .unwrap_or(1)
+                    .max(1);
+                tokio::time::timeout_at(
+                    deadline.into(),
+                    tokio::time::sleep(Duration::from_secs(wait)),
+                )
+                .await?;
+            }
+            _ => return Ok((answer, sent_at)),
+        }
+    }
+}
+
+async fn create_chat(plan: &ChatPlan, recorder: &Recorder) -> Result<String, Failure> {
     let deadline = Instant::now() + plan.turn_timeout;
     let (status, body) =
-        match timeout_at(deadline.into(), plan.sender.post("/chats", &json!({}))).await {
+        match post_paced(&plan.sender, "/chats", &json!({}), deadline, recorder).await {
             Err(_) => return Err(Failure::new("timeout", "create the chat")),
-            Ok(Err(error)) => return Err(Failure::new("request", format!("{error:#}"))),
-            Ok(Ok(answer)) => answer,
+            Ok((Err(error), _)) => return Err(Failure::new("request", format!("{error:#}"))),
+            Ok((Ok(answer), _)) => answer,
         };
     if status != 201 {
         return Err(Failure::new(
@@ -159,15 +192,23 @@ async fn run_turn(
         "scaletest turn {turn}\n@mock {}",
         json!({"tokens": plan.tokens, "tokens_per_second": plan.tokens_per_second})
     );
-    let posted_at = Instant::now();
-    recorder.post_sent(posted_at);
-    let deadline = posted_at + plan.turn_timeout;
+    let deadline = Instant::now() + plan.turn_timeout;
     let path = format!("/chats/{chat_id}/messages");
-    let answer = timeout_at(
-        deadline.into(),
-        plan.sender.post(&path, &json!({"content": content})),
+    let paced = post_paced(
+        &plan.sender,
+        &path,
+        &json!({"content": content}),
+        deadline,
+        recorder,
     )
     .await;
+    // Latencies count from the send that was answered (not from waits the rate limit asked
+    // for).
+    let posted_at = paced
+        .as_ref()
+        .map_or_else(|_| Instant::now(), |(_, at)| *at);
+    recorder.post_sent(posted_at);
+    let answer = paced.map(|(answer, _)| answer);
     // The turn's reply is the first assistant message newer than this.
     let reply_after_id = match answer {
         Err(_) => {

@@ -25,6 +25,9 @@ pub struct Recorder {
     stream_reconnects: AtomicU64,
     /// `retry` events received (the worker retried the model; informational).
     retries: AtomicU64,
+    /// Requests answered 429 `rate_limited` and sent again after `Retry-After`, as a
+    /// well-behaved client does (informational: the per-token rate limit paced the run).
+    throttled: AtomicU64,
     /// Completed turns in which a subscriber never saw `status: running` (the hub may
     /// coalesce status changes; informational, those turns have no acquire sample).
     running_not_seen: AtomicU64,
@@ -76,6 +79,7 @@ impl Recorder {
             }),
             window: Mutex::new(Window::default()),
             stream_reconnects: AtomicU64::new(0),
+            throttled: AtomicU64::new(0),
             retries: AtomicU64::new(0),
             running_not_seen: AtomicU64::new(0),
         }
@@ -121,6 +125,10 @@ impl Recorder {
 
     pub fn stream_reconnect(&self) {
         self.stream_reconnects.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn throttled(&self) {
+        self.throttled.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn retry_seen(&self) {
@@ -205,6 +213,7 @@ impl Recorder {
             errors: lock(&self.errors).clone(),
             stream_reconnects: self.stream_reconnects.load(Ordering::Relaxed),
             retries: self.retries.load(Ordering::Relaxed),
+            throttled: self.throttled.load(Ordering::Relaxed),
             running_not_seen: self.running_not_seen.load(Ordering::Relaxed),
             relay_samples_stored: latencies.relay.stored(),
             reservoir_capacity: RESERVOIR_CAPACITY,

@@ -47,6 +47,9 @@ pub struct Report {
     pub errors: BTreeMap<String, u64>,
     pub stream_reconnects: u64,
     pub retries: u64,
+    /// Requests the per-token rate limit answered with 429, sent again after `Retry-After`.
+    #[serde(default)]
+    pub throttled: u64,
     pub running_not_seen: u64,
     /// Relay samples kept for percentiles; past `reservoir_capacity` they are a uniform random
     /// subset (counts and max stay exact).
@@ -141,8 +144,8 @@ impl Report {
         let _ = writeln!(
             out,
             "notes        stream reconnects {}, model retries {}, turns without a visible \
-             `running` {}",
-            self.stream_reconnects, self.retries, self.running_not_seen
+             `running` {}, requests paced by the rate limit {}",
+            self.stream_reconnects, self.retries, self.running_not_seen, self.throttled
         );
         if self.relay_ms.count > self.relay_samples_stored as u64 {
             let _ = writeln!(
@@ -200,6 +203,7 @@ mod tests {
             errors: BTreeMap::new(),
             stream_reconnects: 0,
             retries: 0,
+            throttled: 0,
             running_not_seen: 0,
             relay_samples_stored: 40,
             reservoir_capacity: 200_000,

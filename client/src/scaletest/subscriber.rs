@@ -81,6 +81,18 @@ impl Subscriber {
                     }
                     events
                 }
+                Err(error) if format!("{error:#}").contains("\"rate_limited\"") => {
+                    // The per-token rate limit: wait as asked (1 s) and open again.
+                    recorder.throttled();
+                    let stopped = tokio::select! {
+                        _ = stop.cancelled() => true,
+                        _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => false,
+                    };
+                    if stopped {
+                        break 'connections;
+                    }
+                    continue 'connections;
+                }
                 Err(error) => {
                     if let Some(ready) = ready.take() {
                         let _ = ready.send(Err(format!("{error:#}")));
