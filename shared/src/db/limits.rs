@@ -152,25 +152,31 @@ pub struct SpendCache {
 }
 
 impl SpendCache {
-    /// The user's status (`None`: limits are off), from the cache when fresh.
-    pub async fn status(
-        &self,
-        client: &impl Sql,
-        user_id: Uuid,
-    ) -> Result<Option<SpendStatus>, tokio_postgres::Error> {
+    /// What the cache knows without a read: `Some(None)` while limits are known to be off,
+    /// `Some(Some(status))` for a fresh status of the user, `None` when a read is needed
+    /// (callers can then skip taking a connection at all).
+    pub fn cached(&self, user_id: Uuid) -> Option<Option<SpendStatus>> {
         let off = self
             .off_since
             .lock()
             .map(|since| since.is_some_and(|at| at.elapsed() < SETTINGS_TTL))
             .unwrap_or(false);
         if off {
-            return Ok(None);
+            return Some(None);
         }
-        if let Some(entry) = self.users.get(&user_id) {
-            let (status, at) = &*entry;
-            if at.elapsed() < USER_TTL {
-                return Ok(Some(status.clone()));
-            }
+        let entry = self.users.get(&user_id)?;
+        let (status, at) = &*entry;
+        (at.elapsed() < USER_TTL).then(|| Some(status.clone()))
+    }
+
+    /// The user's status (`None`: limits are off), from the cache when fresh.
+    pub async fn status(
+        &self,
+        client: &impl Sql,
+        user_id: Uuid,
+    ) -> Result<Option<SpendStatus>, tokio_postgres::Error> {
+        if let Some(known) = self.cached(user_id) {
+            return Ok(known);
         }
         let (enabled, status) = status(client, user_id).await?;
         if let Ok(mut off_since) = self.off_since.lock() {

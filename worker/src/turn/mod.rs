@@ -504,11 +504,17 @@ fn step_timeout_error(step_timeout: Duration) -> ProviderError {
 /// current period (`None` while limits are off, under the limit, or when the check cannot be
 /// read: a database hiccup does not fail turns; the next step checks again).
 async fn spend_limit_reached(deps: &TurnDeps, turn: &TurnContext) -> Option<ChatError> {
-    let status = async {
-        let client = deps.pool.get().await?;
-        anyhow::Ok(deps.spend.status(&*client, turn.owner_id).await?)
-    }
-    .await;
+    // Usually known without a connection (limits off, or a fresh status).
+    let status = match deps.spend.cached(turn.owner_id) {
+        Some(known) => Ok(known),
+        None => {
+            async {
+                let client = deps.pool.get().await?;
+                anyhow::Ok(deps.spend.status(&*client, turn.owner_id).await?)
+            }
+            .await
+        }
+    };
     let status = match status {
         Ok(status) => status?,
         Err(error) => {
