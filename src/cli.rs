@@ -113,6 +113,9 @@ pub struct ApiArgs {
     /// Request body limit in bytes (413 beyond).
     #[arg(long, env = "CHATD_MAX_BODY_BYTES", default_value_t = ad::MAX_BODY_BYTES, value_parser = at_least(1))]
     pub max_body_bytes: usize,
+    /// Largest uploaded file in bytes (`POST /files`; 413 beyond).
+    #[arg(long, env = "CHATD_MAX_FILE_BYTES", default_value_t = ad::MAX_FILE_BYTES, value_parser = at_least(1))]
+    pub max_file_bytes: usize,
     /// Most queued messages per chat (429 beyond).
     #[arg(long, env = "CHATD_MAX_QUEUE_LEN", default_value_t = ad::MAX_QUEUE_LEN, value_parser = clap::value_parser!(i64).range(0..))]
     pub max_queue_len: i64,
@@ -371,6 +374,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             config.database_pooler = args.database_pooler.into();
             config.pool_size = args.pool_size;
             config.max_body_bytes = args.max_body_bytes;
+            config.max_file_bytes = args.max_file_bytes;
             config.max_queue_len = args.max_queue_len;
             config.stream_snapshot_messages = args.stream_snapshot_messages;
             config.max_streams_per_user = args.max_streams_per_user;

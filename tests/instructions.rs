@@ -192,3 +192,41 @@ async fn the_chat_s_system_prompt_reaches_the_provider_in_every_protocol() {
         assert_eq!(texts, [prompt], "{kind}");
     }
 }
+
+/// `"echo": "tools"`: the sorted names of the tools a request offered, in every protocol —
+/// the worker's built-in tools and the chat's client tools alike.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_offered_tools_reach_the_provider_in_every_protocol() {
+    let mut cluster = Cluster::start(2, 0).await;
+    cluster
+        .add_worker(&["--tools", "current_time"])
+        .await
+        .expect("worker");
+    let api = cluster.api(0);
+    let tools = json!([
+        {"name": "zz_lookup", "description": "Client side.", "schema": {"type": "object"}},
+        {"name": "aa_fetch", "description": "Client side.", "schema": {"type": "object"}},
+    ]);
+    for kind in PROTOCOLS {
+        let model = add_model(&cluster, kind, ModelOptions::default()).await;
+        let (status, body) = api
+            .post(
+                "/chats",
+                &json!({
+                    "model_config_id": model,
+                    "dynamic_tools": tools,
+                    "message": directive_message("which tools?", json!({"echo": "tools"})),
+                }),
+            )
+            .await
+            .expect("create chat");
+        assert_eq!(status, 201, "{body}");
+        let chat_id = body["chat"]["id"].as_str().expect("chat id").to_owned();
+        let api_b = cluster.api(1);
+        let reply = wait_until(TURN, "the echo", || async {
+            assistant_texts(&api_b, &chat_id).await.first().cloned()
+        })
+        .await;
+        assert_eq!(reply, "aa_fetch\ncurrent_time\nzz_lookup", "{kind}");
+    }
+}

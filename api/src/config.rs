@@ -19,6 +19,8 @@ pub struct ApiConfig {
     pub pool_size: usize,
     /// Request bodies larger than this are refused with 413 before buffering.
     pub max_body_bytes: usize,
+    /// Uploaded files larger than this are refused with 413 (`--max-file-bytes`).
+    pub max_file_bytes: usize,
     /// Most queued messages per chat (429 beyond).
     pub max_queue_len: i64,
     /// A stream's snapshot sends at most this many (newest) messages; when more follow the
@@ -58,6 +60,7 @@ impl std::fmt::Debug for EncryptionKey {
 pub mod defaults {
     pub const POOL_SIZE: usize = 32;
     pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+    pub const MAX_FILE_BYTES: usize = 10 * 1024 * 1024;
     pub const MAX_QUEUE_LEN: i64 = 20;
     pub const STREAM_SNAPSHOT_MESSAGES: i64 = 100;
     pub const MAX_STREAMS_PER_USER: usize = 100;
@@ -75,6 +78,7 @@ impl ApiConfig {
             database_pooler: chatd_shared::db::pool::Pooler::None,
             pool_size: POOL_SIZE,
             max_body_bytes: MAX_BODY_BYTES,
+            max_file_bytes: MAX_FILE_BYTES,
             max_queue_len: MAX_QUEUE_LEN,
             stream_snapshot_messages: STREAM_SNAPSHOT_MESSAGES,
             max_streams_per_user: MAX_STREAMS_PER_USER,
@@ -101,9 +105,10 @@ impl ApiConfig {
             self.database_pooler,
             self.listen_database_url.as_deref(),
         )?;
-        let checks: [(&str, bool); 7] = [
+        let checks: [(&str, bool); 8] = [
             ("--pool-size", self.pool_size > 0),
             ("--max-body-bytes", self.max_body_bytes > 0),
+            ("--max-file-bytes", self.max_file_bytes > 0),
             ("--max-queue-len", self.max_queue_len >= 0),
             (
                 "--stream-snapshot-messages",

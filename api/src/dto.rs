@@ -171,12 +171,16 @@ pub enum UserPart {
         )]
         text: String,
     },
+    /// An attachment: an uploaded file (`file_id`, from `POST /files`) or small inline
+    /// `data` (base64, at most 512 KiB decoded) — exactly one of them. The type is read from
+    /// the bytes; `media_type` only names a `text/*` subtype for inline text.
     File {
-        #[schema(max_length = 524288, pattern = r"^[^\u0000]*$")]
-        media_type: String,
-        #[schema(max_length = 524288, pattern = r"^[^\u0000]*$")]
+        #[schema(max_length = 255, pattern = r"^[^\u0000]*$")]
+        media_type: Option<String>,
+        #[schema(value_type = Option<Uuid>)]
         file_id: Option<String>,
-        #[schema(max_length = 524288, pattern = r"^[^\u0000]*$")]
+        /// Base64 (standard alphabet, padded); the document states its exact pattern.
+        #[schema(max_length = 699052)]
         data: Option<String>,
     },
     Source {
@@ -196,9 +200,10 @@ impl From<UserPart> for ContentPart {
                 file_id,
                 data,
             } => ContentPart::File {
-                media_type,
+                media_type: media_type.unwrap_or_default(),
                 file_id,
                 data,
+                name: None,
             },
             UserPart::Source { url, title } => ContentPart::Source { url, title },
         }

@@ -33,6 +33,7 @@ pub enum ErrorCode {
     InvalidReference,
     Conflict,
     PayloadTooLarge,
+    UnsupportedMediaType,
     RateLimited,
     SpendLimitExceeded,
     Unavailable,
@@ -89,6 +90,9 @@ pub enum ApiError {
     Conflict(String),
     #[error("request body exceeds the limit of {limit} bytes")]
     PayloadTooLarge { limit: usize },
+    /// 415: a file of a type chatd does not accept (read from its bytes).
+    #[error("{0}")]
+    UnsupportedMediaType(String),
     /// 429 with `Retry-After`.
     #[error("{message}")]
     TooManyRequests { message: String, retry_after_s: u64 },
@@ -160,6 +164,7 @@ impl ApiError {
             ApiError::MissingReference { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::TooManyRequests { .. } | ApiError::SpendLimit { .. } => {
                 StatusCode::TOO_MANY_REQUESTS
             }
@@ -178,6 +183,7 @@ impl ApiError {
             ApiError::MissingReference { .. } => ErrorCode::InvalidReference,
             ApiError::Conflict(_) => ErrorCode::Conflict,
             ApiError::PayloadTooLarge { .. } => ErrorCode::PayloadTooLarge,
+            ApiError::UnsupportedMediaType(_) => ErrorCode::UnsupportedMediaType,
             ApiError::TooManyRequests { .. } => ErrorCode::RateLimited,
             ApiError::SpendLimit { .. } => ErrorCode::SpendLimitExceeded,
             ApiError::Unavailable(_) => ErrorCode::Unavailable,

@@ -52,6 +52,12 @@ pub enum Echo {
     /// `instructions`, Anthropic `system` blocks), in order, joined with a blank line;
     /// `(no system text)` when there is none.
     System,
+    /// One line per attachment of the user messages, in order: `<media type> <bytes> <how>`
+    /// (`inline`, `text` or `url`), e.g. `image/png 5120 inline`; `(no attachments)` when
+    /// there is none.
+    Attachments,
+    /// The names of the tools offered, sorted, one per line; `(no tools)` when none.
+    Tools,
 }
 
 /// The kind of an injected in-stream error; each protocol spells it its own way.

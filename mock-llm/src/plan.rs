@@ -186,12 +186,8 @@ impl Plan {
             Some(calls) => Output::ToolCalls(calls),
             None => {
                 let text = match (&conversation.ending, directives.echo) {
-                    (_, Some(Echo::System)) => {
-                        let text = if conversation.system_text.is_empty() {
-                            "(no system text)".to_owned()
-                        } else {
-                            conversation.system_text.clone()
-                        };
+                    (_, Some(echo)) => {
+                        let text = echo_text(conversation, echo);
                         TextSource::Fixed {
                             ends: piece_ends(&text),
                             text,
@@ -393,6 +389,36 @@ fn fragment_ranges(arguments: &str) -> Vec<Range<usize>> {
         start = end;
     }
     ranges
+}
+
+/// The reply of an `echo` directive: a view of what the request carried.
+fn echo_text(conversation: &Conversation, echo: Echo) -> String {
+    let (lines, none): (Vec<&str>, &str) = match echo {
+        Echo::System => (
+            [conversation.system_text.as_str()]
+                .into_iter()
+                .filter(|text| !text.is_empty())
+                .collect(),
+            "(no system text)",
+        ),
+        Echo::Attachments => (
+            conversation
+                .attachments
+                .iter()
+                .map(String::as_str)
+                .collect(),
+            "(no attachments)",
+        ),
+        Echo::Tools => (
+            conversation.tool_names.iter().map(String::as_str).collect(),
+            "(no tools)",
+        ),
+    };
+    if lines.is_empty() {
+        none.to_owned()
+    } else {
+        lines.join("\n")
+    }
 }
 
 #[cfg(test)]

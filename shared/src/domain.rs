@@ -131,12 +131,17 @@ pub enum ContentPart {
         block_type: String,
         content: serde_json::Value,
     },
+    /// An attachment: an uploaded file (`file_id`) or inline base64 `data`, of `media_type`
+    /// (read from the bytes when it was stored).
     File {
         media_type: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         file_id: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         data: Option<String>,
+        /// The uploaded file's name, when it has one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
     },
     Source {
         url: String,

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod crypto;
 pub mod db;
 pub mod domain;
+pub mod files;
 pub mod pg_embed;
 pub mod pubsub;
 pub mod sse;

@@ -51,7 +51,7 @@ pub struct ApiDoc;
 /// The error statuses each operation can answer, besides 401 (every operation but
 /// `getOpenApi`) and 503 (every operation: the database is out of reach; `Retry-After`).
 pub const ERRORS: &[(&str, &[u16])] = &[
-    ("createChat", &[400, 409, 413, 422, 429]),
+    ("createChat", &[400, 409, 413, 415, 422, 429]),
     ("listChats", &[400]),
     ("watchChats", &[429]),
     ("getChat", &[400, 404]),
@@ -59,8 +59,8 @@ pub const ERRORS: &[(&str, &[u16])] = &[
     ("deleteChat", &[400, 404, 409]),
     ("markChatRead", &[400, 404, 413]),
     ("listMessages", &[400, 404]),
-    ("sendMessage", &[400, 404, 409, 413, 422, 429]),
-    ("editMessage", &[400, 404, 409, 413, 429]),
+    ("sendMessage", &[400, 404, 409, 413, 415, 422, 429]),
+    ("editMessage", &[400, 404, 409, 413, 415, 422, 429]),
     ("interruptChat", &[400, 404, 409]),
     ("deleteQueuedMessage", &[400, 404, 409]),
     ("promoteQueuedMessage", &[400, 404, 409, 429]),
@@ -104,6 +104,9 @@ pub const ERRORS: &[(&str, &[u16])] = &[
     ("listGroupMembers", &[400, 403, 404]),
     ("addGroupMember", &[400, 403, 404, 413, 422]),
     ("removeGroupMember", &[400, 403, 404]),
+    ("uploadFile", &[400, 413, 415]),
+    ("downloadFile", &[400, 404]),
+    ("getFileMeta", &[400, 404]),
     ("getOpenApi", &[]),
 ];
 
@@ -161,6 +164,25 @@ pub fn finish(mut doc: Value, config: &ApiConfig) -> Value {
         if let Some(variants) = schemas[name]["oneOf"].as_array_mut() {
             for variant in variants {
                 variant["additionalProperties"] = json!(false);
+            }
+        }
+    }
+    // A multipart upload is one `file` field.
+    schemas["FileUpload"]["additionalProperties"] = json!(false);
+    // A user's file part names an uploaded file or carries base64 data: exactly one of them.
+    if let Some(variants) = schemas["UserPart"]["oneOf"].as_array_mut() {
+        for variant in variants {
+            if variant["properties"]["type"]["enum"] == json!(["file"]) {
+                variant["oneOf"] = json!([
+                    {"required": ["file_id"], "properties": {
+                        "file_id": {"type": "string"}, "data": {"type": "null"}}},
+                    {"required": ["data"], "properties": {
+                        "data": {"type": "string"}, "file_id": {"type": "null"}}},
+                ]);
+                variant["properties"]["data"]["pattern"] =
+                    json!("^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$");
+                variant["properties"]["data"]["minLength"] = json!(4);
+                variant["properties"]["data"]["maxLength"] = json!(699_052);
             }
         }
     }
@@ -244,6 +266,7 @@ fn response_name(status: u16) -> &'static str {
         404 => "NotFound",
         409 => "Conflict",
         413 => "PayloadTooLarge",
+        415 => "UnsupportedMediaType",
         422 => "InvalidReference",
         429 => "TooManyRequests",
         503 => "Unavailable",
@@ -283,7 +306,14 @@ fn error_responses(config: &ApiConfig) -> Value {
             not usable (`details.field`), e.g. an unknown `model_config_id`."),
         "Conflict": error("The request contradicts the current state (e.g. the chat is \
             archived, not waiting for tool results, or the provider is still in use)."),
-        "PayloadTooLarge": error(&format!("The body exceeds {} bytes.", config.max_body_bytes)),
+        "PayloadTooLarge": error(&format!(
+            "The body exceeds {} bytes (an uploaded file: {} bytes).",
+            config.max_body_bytes, config.max_file_bytes
+        )),
+        "UnsupportedMediaType": error(&format!(
+            "A file of a type chatd does not accept: {}.",
+            chatd_shared::files::ACCEPTED
+        )),
         "TooManyRequests": too_many,
         "Unavailable": unavailable,
     })

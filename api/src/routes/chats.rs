@@ -16,7 +16,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::routes::json_response;
 use crate::state::AppState;
 use crate::store::chats::{self as store, ChatFilter, ChatPatch, NewChat};
-use crate::store::{content, tree};
+use crate::store::{content, files, tree};
 use chatd_shared::pubsub::OwnerEventKind;
 
 #[utoipa::path(post, path = "/chats", operation_id = "createChat", tag = "chats",
@@ -86,8 +86,19 @@ pub async fn create(
     }
     let dynamic_tools = serde_json::to_value(dynamic_tools).map_err(anyhow::Error::from)?;
     let mut client = state.pool.get().await?;
-    if message.is_some() {
+    let mut message = message;
+    let mut attachments = files::Attachments::default();
+    if let Some(message) = &mut message {
         crate::routes::limits::ensure_within_limit(&state, &client, user.id).await?;
+        attachments = files::check_parts(&*client, user.id, message, "message").await?;
+        files::check_images_accepted(
+            &*client,
+            &attachments,
+            request.model_config_id,
+            None,
+            "message",
+        )
+        .await?;
     }
     let (transition, first_message) = store::create_chat(
         &mut client,
@@ -103,6 +114,7 @@ pub async fn create(
         },
     )
     .await?;
+    files::link(&*client, transition.chat.id, &attachments.file_ids).await?;
     transition.publish(&client).await;
     Ok(json_response(
         StatusCode::CREATED,

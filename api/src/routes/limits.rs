@@ -202,7 +202,12 @@ pub struct MemberList {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GroupRequest {
-    #[schema(min_length = 1, max_length = 100, pattern = r"^[^\u0000]*$")]
+    /// Must contain a non-whitespace character; no NUL.
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = r"^[^\u0000]*[^\u0000\t-\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\u0000]*$"
+    )]
     pub name: String,
     #[schema(value_type = Option<i64>, minimum = 0)]
     pub spend_limit_micros: Option<JsonInt<i64>>,

@@ -18,7 +18,7 @@ use crate::routes::json_response;
 use crate::state::AppState;
 use crate::store::chats as chat_store;
 use crate::store::send::{self, NewMessage, SendOutcome};
-use crate::store::{content, edit};
+use crate::store::{content, edit, files};
 
 #[utoipa::path(get, path = "/chats/{chat_id}/messages", operation_id = "listMessages", tag = "chats",
     params(("chat_id" = Uuid, Path, description = "A chat of the caller"),
@@ -92,9 +92,18 @@ pub async fn send(
     StrictJson(request): StrictJson<SendMessageRequest>,
 ) -> ApiResult<Response> {
     let chat_id = parse_uuid(&chat_id, "chat_id")?;
-    let content = content::user_content(request.content, "content")?;
+    let mut content = content::user_content(request.content, "content")?;
     let mut client = state.pool.get().await?;
     crate::routes::limits::ensure_within_limit(&state, &client, user.id).await?;
+    let attachments = files::check_parts(&*client, user.id, &mut content, "content").await?;
+    files::check_images_accepted(
+        &*client,
+        &attachments,
+        request.model_config_id,
+        Some((chat_id, user.id)),
+        "content",
+    )
+    .await?;
     let (transition, outcome) = send::send_message(
         &mut client,
         NewMessage {
@@ -107,6 +116,7 @@ pub async fn send(
         state.config.max_queue_len,
     )
     .await?;
+    files::link(&*client, chat_id, &attachments.file_ids).await?;
     transition.publish(&client).await;
     Ok(outcome_response(outcome))
 }
@@ -124,11 +134,21 @@ pub async fn edit(
 ) -> ApiResult<Response> {
     let chat_id = parse_uuid(&chat_id, "chat_id")?;
     let message_id = parse_int_id(&message_id, "message_id")?;
-    let content = content::user_content(request.content, "content")?;
+    let mut content = content::user_content(request.content, "content")?;
     let mut client = state.pool.get().await?;
     crate::routes::limits::ensure_within_limit(&state, &client, user.id).await?;
+    let attachments = files::check_parts(&*client, user.id, &mut content, "content").await?;
+    files::check_images_accepted(
+        &*client,
+        &attachments,
+        None,
+        Some((chat_id, user.id)),
+        "content",
+    )
+    .await?;
     let (transition, message) =
         edit::edit_message(&mut client, chat_id, user.id, message_id, &content).await?;
+    files::link(&*client, chat_id, &attachments.file_ids).await?;
     transition.publish(&client).await;
     Ok(json_response(
         StatusCode::OK,

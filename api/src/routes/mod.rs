@@ -3,6 +3,7 @@
 mod admin;
 mod chats;
 mod control;
+mod files;
 pub(crate) mod health;
 mod instructions;
 mod limits;
@@ -81,6 +82,9 @@ pub fn api_routes() -> OpenApiRouter<AppState> {
         ))
         .routes(routes!(limits::members, limits::add_member))
         .routes(routes!(limits::remove_member))
+        .routes(routes!(files::upload))
+        .routes(routes!(files::download))
+        .routes(routes!(files::meta))
         .routes(routes!(health::openapi))
 }
 
@@ -101,6 +105,9 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
         .fallback(not_found)
+        // Every body reader here caps what it reads (`StrictJson`, uploads): axum's blanket
+        // 2 MB default would cut uploads below `--max-file-bytes`.
+        .layer(axum::extract::DefaultBodyLimit::disable())
         .layer(axum::middleware::from_fn(record_http_metrics))
         .with_state(state)
 }

@@ -42,19 +42,29 @@ pub fn user_content(input: MessageInput, field: &str) -> Result<Value, ApiError>
                         file_id,
                         data,
                     } => {
-                        plain_field(
-                            media_type,
-                            &format!("{part_field}.media_type"),
-                            MAX_TEXT_CHARS,
-                        )?;
-                        for (name, value) in [("file_id", file_id), ("data", data)] {
-                            if let Some(value) = value {
-                                plain_field(
-                                    value,
-                                    &format!("{part_field}.{name}"),
-                                    MAX_TEXT_CHARS,
-                                )?;
+                        // What the parts refer to is checked against the database
+                        // (`store::files::check_parts`); here only their shape.
+                        if let Some(media_type) = media_type {
+                            plain_field(media_type, &format!("{part_field}.media_type"), 255)?;
+                        }
+                        if let Some(file_id) = file_id {
+                            let field = format!("{part_field}.file_id");
+                            plain_field(file_id, &field, 36)?;
+                            if uuid::Uuid::parse_str(file_id).is_err() {
+                                return Err(ApiError::field(
+                                    field.clone(),
+                                    format!("{field}: not a valid UUID"),
+                                ));
                             }
+                        }
+                        if let Some(data) = data {
+                            plain_field(data, &format!("{part_field}.data"), 699_052)?;
+                        }
+                        if file_id.is_some() == data.is_some() {
+                            return Err(ApiError::field(
+                                part_field.clone(),
+                                format!("{part_field}: a file part has either `file_id` or `data`"),
+                            ));
                         }
                     }
                     UserPart::Source { url, title } => {

@@ -8,6 +8,7 @@ pub use chatd_shared::db::models as admin;
 pub mod chats;
 pub mod content;
 pub mod edit;
+pub mod files;
 pub mod reads;
 pub mod send;
 pub mod spend;

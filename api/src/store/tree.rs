@@ -143,12 +143,16 @@ pub async fn delete_tree(
     let tree = lock_tree(transaction, chat_id, owner_id).await?;
     refuse_if_busy(&tree, "delete")?;
     let ids: Vec<Uuid> = tree.iter().map(|chat| chat.id).collect();
-    // Queued messages of a deleted chat would never run.
+    // Queued messages of a deleted chat would never run; its files are no longer used by it
+    // (they stay their owner's).
     transaction
         .exec(
             "DELETE FROM chat_queued_messages WHERE chat_id = ANY($1)",
             &[&ids],
         )
+        .await?;
+    transaction
+        .exec("DELETE FROM chat_files WHERE chat_id = ANY($1)", &[&ids])
         .await?;
     let sql = format!(
         concat!(

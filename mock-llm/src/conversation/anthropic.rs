@@ -5,7 +5,9 @@
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::conversation::{content_text, offers_tools, Conversation, Entry};
+use crate::conversation::{
+    attachment_lines, content_text, offers_tools, tool_names, Conversation, Entry,
+};
 
 /// The message of the real API for an empty (or, here, whitespace-only) text block.
 pub const EMPTY_TEXT_BLOCK: &str = "text content blocks must be non-empty";
@@ -109,13 +111,15 @@ pub fn parse(body: &[u8]) -> Result<MessagesCall, String> {
         };
         push_message(role, &blocks, &mut entries);
     }
+    let mut conversation = Conversation::from_entries(
+        request.model.as_deref().unwrap_or_default(),
+        &entries,
+        offers_tools(request.tools.as_ref()),
+        Some(max_tokens),
+    );
+    conversation.tool_names = tool_names(request.tools.as_ref());
     Ok(MessagesCall {
-        conversation: Conversation::from_entries(
-            request.model.as_deref().unwrap_or_default(),
-            &entries,
-            offers_tools(request.tools.as_ref()),
-            Some(max_tokens),
-        ),
+        conversation,
         stream: request.stream.unwrap_or(false),
     })
 }
@@ -198,6 +202,11 @@ fn push_message(role: &str, blocks: &[Value], entries: &mut Vec<Entry>) {
     if !has_results || !texts.is_empty() {
         entries.push(Entry::User(text));
     }
+    entries.extend(
+        attachment_lines(&Value::Array(blocks.to_vec()))
+            .into_iter()
+            .map(Entry::Attachment),
+    );
 }
 
 #[cfg(test)]

@@ -3,7 +3,9 @@
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::conversation::{content_text, offers_tools, Conversation, Entry};
+use crate::conversation::{
+    attachment_lines, content_text, offers_tools, tool_names, Conversation, Entry,
+};
 
 /// A parsed Chat Completions request.
 #[derive(Debug)]
@@ -73,7 +75,12 @@ pub fn parse(body: &[u8]) -> Result<ChatCall, String> {
     for message in &request.messages {
         let text = message.content.as_ref().map(content_text);
         match message.role.as_deref().unwrap_or_default() {
-            "user" => entries.push(Entry::User(text.unwrap_or_default())),
+            "user" => {
+                entries.push(Entry::User(text.unwrap_or_default()));
+                if let Some(content) = &message.content {
+                    entries.extend(attachment_lines(content).into_iter().map(Entry::Attachment));
+                }
+            }
             "assistant" => {
                 if let Some(text) = text {
                     entries.push(Entry::AssistantText(text));
@@ -96,13 +103,15 @@ pub fn parse(body: &[u8]) -> Result<ChatCall, String> {
             _ => entries.push(Entry::Context(text.unwrap_or_default())),
         }
     }
+    let mut conversation = Conversation::from_entries(
+        request.model.as_deref().unwrap_or_default(),
+        &entries,
+        offers_tools(request.tools.as_ref()),
+        request.max_completion_tokens.or(request.max_tokens),
+    );
+    conversation.tool_names = tool_names(request.tools.as_ref());
     Ok(ChatCall {
-        conversation: Conversation::from_entries(
-            request.model.as_deref().unwrap_or_default(),
-            &entries,
-            offers_tools(request.tools.as_ref()),
-            request.max_completion_tokens.or(request.max_tokens),
-        ),
+        conversation,
         stream: request.stream.unwrap_or(false),
         include_usage: request
             .stream_options

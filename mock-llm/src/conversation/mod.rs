@@ -41,6 +41,12 @@ pub struct Conversation {
     /// The system parts (system and developer messages, instructions, system blocks), in
     /// order, joined with a blank line (`"echo": "system"`).
     pub system_text: String,
+    /// One line per attachment of the user messages, in order (`"echo": "attachments"`):
+    /// `<media type> <bytes> <how>`, how being `inline` (base64 or a data URL), `text` (an
+    /// Anthropic plain-text document) or `url` (bytes `-`).
+    pub attachments: Vec<String>,
+    /// The names of the tools offered, sorted (`"echo": "tools"`); set by each protocol.
+    pub tool_names: Vec<String>,
 }
 
 /// How the transcript ends, which decides the kind of answer.
@@ -71,6 +77,8 @@ pub enum Entry {
     /// `system` block. Counts as prompt words; echoed by `"echo": "system"`.
     Context(String),
     AssistantText(String),
+    /// An attachment of a user message ([`attachment_lines`]); no words, no turn.
+    Attachment(String),
     ToolCall {
         id: String,
         name: String,
@@ -121,6 +129,14 @@ impl Conversation {
                 })
                 .collect::<Vec<_>>()
                 .join("\n\n"),
+            attachments: entries
+                .iter()
+                .filter_map(|entry| match entry {
+                    Entry::Attachment(line) => Some(line.clone()),
+                    _ => None,
+                })
+                .collect(),
+            tool_names: Vec::new(),
         }
     }
 }
@@ -129,7 +145,7 @@ impl Conversation {
 fn ending_of(entries: &[Entry]) -> Ending {
     let meaningful: Vec<&Entry> = entries
         .iter()
-        .filter(|entry| !matches!(entry, Entry::Context(_)))
+        .filter(|entry| !matches!(entry, Entry::Context(_) | Entry::Attachment(_)))
         .collect();
     match meaningful.last() {
         Some(Entry::User(_)) => Ending::UserMessage,
@@ -178,7 +194,7 @@ fn tool_rounds(entries: &[Entry]) -> usize {
                     in_round = true;
                 }
             }
-            Entry::AssistantText(_) => {}
+            Entry::AssistantText(_) | Entry::Attachment(_) => {}
             Entry::User(_) | Entry::Context(_) | Entry::ToolResult { .. } => in_round = false,
         }
     }
@@ -189,8 +205,94 @@ fn entry_words(entry: &Entry) -> usize {
     match entry {
         Entry::User(text) | Entry::Context(text) | Entry::AssistantText(text) => count_words(text),
         Entry::ToolResult { content, .. } => count_words(content),
-        Entry::ToolCall { .. } => 0,
+        Entry::ToolCall { .. } | Entry::Attachment(_) => 0,
     }
+}
+
+/// The attachments among a message's content parts, in any protocol's shape, as
+/// `<media type> <bytes> <how>` lines: Chat `image_url` and `file` parts, Responses
+/// `input_image` and `input_file`, Anthropic `image` and `document` blocks.
+pub fn attachment_lines(content: &Value) -> Vec<String> {
+    let Value::Array(parts) = content else {
+        return Vec::new();
+    };
+    parts.iter().filter_map(attachment_line).collect()
+}
+
+fn attachment_line(part: &Value) -> Option<String> {
+    let text = |value: &Value, key: &str| value.get(key).and_then(Value::as_str).map(str::to_owned);
+    match part.get("type").and_then(Value::as_str)? {
+        "image_url" => {
+            let url = part.get("image_url").and_then(|image| text(image, "url"))?;
+            Some(url_line(&url, "image/*"))
+        }
+        "file" => {
+            let file = part.get("file")?;
+            let data = text(file, "file_data")?;
+            Some(url_line(&data, "application/octet-stream"))
+        }
+        "input_image" => Some(url_line(&text(part, "image_url")?, "image/*")),
+        "input_file" => Some(url_line(
+            &text(part, "file_data")?,
+            "application/octet-stream",
+        )),
+        "image" | "document" => {
+            let source = part.get("source")?;
+            let media_type = text(source, "media_type").unwrap_or_else(|| "-".to_owned());
+            match text(source, "type").as_deref() {
+                Some("base64") => {
+                    let size = decoded_len(&text(source, "data").unwrap_or_default());
+                    Some(format!("{media_type} {size} inline"))
+                }
+                Some("text") => {
+                    let size = text(source, "data").unwrap_or_default().len();
+                    Some(format!("{media_type} {size} text"))
+                }
+                _ => Some(format!("{media_type} - url")),
+            }
+        }
+        _ => None,
+    }
+}
+
+/// A data URL (`data:<type>;base64,<data>`) is `inline` with its decoded size; anything else
+/// is a `url`.
+fn url_line(url: &str, unknown_type: &str) -> String {
+    match url
+        .strip_prefix("data:")
+        .and_then(|rest| rest.split_once(";base64,"))
+    {
+        Some((media_type, data)) => format!("{media_type} {} inline", decoded_len(data)),
+        None => format!("{unknown_type} - url"),
+    }
+}
+
+/// Bytes the base64 text decodes to (`-` when it is not valid base64).
+fn decoded_len(data: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
+        .decode(data.trim())
+        .map(|bytes| bytes.len().to_string())
+        .unwrap_or_else(|_| "-".to_owned())
+}
+
+/// The names of the offered tools, sorted: Chat's `function.name`, or `name` (Responses,
+/// Anthropic).
+pub fn tool_names(tools: Option<&Value>) -> Vec<String> {
+    let mut names: Vec<String> = tools
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|tool| {
+            tool.get("function")
+                .and_then(|function| function.get("name"))
+                .or_else(|| tool.get("name"))
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        })
+        .collect();
+    names.sort();
+    names
 }
 
 /// The text of a message `content` in any of the protocols' shapes: a string, or an array of
@@ -297,6 +399,41 @@ mod tests {
             }])
         );
         assert_eq!(orphan.last_user_text, "");
+    }
+
+    #[test]
+    fn attachments_are_read_in_every_protocol_s_shape() {
+        let png = "aGVsbG8="; // "hello": 5 bytes
+        let parts = serde_json::json!([
+            {"type": "text", "text": "look"},
+            {"type": "image_url", "image_url": {"url": format!("data:image/png;base64,{png}")}},
+            {"type": "file", "file": {"filename": "a.pdf", "file_data": format!("data:application/pdf;base64,{png}")}},
+            {"type": "input_image", "image_url": "https://example.com/x.png"},
+            {"type": "input_file", "file_data": format!("data:text/plain;base64,{png}")},
+            {"type": "image", "source": {"type": "base64", "media_type": "image/webp", "data": png}},
+            {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "abc"}},
+            {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": "!!"}}
+        ]);
+        assert_eq!(
+            attachment_lines(&parts),
+            [
+                "image/png 5 inline",
+                "application/pdf 5 inline",
+                "image/* - url",
+                "text/plain 5 inline",
+                "image/webp 5 inline",
+                "text/plain 3 text",
+                "application/pdf - inline",
+            ]
+        );
+        assert!(attachment_lines(&serde_json::json!("text only")).is_empty());
+        let tools = serde_json::json!([
+            {"type": "function", "function": {"name": "zeta"}},
+            {"type": "function", "name": "alpha"},
+            {"name": "mid", "input_schema": {}}
+        ]);
+        assert_eq!(tool_names(Some(&tools)), ["alpha", "mid", "zeta"]);
+        assert!(tool_names(None).is_empty());
     }
 
     #[test]

@@ -6,7 +6,9 @@
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::conversation::{content_text, offers_tools, Conversation, Entry};
+use crate::conversation::{
+    attachment_lines, content_text, offers_tools, tool_names, Conversation, Entry,
+};
 
 /// A parsed Responses request.
 #[derive(Debug)]
@@ -22,6 +24,8 @@ pub struct ResponsesCall {
     /// The new input items; a string `input` becomes one user message item.
     pub input_items: Vec<Value>,
     pub offers_tools: bool,
+    /// The offered tools' names, sorted (`"echo": "tools"`).
+    pub tool_names: Vec<String>,
     pub max_output_tokens: Option<u64>,
 }
 
@@ -73,6 +77,7 @@ pub fn parse(body: &[u8]) -> Result<ResponsesCall, String> {
             .filter(|text| !text.is_empty()),
         input_items,
         offers_tools: offers_tools(request.tools.as_ref()),
+        tool_names: tool_names(request.tools.as_ref()),
         max_output_tokens: request.max_output_tokens,
     })
 }
@@ -92,12 +97,14 @@ impl ResponsesCall {
         for item in history.into_iter().chain(&self.input_items) {
             push_item(item, &mut entries);
         }
-        Conversation::from_entries(
+        let mut conversation = Conversation::from_entries(
             &self.model,
             &entries,
             self.offers_tools,
             self.max_output_tokens,
-        )
+        );
+        conversation.tool_names = self.tool_names.clone();
+        conversation
     }
 }
 
@@ -112,11 +119,17 @@ fn push_item(item: &Value, entries: &mut Vec<Entry>) {
     match item_type {
         "message" => {
             let text = item.get("content").map(content_text).unwrap_or_default();
-            entries.push(match field("role") {
+            let role = field("role");
+            entries.push(match role {
                 "user" => Entry::User(text),
                 "assistant" => Entry::AssistantText(text),
                 _ => Entry::Context(text),
             });
+            if role == "user" {
+                if let Some(content) = item.get("content") {
+                    entries.extend(attachment_lines(content).into_iter().map(Entry::Attachment));
+                }
+            }
         }
         "function_call" => entries.push(Entry::ToolCall {
             id: field("call_id").to_owned(),

@@ -66,6 +66,13 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../../../migrations/0006_governance.sql"),
         compatible_from: 5,
     },
+    // Adds tables and a column with a default: builds at version 6 ignore them.
+    Migration {
+        version: 7,
+        name: "0007_files",
+        sql: include_str!("../../../migrations/0007_files.sql"),
+        compatible_from: 6,
+    },
 ];
 
 /// This binary's version, recorded with the migrations it applies and named in errors.

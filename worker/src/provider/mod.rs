@@ -212,3 +212,40 @@ where
 {
     Ok(<Option<T> as serde::Deserialize>::deserialize(deserializer)?.unwrap_or_default())
 }
+
+/// A text attachment (`text/*`) as the text part a provider without text documents gets:
+/// `<name> (<type>):` and the decoded text. `None` for other parts (and undecodable text).
+pub fn attachment_as_text(part: &ContentPart) -> Option<String> {
+    use base64::Engine;
+    let ContentPart::File {
+        media_type,
+        data: Some(data),
+        name,
+        ..
+    } = part
+    else {
+        return None;
+    };
+    if !media_type.starts_with("text/") {
+        return None;
+    }
+    let bytes = chatd_shared::files::BASE64.decode(data.as_bytes()).ok()?;
+    let text = String::from_utf8(bytes).ok()?;
+    let name = name
+        .as_deref()
+        .filter(|name| !name.is_empty())
+        .unwrap_or("attachment");
+    Some(format!("{name} ({media_type}):\n{text}"))
+}
+
+/// `data:<type>;base64,<data>` of a file part with its bytes.
+pub fn data_url(part: &ContentPart) -> Option<String> {
+    match part {
+        ContentPart::File {
+            media_type,
+            data: Some(data),
+            ..
+        } => Some(format!("data:{media_type};base64,{data}")),
+        _ => None,
+    }
+}

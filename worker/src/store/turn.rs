@@ -77,7 +77,7 @@ pub async fn resolve_model(
                 "SELECT mc.id, mc.model, mc.max_output_tokens, p.kind, p.base_url, \
              p.api_key_encrypted, mc.input_price_micros, mc.output_price_micros, \
              mc.cache_read_price_micros, mc.cache_write_price_micros, mc.context_limit, \
-             mc.compression_threshold \
+             mc.compression_threshold, mc.supports_images \
              FROM model_configs mc JOIN providers p ON p.id = mc.provider_id \
              WHERE ",
                 chatd_shared::usable_model_config!(),
@@ -122,7 +122,65 @@ pub async fn resolve_model(
         cache_write_price_micros: row.get(9),
         context_limit: i64::from(row.get::<_, i32>(10)),
         compression_threshold: i64::from(row.get::<_, i32>(11)),
+        supports_images: row.get(12),
     })
+}
+
+/// Fills the bytes (base64 `data`) of the prompt's uploaded files (`file` parts with a
+/// `file_id`), in one statement. The API checked at send time that each is the chat owner's; a
+/// file gone since (its owner deleted) stays without data, and the turn says so.
+pub async fn load_attachments(
+    client: &deadpool_postgres::ClientWrapper,
+    prompt: &mut [PromptMessage],
+) -> Result<(), tokio_postgres::Error> {
+    use base64::Engine;
+    let ids: Vec<Uuid> = prompt
+        .iter()
+        .flat_map(|message| &message.content)
+        .filter_map(|part| match part {
+            ContentPart::File {
+                file_id: Some(id),
+                data: None,
+                ..
+            } => Uuid::parse_str(id).ok(),
+            _ => None,
+        })
+        .collect();
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let rows = client
+        .rows("SELECT id, data FROM files WHERE id = ANY($1)", &[&ids])
+        .await?;
+    let mut found: std::collections::HashMap<Uuid, String> = rows
+        .iter()
+        .map(|row| {
+            let bytes: Vec<u8> = row.get(1);
+            (
+                row.get::<_, Uuid>(0),
+                base64::engine::general_purpose::STANDARD.encode(bytes),
+            )
+        })
+        .collect();
+    for part in prompt
+        .iter_mut()
+        .flat_map(|message| message.content.iter_mut())
+    {
+        if let ContentPart::File {
+            file_id: Some(id),
+            data,
+            ..
+        } = part
+        {
+            if data.is_none() {
+                if let Some(bytes) = Uuid::parse_str(id).ok().and_then(|id| found.get(&id)) {
+                    *data = Some(bytes.clone());
+                }
+            }
+        }
+    }
+    found.clear();
+    Ok(())
 }
 
 /// Sets the title of a chat that has none yet (a user may have titled it meanwhile: then

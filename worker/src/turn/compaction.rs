@@ -37,6 +37,34 @@ pub fn should_compact(model: &ModelChoice, usage: &Usage) -> bool {
                 .saturating_mul(model.compression_threshold)
 }
 
+/// The file parts of `prompt`'s non-system messages; without `with_bytes`, uploaded ones are
+/// stripped of their bytes (inline ones keep them: they have no file to reload).
+fn carried_attachments(prompt: &[PromptMessage], with_bytes: bool) -> Vec<ContentPart> {
+    prompt
+        .iter()
+        .filter(|message| message.role != Role::System)
+        .flat_map(|message| &message.content)
+        .filter_map(|part| match part {
+            ContentPart::File {
+                media_type,
+                file_id,
+                data,
+                name,
+            } => Some(ContentPart::File {
+                media_type: media_type.clone(),
+                file_id: file_id.clone(),
+                data: if file_id.is_some() && !with_bytes {
+                    None
+                } else {
+                    data.clone()
+                },
+                name: name.clone(),
+            }),
+            _ => None,
+        })
+        .collect()
+}
+
 /// A summary ready to store: the row and the prompt that replaces the current one.
 pub struct Compaction {
     pub row: NewRow,
@@ -75,10 +103,17 @@ pub async fn summarise(
         return None;
     }
     metrics::counter!("chatd_compactions_total", "outcome" => "done").increment(1);
-    let content = vec![ContentPart::text(format!(
+    let mut content = vec![ContentPart::text(format!(
         "{SUMMARY_HEADING}\n\n{}",
         summary.trim().replace('\0', "\u{FFFD}")
     ))];
+    // Attachments survive by reference: the summary carries the summarised messages' file
+    // parts — in this turn's prompt with their bytes, in the stored row without (the next
+    // turn loads them again).
+    let stored_attachments = carried_attachments(prompt, false);
+    let mut stored = content.clone();
+    stored.extend(stored_attachments);
+    content.extend(carried_attachments(prompt, true));
     let mut next_prompt: Vec<PromptMessage> = prompt
         .iter()
         .filter(|message| message.role == Role::System)
@@ -90,7 +125,7 @@ pub async fn summarise(
     });
     let row = NewRow {
         role: Role::User,
-        content: serde_json::to_value(&content).unwrap_or_default(),
+        content: serde_json::to_value(&stored).unwrap_or_default(),
         model_config_id: Some(model.model_config_id),
         // The summary request is billed like a step; its spend is recorded on its row.
         usage: Some(RowUsage {

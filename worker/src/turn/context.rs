@@ -24,6 +24,8 @@ pub struct ModelChoice {
     pub context_limit: i64,
     /// Compact when a step's input tokens reach this percentage of `context_limit` (0 = never).
     pub compression_threshold: i64,
+    /// Whether the model accepts images (`model_configs.supports_images`).
+    pub supports_images: bool,
 }
 
 /// Why a turn cannot start.

@@ -4,6 +4,7 @@
 //! **Invariant:** no transaction is held open across a provider call or any network wait; a
 //! database connection is taken from the pool only around each statement/transaction.
 
+pub mod attachments;
 pub mod compaction;
 pub mod context;
 pub mod control;
@@ -119,6 +120,13 @@ async fn start(
             return None;
         }
     };
+    if let Err(error) = attachments::check(&model, &loaded.prompt) {
+        tracing::info!(error = %error.message, "the turn's attachments cannot be sent");
+        TurnLease::new(deps, claim, control)
+            .commit(&[], TurnEnd::Failed(error), None)
+            .await;
+        return None;
+    }
     let turn = TurnContext {
         lease: TurnLease::new(deps, claim, control),
         http: deps.http.clone(),
@@ -478,7 +486,8 @@ async fn prepare(
         .get()
         .await
         .map_err(|error| ContextError::Config(format!("database connection: {error}")))?;
-    let loaded = crate::store::turn::load_prompt(&client, claim.chat_id).await?;
+    let mut loaded = crate::store::turn::load_prompt(&client, claim.chat_id).await?;
+    crate::store::turn::load_attachments(&client, &mut loaded.prompt).await?;
     let model = deps
         .models
         .resolve(
@@ -499,7 +508,6 @@ fn step_timeout_error(step_timeout: Duration) -> ProviderError {
     )
 }
 
-/// Publishes the `error` event, then commits the `error` state with `last_error`.
 /// The `spend_limit_exceeded` error when the chat's owner is at or over their limit for the
 /// current period (`None` while limits are off, under the limit, or when the check cannot be
 /// read: a database hiccup does not fail turns; the next step checks again).
@@ -539,6 +547,7 @@ async fn spend_limit_reached(deps: &TurnDeps, turn: &TurnContext) -> Option<Chat
     ))
 }
 
+/// Publishes the `error` event, then commits the `error` state with `last_error`.
 async fn fail(turn: &TurnContext, stream: &mut TurnStream, error: &ProviderError) {
     let error = ChatError {
         provider: Some(turn.model.endpoint.kind.as_str().to_owned()),

@@ -202,6 +202,7 @@ mod tests {
             cache_write_price_micros: None,
             context_limit: 1000,
             compression_threshold: 70,
+            supports_images: true,
         }
     }
 

@@ -150,6 +150,7 @@ pub async fn create(
         )?,
         is_default: request.is_default.unwrap_or(false),
         enabled: request.enabled.unwrap_or(true),
+        supports_images: request.supports_images.unwrap_or(true),
     };
     check_default_enabled(&fields, "is_default")?;
     let mut client = state.pool.get().await?;
@@ -226,6 +227,7 @@ pub async fn patch(
             cache_write_price.unwrap_or(fields.cache_write_price_micros);
         fields.is_default = request.is_default.unwrap_or(fields.is_default);
         fields.enabled = request.enabled.unwrap_or(fields.enabled);
+        fields.supports_images = request.supports_images.unwrap_or(fields.supports_images);
         let blamed = if request.enabled == Some(false) {
             "enabled"
         } else {

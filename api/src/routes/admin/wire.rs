@@ -104,6 +104,8 @@ pub struct ModelConfig {
     pub cache_write_price_micros: Option<i64>,
     pub is_default: bool,
     pub enabled: bool,
+    /// Whether the model accepts images (else a message with one is refused, 400).
+    pub supports_images: bool,
     pub deleted: bool,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
@@ -127,6 +129,7 @@ impl From<&ModelConfigRow> for ModelConfig {
             cache_write_price_micros: row.cache_write_price_micros,
             is_default: row.is_default,
             enabled: row.enabled,
+            supports_images: row.supports_images,
             deleted: row.deleted,
             created_at: row.created_at,
             updated_at: row.updated_at,
@@ -234,6 +237,8 @@ pub struct CreateModelConfigRequest {
     pub cache_write_price_micros: Option<JsonInt<i64>>,
     pub is_default: Option<bool>,
     pub enabled: Option<bool>,
+    /// Default true; false refuses messages with images (400).
+    pub supports_images: Option<bool>,
 }
 
 /// Absent fields are unchanged; for the nullable ones (`max_output_tokens`, prices) `null`
@@ -272,6 +277,8 @@ pub struct PatchModelConfigRequest {
     pub cache_write_price_micros: Option<Option<JsonInt<i64>>>,
     pub is_default: Option<bool>,
     pub enabled: Option<bool>,
+    /// Default true; false refuses messages with images (400).
+    pub supports_images: Option<bool>,
 }
 
 /// A field that is present (possibly `null`) becomes `Some(_)`; an absent one stays `None`

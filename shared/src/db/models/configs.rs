@@ -33,12 +33,14 @@ pub struct ModelConfigRow {
     pub deleted: bool,
     pub created_at: OffsetDateTime,
     pub updated_at: OffsetDateTime,
+    /// Whether the model accepts images.
+    pub supports_images: bool,
 }
 
 const MODEL_COLUMNS: &str = "mc.id, mc.provider_id, mc.model, mc.display_name, \
     mc.context_limit, mc.compression_threshold, mc.max_output_tokens, mc.input_price_micros, \
     mc.output_price_micros, mc.cache_read_price_micros, mc.cache_write_price_micros, \
-    mc.is_default, mc.enabled, mc.deleted, mc.created_at, mc.updated_at";
+    mc.is_default, mc.enabled, mc.deleted, mc.created_at, mc.updated_at, mc.supports_images";
 
 /// Configs ordinary users may choose (what the worker can resolve).
 const USABLE: &str = crate::usable_model_config!();
@@ -62,6 +64,7 @@ impl ModelConfigRow {
             deleted: row.get(13),
             created_at: row.get(14),
             updated_at: row.get(15),
+            supports_images: row.get(16),
         }
     }
 }
@@ -81,6 +84,7 @@ pub struct ModelConfigFields {
     pub cache_write_price_micros: Option<i64>,
     pub is_default: bool,
     pub enabled: bool,
+    pub supports_images: bool,
 }
 
 /// Default `context_limit` (as in the schema).
@@ -140,6 +144,7 @@ impl ModelConfigFields {
             cache_write_price_micros: None,
             is_default: false,
             enabled: true,
+            supports_images: true,
         })
     }
 
@@ -179,6 +184,7 @@ impl From<&ModelConfigRow> for ModelConfigFields {
             cache_write_price_micros: row.cache_write_price_micros,
             is_default: row.is_default,
             enabled: row.enabled,
+            supports_images: row.supports_images,
         }
     }
 }
@@ -240,8 +246,9 @@ pub async fn create_model_config(
     let sql = format!(
         "INSERT INTO model_configs AS mc (provider_id, model, display_name, context_limit, \
          compression_threshold, max_output_tokens, input_price_micros, output_price_micros, \
-         cache_read_price_micros, cache_write_price_micros, is_default, enabled) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING {MODEL_COLUMNS}"
+         cache_read_price_micros, cache_write_price_micros, is_default, enabled, \
+         supports_images) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING {MODEL_COLUMNS}"
     );
     let row = transaction
         .row(&sql, &field_params(&fields))
@@ -289,8 +296,9 @@ pub async fn patch_model_config(
         "UPDATE model_configs mc SET provider_id = $1, model = $2, display_name = $3, \
          context_limit = $4, compression_threshold = $5, max_output_tokens = $6, \
          input_price_micros = $7, output_price_micros = $8, cache_read_price_micros = $9, \
-         cache_write_price_micros = $10, is_default = $11, enabled = $12, updated_at = now() \
-         WHERE mc.id = $13 RETURNING {MODEL_COLUMNS}"
+         cache_write_price_micros = $10, is_default = $11, enabled = $12, \
+         supports_images = $13, updated_at = now() \
+         WHERE mc.id = $14 RETURNING {MODEL_COLUMNS}"
     );
     let mut params = field_params(&fields);
     params.push(&id);
@@ -378,5 +386,6 @@ fn field_params(fields: &ModelConfigFields) -> Vec<&(dyn tokio_postgres::types::
         &fields.cache_write_price_micros,
         &fields.is_default,
         &fields.enabled,
+        &fields.supports_images,
     ]
 }

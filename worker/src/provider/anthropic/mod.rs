@@ -144,6 +144,9 @@ fn message_blocks(message: &PromptMessage) -> (Vec<ContentBlock>, Vec<ContentBlo
                 assistant.push(ContentBlock::text(text.clone()));
             }
             ContentPart::Text { text } => user.push(ContentBlock::text(text.clone())),
+            ContentPart::File { .. } if !is_assistant => {
+                user.extend(ContentBlock::attachment(part));
+            }
             ContentPart::ToolResult {
                 tool_call_id,
                 result,
@@ -189,7 +192,7 @@ fn message_blocks(message: &PromptMessage) -> (Vec<ContentBlock>, Vec<ContentBlo
                 tool_call_id.clone(),
                 content.clone(),
             )),
-            // Unsigned or blank reasoning, empty redacted data, files and sources.
+            // Unsigned or blank reasoning, empty redacted data, sources.
             _ => {}
         }
     }

@@ -152,9 +152,60 @@ pub struct ContentBlock {
     pub content: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub is_error: Option<bool>,
+    /// `image` and `document` blocks: `{"type": "base64", media_type, data}` or
+    /// `{"type": "text", "media_type": "text/plain", data}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<serde_json::Value>,
+    /// `document` blocks: a title shown to the model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
 }
 
 impl ContentBlock {
+    /// An attachment: images as `image` blocks, PDFs as base64 `document` blocks, text files
+    /// as plain-text `document` blocks. `None` for a part without bytes.
+    pub fn attachment(part: &chatd_shared::domain::ContentPart) -> Option<ContentBlock> {
+        use base64::Engine;
+        let chatd_shared::domain::ContentPart::File {
+            media_type,
+            data: Some(data),
+            name,
+            ..
+        } = part
+        else {
+            return None;
+        };
+        let title = name.clone().filter(|name| !name.is_empty());
+        if chatd_shared::files::is_image(media_type) {
+            return Some(ContentBlock {
+                block_type: "image".to_owned(),
+                source: Some(serde_json::json!({
+                    "type": "base64", "media_type": media_type, "data": data})),
+                ..ContentBlock::default()
+            });
+        }
+        let source = if media_type.starts_with("text/") {
+            let bytes = chatd_shared::files::BASE64.decode(data.as_bytes()).ok()?;
+            let text = String::from_utf8(bytes).ok()?;
+            if text.is_empty() {
+                // Anthropic refuses empty documents: say what it was instead.
+                let name = title.as_deref().unwrap_or("attachment");
+                return Some(ContentBlock::text(format!(
+                    "{name} ({media_type}): (empty)"
+                )));
+            }
+            serde_json::json!({"type": "text", "media_type": "text/plain", "data": text})
+        } else {
+            serde_json::json!({"type": "base64", "media_type": media_type, "data": data})
+        };
+        Some(ContentBlock {
+            block_type: "document".to_owned(),
+            source: Some(source),
+            title,
+            ..ContentBlock::default()
+        })
+    }
+
     pub fn text(text: impl Into<String>) -> ContentBlock {
         ContentBlock {
             block_type: block_type::TEXT.to_owned(),

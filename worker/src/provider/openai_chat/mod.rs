@@ -18,8 +18,8 @@ use crate::provider::http::{endpoint_url, json_as_text, send_streaming};
 use crate::provider::{EventStream, ModelRequest, PromptMessage, ProviderEndpoint, ProviderError};
 pub use parser::ChatStreamParser;
 use wire::{
-    ChatMessage, ChatRequest, FunctionCall, FunctionSpec, MessageContent, RequestTool,
-    RequestToolCall, StreamOptions,
+    ChatMessage, ChatRequest, FileData, FunctionCall, FunctionSpec, ImageUrl, MessageContent,
+    RequestContentPart, RequestTool, RequestToolCall, StreamOptions,
 };
 
 /// Sends one streaming request; see [`crate::provider::stream`] for the contract.
@@ -40,8 +40,9 @@ pub async fn stream(
 
 /// Maps the domain prompt onto Chat Completions messages.
 ///
-/// Text parts of a message are joined with `\n`. Reasoning parts are not sent (Chat Completions
-/// has no field for them), nor are blank text parts, file and source parts. Every tool-result
+/// Text parts of a message are joined with `\n`; a user message with attachments is sent as
+/// typed parts instead (`user_parts`). Reasoning parts are not sent (Chat Completions has no
+/// field for them), nor are blank text parts and source parts. Every tool-result
 /// part becomes its own `tool` message whatever the role of the message holding it.
 pub fn build_request(request: &ModelRequest) -> ChatRequest {
     let mut messages = Vec::with_capacity(request.messages.len());
@@ -83,7 +84,15 @@ fn push_messages(message: &PromptMessage, out: &mut Vec<ChatMessage>) {
             _ => None,
         })
         .collect();
-    let content = (!texts.is_empty()).then(|| MessageContent::Text(texts.join("\n")));
+    let has_files = message
+        .content
+        .iter()
+        .any(|part| matches!(part, ContentPart::File { .. }));
+    let content = if has_files && message.role == Role::User {
+        Some(MessageContent::Parts(user_parts(message)))
+    } else {
+        (!texts.is_empty()).then(|| MessageContent::Text(texts.join("\n")))
+    };
     let tool_calls: Vec<RequestToolCall> = message
         .content
         .iter()
@@ -141,6 +150,50 @@ fn push_messages(message: &PromptMessage, out: &mut Vec<ChatMessage>) {
             });
         }
     }
+}
+
+/// A user message with attachments as typed parts, in order: text, images as `image_url` data
+/// URLs, PDFs as `file` parts, text files as text parts (Chat Completions has no text
+/// documents).
+fn user_parts(message: &PromptMessage) -> Vec<RequestContentPart> {
+    let text = |text: String| RequestContentPart {
+        part_type: "text".to_owned(),
+        text: Some(text),
+        ..RequestContentPart::default()
+    };
+    message
+        .content
+        .iter()
+        .filter(|part| !part.is_blank())
+        .filter_map(|part| match part {
+            ContentPart::Text { text: value } => Some(text(value.clone())),
+            ContentPart::File {
+                media_type, name, ..
+            } => {
+                if let Some(value) = crate::provider::attachment_as_text(part) {
+                    return Some(text(value));
+                }
+                let url = crate::provider::data_url(part)?;
+                Some(if chatd_shared::files::is_image(media_type) {
+                    RequestContentPart {
+                        part_type: "image_url".to_owned(),
+                        image_url: Some(ImageUrl { url }),
+                        ..RequestContentPart::default()
+                    }
+                } else {
+                    RequestContentPart {
+                        part_type: "file".to_owned(),
+                        file: Some(FileData {
+                            filename: Some(name.clone().unwrap_or_else(|| "attachment.pdf".into())),
+                            file_data: url,
+                        }),
+                        ..RequestContentPart::default()
+                    }
+                })
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 /// Test helper: the events of a body given as chunks.

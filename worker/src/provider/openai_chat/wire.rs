@@ -100,6 +100,25 @@ pub struct RequestContentPart {
     /// Present on `text` parts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,
+    /// Present on `image_url` parts: a `data:` URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_url: Option<ImageUrl>,
+    /// Present on `file` parts (PDFs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<FileData>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ImageUrl {
+    pub url: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct FileData {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filename: Option<String>,
+    /// A `data:` URL.
+    pub file_data: String,
 }
 
 /// A complete tool call, as sent back in a follow-up request or in a non-streaming answer.

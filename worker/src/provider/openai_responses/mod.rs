@@ -28,7 +28,7 @@ use crate::provider::{
     EventStream, ModelRequest, PromptMessage, ProviderEndpoint, ProviderError, ResponseChain,
 };
 pub use parser::ResponsesStreamParser;
-use wire::{InputItem, MessageContent, RequestTool, ResponsesRequest};
+use wire::{InputContentPart, InputItem, MessageContent, RequestTool, ResponsesRequest};
 
 /// Sends one streaming request (twice at most, see the module docs); see
 /// [`crate::provider::stream`] for the contract.
@@ -129,6 +129,17 @@ fn joined_text(message: &PromptMessage) -> Option<String> {
 fn push_items(message: &PromptMessage, out: &mut Vec<InputItem>) {
     match message.role {
         Role::System | Role::Tool => {}
+        Role::User
+            if message
+                .content
+                .iter()
+                .any(|part| matches!(part, ContentPart::File { .. })) =>
+        {
+            out.push(InputItem::Message {
+                role: "user".to_owned(),
+                content: MessageContent::Parts(user_parts(message)),
+            });
+        }
         Role::User | Role::Assistant => {
             if let Some(text) = joined_text(message) {
                 out.push(InputItem::Message {
@@ -160,6 +171,47 @@ fn push_items(message: &PromptMessage, out: &mut Vec<InputItem>) {
             _ => {}
         }
     }
+}
+
+/// A user message with attachments as typed parts, in order: `input_text`, images as
+/// `input_image`, PDFs as `input_file` (data URLs), text files as `input_text`.
+fn user_parts(message: &PromptMessage) -> Vec<InputContentPart> {
+    let text = |text: String| InputContentPart {
+        part_type: "input_text".to_owned(),
+        text: Some(text),
+        ..InputContentPart::default()
+    };
+    message
+        .content
+        .iter()
+        .filter(|part| !part.is_blank())
+        .filter_map(|part| match part {
+            ContentPart::Text { text: value } => Some(text(value.clone())),
+            ContentPart::File {
+                media_type, name, ..
+            } => {
+                if let Some(value) = crate::provider::attachment_as_text(part) {
+                    return Some(text(value));
+                }
+                let url = crate::provider::data_url(part)?;
+                Some(if chatd_shared::files::is_image(media_type) {
+                    InputContentPart {
+                        part_type: "input_image".to_owned(),
+                        image_url: Some(url),
+                        ..InputContentPart::default()
+                    }
+                } else {
+                    InputContentPart {
+                        part_type: "input_file".to_owned(),
+                        filename: Some(name.clone().unwrap_or_else(|| "attachment.pdf".into())),
+                        file_data: Some(url),
+                        ..InputContentPart::default()
+                    }
+                })
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 /// A rejected request, and whether the rejection was "unknown previous response".

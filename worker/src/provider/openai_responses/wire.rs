@@ -98,6 +98,14 @@ pub struct InputContentPart {
     pub part_type: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,
+    /// `input_image`: a `data:` URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_url: Option<String>,
+    /// `input_file`: its name and a `data:` URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filename: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_data: Option<String>,
 }
 
 /// `{"type": "function", name, description, parameters}`: flat, unlike Chat Completions.
