@@ -1,6 +1,6 @@
--- Issue 11: attachments. Files live in PostgreSQL (bytea) by default, owned by a user and
--- linked to the chats whose messages use them (deleting a chat unlinks). A model config says
--- whether its model accepts images.
+-- Issue 11: attachments, and an index for sub-chats. Files live in PostgreSQL (bytea) by
+-- default, owned by a user and linked to the chats whose messages use them (deleting a chat
+-- unlinks). A model config says whether its model accepts images.
 CREATE TABLE files (
     id          uuid PRIMARY KEY DEFAULT gen_random_uuid(),
     owner_id    uuid NOT NULL REFERENCES users (id) ON DELETE CASCADE,
@@ -21,3 +21,7 @@ CREATE TABLE chat_files (
 CREATE INDEX chat_files_file ON chat_files (file_id);
 
 ALTER TABLE model_configs ADD COLUMN supports_images boolean NOT NULL DEFAULT true;
+
+-- Sub-chats by parent (`GET /chats/{id}` lists them; archive and delete walk the tree). Root
+-- chats, most of the table, are not in it.
+CREATE INDEX chats_parent ON chats (parent_chat_id) WHERE parent_chat_id IS NOT NULL;

@@ -290,6 +290,15 @@ async fn archiving_cascades_through_the_tree_and_waits_for_idle_chats() {
         (chat_status(&api_a, &grandchild).await == "requires_action").then_some(())
     })
     .await;
+    // Each chat lists its direct sub-chats.
+    for (chat, children) in [
+        (&root, json!([child])),
+        (&child, json!([grandchild])),
+        (&grandchild, json!([])),
+    ] {
+        let (_, body) = api_b.get(&format!("/chats/{chat}")).await.unwrap();
+        assert_eq!(body["children"], children, "{body}");
+    }
     let mut watch = api_b.watch().await.unwrap();
 
     // Busy anywhere in the tree: 409 naming the busy chat.

@@ -337,6 +337,15 @@ pub struct ChatResponse {
     pub chat: Chat,
 }
 
+/// `GET /chats/{id}`: the chat and its direct sub-chats.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ChatDetail {
+    pub chat: Chat,
+    /// The chats whose `parent_chat_id` is this one (sub-agents), oldest first; deleted ones
+    /// are left out.
+    pub children: Vec<Uuid>,
+}
+
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct MessageResponse {
     pub message: Message,

@@ -9,8 +9,8 @@ use crate::auth::CurrentUser;
 use crate::body::{OptionalJson, StrictJson};
 use crate::cursor::{decode_chat_cursor, encode_chat_cursor, parse_limit, parse_uuid, query_pairs};
 use crate::dto::{
-    Chat, ChatList, ChatResponse, CreateChatRequest, CreateChatResponse, MarkReadRequest, Message,
-    PatchChatRequest,
+    Chat, ChatDetail, ChatList, ChatResponse, CreateChatRequest, CreateChatResponse,
+    MarkReadRequest, Message, PatchChatRequest,
 };
 use crate::error::{ApiError, ApiResult};
 use crate::routes::json_response;
@@ -217,7 +217,7 @@ pub async fn list(
 
 #[utoipa::path(get, path = "/chats/{chat_id}", operation_id = "getChat", tag = "chats",
     params(("chat_id" = Uuid, Path, description = "A chat of the caller")),
-    responses((status = 200, description = "The chat", body = ChatResponse)))]
+    responses((status = 200, description = "The chat and its direct sub-chats", body = ChatDetail)))]
 pub async fn get(
     State(state): State<AppState>,
     user: CurrentUser,
@@ -226,10 +226,12 @@ pub async fn get(
     let chat_id = parse_uuid(&chat_id, "chat_id")?;
     let client = state.pool.get().await?;
     let chat = store::get_chat(&client, chat_id, user.id).await?;
+    let children = store::children(&client, chat_id).await?;
     Ok(json_response(
         StatusCode::OK,
-        ChatResponse {
+        ChatDetail {
             chat: Chat::from(&chat),
+            children,
         },
     ))
 }

@@ -498,3 +498,15 @@ pub async fn get_chat(
         .await?
         .ok_or(ApiError::NotFound("chat"))
 }
+
+/// The chat's direct sub-chats, oldest first (not deleted).
+pub async fn children(client: &deadpool_postgres::Client, chat_id: Uuid) -> ApiResult<Vec<Uuid>> {
+    let rows = client
+        .rows(
+            "SELECT id FROM chats WHERE parent_chat_id = $1 AND NOT deleted \
+             ORDER BY created_at, id",
+            &[&chat_id],
+        )
+        .await?;
+    Ok(rows.iter().map(|row| row.get(0)).collect())
+}
