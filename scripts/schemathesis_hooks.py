@@ -9,9 +9,38 @@ coverage and stateful included), so a 400 for any other reason is still a failur
 - a new token's `expires_at` in the future.
 """
 
+import importlib
+import inspect
 from datetime import datetime, timedelta, timezone
 
 import schemathesis
+
+
+def _warm_lambda_sources():
+    """Works around a fault of the fuzzer's own stack, not of chatd: Hypothesis parses a
+    module's source the first time it describes one of its lambdas, and CPython 3.11's AST
+    conversion fails ("AST constructor recursion depth mismatch") when that happens deep in
+    schemathesis' recursive coverage walk — which depends on thread timing. Parsing those
+    modules once here, at a shallow stack, fills Hypothesis' cache so it never parses them
+    there."""
+    try:
+        from hypothesis.internal import lambda_sources
+    except ImportError:
+        return
+    for name in (
+        "schemathesis.specs.openapi.coverage._schema",
+        "schemathesis.specs.openapi.coverage._operation",
+    ):
+        try:
+            path = inspect.getsourcefile(importlib.import_module(name))
+            # A lambda "of" that file: describing it parses (and caches) the whole file.
+            probe = eval(compile("lambda value: value", path, "eval"))  # noqa: S307
+            lambda_sources.lambda_description(probe)
+        except Exception:  # noqa: BLE001 — a missing module or a changed internal: no warm-up
+            continue
+
+
+_warm_lambda_sources()
 
 
 def _without_nul(value):
