@@ -1,6 +1,7 @@
 // Each test binary uses only part of the harness.
 #![allow(dead_code)]
 
+pub mod chats;
 pub mod cluster;
 pub mod models;
 pub mod pg;

@@ -90,13 +90,13 @@ pub async fn create(
     let mut attachments = files::Attachments::default();
     if let Some(message) = &mut message {
         crate::routes::limits::ensure_within_limit(&state, &client, user.id).await?;
-        attachments = files::check_parts(&*client, user.id, message, "message").await?;
-        files::check_images_accepted(
+        attachments = files::check_message(
             &*client,
-            &attachments,
+            user.id,
+            message,
+            "message",
             request.model_config_id,
             None,
-            "message",
         )
         .await?;
     }

@@ -95,13 +95,13 @@ pub async fn send(
     let mut content = content::user_content(request.content, "content")?;
     let mut client = state.pool.get().await?;
     crate::routes::limits::ensure_within_limit(&state, &client, user.id).await?;
-    let attachments = files::check_parts(&*client, user.id, &mut content, "content").await?;
-    files::check_images_accepted(
+    let attachments = files::check_message(
         &*client,
-        &attachments,
-        request.model_config_id,
-        Some((chat_id, user.id)),
+        user.id,
+        &mut content,
         "content",
+        request.model_config_id,
+        Some(chat_id),
     )
     .await?;
     let (transition, outcome) = send::send_message(
@@ -137,13 +137,13 @@ pub async fn edit(
     let mut content = content::user_content(request.content, "content")?;
     let mut client = state.pool.get().await?;
     crate::routes::limits::ensure_within_limit(&state, &client, user.id).await?;
-    let attachments = files::check_parts(&*client, user.id, &mut content, "content").await?;
-    files::check_images_accepted(
+    let attachments = files::check_message(
         &*client,
-        &attachments,
-        None,
-        Some((chat_id, user.id)),
+        user.id,
+        &mut content,
         "content",
+        None,
+        Some(chat_id),
     )
     .await?;
     let (transition, message) =

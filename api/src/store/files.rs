@@ -224,6 +224,22 @@ pub async fn check_images_accepted(
     }
 }
 
+/// [`check_parts`], then [`check_images_accepted`]: what every route that stores a user
+/// message runs on its content.
+pub async fn check_message(
+    client: &impl Sql,
+    owner_id: Uuid,
+    content: &mut Value,
+    field: &str,
+    model_config_id: Option<Uuid>,
+    chat_id: Option<Uuid>,
+) -> ApiResult<Attachments> {
+    let attachments = check_parts(client, owner_id, content, field).await?;
+    let chat = chat_id.map(|chat_id| (chat_id, owner_id));
+    check_images_accepted(client, &attachments, model_config_id, chat, field).await?;
+    Ok(attachments)
+}
+
 /// Links the files a message uses to its chat (idempotent).
 pub async fn link(client: &impl Sql, chat_id: Uuid, file_ids: &[Uuid]) -> ApiResult<()> {
     if file_ids.is_empty() {
