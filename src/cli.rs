@@ -220,7 +220,8 @@ pub struct WorkerArgs {
     /// Base64 32-byte key that encrypts provider API keys at rest.
     #[arg(long, env = "CHATD_ENCRYPTION_KEY", hide_env_values = true)]
     pub encryption_key: Option<String>,
-    /// Built-in tools offered to models, comma-separated (current_time, sleep).
+    /// Built-in tools offered to models, comma-separated (current_time, sleep, spawn_agent,
+    /// wait_agent).
     #[arg(long, env = "CHATD_TOOLS", value_delimiter = ',', default_value = "")]
     pub tools: Vec<String>,
     /// A tool call running longer than this gets an error result (ms).
@@ -232,6 +233,12 @@ pub struct WorkerArgs {
     /// Bound on generating a chat title; 0 disables automatic titles (ms).
     #[arg(long, env = "CHATD_TITLE_TIMEOUT_MS", default_value_t = wd::TITLE_TIMEOUT_MS)]
     pub title_timeout_ms: u64,
+    /// Sub-agents (spawn_agent) nest at most this deep; a root chat is depth 0.
+    #[arg(long, env = "CHATD_MAX_AGENT_DEPTH", default_value_t = wd::MAX_AGENT_DEPTH, value_parser = clap::value_parser!(i16).range(0..=16))]
+    pub max_agent_depth: i16,
+    /// Sub-agents one turn (one user message) may start.
+    #[arg(long, env = "CHATD_MAX_AGENTS_PER_TURN", default_value_t = wd::MAX_AGENTS_PER_TURN, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=100))]
+    pub max_agents_per_turn: usize,
     /// Serve /metrics and /healthz on this address (optional).
     #[arg(long, env = "CHATD_METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,
@@ -465,6 +472,8 @@ pub fn worker_config(args: WorkerArgs) -> anyhow::Result<chatd_worker::WorkerCon
     config.tool_timeout = ms(args.tool_timeout_ms);
     config.action_timeout = ms(args.action_timeout_ms);
     config.title_timeout = ms(args.title_timeout_ms);
+    config.max_agent_depth = args.max_agent_depth;
+    config.max_agents_per_turn = args.max_agents_per_turn;
     config.encryption_key = args
         .encryption_key
         .as_deref()

@@ -505,15 +505,7 @@ async fn cost_figures(cluster: &Cluster, kind: &str) {
 /// owner's watch stream.
 async fn automatic_title(cluster: &Cluster, model: &str) {
     let api = cluster.api(0);
-    let watch = cluster
-        .http
-        .get(format!("{}/api/v1/chats/watch", cluster.apis[1].url))
-        .bearer_auth(&cluster.token)
-        .send()
-        .await
-        .expect("open the watch stream");
-    assert_eq!(watch.status(), 200);
-    let mut watch = Box::pin(chatd_client::sse_events(watch.bytes_stream()));
+    let mut watch = cluster.watch(1).await;
     let (chat_id, message_id) = create_chat_on(&api, model, "name this chat", json!([])).await;
     let mut reader = Reader::open(
         &cluster.api(1),

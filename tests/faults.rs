@@ -187,7 +187,7 @@ async fn a_stale_lease_holder_cannot_write() {
         &cluster.db.url,
     )
     .unwrap();
-    let sql = pool.get().await.expect("a pooled connection");
+    let mut sql = pool.get().await.expect("a pooled connection");
     let row = sql
         .query_one(
             "SELECT worker_id, attempt FROM chats WHERE id = $1",
@@ -207,14 +207,22 @@ async fn a_stale_lease_holder_cannot_write() {
     };
     // An older epoch of the real owner, and a stranger with the right epoch: both fenced.
     for (who, epoch) in [(worker_id, attempt - 1), (Uuid::new_v4(), attempt)] {
+        // A sub-agent the stale step started is not created either.
+        let child = chatd_worker::tool::agents::NewChild {
+            id: Uuid::new_v4(),
+            title: "stale child".into(),
+            content: json!([{"type": "text", "text": "never"}]),
+            model_config_id: Uuid::new_v4(),
+        };
         let result = commit(
-            &sql,
+            &mut sql,
             Lease {
                 chat_id: chat_uuid,
                 worker_id: who,
                 attempt: epoch,
             },
             std::slice::from_ref(&row),
+            std::slice::from_ref(&child),
             &TurnEnd::Done,
             Uuid::new_v4(),
             None,
@@ -225,6 +233,15 @@ async fn a_stale_lease_holder_cannot_write() {
             matches!(result, CommitOutcome::LeaseLost),
             "a stale writer was let through"
         );
+        let children: i64 = sql
+            .query_one(
+                "SELECT count(*) FROM chats WHERE parent_chat_id = $1",
+                &[&chat_uuid],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(children, 0, "a fenced step created a sub-agent");
     }
     reader.until_turn_done(TURN).await;
     let texts: Vec<String> = assistant_texts(&cluster.api(0), &chat_id).await;

@@ -12,6 +12,7 @@ use uuid::Uuid;
 use chatd_mock_llm::reply_text;
 use chatd_shared::domain::Role;
 use chatd_worker::store::{acquire, commit, CommitOutcome, Lease, NewRow, TurnEnd};
+use chatd_worker::tool::agents::NewChild;
 use common::cluster::{
     assistant_texts, chat_status, create_chat, directive_message, messages, wait_until, Cluster,
 };
@@ -102,7 +103,7 @@ async fn a_retried_commit_writes_nothing_twice() {
         &cluster.db.url,
     )
     .expect("pool");
-    let client = pool.get().await.expect("connection");
+    let mut client = pool.get().await.expect("connection");
     let worker_id = Uuid::new_v4();
     let claims = acquire(&client, worker_id, 10, 50).await.expect("acquire");
     assert_eq!(claims.len(), 1);
@@ -120,30 +121,71 @@ async fn a_retried_commit_writes_nothing_twice() {
         provider_response_id: None,
         compressed: false,
     };
+    // The step starts a sub-agent: created with the step, and only once.
+    let model_config_id: Uuid = client
+        .query_one("SELECT id FROM model_configs WHERE is_default", &[])
+        .await
+        .expect("the default model config")
+        .get(0);
+    let child = NewChild {
+        id: Uuid::new_v4(),
+        title: "a child".into(),
+        content: json!([{"type": "text", "text": "a sub-task"}]),
+        model_config_id,
+    };
+    let children = std::slice::from_ref(&child);
     let key = Uuid::new_v4();
-    let first = commit(&client, lease, &[row()], &TurnEnd::Continue, key, None)
-        .await
-        .expect("commit");
-    assert!(matches!(first, CommitOutcome::Committed(_)));
-    let again = commit(&client, lease, &[row()], &TurnEnd::Continue, key, None)
-        .await
-        .expect("commit again");
+    let first = commit(
+        &mut client,
+        lease,
+        &[row()],
+        children,
+        &TurnEnd::Continue,
+        key,
+        None,
+    )
+    .await
+    .expect("commit");
+    assert!(matches!(&first, CommitOutcome::Committed(_, created) if created.len() == 1));
+    let again = commit(
+        &mut client,
+        lease,
+        &[row()],
+        children,
+        &TurnEnd::Continue,
+        key,
+        None,
+    )
+    .await
+    .expect("commit again");
     assert!(
         matches!(again, CommitOutcome::AlreadyCommitted(_)),
         "the retry is recognised"
     );
+    let sub_agents: Vec<Uuid> = client
+        .query(
+            "SELECT id FROM chats WHERE parent_chat_id = $1",
+            &[&chat_uuid],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(sub_agents, [child.id], "one sub-agent, with the step's id");
     // A new key is a new step.
     let next = commit(
-        &client,
+        &mut client,
         lease,
         &[row()],
+        &[],
         &TurnEnd::Done,
         Uuid::new_v4(),
         None,
     )
     .await
     .expect("commit the end");
-    assert!(matches!(next, CommitOutcome::Committed(_)));
+    assert!(matches!(next, CommitOutcome::Committed(..)));
     assert_eq!(
         assistant_texts(&cluster.api(0), &chat_id).await,
         ["a step", "a step"]

@@ -33,6 +33,12 @@ pub struct Directives {
     pub tool_calls: Option<Vec<ToolCallDirective>>,
     /// How many consecutive model steps call `tool_calls` before the mock answers in text.
     pub tool_steps: Option<usize>,
+    /// Different calls per step: step k (tool-calling steps since the last user message)
+    /// makes the calls of entry k; past the last entry the mock answers in text. Argument
+    /// strings `$result.<field>` or `$result[<i>].<field>` take the field of a result the
+    /// request ends with (the first that has it, or the i-th), so a step can use what an
+    /// earlier one returned (e.g. an id).
+    pub tool_script: Option<Vec<Vec<ToolCallDirective>>>,
     pub reasoning_tokens: Option<usize>,
     pub stream_error_after: Option<usize>,
     pub stream_error_type: Option<StreamErrorKind>,
@@ -211,6 +217,24 @@ impl Directives {
             }
             if self.tool_calls.as_ref().is_none_or(Vec::is_empty) {
                 return invalid("`tool_steps` needs `tool_calls`".to_owned());
+            }
+        }
+        if let Some(script) = &self.tool_script {
+            if self.tool_calls.is_some() || self.tool_steps.is_some() {
+                return invalid(
+                    "`tool_script` replaces `tool_calls` and `tool_steps`: give one or the other"
+                        .to_owned(),
+                );
+            }
+            if script.is_empty() || script.len() > MAX_TOOL_STEPS {
+                return invalid(format!("`tool_script` must have 1-{MAX_TOOL_STEPS} steps"));
+            }
+            for step in script {
+                if step.is_empty() || step.iter().any(|call| call.name.trim().is_empty()) {
+                    return invalid(
+                        "every step of `tool_script` needs calls with non-empty names".to_owned(),
+                    );
+                }
             }
         }
         if self.stream_error_type.is_some() && self.stream_error_after.is_none() {

@@ -35,6 +35,7 @@
 //! | `error_message_bytes` | – | with an injected error status: pad the error message to this many bytes (at most 1 MiB) |
 //! | `tool_calls` | – | `[{"name", "arguments"}]`: call these tools, in parallel when several (ids `call_<n>`, Anthropic `toolu_<n>`, numbered after the calls already in the conversation; arguments JSON in 2-3 fragments) |
 //! | `tool_steps` | 1 | with `tool_calls`: keep calling them for N consecutive model steps (tool-calling steps since the last user message) before answering |
+//! | `tool_script` | – | `[[calls of step 1], [calls of step 2], …]`: other calls at each step (instead of `tool_calls`/`tool_steps`), then the answer; an argument string `$result.<field>` (or `$result[<i>].<field>`) becomes that field of a tool result the request ends with (the first that has it, or the i-th) |
 //! | `reasoning_tokens` | 0 | reason this many tokens before the answer (Chat `delta.reasoning_content`; Responses a `reasoning` item with `response.reasoning_summary_text.delta`; Anthropic a `thinking` block signed `sig-<hash>`) |
 //! | `cached_tokens` | 0 | report N of the prompt tokens (at most all) as cache reads (Chat `prompt_tokens_details.cached_tokens`, Responses `input_tokens_details.cached_tokens`, Anthropic `cache_read_input_tokens` with `input_tokens` excluding them) |
 //! | `forget_responses` | false | Responses: clear the stored responses and do not store this one, so a request chaining onto it gets the not-found error |

@@ -300,16 +300,26 @@ fn planned_tool_calls(
     directives: &Directives,
     prefix: &str,
 ) -> Option<Vec<PlannedToolCall>> {
-    let calls = directives
-        .tool_calls
-        .as_ref()
-        .filter(|calls| !calls.is_empty())?;
-    let steps = directives.tool_steps.unwrap_or(1);
-    let wants_calls = match conversation.ending {
-        Ending::UserMessage | Ending::ToolResults(_) => conversation.tool_rounds_since_user < steps,
-        Ending::Other => false,
+    let round = conversation.tool_rounds_since_user;
+    let calls = match &directives.tool_script {
+        Some(script) => script.get(round)?,
+        None => {
+            let calls = directives
+                .tool_calls
+                .as_ref()
+                .filter(|calls| !calls.is_empty())?;
+            if round >= directives.tool_steps.unwrap_or(1) {
+                return None;
+            }
+            calls
+        }
     };
-    if !conversation.offers_tools || !wants_calls {
+    let results: &[ToolResult] = match &conversation.ending {
+        Ending::UserMessage => &[],
+        Ending::ToolResults(results) => results,
+        Ending::Other => return None,
+    };
+    if !conversation.offers_tools {
         return None;
     }
     let planned = calls
@@ -317,18 +327,64 @@ fn planned_tool_calls(
         .enumerate()
         .map(|(index, call)| {
             let number = conversation.tool_calls_so_far + index;
-            let arguments = call.arguments.to_string();
+            let value = fill_placeholders(&call.arguments, results);
+            let arguments = value.to_string();
             PlannedToolCall {
                 id: format!("{prefix}{number}"),
                 number,
                 name: call.name.clone(),
                 fragments: fragment_ranges(&arguments),
                 arguments,
-                arguments_value: call.arguments.clone(),
+                arguments_value: value,
             }
         })
         .collect();
     Some(planned)
+}
+
+/// Replaces every string `$result.<field>` / `$result[<i>].<field>` in `arguments` with that
+/// field of a result (JSON text) the request ends with: the first result that has it, or the
+/// i-th. A placeholder nothing answers stays as it is.
+fn fill_placeholders(arguments: &serde_json::Value, results: &[ToolResult]) -> serde_json::Value {
+    use serde_json::Value;
+    match arguments {
+        Value::String(text) => {
+            placeholder_value(text, results).unwrap_or_else(|| arguments.clone())
+        }
+        Value::Array(items) => Value::Array(
+            items
+                .iter()
+                .map(|item| fill_placeholders(item, results))
+                .collect(),
+        ),
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(key, value)| (key.clone(), fill_placeholders(value, results)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+fn placeholder_value(text: &str, results: &[ToolResult]) -> Option<serde_json::Value> {
+    let rest = text.strip_prefix("$result")?;
+    let (index, field) = match rest.strip_prefix('[') {
+        Some(indexed) => {
+            let (index, field) = indexed.split_once("].")?;
+            (Some(index.parse::<usize>().ok()?), field)
+        }
+        None => (None, rest.strip_prefix('.')?),
+    };
+    let field_of = |result: &ToolResult| {
+        serde_json::from_str::<serde_json::Value>(&result.content)
+            .ok()?
+            .get(field)
+            .cloned()
+    };
+    match index {
+        Some(index) => results.get(index).and_then(field_of),
+        None => results.iter().find_map(field_of),
+    }
 }
 
 /// Without `fail_times` the failure applies to every request; with it, the first requests fail
@@ -526,6 +582,55 @@ mod tests {
             Output::Text(text) => assert_eq!(text.full_text(), "Tool results: t: r"),
             Output::ToolCalls(_) => panic!("after tool_steps rounds the mock answers"),
         }
+    }
+
+    #[test]
+    fn a_tool_script_calls_other_tools_per_step_with_earlier_results() {
+        let script = r#"@mock {"tool_script": [[{"name": "spawn", "arguments": {"n": 1}}, {"name": "spawn"}], [{"name": "wait", "arguments": {"id": "$result.chat_id", "second": "$result[1].chat_id", "missing": "$result.nope", "list": ["$result[0].chat_id"]}}]]}"#;
+        let first = plan(&conversation(script, Ending::UserMessage, true));
+        match &first.output {
+            Output::ToolCalls(calls) => {
+                assert_eq!(calls.len(), 2);
+                assert_eq!(calls[0].name, "spawn");
+                assert_eq!(calls[0].arguments_value, serde_json::json!({"n": 1}));
+            }
+            Output::Text(_) => panic!("step 1 calls spawn"),
+        }
+        let results = Ending::ToolResults(vec![
+            ToolResult {
+                name: "spawn".to_owned(),
+                content: r#"{"chat_id": "a"}"#.to_owned(),
+            },
+            ToolResult {
+                name: "spawn".to_owned(),
+                content: r#"{"chat_id": "b"}"#.to_owned(),
+            },
+        ]);
+        let mut second_step = conversation(script, results, true);
+        second_step.tool_rounds_since_user = 1;
+        second_step.tool_calls_so_far = 2;
+        match &plan(&second_step).output {
+            Output::ToolCalls(calls) => {
+                assert_eq!(calls[0].id, "call_2");
+                assert_eq!(
+                    calls[0].arguments_value,
+                    serde_json::json!({"id": "a", "second": "b", "missing": "$result.nope", "list": ["a"]})
+                );
+                assert_eq!(
+                    serde_json::from_str::<serde_json::Value>(&calls[0].arguments).unwrap(),
+                    calls[0].arguments_value
+                );
+            }
+            Output::Text(_) => panic!("step 2 calls wait"),
+        }
+        second_step.tool_rounds_since_user = 2;
+        assert!(matches!(plan(&second_step).output, Output::Text(_)));
+        assert!(parse_directives(
+            r#"@mock {"tool_script": [[{"name": "a"}]], "tool_calls": [{"name": "a"}]}"#
+        )
+        .unwrap_err()
+        .contains("replaces"));
+        assert!(parse_directives(r#"@mock {"tool_script": [[]]}"#).is_err());
     }
 
     #[test]

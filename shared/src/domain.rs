@@ -15,6 +15,9 @@ pub enum ChatStatus {
     Running,
     Interrupting,
     RequiresAction,
+    /// A step waits for sub-agents (`wait_agent`): no worker holds the chat; it is `pending`
+    /// again when they have ended or at the wait's deadline.
+    AwaitingAgents,
     Error,
 }
 
@@ -26,6 +29,7 @@ impl ChatStatus {
             ChatStatus::Running => "running",
             ChatStatus::Interrupting => "interrupting",
             ChatStatus::RequiresAction => "requires_action",
+            ChatStatus::AwaitingAgents => "awaiting_agents",
             ChatStatus::Error => "error",
         }
     }
@@ -37,6 +41,7 @@ impl ChatStatus {
             "running" => ChatStatus::Running,
             "interrupting" => ChatStatus::Interrupting,
             "requires_action" => ChatStatus::RequiresAction,
+            "awaiting_agents" => ChatStatus::AwaitingAgents,
             "error" => ChatStatus::Error,
             _ => return None,
         })
@@ -50,6 +55,7 @@ impl ChatStatus {
                 | ChatStatus::Running
                 | ChatStatus::Interrupting
                 | ChatStatus::RequiresAction
+                | ChatStatus::AwaitingAgents
         )
     }
 }

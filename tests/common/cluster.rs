@@ -234,6 +234,24 @@ impl Cluster {
             .expect("make an admin");
     }
 
+    /// Opens the admin's watch stream (`GET /chats/watch`) on replica `index`.
+    pub async fn watch(
+        &self,
+        index: usize,
+    ) -> std::pin::Pin<
+        Box<dyn futures::Stream<Item = anyhow::Result<chatd_client::StreamEvent>> + Send>,
+    > {
+        let watch = self
+            .http
+            .get(format!("{}/api/v1/chats/watch", self.apis[index].url))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .expect("open the watch stream");
+        assert_eq!(watch.status(), 200);
+        Box::pin(chatd_client::sse_events(watch.bytes_stream()))
+    }
+
     pub async fn sql(&self) -> tokio_postgres::Client {
         self.db
             .connect()

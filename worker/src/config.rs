@@ -64,6 +64,11 @@ pub struct WorkerConfig {
     pub action_timeout: Duration,
     /// Bound on generating a chat's title; zero disables automatic titles.
     pub title_timeout: Duration,
+    /// Sub-agents nest at most this deep (a root chat is depth 0); `spawn_agent` is not
+    /// offered at this depth.
+    pub max_agent_depth: i16,
+    /// Sub-agents one turn (one user message) may start.
+    pub max_agents_per_turn: usize,
 }
 
 /// The defaults, in one place: `WorkerConfig::new` and the `chatd worker` flags both use them.
@@ -88,6 +93,8 @@ pub mod defaults {
     pub const TOOL_TIMEOUT_MS: u64 = 600_000;
     pub const ACTION_TIMEOUT_MS: u64 = 3_600_000;
     pub const TITLE_TIMEOUT_MS: u64 = 20_000;
+    pub const MAX_AGENT_DEPTH: i16 = 2;
+    pub const MAX_AGENTS_PER_TURN: usize = 8;
 }
 
 fn ms(value: u64) -> Duration {
@@ -134,6 +141,8 @@ impl WorkerConfig {
             tool_timeout: ms(TOOL_TIMEOUT_MS),
             action_timeout: ms(ACTION_TIMEOUT_MS),
             title_timeout: ms(TITLE_TIMEOUT_MS),
+            max_agent_depth: MAX_AGENT_DEPTH,
+            max_agents_per_turn: MAX_AGENTS_PER_TURN,
         }
     }
 

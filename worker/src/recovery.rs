@@ -3,6 +3,8 @@
 //! - running/interrupting with a heartbeat older than `stale_after` → pending (running) or
 //!   waiting (interrupting);
 //! - waiting with a non-empty queue for over a second → the head is promoted, pending;
+//! - requires_action past its deadline → error with synthetic results; awaiting_agents past
+//!   its deadline, or with every sub-agent ended, → its waits answered, pending;
 //! - the resume log is trimmed: frames of superseded attempts, and of turns that ended a
 //!   minute ago.
 
@@ -62,6 +64,7 @@ pub async fn sweep(
     metrics::counter!("chatd_stale_recoveries_total").increment(rows.len() as u64);
     let promoted = promote_stranded_queues(client, &mut notices).await?;
     let expired = expire_actions(client, &mut notices).await?;
+    let resumed = resolve_overdue_waits(client, &mut notices).await?;
     publish(client, &notices).await?;
     if trim_frames {
         client
@@ -89,7 +92,26 @@ pub async fn sweep(
         .await?;
     metrics::gauge!("chatd_pending_chats").set(gauge.get::<_, i64>(0) as f64);
     metrics::gauge!("chatd_oldest_pending_age_seconds").set(gauge.get::<_, f64>(1));
-    Ok(rows.len() + promoted + expired)
+    Ok(rows.len() + promoted + expired + resumed)
+}
+
+/// Chats waiting for sub-agents past their deadline, or whose sub-agents all ended without
+/// the wait being resolved (a crash in between): answered and made pending.
+async fn resolve_overdue_waits(
+    client: &mut deadpool_postgres::Client,
+    notices: &mut Vec<(String, String)>,
+) -> Result<usize, tokio_postgres::Error> {
+    let transaction = client.transaction().await?;
+    let overdue = chatd_shared::db::agents::overdue(&transaction).await?;
+    let mut resolved = 0;
+    for chat_id in overdue {
+        if let Some(change) = chatd_shared::db::agents::resolve_in(&transaction, chat_id).await? {
+            notices.extend(change.notices());
+            resolved += 1;
+        }
+    }
+    transaction.commit().await?;
+    Ok(resolved)
 }
 
 /// Hints for leases released to `pending`/`waiting`, from rows `(id, owner_id, version,

@@ -13,10 +13,11 @@ use crate::routes::messages::outcome_response;
 use crate::state::AppState;
 use crate::store::send;
 
-/// `POST /chats/{id}/interrupt`: idempotent; 200 with the chat.
+/// `POST /chats/{id}/interrupt`: idempotent; 200 with the chat. Its busy sub-agents (any
+/// depth) are interrupted with it.
 #[utoipa::path(post, path = "/chats/{chat_id}/interrupt", operation_id = "interruptChat", tag = "chats",
     params(("chat_id" = Uuid, Path, description = "A chat of the caller")),
-    responses((status = 200, description = "The chat (`interrupting` while a turn stops)", body = ChatResponse)))]
+    responses((status = 200, description = "The chat (`interrupting` while a turn stops); its busy sub-agents, at any depth, are interrupted too", body = ChatResponse)))]
 pub async fn interrupt(
     State(state): State<AppState>,
     user: CurrentUser,
@@ -24,8 +25,8 @@ pub async fn interrupt(
 ) -> ApiResult<Response> {
     let chat_id = parse_uuid(&chat_id, "chat_id")?;
     let mut client = state.pool.get().await?;
-    let (chat, transition) = send::interrupt(&mut client, chat_id, user.id).await?;
-    if let Some(transition) = transition {
+    let (chat, transitions) = send::interrupt(&mut client, chat_id, user.id).await?;
+    for transition in transitions {
         transition.publish(&client).await;
     }
     Ok(json_response(

@@ -164,10 +164,13 @@ impl Session {
         let version_changed = chat.version > self.version;
         let ended = matches!(
             chat.status,
-            ChatStatus::Waiting | ChatStatus::Error | ChatStatus::RequiresAction
+            ChatStatus::Waiting
+                | ChatStatus::Error
+                | ChatStatus::RequiresAction
+                | ChatStatus::AwaitingAgents
         );
         // In the order a live stream shows them: a turn's end (`waiting`, `error`,
-        // `requires_action`) after the messages it wrote, any other status before what follows
+        // `requires_action`, `awaiting_agents`) after the messages it wrote, any other status before what follows
         // it. (A client resuming across a turn's end saw `waiting` before the reply once.)
         if version_changed && !ended {
             out.push(self.status_event(chat.status, chat.version, chat.last_error.clone()));
@@ -373,7 +376,10 @@ impl Session {
                     if *attempt == self.cursor.attempt
                         && matches!(
                             status,
-                            ChatStatus::Waiting | ChatStatus::Error | ChatStatus::RequiresAction
+                            ChatStatus::Waiting
+                                | ChatStatus::Error
+                                | ChatStatus::RequiresAction
+                                | ChatStatus::AwaitingAgents
                         )
                     {
                         self.turn_finished = true;

@@ -93,12 +93,13 @@ pub async fn create_chat(
         check_model_config(&transaction, model_config_id, "model_config_id").await?;
     }
     let mut root_chat_id = None;
+    let mut depth: i16 = 0;
     if let Some(parent_id) = new_chat.parent_chat_id {
         // FOR SHARE: the parent cannot be archived or deleted until this child exists (and
         // then the cascade finds it).
         let parent = transaction
             .row_opt(
-                "SELECT coalesce(root_chat_id, id), archived FROM chats \
+                "SELECT coalesce(root_chat_id, id), archived, depth FROM chats \
                  WHERE id = $1 AND owner_id = $2 AND NOT deleted FOR SHARE",
                 &[&parent_id, &new_chat.owner_id],
             )
@@ -113,6 +114,7 @@ pub async fn create_chat(
             ));
         }
         root_chat_id = Some(parent.get::<_, Uuid>(0));
+        depth = parent.get::<_, i16>(2).saturating_add(1);
     }
     let status = if new_chat.message.is_some() {
         ChatStatus::Pending
@@ -121,7 +123,7 @@ pub async fn create_chat(
     };
     let sql = format!(
         "INSERT INTO chats AS c (owner_id, parent_chat_id, root_chat_id, title, status, \
-         model_config_id, labels, dynamic_tools) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+         model_config_id, labels, dynamic_tools, depth) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
          RETURNING {}",
         ChatRow::COLUMNS
     );
@@ -137,6 +139,7 @@ pub async fn create_chat(
                 &new_chat.model_config_id,
                 &new_chat.labels,
                 &new_chat.dynamic_tools,
+                &depth,
             ],
         )
         .await?;

@@ -167,38 +167,76 @@ pub async fn send_message(
     Ok((transition, outcome))
 }
 
-/// running → interrupting; pending → waiting; requires_action → waiting; otherwise nothing.
-/// Returns the chat and, when something changed, the transition to publish.
+/// running → interrupting; pending, requires_action and awaiting_agents → waiting; otherwise
+/// nothing — for the chat and every busy descendant (its sub-agents, at any depth). Returns
+/// the chat and the transitions to publish.
+///
+/// # Locks
+/// The chat row; with descendants, the owner row and then the tree's rows in id order (see
+/// `tree`).
 pub async fn interrupt(
     client: &mut deadpool_postgres::Client,
     chat_id: Uuid,
     owner_id: Uuid,
-) -> ApiResult<(ChatRow, Option<Transition>)> {
+) -> ApiResult<(ChatRow, Vec<Transition>)> {
     let transaction = client.transaction().await?;
-    let locked = lock_chat(&transaction, chat_id, owner_id).await?;
-    let transition = match locked.chat.status {
+    let has_children = transaction
+        .row(
+            "SELECT EXISTS (SELECT 1 FROM chats WHERE parent_chat_id = $1 AND NOT deleted)",
+            &[&chat_id],
+        )
+        .await?
+        .get::<_, bool>(0);
+    let mut ids = vec![chat_id];
+    if has_children {
+        super::tree::lock_owner(&transaction, owner_id).await?;
+        let tree = super::tree::lock_tree(&transaction, chat_id, owner_id).await?;
+        ids.extend(
+            tree.iter()
+                .filter(|chat| chat.id != chat_id && chat.status.is_busy())
+                .map(|chat| chat.id),
+        );
+    }
+    let mut chat = None;
+    let mut transitions = Vec::new();
+    for id in ids {
+        let locked = lock_chat(&transaction, id, owner_id).await?;
+        let transition = interrupt_locked(&transaction, &locked).await?;
+        if id == chat_id {
+            chat = Some(match &transition {
+                Some(transition) => transition.chat.clone(),
+                None => locked.chat,
+            });
+        }
+        transitions.extend(transition);
+    }
+    transaction.commit().await?;
+    Ok((chat.ok_or(ApiError::NotFound("chat"))?, transitions))
+}
+
+/// The interrupt of one locked chat (see [`interrupt`]).
+async fn interrupt_locked(
+    transaction: &deadpool_postgres::Transaction<'_>,
+    locked: &LockedChat,
+) -> ApiResult<Option<Transition>> {
+    let chat_id = locked.chat.id;
+    Ok(match locked.chat.status {
         ChatStatus::Running => {
-            let chat = set_status(&transaction, chat_id, ChatStatus::Interrupting).await?;
+            let chat = set_status(transaction, chat_id, ChatStatus::Interrupting).await?;
             let mut transition = Transition::new(chat);
             transition.change.control = locked.worker_id.map(|id| (id, ControlKind::Interrupt));
             Some(transition)
         }
-        ChatStatus::Pending | ChatStatus::RequiresAction => {
-            let closed = close_if_waiting(&transaction, &locked).await?;
+        ChatStatus::Pending | ChatStatus::RequiresAction | ChatStatus::AwaitingAgents => {
+            let closed = close_if_waiting(transaction, locked).await?;
             let mut transition =
-                Transition::new(set_status(&transaction, chat_id, ChatStatus::Waiting).await?);
+                Transition::new(set_status(transaction, chat_id, ChatStatus::Waiting).await?);
             transition.change.messages = closed.is_some();
             transition.change.new_messages = closed.into_iter().collect();
             Some(transition)
         }
         _ => None,
-    };
-    transaction.commit().await?;
-    let chat = match &transition {
-        Some(transition) => transition.chat.clone(),
-        None => locked.chat,
-    };
-    Ok((chat, transition))
+    })
 }
 
 /// Deletes a queued message. Locks the chat row first so a concurrent auto-promotion by the
@@ -253,7 +291,10 @@ pub async fn promote_queued(
         ));
     }
     let (mut transition, outcome) = match locked.chat.status {
-        ChatStatus::Waiting | ChatStatus::Error | ChatStatus::RequiresAction => {
+        ChatStatus::Waiting
+        | ChatStatus::Error
+        | ChatStatus::RequiresAction
+        | ChatStatus::AwaitingAgents => {
             close_if_waiting(&transaction, &locked).await?;
             let (chat, message) = pop_head(&transaction, &locked).await?;
             let mut transition = Transition::new(chat);

@@ -111,14 +111,21 @@ pub async fn submit(
 /// user moved on (interrupt, new message, promoted queue entry).
 pub const ABANDONED_RESULT: &str = "the user continued without providing this tool call's result";
 
-/// When `locked` waits for client tool results, stores synthetic error results for them (the
-/// caller is about to move the chat out of `requires_action`). Returns the inserted row.
+/// The result a `wait_agent` call gets when the user moves on before the sub-agents end.
+pub const ABANDONED_WAIT_RESULT: &str =
+    "the user continued before the sub-agents finished (they may still be running)";
+
+/// When `locked` waits for client tool results or for sub-agents, stores synthetic error
+/// results for the waiting calls (the caller is about to move the chat out of
+/// `requires_action` or `awaiting_agents`). Returns the inserted row.
 pub async fn close_if_waiting(
     transaction: &deadpool_postgres::Transaction<'_>,
     locked: &LockedChat,
 ) -> ApiResult<Option<MessageRow>> {
-    if locked.chat.status != ChatStatus::RequiresAction {
-        return Ok(None);
-    }
-    Ok(tool_calls::close_pending(transaction, locked.chat.id, ABANDONED_RESULT).await?)
+    let reason = match locked.chat.status {
+        ChatStatus::RequiresAction => ABANDONED_RESULT,
+        ChatStatus::AwaitingAgents => ABANDONED_WAIT_RESULT,
+        _ => return Ok(None),
+    };
+    Ok(tool_calls::close_pending(transaction, locked.chat.id, reason).await?)
 }

@@ -73,6 +73,13 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../../../migrations/0007_files.sql"),
         compatible_from: 6,
     },
+    // A new chat status (`awaiting_agents`) older builds cannot parse.
+    Migration {
+        version: 8,
+        name: "0008_sub_agents",
+        sql: include_str!("../../../migrations/0008_sub_agents.sql"),
+        compatible_from: 8,
+    },
 ];
 
 /// This binary's version, recorded with the migrations it applies and named in errors.

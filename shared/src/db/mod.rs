@@ -5,6 +5,7 @@
 //! `chatd-worker` store module); this module holds what both need.
 
 pub mod admin;
+pub mod agents;
 pub mod instructions;
 pub mod limits;
 pub mod migrate;

@@ -66,12 +66,25 @@ pub async fn close_pending(
             is_error: true,
         })
         .collect();
-    let content = serde_json::to_value(parts).unwrap_or(Value::Array(Vec::new()));
+    Ok(Some(insert_results(transaction, chat_id, parts).await?))
+}
+
+/// Inserts a tool row holding `results` (tool-result parts, in call order) written by chatd
+/// itself (no `created_by`).
+///
+/// # Locks
+/// The caller holds the chat row lock.
+pub async fn insert_results(
+    transaction: &deadpool_postgres::Transaction<'_>,
+    chat_id: Uuid,
+    results: Vec<ContentPart>,
+) -> Result<MessageRow, tokio_postgres::Error> {
+    let content = serde_json::to_value(results).unwrap_or(Value::Array(Vec::new()));
     let sql = format!(
         "INSERT INTO chat_messages AS m (chat_id, role, content, visibility) \
          VALUES ($1, 'tool', $2, 'both') RETURNING {}",
         MessageRow::COLUMNS
     );
     let row = transaction.row(&sql, &[&chat_id, &content]).await?;
-    Ok(Some(MessageRow::from_row(&row)))
+    Ok(MessageRow::from_row(&row))
 }

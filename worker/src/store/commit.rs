@@ -14,6 +14,8 @@ use chatd_shared::db::rows::MessageRow;
 use chatd_shared::domain::{ChatError, ChatStatus, Role};
 use chatd_shared::pubsub::{ChatChange, OwnerEventKind};
 
+use crate::tool::agents::NewChild;
+
 /// A message row the turn writes (assistant or tool), encoded before the transaction.
 pub struct NewRow {
     pub role: Role,
@@ -52,6 +54,20 @@ pub enum TurnEnd {
     /// The step called client-executed tools: `requires_action` until the results arrive or
     /// the deadline (now + the duration, database clock) passes.
     RequiresAction(std::time::Duration),
+    /// The step waits for sub-agents (`wait_agent`): `awaiting_agents` until they have ended
+    /// or the deadline (now + the duration) passes.
+    AwaitAgents(std::time::Duration),
+}
+
+impl TurnEnd {
+    /// Whether the chat's turn is over with this end (a sub-agent's parent may be waiting
+    /// for it).
+    pub fn ends_turn(&self) -> bool {
+        matches!(
+            self,
+            TurnEnd::Done | TurnEnd::Interrupted | TurnEnd::Failed(_)
+        )
+    }
 }
 
 /// The single statement behind `commit`. Every write hangs off `writable`: the fenced row
@@ -62,8 +78,9 @@ pub enum TurnEnd {
 ///   committed (say, queued a message) while this statement waited for the lock, the queue
 ///   read of this snapshot would miss it, so nothing is written and the caller runs the
 ///   statement again at once ('changed');
-/// - a turn that wants `requires_action` was not asked to stop meanwhile ('interrupting': the
-///   caller honours the interrupt instead, writing synthetic results for the client calls).
+/// - a turn that wants `requires_action` or `awaiting_agents` was not asked to stop meanwhile
+///   ('interrupting': the caller honours the interrupt instead, writing synthetic results for
+///   the calls that wait).
 ///
 /// A `Released` turn (shutdown) whose chat is `interrupting` honours the interrupt: the queue
 /// head placed by an interrupting send runs next, otherwise the chat goes to `waiting` — never
@@ -79,7 +96,8 @@ WITH owned AS (
 writable AS (
     SELECT owned.id, owned.status FROM owned
     WHERE owned.version = (SELECT s.version FROM chats s WHERE s.id = $1)
-        AND NOT ($16::text = 'requires_action' AND owned.status = 'interrupting')),
+        AND NOT ($16::text IN ('requires_action', 'awaiting_agents')
+                 AND owned.status = 'interrupting')),
 step AS (
     INSERT INTO chat_messages (chat_id, role, content, visibility, model_config_id,
         input_tokens, output_tokens, reasoning_tokens, cache_read_tokens, cache_write_tokens,
@@ -118,7 +136,7 @@ updated AS (
         last_error = CASE WHEN $16::text IS NULL THEN c.last_error ELSE $17::jsonb END,
         crash_count = CASE WHEN $16::text IS NULL THEN c.crash_count
                            WHEN $18 THEN c.crash_count - 1 ELSE 0 END,
-        action_deadline_at = CASE WHEN $16::text = 'requires_action'
+        action_deadline_at = CASE WHEN $16::text IN ('requires_action', 'awaiting_agents')
                                   THEN now() + make_interval(secs => $20::float8) END,
         last_reply_id = coalesce((SELECT max(id) FROM step WHERE role = 'assistant'),
                                  c.last_reply_id),
@@ -153,8 +171,9 @@ pub struct Lease {
 
 /// What a fenced commit found.
 pub enum CommitOutcome {
-    /// Written now; what changed (the rows written: the step's and a promoted queue head).
-    Committed(ChatChange),
+    /// Written now; what changed (the rows written: the step's and a promoted queue head),
+    /// and the sub-agents the step started.
+    Committed(ChatChange, Vec<ChatChange>),
     /// This key was applied by an earlier try whose reply was lost; nothing was written now.
     /// The change describes the chat as it is, flagging messages and queue so that replicas
     /// re-read.
@@ -162,8 +181,8 @@ pub enum CommitOutcome {
     /// The row changed while the statement waited for its lock; nothing was written. Run the
     /// statement again (it then sees what the other transaction committed).
     Changed,
-    /// A `requires_action` end found the chat `interrupting`; nothing was written. Honour the
-    /// interrupt instead.
+    /// A `requires_action` or `awaiting_agents` end found the chat `interrupting`; nothing was
+    /// written. Honour the interrupt instead.
     Interrupting,
     /// The lease is gone; nothing was written.
     LeaseLost,
@@ -177,7 +196,85 @@ pub enum CommitOutcome {
 /// Row lock on the chat (`FOR UPDATE`) for the statement; the message inserts happen under
 /// it, which keeps per-chat message ids in commit order.
 pub async fn commit(
-    client: &deadpool_postgres::ClientWrapper,
+    client: &mut deadpool_postgres::Client,
+    lease: Lease,
+    rows: &[NewRow],
+    children: &[NewChild],
+    end: &TurnEnd,
+    key: Uuid,
+    stream_seq: Option<i64>,
+) -> Result<CommitOutcome, tokio_postgres::Error> {
+    if children.is_empty() {
+        return commit_statement(&**client, lease, rows, end, key, stream_seq).await;
+    }
+    // The step's sub-agents are created with it or not at all.
+    let transaction = client.transaction().await?;
+    let outcome = commit_statement(&transaction, lease, rows, end, key, stream_seq).await?;
+    if let CommitOutcome::Committed(change, _) = outcome {
+        let created =
+            insert_children(&transaction, lease.chat_id, change.owner_id, children).await?;
+        transaction.commit().await?;
+        return Ok(CommitOutcome::Committed(change, created));
+    }
+    Ok(outcome) // nothing was written: the transaction rolls back
+}
+
+/// Inserts the sub-agents a step started (`pending`, the prompt as their first message) under
+/// `parent_id`, and returns their changes to publish (a `created` event and a wake each).
+///
+/// # Locks
+/// The caller's transaction holds the parent's row lock (the commit took it).
+async fn insert_children(
+    transaction: &deadpool_postgres::Transaction<'_>,
+    parent_id: Uuid,
+    owner_id: Uuid,
+    children: &[NewChild],
+) -> Result<Vec<ChatChange>, tokio_postgres::Error> {
+    let ids: Vec<Uuid> = children.iter().map(|child| child.id).collect();
+    let titles: Vec<&str> = children.iter().map(|child| child.title.as_str()).collect();
+    let models: Vec<Uuid> = children.iter().map(|child| child.model_config_id).collect();
+    let contents: Vec<&Value> = children.iter().map(|child| &child.content).collect();
+    let chats = transaction
+        .rows(
+            "INSERT INTO chats AS c (id, owner_id, parent_chat_id, root_chat_id, depth, title, \
+                 status, model_config_id) \
+             SELECT k.id, p.owner_id, p.id, coalesce(p.root_chat_id, p.id), p.depth + 1, \
+                 k.title, 'pending', k.model_config_id \
+             FROM chats p, unnest($2::uuid[], $3::text[], $4::uuid[]) WITH ORDINALITY \
+                 AS k(id, title, model_config_id, n) \
+             WHERE p.id = $1 ORDER BY k.n \
+             RETURNING c.id, c.version, c.attempt",
+            &[&parent_id, &ids, &titles, &models],
+        )
+        .await?;
+    let messages = transaction
+        .rows(
+            &format!(
+                "INSERT INTO chat_messages AS m (chat_id, role, content, visibility, created_by, \
+                     model_config_id) \
+                 SELECT k.id, 'user', k.content, 'both', $1, k.model_config_id \
+                 FROM unnest($2::uuid[], $3::jsonb[], $4::uuid[]) AS k(id, content, model_config_id) \
+                 RETURNING {}",
+                MessageRow::COLUMNS
+            ),
+            &[&owner_id, &ids, &contents, &models],
+        )
+        .await?;
+    let messages: Vec<MessageRow> = messages.iter().map(MessageRow::from_row).collect();
+    Ok(chats
+        .iter()
+        .map(|row| {
+            let id: Uuid = row.get(0);
+            ChatChange::new(id, owner_id, row.get(1), ChatStatus::Pending, row.get(2))
+                .with_owner_event(OwnerEventKind::Created)
+                .with_messages(messages.iter().filter(|m| m.chat_id == id).cloned())
+        })
+        .collect())
+}
+
+/// The commit statement alone (see [`commit`]).
+async fn commit_statement<C: Sql>(
+    client: &C,
     lease: Lease,
     rows: &[NewRow],
     end: &TurnEnd,
@@ -215,6 +312,10 @@ pub async fn commit(
         TurnEnd::RequiresAction(timeout) => {
             action_seconds = timeout.as_secs_f64();
             (false, Some(ChatStatus::RequiresAction), None, false)
+        }
+        TurnEnd::AwaitAgents(timeout) => {
+            action_seconds = timeout.as_secs_f64();
+            (false, Some(ChatStatus::AwaitingAgents), None, false)
         }
         TurnEnd::Done | TurnEnd::Interrupted => (true, Some(ChatStatus::Waiting), None, false),
         TurnEnd::Failed(error) => (
@@ -283,7 +384,7 @@ pub async fn commit(
                 change = change.with_messages(rows);
             }
             change.queue = promoted > 0;
-            CommitOutcome::Committed(change)
+            CommitOutcome::Committed(change, Vec::new())
         }
         // Whatever that try wrote: replicas re-read (messages and queue flagged as changed).
         "already" => CommitOutcome::AlreadyCommitted(change.with_messages([]).with_queue()),

@@ -27,6 +27,10 @@ pub struct Claim {
     pub crash_count: i32,
     /// Database-clock time from the chat becoming pending to this claim, in seconds.
     pub pending_seconds: f64,
+    /// The parent of a sub-agent (it may wait for this chat's answer).
+    pub parent_chat_id: Option<Uuid>,
+    /// Depth in the chat's tree (a root is 0).
+    pub depth: i16,
 }
 
 /// The end of both claim statements: the chats in CTE `picked` (`id`, `pending_since`) become
@@ -39,7 +43,8 @@ macro_rules! claim_picked {
             bump_chat_version!(),
             " FROM picked WHERE c.id = picked.id \
              RETURNING c.id, c.owner_id, c.attempt, c.version, c.crash_count, \
-             extract(epoch FROM (clock_timestamp() - picked.pending_since))::float8"
+             extract(epoch FROM (clock_timestamp() - picked.pending_since))::float8, \
+             c.parent_chat_id, c.depth"
         )
     };
 }
@@ -105,6 +110,8 @@ pub async fn acquire(
             version: row.get(3),
             crash_count: row.get(4),
             pending_seconds: row.get(5),
+            parent_chat_id: row.get(6),
+            depth: row.get(7),
         })
         .collect())
 }

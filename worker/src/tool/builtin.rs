@@ -1,5 +1,5 @@
-//! Built-in tools. Small on purpose: the product's real tools (workspace access, sub-agents,
-//! MCP servers) plug into the same trait.
+//! Built-in tools. Small on purpose: the product's real tools (workspace access, MCP servers)
+//! plug into the same trait; the sub-agent tools live in `super::agents`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,7 +12,9 @@ use super::{Tool, ToolContext};
 use crate::provider::ToolSpec;
 
 /// Names accepted by `--tools`.
-pub const NAMES: &[&str] = &["current_time", "sleep"];
+pub const NAMES: &[&str] = &["current_time", "sleep", "spawn_agent", "wait_agent"];
+/// The names among [`NAMES`] that are agent tools (`super::agents`), built per turn.
+pub const AGENT_NAMES: &[&str] = &["spawn_agent", "wait_agent"];
 
 pub fn by_name(name: &str) -> Option<Arc<dyn Tool>> {
     match name {

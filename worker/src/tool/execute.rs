@@ -7,6 +7,7 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use super::agents::NewChild;
 use super::{ToolContext, ToolKind, Toolset};
 
 /// One call as the model made it.
@@ -24,10 +25,18 @@ pub enum CallOutcome {
     Done { result: Value, is_error: bool },
     /// A dynamic tool: the client executes it (`requires_action`).
     Pending,
+    /// `wait_agent` on a busy sub-agent: answered when it ends or after `timeout`
+    /// (`awaiting_agents`).
+    AwaitAgent { chat_id: Uuid, timeout: Duration },
 }
 
 impl CallOutcome {
-    fn error(message: impl Into<String>) -> CallOutcome {
+    /// Whether the call has no result yet (the client's or a sub-agent's).
+    pub fn is_waiting(&self) -> bool {
+        matches!(self, CallOutcome::Pending | CallOutcome::AwaitAgent { .. })
+    }
+
+    pub(crate) fn error(message: impl Into<String>) -> CallOutcome {
         CallOutcome::Done {
             result: Value::String(message.into()),
             is_error: true,
@@ -41,6 +50,8 @@ pub struct StepExecution {
     pub outcomes: Vec<CallOutcome>,
     /// The turn was interrupted while tools ran; unfinished calls got synthetic results.
     pub interrupted: bool,
+    /// Sub-agents `spawn_agent` started: the step's commit inserts them.
+    pub children: Vec<NewChild>,
 }
 
 /// The result every unfinished call gets when the turn is interrupted.
@@ -69,11 +80,34 @@ pub async fn execute(
             return StepExecution {
                 outcomes: calls.iter().map(|_| CallOutcome::error(&message)).collect(),
                 interrupted: false,
+                children: Vec::new(),
             };
         }
     }
+    // The agent tools first: quick database reads, and `wait_agent` must know whether the
+    // step also waits for the client.
+    let (mut agent_outcomes, children) = match toolset.agents() {
+        Some(scope) if calls.iter().any(|call| scope.handles(&call.name)) => {
+            let has_client_calls = calls
+                .iter()
+                .any(|call| matches!(toolset.lookup(&call.name), Some(ToolKind::Dynamic(_))));
+            let with_object_args: Vec<CallRequest> = calls
+                .iter()
+                .map(|call| match &call.args {
+                    // Unparsable arguments get the JSON error below.
+                    Value::String(_) => CallRequest {
+                        name: String::new(),
+                        ..call.clone()
+                    },
+                    _ => call.clone(),
+                })
+                .collect();
+            scope.run(&with_object_args, has_client_calls).await
+        }
+        _ => (vec![None; calls.len()], Vec::new()),
+    };
     let mut running = Vec::with_capacity(calls.len());
-    for call in calls {
+    for (index, call) in calls.iter().enumerate() {
         let slot = match (toolset.lookup(&call.name), &call.args) {
             (None, _) => Slot::Ready(CallOutcome::error(unknown_tool(toolset, &call.name))),
             (Some(_), Value::String(raw)) => Slot::Ready(CallOutcome::error(format!(
@@ -81,6 +115,12 @@ pub async fn execute(
                 call.name
             ))),
             (Some(ToolKind::Dynamic(_)), _) => Slot::Ready(CallOutcome::Pending),
+            (Some(ToolKind::Agent), _) => Slot::Ready(
+                agent_outcomes
+                    .get_mut(index)
+                    .and_then(Option::take)
+                    .unwrap_or_else(|| CallOutcome::error(unknown_tool(toolset, &call.name))),
+            ),
             (Some(ToolKind::Builtin(tool)), args) => {
                 let future = tool.call(
                     args.clone(),
@@ -120,6 +160,7 @@ pub async fn execute(
     StepExecution {
         outcomes,
         interrupted,
+        children,
     }
 }
 

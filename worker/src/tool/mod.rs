@@ -9,6 +9,7 @@
 //! client), whatever happens — unknown tool, bad arguments, a failing or panicking tool, a
 //! timeout, an interrupt — so the next provider request is always valid.
 
+pub mod agents;
 pub mod builtin;
 pub mod execute;
 
@@ -52,14 +53,18 @@ pub use chatd_shared::domain::DynamicTool;
 /// Where a tool name leads.
 pub enum ToolKind<'a> {
     Builtin(&'a Arc<dyn Tool>),
+    /// `spawn_agent` or `wait_agent` ([`agents`]).
+    Agent,
     Dynamic(&'a DynamicTool),
 }
 
-/// The tools of one turn. Built-ins win a name clash with a dynamic tool (the API refuses
-/// dynamic tools named like an enabled built-in only when it knows them; the worker decides).
+/// The tools of one turn. Built-ins (agent tools included) win a name clash with a dynamic
+/// tool (the API refuses dynamic tools named like an enabled built-in only when it knows them;
+/// the worker decides).
 #[derive(Clone, Default)]
 pub struct Toolset {
     builtin: BTreeMap<String, Arc<dyn Tool>>,
+    agents: Option<agents::AgentScope>,
     dynamic: Vec<DynamicTool>,
 }
 
@@ -73,12 +78,31 @@ impl Toolset {
             .into_iter()
             .filter(|tool| !builtin.contains_key(&tool.name))
             .collect();
-        Toolset { builtin, dynamic }
+        Toolset {
+            builtin,
+            agents: None,
+            dynamic,
+        }
     }
 
-    /// Specs offered to the model: built-ins by name, then dynamic tools in declared order.
+    /// Adds the agent tools the scope enables (dynamic tools of the same names are dropped).
+    pub fn with_agents(mut self, scope: agents::AgentScope) -> Toolset {
+        self.dynamic.retain(|tool| !scope.handles(&tool.name));
+        self.agents = Some(scope);
+        self
+    }
+
+    pub fn agents(&self) -> Option<&agents::AgentScope> {
+        self.agents.as_ref()
+    }
+
+    /// Specs offered to the model: built-ins by name, the agent tools, then dynamic tools in
+    /// declared order.
     pub fn specs(&self) -> Vec<ToolSpec> {
         let mut specs: Vec<ToolSpec> = self.builtin.values().map(|tool| tool.spec()).collect();
+        if let Some(scope) = &self.agents {
+            specs.extend(scope.specs());
+        }
         specs.extend(self.dynamic.iter().map(|tool| ToolSpec {
             name: tool.name.clone(),
             description: tool.description.clone(),
@@ -91,6 +115,13 @@ impl Toolset {
         if let Some(tool) = self.builtin.get(name) {
             return Some(ToolKind::Builtin(tool));
         }
+        if self
+            .agents
+            .as_ref()
+            .is_some_and(|scope| scope.handles(name))
+        {
+            return Some(ToolKind::Agent);
+        }
         self.dynamic
             .iter()
             .find(|tool| tool.name == name)
@@ -101,16 +132,18 @@ impl Toolset {
         match self.lookup(name) {
             Some(ToolKind::Builtin(tool)) => tool.exclusive(),
             Some(ToolKind::Dynamic(tool)) => tool.exclusive,
-            None => false,
+            Some(ToolKind::Agent) | None => false,
         }
     }
 }
 
-/// The worker's enabled built-ins, by the names in its configuration. Unknown names are a
-/// configuration error (reported at startup).
+/// The worker's enabled built-ins, by the names in its configuration (the agent tools are
+/// enabled per turn, see [`agents`]). Unknown names are a configuration error (reported at
+/// startup).
 pub fn builtin_tools(names: &[String]) -> Result<Vec<Arc<dyn Tool>>, String> {
     names
         .iter()
+        .filter(|name| !builtin::AGENT_NAMES.contains(&name.as_str()))
         .map(|name| {
             builtin::by_name(name).ok_or_else(|| {
                 format!(

@@ -14,6 +14,7 @@ use super::control::{StopReason, TurnControl};
 use crate::config::WorkerConfig;
 use crate::flusher::StreamFlusher;
 use crate::store::{self, NewRow, TurnEnd};
+use crate::tool::agents::NewChild;
 
 /// What a turn holds from its claim: the chat, the lease epoch, and what it writes with.
 pub struct TurnLease {
@@ -24,6 +25,10 @@ pub struct TurnLease {
     pub flusher: Arc<StreamFlusher>,
     pub chat_id: Uuid,
     pub owner_id: Uuid,
+    /// The parent of a sub-agent: when this turn ends, the parent's wait may be over.
+    pub parent_chat_id: Option<Uuid>,
+    /// Depth in the chat's tree (a root is 0).
+    pub depth: i16,
     /// The lease epoch; changes when a step restarts after partial output.
     attempt: AtomicI32,
 }
@@ -41,6 +46,8 @@ impl TurnLease {
             flusher: deps.flusher.clone(),
             chat_id: claim.chat_id,
             owner_id: claim.owner_id,
+            parent_chat_id: claim.parent_chat_id,
+            depth: claim.depth,
             attempt: AtomicI32::new(claim.attempt),
         }
     }
@@ -115,22 +122,37 @@ impl TurnLease {
         end: TurnEnd,
         last_seq: Option<i64>,
     ) -> Commit {
+        self.commit_step(rows, &[], end, last_seq).await
+    }
+
+    /// [`TurnLease::commit_outcome`] that also creates the sub-agents the step started (in
+    /// the same transaction). After a commit that ends a sub-agent's turn its parent's wait
+    /// is checked, and after one that waits for sub-agents this chat's own (they may have
+    /// ended before the wait was stored).
+    pub async fn commit_step(
+        &self,
+        rows: &[NewRow],
+        children: &[NewChild],
+        end: TurnEnd,
+        last_seq: Option<i64>,
+    ) -> Commit {
         let key = Uuid::new_v4();
         let mut delay = Duration::from_millis(100);
         let mut changed = 0;
         let mut tries = 0;
         while tries < COMMIT_TRIES {
             let result = async {
-                let client = self.pool.get().await?;
+                let mut client = self.pool.get().await?;
                 anyhow::Ok(
                     store::commit(
-                        &client,
+                        &mut client,
                         store::Lease {
                             chat_id: self.chat_id,
                             worker_id: self.config.worker_id,
                             attempt: self.attempt(),
                         },
                         rows,
+                        children,
                         &end,
                         key,
                         last_seq,
@@ -140,10 +162,19 @@ impl TurnLease {
             }
             .await;
             match result {
-                Ok(store::CommitOutcome::Committed(change))
-                | Ok(store::CommitOutcome::AlreadyCommitted(change)) => {
+                Ok(store::CommitOutcome::Committed(change, created)) => {
+                    let mut notices = change.with_last_seq(last_seq).notices();
+                    for child in created {
+                        notices.extend(child.notices());
+                    }
+                    self.flusher.publish_soon(notices);
+                    self.after_commit(&end).await;
+                    return Commit::Owned;
+                }
+                Ok(store::CommitOutcome::AlreadyCommitted(change)) => {
                     let notices = change.with_last_seq(last_seq).notices();
                     self.flusher.publish_soon(notices);
+                    self.after_commit(&end).await;
                     return Commit::Owned;
                 }
                 Ok(store::CommitOutcome::Changed) if changed < MAX_CHANGED_RETRIES => {
@@ -172,8 +203,33 @@ impl TurnLease {
         Commit::Lost
     }
 
+    /// Resolves the wait this commit may have ended (see [`TurnLease::commit_step`]). A
+    /// failure is logged: the recovery sweep resolves what is missed here.
+    async fn after_commit(&self, end: &TurnEnd) {
+        let waiting = match end {
+            TurnEnd::AwaitAgents(_) => Some(self.chat_id),
+            end if end.ends_turn() => self.parent_chat_id,
+            _ => None,
+        };
+        let Some(waiting) = waiting else {
+            return;
+        };
+        let resolved = async {
+            let mut client = self.pool.get().await?;
+            anyhow::Ok(chatd_shared::db::agents::resolve(&mut client, waiting).await?)
+        }
+        .await;
+        match resolved {
+            Ok(Some(change)) => self.flusher.publish_soon(change.notices()),
+            Ok(None) => {}
+            Err(error) => {
+                tracing::warn!(error = format!("{error:#}"), chat_id = %waiting, "resolve a wait for sub-agents; the sweep will");
+            }
+        }
+    }
+
     /// [`TurnContext::commit_outcome`] for ends that cannot meet `Interrupting` (only
-    /// `RequiresAction` can): true while the lease is held.
+    /// `RequiresAction` and `AwaitAgents` can): true while the lease is held.
     pub async fn commit(&self, rows: &[NewRow], end: TurnEnd, last_seq: Option<i64>) -> bool {
         matches!(
             self.commit_outcome(rows, end, last_seq).await,
@@ -193,7 +249,8 @@ const MAX_CHANGED_RETRIES: usize = 20;
 /// How a commit ended for the turn.
 pub enum Commit {
     Owned,
-    /// Nothing was written: a `requires_action` end found the chat `interrupting`.
+    /// Nothing was written: a `requires_action` or `awaiting_agents` end found the chat
+    /// `interrupting`.
     Interrupting,
     Lost,
 }

@@ -166,7 +166,21 @@ struct Steps {
 
 impl Steps {
     fn new(deps: &TurnDeps, turn: &TurnContext, loaded: LoadedChat) -> Steps {
-        let toolset = Toolset::new(deps.builtin_tools.to_vec(), loaded.dynamic_tools);
+        let mut toolset = Toolset::new(deps.builtin_tools.to_vec(), loaded.dynamic_tools);
+        let enabled = |name: &str| deps.config.builtin_tools.iter().any(|tool| tool == name);
+        let (spawn, wait) = (enabled("spawn_agent"), enabled("wait_agent"));
+        if spawn || wait {
+            toolset = toolset.with_agents(tool::agents::AgentScope {
+                pool: deps.pool.clone(),
+                chat_id: turn.chat_id,
+                depth: turn.depth,
+                model_config_id: turn.model.model_config_id,
+                spawn,
+                wait,
+                max_depth: deps.config.max_agent_depth,
+                max_per_turn: deps.config.max_agents_per_turn,
+            });
+        }
         let chain = loaded
             .last_response
             .filter(|(_, model_config_id, _)| *model_config_id == Some(turn.model.model_config_id))
@@ -227,11 +241,21 @@ impl Steps {
         let outcomes = execution
             .as_ref()
             .map_or(&[][..], |execution| execution.outcomes.as_slice());
+        let children = execution
+            .as_ref()
+            .map_or(&[][..], |execution| execution.children.as_slice());
         if execution
             .as_ref()
             .is_some_and(|execution| execution.interrupted)
         {
-            stop(turn, &mut self.stream, &output, outcomes, runtime_ms).await;
+            stop(
+                turn,
+                &mut self.stream,
+                &output,
+                execution.as_ref(),
+                runtime_ms,
+            )
+            .await;
             return Flow::End;
         }
         let built = rows::step_rows(
@@ -244,8 +268,18 @@ impl Steps {
         let pending = outcomes
             .iter()
             .any(|outcome| matches!(outcome, CallOutcome::Pending));
+        // A step's waits for sub-agents are answered together, at the earliest timeout.
+        let awaited = outcomes
+            .iter()
+            .filter_map(|outcome| match outcome {
+                CallOutcome::AwaitAgent { timeout, .. } => Some(*timeout),
+                _ => None,
+            })
+            .min();
         let end = if pending {
             TurnEnd::RequiresAction(deps.config.action_timeout)
+        } else if let Some(timeout) = awaited {
+            TurnEnd::AwaitAgents(timeout)
         } else if output.tool_calls.is_empty() {
             TurnEnd::Done
         } else {
@@ -254,7 +288,7 @@ impl Steps {
         let continues = matches!(end, TurnEnd::Continue);
         self.stream.flush().await;
         match turn
-            .commit_outcome(&built.rows, end, Some(self.stream.last_seq()))
+            .commit_step(&built.rows, children, end, Some(self.stream.last_seq()))
             .await
         {
             Commit::Owned => {
@@ -270,12 +304,20 @@ impl Steps {
                 // Interrupted while the client calls were being stored: the interrupt wins
                 // (the calls get synthetic results, a queued message runs next).
                 turn.control.stop(StopReason::Interrupt);
-                stop(turn, &mut self.stream, &output, outcomes, runtime_ms).await;
+                stop(
+                    turn,
+                    &mut self.stream,
+                    &output,
+                    execution.as_ref(),
+                    runtime_ms,
+                )
+                .await;
                 return Flow::End;
             }
         }
         if !continues {
-            if let (false, Some(question)) = (pending, self.title_question.take()) {
+            let paused = pending || awaited.is_some();
+            if let (false, Some(question)) = (paused, self.title_question.take()) {
                 title::spawn(deps, turn, question, plain_text_of(&output.parts));
             }
             return Flow::End;
@@ -344,7 +386,7 @@ impl Steps {
             StepResult::Done(output) => Some(output),
             StepResult::Stopped(partial) => {
                 let runtime_ms = step_started.elapsed().as_millis() as i64;
-                stop(turn, &mut self.stream, &partial, &[], runtime_ms).await;
+                stop(turn, &mut self.stream, &partial, None, runtime_ms).await;
                 None
             }
             StepResult::Failed(error) => {
@@ -432,23 +474,21 @@ fn plain_text_of(parts: &[ContentPart]) -> String {
 
 /// The turn was stopped from outside while streaming or while tools ran. An interrupt keeps
 /// what was produced (unanswered calls get synthetic results so the history stays valid for
-/// every provider); a shutdown releases the chat to another worker; a lost lease writes
-/// nothing.
+/// every provider; the sub-agents the step started are created, as its history says); a
+/// shutdown releases the chat to another worker; a lost lease writes nothing.
 async fn stop(
     turn: &TurnContext,
     stream: &mut TurnStream,
     partial: &StepOutput,
-    outcomes: &[CallOutcome],
+    execution: Option<&tool::execute::StepExecution>,
     runtime_ms: i64,
 ) {
     match turn.control.reason() {
         Some(StopReason::Interrupt) => {
-            // Pending (client) calls will never be answered now either.
-            let outcomes: Vec<CallOutcome> = outcomes
-                .iter()
-                .filter(|outcome| !matches!(outcome, CallOutcome::Pending))
-                .cloned()
-                .collect();
+            let (outcomes, children) = execution.map_or((&[][..], &[][..]), |execution| {
+                (execution.outcomes.as_slice(), execution.children.as_slice())
+            });
+            let outcomes = rows::interrupted_outcomes(outcomes);
             let built = rows::step_rows(
                 &turn.model,
                 partial,
@@ -457,7 +497,13 @@ async fn stop(
                 runtime_ms,
             );
             stream.flush().await;
-            turn.commit(&built.rows, TurnEnd::Interrupted, Some(stream.last_seq()))
+            turn.lease
+                .commit_step(
+                    &built.rows,
+                    children,
+                    TurnEnd::Interrupted,
+                    Some(stream.last_seq()),
+                )
                 .await;
         }
         Some(StopReason::Shutdown) => {

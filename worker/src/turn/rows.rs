@@ -17,6 +17,22 @@ pub struct StepRows {
     pub prompt: Vec<PromptMessage>,
 }
 
+/// The outcomes an interrupted step stores: calls waiting for the client or a sub-agent will
+/// never be answered now, so they get the interrupted result — in place, as outcomes match
+/// calls by position.
+pub fn interrupted_outcomes(outcomes: &[CallOutcome]) -> Vec<CallOutcome> {
+    outcomes
+        .iter()
+        .map(|outcome| {
+            if outcome.is_waiting() {
+                CallOutcome::error(crate::tool::execute::INTERRUPTED_RESULT)
+            } else {
+                outcome.clone()
+            }
+        })
+        .collect()
+}
+
 /// Builds the assistant row (parts, then the tool calls) and the tool row (results in call
 /// order; pending calls have none yet). `outcomes` is parallel to `output.tool_calls`; missing
 /// outcomes (a step stopped before its tools ran) get `missing_result` as an error result.
@@ -44,7 +60,7 @@ pub fn step_rows(
             args: sanitize_value(call.args.clone()),
         });
         let (result, is_error) = match outcomes.get(index) {
-            Some(CallOutcome::Pending) => continue,
+            Some(CallOutcome::Pending | CallOutcome::AwaitAgent { .. }) => continue,
             Some(CallOutcome::Done { result, is_error }) => (result.clone(), *is_error),
             None => (Value::String(missing_result.to_owned()), true),
         };
@@ -300,6 +316,65 @@ mod tests {
                     result: json!("interrupted"),
                     is_error: true
                 },
+            ]
+        );
+    }
+
+    /// An interrupted step's waiting calls (client or sub-agent) get the interrupted result
+    /// in their own place: the results of the calls after them stay theirs. (Before, the
+    /// waiting outcomes were dropped from the list, and a later call's result went to an
+    /// earlier call.)
+    #[test]
+    fn an_interrupted_step_answers_waiting_calls_in_place() {
+        let output = StepOutput {
+            tool_calls: ["client", "spawn_agent", "wait_agent", "current_time"]
+                .iter()
+                .enumerate()
+                .map(|(index, name)| ToolCall {
+                    id: index.to_string(),
+                    name: (*name).into(),
+                    args: json!({}),
+                })
+                .collect(),
+            ..StepOutput::default()
+        };
+        let outcomes = interrupted_outcomes(&[
+            CallOutcome::Pending,
+            CallOutcome::Done {
+                result: json!({"chat_id": "c"}),
+                is_error: false,
+            },
+            CallOutcome::AwaitAgent {
+                chat_id: Uuid::nil(),
+                timeout: std::time::Duration::from_secs(1),
+            },
+            CallOutcome::Done {
+                result: json!("now"),
+                is_error: false,
+            },
+        ]);
+        let built = step_rows(&model(None, None, None), &output, &outcomes, "missing", 5);
+        let results: Vec<(String, Value, bool)> = built.prompt[1]
+            .content
+            .iter()
+            .map(|part| match part {
+                ContentPart::ToolResult {
+                    tool_name,
+                    result,
+                    is_error,
+                    ..
+                } => (tool_name.clone(), result.clone(), *is_error),
+                other => panic!("not a result: {other:?}"),
+            })
+            .collect();
+        let interrupted = json!(crate::tool::execute::INTERRUPTED_RESULT);
+        assert_eq!(
+            results,
+            [
+                ("client".to_owned(), interrupted.clone(), true),
+                ("spawn_agent".to_owned(), json!({"chat_id": "c"}), false),
+                ("wait_agent".to_owned(), interrupted, true),
+                ("current_time".to_owned(), json!("now"), false),
             ]
         );
     }
