@@ -239,6 +239,9 @@ pub struct WorkerArgs {
     /// Sub-agents one turn (one user message) may start.
     #[arg(long, env = "CHATD_MAX_AGENTS_PER_TURN", default_value_t = wd::MAX_AGENTS_PER_TURN, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=100))]
     pub max_agents_per_turn: usize,
+    /// Bound on connecting to an MCP server and listing its tools (ms).
+    #[arg(long, env = "CHATD_MCP_TIMEOUT_MS", default_value_t = wd::MCP_TIMEOUT_MS, value_parser = positive_ms())]
+    pub mcp_timeout_ms: u64,
     /// Serve /metrics and /healthz on this address (optional).
     #[arg(long, env = "CHATD_METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,
@@ -474,6 +477,7 @@ pub fn worker_config(args: WorkerArgs) -> anyhow::Result<chatd_worker::WorkerCon
     config.title_timeout = ms(args.title_timeout_ms);
     config.max_agent_depth = args.max_agent_depth;
     config.max_agents_per_turn = args.max_agents_per_turn;
+    config.mcp_timeout = ms(args.mcp_timeout_ms);
     config.encryption_key = args
         .encryption_key
         .as_deref()

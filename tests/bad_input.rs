@@ -512,7 +512,7 @@ async fn the_documented_rules_hold_at_their_edges() {
     assert_eq!(document.status, 200, "{}", document.body);
     let document = document.json();
     assert_eq!(document["openapi"], "3.1.0");
-    assert_eq!(document["paths"].as_object().unwrap().len(), 36);
+    assert_eq!(document["paths"].as_object().unwrap().len(), 39);
     assert!(document["info"]["description"]
         .as_str()
         .unwrap()

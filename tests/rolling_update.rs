@@ -46,6 +46,10 @@ impl Drop for Nginx {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // Kept for a person to read when the test fails.
+        let logs = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-logs");
+        let _ = std::fs::create_dir_all(&logs);
+        let _ = std::fs::copy(self.dir.join("error.log"), logs.join("nginx-error.log"));
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

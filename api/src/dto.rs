@@ -255,6 +255,10 @@ pub struct CreateChatRequest {
     pub parent_chat_id: Option<Uuid>,
     #[schema(max_length = 200, pattern = r"^[^\u0000]*$")]
     pub title: Option<String>,
+    /// The MCP servers whose tools the chat is offered (each must exist and be enabled: 422
+    /// naming the entry), besides the `force_on` ones. Absent: the `default_on` servers.
+    #[schema(max_items = 32)]
+    pub mcp_server_ids: Option<Vec<Uuid>>,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]

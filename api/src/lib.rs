@@ -7,6 +7,7 @@ pub mod auth;
 pub mod body;
 pub mod config;
 pub mod cursor;
+pub mod drain;
 pub mod dto;
 pub mod error;
 pub mod hub;
@@ -14,7 +15,7 @@ pub mod openapi;
 pub mod routes;
 pub mod state;
 pub mod store;
-mod waiting;
+pub(crate) mod waiting;
 
 use std::sync::Arc;
 
@@ -91,13 +92,15 @@ pub async fn run(
     let address = listener.address().context("read the listen address")?;
     tracing::info!(%address, "api listening");
     // Small SSE writes must leave at once: no Nagle delay (40 ms with delayed ACKs).
+    let listener = drain::DrainingListener::new(listener, shutdown.clone())
+        .context("read the listen address")?;
     let listener = axum::serve::ListenerExt::tap_io(listener, |stream| {
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%error, "set TCP_NODELAY");
         }
     });
     axum::serve(listener, routes::router(state))
-        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .with_graceful_shutdown(drain::connections_close(shutdown))
         .await
         .context("serve http")
 }

@@ -26,6 +26,15 @@ impl SharedListener {
     pub fn address(&self) -> std::io::Result<SocketAddr> {
         self.0.local_addr()
     }
+
+    /// A connection the kernel has already queued, without waiting (`None`: none, or the
+    /// accept failed).
+    pub fn try_accept(&self) -> Option<(TcpStream, SocketAddr)> {
+        let (socket, address) = socket2::SockRef::from(&*self.0).accept().ok()?;
+        socket.set_nonblocking(true).ok()?;
+        let stream = TcpStream::from_std(std::net::TcpStream::from(socket)).ok()?;
+        Some((stream, address.as_socket()?))
+    }
 }
 
 impl axum::serve::Listener for SharedListener {

@@ -3,6 +3,7 @@
 
 pub mod chats;
 pub mod cluster;
+pub mod mcp;
 pub mod models;
 pub mod pg;
 pub mod proxy;

@@ -69,6 +69,8 @@ pub struct WorkerConfig {
     pub max_agent_depth: i16,
     /// Sub-agents one turn (one user message) may start.
     pub max_agents_per_turn: usize,
+    /// Bound on connecting to an MCP server and listing its tools.
+    pub mcp_timeout: Duration,
 }
 
 /// The defaults, in one place: `WorkerConfig::new` and the `chatd worker` flags both use them.
@@ -95,6 +97,7 @@ pub mod defaults {
     pub const TITLE_TIMEOUT_MS: u64 = 20_000;
     pub const MAX_AGENT_DEPTH: i16 = 2;
     pub const MAX_AGENTS_PER_TURN: usize = 8;
+    pub const MCP_TIMEOUT_MS: u64 = 10_000;
 }
 
 fn ms(value: u64) -> Duration {
@@ -143,6 +146,7 @@ impl WorkerConfig {
             title_timeout: ms(TITLE_TIMEOUT_MS),
             max_agent_depth: MAX_AGENT_DEPTH,
             max_agents_per_turn: MAX_AGENTS_PER_TURN,
+            mcp_timeout: ms(MCP_TIMEOUT_MS),
         }
     }
 

@@ -6,6 +6,7 @@
 pub mod config;
 pub mod flusher;
 pub mod liveness;
+pub mod mcp;
 pub mod metrics_server;
 pub mod provider;
 pub mod recovery;

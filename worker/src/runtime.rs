@@ -80,6 +80,15 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
         .context("build the http client")?;
     let builtin_tools =
         crate::tool::builtin_tools(&config.builtin_tools).map_err(anyhow::Error::msg)?;
+    let mcp = Arc::new(
+        crate::mcp::McpHub::new(
+            pool.clone(),
+            config.encryption_key,
+            config.mcp_timeout,
+            http.clone(),
+        )
+        .context("build the MCP client")?,
+    );
     let background = CancellationToken::new();
     let flusher = StreamFlusher::new(pool.clone(), config.worker_id);
     let liveness = Liveness::spawn(
@@ -119,6 +128,7 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
         shared.clone(),
         models.clone(),
         spend.clone(),
+        mcp.clone(),
         events,
     ));
     tracker.spawn(heartbeat_loop(
@@ -144,6 +154,7 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
         models,
         spend,
         builtin_tools: Arc::new(builtin_tools),
+        mcp,
         side_tasks: side_tasks.clone(),
         side_stop: side_stop.clone(),
     };
@@ -299,6 +310,7 @@ async fn dispatch_notifications(
     shared: Arc<Shared>,
     models: Arc<crate::turn::context::ModelCache>,
     spend: Arc<chatd_shared::db::limits::SpendCache>,
+    mcp: Arc<crate::mcp::McpHub>,
     mut events: mpsc::Receiver<ListenerEvent>,
 ) {
     let control_channel = worker_channel(shared.config.worker_id);
@@ -312,6 +324,7 @@ async fn dispatch_notifications(
                     // will do).
                     models.clear();
                     spend.clear();
+                    mcp.clear();
                 } else if channel == control_channel {
                     match serde_json::from_str::<ControlNotice>(&payload) {
                         Ok(notice) => control(&shared, notice),
@@ -324,6 +337,7 @@ async fn dispatch_notifications(
             ListenerEvent::Reconnected => {
                 models.clear();
                 spend.clear();
+                mcp.clear();
                 shared.wake.notify_one();
             }
             ListenerEvent::Disconnected => {}

@@ -77,6 +77,13 @@ pub const ERRORS: &[(&str, &[u16])] = &[
     ("getProvider", &[400, 403, 404]),
     ("patchProvider", &[400, 403, 404, 409, 413]),
     ("deleteProvider", &[400, 403, 404, 409]),
+    ("getAdvisor", &[403]),
+    ("putAdvisor", &[400, 403, 413, 422]),
+    ("listMcpServers", &[403]),
+    ("createMcpServer", &[400, 403, 409, 413]),
+    ("getMcpServer", &[400, 403, 404]),
+    ("patchMcpServer", &[400, 403, 404, 409, 413]),
+    ("deleteMcpServer", &[400, 403, 404]),
     ("listModelConfigs", &[400, 403]),
     ("createModelConfig", &[400, 403, 409, 413, 422]),
     ("getModelConfig", &[400, 404]),
@@ -159,8 +166,12 @@ pub fn finish(mut doc: Value, config: &ApiConfig) -> Value {
         schemas[name]["properties"]["base_url"]["pattern"] =
             json!(chatd_shared::validate::base_url_pattern(true));
     }
+    for name in ["CreateMcpServerRequest", "PatchMcpServerRequest"] {
+        schemas[name]["properties"]["url"]["pattern"] =
+            json!(chatd_shared::validate::base_url_pattern(true));
+    }
     // `deny_unknown_fields` on tagged enums: each variant admits only its own fields.
-    for name in ["UserPart", "ContentPart", "StreamPart"] {
+    for name in ["UserPart", "ContentPart", "StreamPart", "McpAuthInput"] {
         if let Some(variants) = schemas[name]["oneOf"].as_array_mut() {
             for variant in variants {
                 variant["additionalProperties"] = json!(false);
@@ -384,6 +395,13 @@ fn links(operation_id: &str) -> Vec<(&'static str, Value)> {
             to(
                 &["getProvider", "patchProvider", "deleteProvider"],
                 json!({"provider_id": "$response.body#/provider/id"}),
+            ),
+        )],
+        "createMcpServer" => vec![(
+            "201",
+            to(
+                &["getMcpServer", "patchMcpServer", "deleteMcpServer"],
+                json!({"mcp_server_id": "$response.body#/mcp_server/id"}),
             ),
         )],
         "createModelConfig" => vec![(

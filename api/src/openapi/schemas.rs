@@ -72,3 +72,74 @@ pub fn labels_or_null() -> Schema {
         ))
         .into()
 }
+
+/// A tool name in an MCP server's allow or deny list: 1 to 128 characters, no control
+/// characters.
+pub fn tool_name() -> ObjectBuilder {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .min_length(Some(1))
+        .max_length(Some(chatd_shared::db::mcp::MAX_TOOL_NAME_CHARS))
+        .pattern(Some(r"^[^\u0000-\u001f\u007f-\u009f]+(?!\n)$"))
+}
+
+/// An MCP server's `tool_allowlist` / `tool_denylist`: at most 256 names; `null` allowed.
+pub fn tool_list_or_null() -> Schema {
+    let list = ArrayBuilder::new()
+        .items(tool_name())
+        .max_items(Some(chatd_shared::db::mcp::MAX_TOOL_LIST));
+    OneOfBuilder::new()
+        .item(list)
+        .item(ObjectBuilder::new().schema_type(Type::Null))
+        .into()
+}
+
+/// The `headers` of an MCP server's `headers` auth: 1 to 32 entries; names of HTTP token
+/// characters (1-128), not one chatd sets itself (any case); values of 1 to 4096 visible
+/// ASCII characters.
+pub fn mcp_headers() -> Schema {
+    let reserved: Vec<String> = chatd_shared::db::mcp::RESERVED_HEADERS
+        .iter()
+        .map(|name| {
+            name.chars()
+                .map(|c| {
+                    if c.is_ascii_alphabetic() {
+                        format!("[{}{}]", c.to_ascii_uppercase(), c)
+                    } else {
+                        regex_escape(c)
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    let name_pattern = format!(
+        r"^(?!(?:{})$)[!#$%&'*+.^_`|~0-9A-Za-z-]{{1,128}}(?!\n)$",
+        reserved.join("|")
+    );
+    let value = ObjectBuilder::new()
+        .schema_type(Type::String)
+        .min_length(Some(1))
+        .max_length(Some(chatd_shared::db::mcp::MAX_HEADER_VALUE_CHARS))
+        .pattern(Some(r"^[\x20-\x7e]+(?!\n)$"));
+    let mut schema = ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .additional_properties(Some(value))
+        .min_properties(Some(1))
+        .max_properties(Some(chatd_shared::db::mcp::MAX_HEADERS))
+        .build();
+    schema.property_names = Some(Box::new(
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some(name_pattern))
+            .into(),
+    ));
+    Schema::Object(schema)
+}
+
+fn regex_escape(c: char) -> String {
+    if "\\.+*?()|[]{}^$-".contains(c) {
+        format!("\\{c}")
+    } else {
+        c.to_string()
+    }
+}

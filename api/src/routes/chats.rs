@@ -111,6 +111,7 @@ pub async fn create(
             labels,
             dynamic_tools,
             parent_chat_id: request.parent_chat_id,
+            mcp_server_ids: request.mcp_server_ids,
         },
     )
     .await?;

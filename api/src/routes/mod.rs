@@ -1,6 +1,7 @@
 //! The router: every public route of `/api/v1`, plus health, readiness and metrics.
 
 mod admin;
+mod advisor;
 mod chats;
 mod control;
 mod files;
@@ -50,6 +51,13 @@ pub fn api_routes() -> OpenApiRouter<AppState> {
             admin::providers::get,
             admin::providers::patch,
             admin::providers::delete
+        ))
+        .routes(routes!(advisor::get, advisor::put))
+        .routes(routes!(admin::mcp::list, admin::mcp::create))
+        .routes(routes!(
+            admin::mcp::get,
+            admin::mcp::patch,
+            admin::mcp::delete
         ))
         .routes(routes!(admin::models::list, admin::models::create))
         .routes(routes!(

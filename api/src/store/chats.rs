@@ -25,6 +25,8 @@ pub struct NewChat {
     pub labels: Value,
     pub dynamic_tools: Value,
     pub parent_chat_id: Option<Uuid>,
+    /// `None`: the `default_on` MCP servers.
+    pub mcp_server_ids: Option<Vec<Uuid>>,
 }
 
 /// Inserts a message row. The caller holds the chat row lock (or created the chat in the
@@ -116,6 +118,9 @@ pub async fn create_chat(
         root_chat_id = Some(parent.get::<_, Uuid>(0));
         depth = parent.get::<_, i16>(2).saturating_add(1);
     }
+    let mcp_server_ids =
+        chatd_shared::db::mcp::pick_for_chat(&transaction, new_chat.mcp_server_ids.as_deref())
+            .await?;
     let status = if new_chat.message.is_some() {
         ChatStatus::Pending
     } else {
@@ -123,7 +128,8 @@ pub async fn create_chat(
     };
     let sql = format!(
         "INSERT INTO chats AS c (owner_id, parent_chat_id, root_chat_id, title, status, \
-         model_config_id, labels, dynamic_tools, depth) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+         model_config_id, labels, dynamic_tools, depth, mcp_server_ids) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
          RETURNING {}",
         ChatRow::COLUMNS
     );
@@ -140,6 +146,7 @@ pub async fn create_chat(
                 &new_chat.labels,
                 &new_chat.dynamic_tools,
                 &depth,
+                &mcp_server_ids,
             ],
         )
         .await?;

@@ -43,14 +43,9 @@ impl SystemPrompt {
 
 /// The deployment's system prompt (the default — none — when never set).
 pub async fn system_prompt(client: &impl Sql) -> Result<SystemPrompt, tokio_postgres::Error> {
-    let row = client
-        .row_opt(
-            "SELECT value FROM site_config WHERE key = $1",
-            &[&SYSTEM_PROMPT_KEY],
-        )
-        .await?;
-    Ok(row
-        .and_then(|row| serde_json::from_value(row.get::<_, serde_json::Value>(0)).ok())
+    Ok(super::site_config::get(client, SYSTEM_PROMPT_KEY)
+        .await?
+        .and_then(|value| serde_json::from_value(value).ok())
         .unwrap_or_default())
 }
 
@@ -59,14 +54,7 @@ pub async fn set_system_prompt(
     prompt: &SystemPrompt,
 ) -> Result<(), tokio_postgres::Error> {
     let value = serde_json::to_value(prompt).expect("a system prompt serializes");
-    client
-        .exec(
-            "INSERT INTO site_config (key, value) VALUES ($1, $2) \
-             ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = now()",
-            &[&SYSTEM_PROMPT_KEY, &value],
-        )
-        .await?;
-    Ok(())
+    super::site_config::put(client, SYSTEM_PROMPT_KEY, &value).await
 }
 
 /// A user's instructions (`""` for none or an unknown user).

@@ -80,6 +80,13 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../../../migrations/0008_sub_agents.sql"),
         compatible_from: 8,
     },
+    // A new table and a column with a default: builds at version 8 ignore them.
+    Migration {
+        version: 9,
+        name: "0009_mcp_servers",
+        sql: include_str!("../../../migrations/0009_mcp_servers.sql"),
+        compatible_from: 8,
+    },
 ];
 
 /// This binary's version, recorded with the migrations it applies and named in errors.

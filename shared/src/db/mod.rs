@@ -5,9 +5,11 @@
 //! `chatd-worker` store module); this module holds what both need.
 
 pub mod admin;
+pub mod advisor;
 pub mod agents;
 pub mod instructions;
 pub mod limits;
+pub mod mcp;
 pub mod migrate;
 pub mod models;
 pub mod pool;
@@ -29,4 +31,36 @@ macro_rules! bump_chat_version {
     () => {
         "version = c.version + 1, updated_at = now()"
     };
+}
+
+/// `site_config`: deployment-wide settings, one JSON value per key.
+pub mod site_config {
+    use super::sql::Sql;
+
+    /// The value stored under `key`, if any.
+    pub async fn get(
+        client: &impl Sql,
+        key: &str,
+    ) -> Result<Option<serde_json::Value>, tokio_postgres::Error> {
+        let row = client
+            .row_opt("SELECT value FROM site_config WHERE key = $1", &[&key])
+            .await?;
+        Ok(row.map(|row| row.get(0)))
+    }
+
+    /// Stores `value` under `key`.
+    pub async fn put(
+        client: &impl Sql,
+        key: &str,
+        value: &serde_json::Value,
+    ) -> Result<(), tokio_postgres::Error> {
+        client
+            .exec(
+                "INSERT INTO site_config (key, value) VALUES ($1, $2) \
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = now()",
+                &[&key, value],
+            )
+            .await?;
+        Ok(())
+    }
 }

@@ -31,6 +31,10 @@ pub enum ConfigKind {
     /// A user's access (`id` the user): a token revoked, the user suspended or their admin
     /// rights changed. API replicas evict the user's cached tokens and recheck their streams.
     Auth,
+    /// An MCP server was created, changed or deleted (`id` the server).
+    McpServer,
+    /// The advisor's settings (`id` nil).
+    Advisor,
 }
 
 /// Publishes `notice` on `chatd_config`. Call it after the change committed.

@@ -19,7 +19,7 @@ pub async fn load_prompt(
     let rows = client
         .rows(
             "SELECT m.role, m.content, m.model_config_id, c.model_config_id, \
-             c.dynamic_tools, c.title = '', m.provider_response_id FROM chats c \
+             c.dynamic_tools, c.title = '', m.provider_response_id, c.mcp_server_ids FROM chats c \
              LEFT JOIN chat_messages m ON m.chat_id = c.id AND NOT m.deleted \
                  AND m.visibility <> 'user' \
                  AND (m.role = 'system' OR m.id >= coalesce((SELECT max(id) FROM chat_messages \
@@ -36,6 +36,7 @@ pub async fn load_prompt(
                 .map_err(|error| ContextError::Config(format!("stored dynamic tools: {error}")))?;
             loaded.untitled = row.get(5);
             loaded.wanted_model = row.get(3);
+            loaded.mcp_server_ids = row.get(7);
         }
         let Some(role) = row.get::<_, Option<&str>>(0) else {
             continue; // a chat without messages (LEFT JOIN)

@@ -52,6 +52,8 @@ pub struct StepExecution {
     pub interrupted: bool,
     /// Sub-agents `spawn_agent` started: the step's commit inserts them.
     pub children: Vec<NewChild>,
+    /// What the step's tools cost (the advisor's model call), stored on the tool row.
+    pub usage: Option<(uuid::Uuid, crate::store::RowUsage)>,
 }
 
 /// The result every unfinished call gets when the turn is interrupted.
@@ -81,6 +83,7 @@ pub async fn execute(
                 outcomes: calls.iter().map(|_| CallOutcome::error(&message)).collect(),
                 interrupted: false,
                 children: Vec::new(),
+                usage: None,
             };
         }
     }
@@ -115,6 +118,10 @@ pub async fn execute(
                 call.name
             ))),
             (Some(ToolKind::Dynamic(_)), _) => Slot::Ready(CallOutcome::Pending),
+            // Called alone, the advisor never reaches here (the turn runs it itself).
+            (Some(ToolKind::Advisor), _) => {
+                Slot::Ready(CallOutcome::error("`advisor` must be called on its own"))
+            }
             (Some(ToolKind::Agent), _) => Slot::Ready(
                 agent_outcomes
                     .get_mut(index)
@@ -161,6 +168,7 @@ pub async fn execute(
         outcomes,
         interrupted,
         children,
+        usage: None,
     }
 }
 

@@ -9,6 +9,7 @@
 //! client), whatever happens — unknown tool, bad arguments, a failing or panicking tool, a
 //! timeout, an interrupt — so the next provider request is always valid.
 
+pub mod advisor;
 pub mod agents;
 pub mod builtin;
 pub mod execute;
@@ -55,6 +56,8 @@ pub enum ToolKind<'a> {
     Builtin(&'a Arc<dyn Tool>),
     /// `spawn_agent` or `wait_agent` ([`agents`]).
     Agent,
+    /// `advisor` ([`advisor`]): runs alone, outside [`execute`].
+    Advisor,
     Dynamic(&'a DynamicTool),
 }
 
@@ -65,6 +68,7 @@ pub enum ToolKind<'a> {
 pub struct Toolset {
     builtin: BTreeMap<String, Arc<dyn Tool>>,
     agents: Option<agents::AgentScope>,
+    advisor: Option<advisor::AdvisorScope>,
     dynamic: Vec<DynamicTool>,
 }
 
@@ -81,6 +85,7 @@ impl Toolset {
         Toolset {
             builtin,
             agents: None,
+            advisor: None,
             dynamic,
         }
     }
@@ -96,12 +101,26 @@ impl Toolset {
         self.agents.as_ref()
     }
 
+    /// Adds the `advisor` tool (a dynamic tool of that name is dropped).
+    pub fn with_advisor(mut self, scope: advisor::AdvisorScope) -> Toolset {
+        self.dynamic.retain(|tool| tool.name != advisor::ADVISOR);
+        self.advisor = Some(scope);
+        self
+    }
+
+    pub fn advisor(&self) -> Option<&advisor::AdvisorScope> {
+        self.advisor.as_ref()
+    }
+
     /// Specs offered to the model: built-ins by name, the agent tools, then dynamic tools in
     /// declared order.
     pub fn specs(&self) -> Vec<ToolSpec> {
         let mut specs: Vec<ToolSpec> = self.builtin.values().map(|tool| tool.spec()).collect();
         if let Some(scope) = &self.agents {
             specs.extend(scope.specs());
+        }
+        if let Some(scope) = &self.advisor {
+            specs.push(scope.spec());
         }
         specs.extend(self.dynamic.iter().map(|tool| ToolSpec {
             name: tool.name.clone(),
@@ -122,6 +141,9 @@ impl Toolset {
         {
             return Some(ToolKind::Agent);
         }
+        if self.advisor.is_some() && name == advisor::ADVISOR {
+            return Some(ToolKind::Advisor);
+        }
         self.dynamic
             .iter()
             .find(|tool| tool.name == name)
@@ -132,6 +154,7 @@ impl Toolset {
         match self.lookup(name) {
             Some(ToolKind::Builtin(tool)) => tool.exclusive(),
             Some(ToolKind::Dynamic(tool)) => tool.exclusive,
+            Some(ToolKind::Advisor) => true,
             Some(ToolKind::Agent) | None => false,
         }
     }

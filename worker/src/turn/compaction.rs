@@ -12,7 +12,7 @@ use chatd_shared::domain::{ContentPart, Role};
 use super::context::ModelChoice;
 use super::summary::collect_text;
 use crate::provider::{ModelRequest, PromptMessage, Usage};
-use crate::store::{NewRow, RowUsage};
+use crate::store::NewRow;
 
 /// What the summarising request asks for.
 pub const SUMMARY_INSTRUCTION: &str = "The conversation above is about to exceed the context \
@@ -128,14 +128,7 @@ pub async fn summarise(
         content: serde_json::to_value(&stored).unwrap_or_default(),
         model_config_id: Some(model.model_config_id),
         // The summary request is billed like a step; its spend is recorded on its row.
-        usage: Some(RowUsage {
-            input_tokens: usage.input_tokens,
-            output_tokens: usage.output_tokens,
-            reasoning_tokens: usage.reasoning_tokens,
-            cache_read_tokens: usage.cache_read_tokens,
-            cache_write_tokens: usage.cache_write_tokens,
-            cost_micros: super::rows::cost_micros(model, &usage),
-        }),
+        usage: Some(super::rows::billed(model, &usage)),
         runtime_ms: Some(started.elapsed().as_millis() as i64),
         provider_response_id: None,
         compressed: true,

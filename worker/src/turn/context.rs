@@ -51,6 +51,8 @@ pub struct LoadedChat {
     pub dynamic_tools: Vec<DynamicTool>,
     /// Whether the chat still has no title (the turn then generates one).
     pub untitled: bool,
+    /// The MCP servers the chat picked at creation (`force_on` ones apply besides).
+    pub mcp_server_ids: Vec<uuid::Uuid>,
     /// The newest assistant row with a provider response id: (response id, its model config,
     /// index in `prompt` of the first message after it). Lets OpenAI Responses chain.
     pub last_response: Option<(String, Option<Uuid>, usize)>,
@@ -68,6 +70,8 @@ pub struct LoadedChat {
 pub struct ModelCache {
     entries: dashmap::DashMap<Option<Uuid>, (ModelChoice, std::time::Instant)>,
     instructions: dashmap::DashMap<Uuid, (std::sync::Arc<Vec<PromptMessage>>, std::time::Instant)>,
+    advisor:
+        std::sync::Mutex<Option<(chatd_shared::db::advisor::AdvisorConfig, std::time::Instant)>>,
 }
 
 /// How long a resolved model is reused.
@@ -97,6 +101,43 @@ impl ModelCache {
     pub fn clear(&self) {
         self.entries.clear();
         self.instructions.clear();
+        *self
+            .advisor
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner()) = None;
+    }
+
+    /// The advisor's settings (cached like models; the defaults, disabled, when they cannot
+    /// be read and none are known).
+    pub async fn advisor(
+        &self,
+        pool: &deadpool_postgres::Pool,
+    ) -> chatd_shared::db::advisor::AdvisorConfig {
+        if let Some((config, at)) = &*self.advisor.lock().unwrap_or_else(|p| p.into_inner()) {
+            if at.elapsed() < MODEL_CACHE_TTL {
+                return config.clone();
+            }
+        }
+        let read = async {
+            let client = pool.get().await?;
+            anyhow::Ok(chatd_shared::db::advisor::read(&*client).await?)
+        };
+        match read.await {
+            Ok(config) => {
+                *self.advisor.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some((config.clone(), std::time::Instant::now()));
+                config
+            }
+            Err(error) => {
+                tracing::warn!(error = format!("{error:#}"), "read the advisor's settings");
+                self.advisor
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .as_ref()
+                    .map(|(config, _)| config.clone())
+                    .unwrap_or_default()
+            }
+        }
     }
 
     /// The system messages that precede the chat's own for `owner_id`: the deployment's

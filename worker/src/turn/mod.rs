@@ -62,6 +62,8 @@ pub struct TurnDeps {
     pub spend: Arc<chatd_shared::db::limits::SpendCache>,
     /// The built-in tools this worker offers (`--tools`).
     pub builtin_tools: Arc<Vec<Arc<dyn Tool>>>,
+    /// The MCP servers' tools.
+    pub mcp: Arc<crate::mcp::McpHub>,
     /// Owner of the tasks a turn leaves behind (titles): the worker stops them with
     /// `side_stop` and waits for them at shutdown.
     pub side_tasks: tokio_util::task::TaskTracker,
@@ -84,7 +86,9 @@ async fn run_turn_inner(deps: TurnDeps, claim: Claim, control: Arc<TurnControl>)
     let Some((turn, loaded)) = start(&deps, &claim, control).await else {
         return;
     };
-    let mut steps = Steps::new(&deps, &turn, loaded);
+    let mcp_tools = deps.mcp.tools_for(&loaded.mcp_server_ids).await;
+    let advisor = advisor_scope(&deps, &turn).await;
+    let mut steps = Steps::new(&deps, &turn, loaded, mcp_tools, advisor);
     for _ in 0..deps.config.max_steps {
         if let Flow::End = steps.run_one(&deps, &turn).await {
             return;
@@ -99,6 +103,45 @@ async fn run_turn_inner(deps: TurnDeps, claim: Claim, control: Arc<TurnControl>)
     );
     turn.commit(&[], TurnEnd::Failed(error), Some(steps.stream.last_seq()))
         .await;
+}
+
+/// The advisor for this turn: root chats only, while it is enabled, on its model (the
+/// turn's own when none is set, or when that one cannot be resolved now).
+async fn advisor_scope(deps: &TurnDeps, turn: &TurnContext) -> Option<tool::advisor::AdvisorScope> {
+    if turn.depth > 0 {
+        return None;
+    }
+    let config = deps.models.advisor(&deps.pool).await;
+    if !config.enabled {
+        return None;
+    }
+    let model = match config.model_config_id {
+        None => turn.model.clone(),
+        Some(id) => {
+            let resolved = async {
+                let client = deps.pool.get().await?;
+                anyhow::Ok(
+                    deps.models
+                        .resolve(&client, Some(id), deps.config.encryption_key.as_ref())
+                        .await?,
+                )
+            }
+            .await;
+            match resolved {
+                Ok(model) if model.model_config_id == id => model,
+                Ok(_) | Err(_) => {
+                    tracing::warn!(model_config_id = %id, "the advisor's model is not usable; it runs on the chat's");
+                    turn.model.clone()
+                }
+            }
+        }
+    };
+    Some(tool::advisor::AdvisorScope {
+        http: deps.http.clone(),
+        model,
+        config,
+        timeout: deps.config.tool_timeout,
+    })
 }
 
 /// Loads the prompt and resolves the model; a turn that cannot start (no usable model, a
@@ -165,8 +208,16 @@ struct Steps {
 }
 
 impl Steps {
-    fn new(deps: &TurnDeps, turn: &TurnContext, loaded: LoadedChat) -> Steps {
-        let mut toolset = Toolset::new(deps.builtin_tools.to_vec(), loaded.dynamic_tools);
+    fn new(
+        deps: &TurnDeps,
+        turn: &TurnContext,
+        loaded: LoadedChat,
+        mcp_tools: Vec<Arc<dyn Tool>>,
+        advisor: Option<tool::advisor::AdvisorScope>,
+    ) -> Steps {
+        let mut builtin = deps.builtin_tools.to_vec();
+        builtin.extend(mcp_tools);
+        let mut toolset = Toolset::new(builtin, loaded.dynamic_tools);
         let enabled = |name: &str| deps.config.builtin_tools.iter().any(|tool| tool == name);
         let (spawn, wait) = (enabled("spawn_agent"), enabled("wait_agent"));
         if spawn || wait {
@@ -180,6 +231,9 @@ impl Steps {
                 max_depth: deps.config.max_agent_depth,
                 max_per_turn: deps.config.max_agents_per_turn,
             });
+        }
+        if let Some(advisor) = advisor {
+            toolset = toolset.with_advisor(advisor);
         }
         let chain = loaded
             .last_response
@@ -217,6 +271,18 @@ impl Steps {
                 return Flow::End;
             }
         };
+        let instructions = match self.toolset.advisor() {
+            // The prompt mentions the advisor only when it is offered.
+            Some(_) => {
+                let mut with_note = instructions.as_ref().clone();
+                with_note.push(PromptMessage {
+                    role: Role::System,
+                    content: vec![ContentPart::text(tool::advisor::ADVISOR_NOTE)],
+                });
+                Arc::new(with_note)
+            }
+            None => instructions,
+        };
         if let Some(error) = spend_limit_reached(deps, turn).await {
             // Before the provider call: a running turn ends at its next step boundary, a
             // claimed one before its first; the queue stays as it is.
@@ -232,7 +298,15 @@ impl Steps {
         else {
             return Flow::End;
         };
-        let Ok(execution) = run_tools(turn, &self.toolset, &output, step_deadline).await else {
+        let Ok(execution) = run_tools(
+            turn,
+            &self.toolset,
+            &output,
+            (&instructions, &self.prompt),
+            step_deadline,
+        )
+        .await
+        else {
             let error = step_timeout_error(deps.config.step_timeout);
             fail(turn, &mut self.stream, &error).await;
             return Flow::End;
@@ -258,13 +332,20 @@ impl Steps {
             .await;
             return Flow::End;
         }
-        let built = rows::step_rows(
+        let mut built = rows::step_rows(
             &turn.model,
             &output,
             outcomes,
             tool::execute::INTERRUPTED_RESULT,
             runtime_ms,
         );
+        if let Some((model_config_id, usage)) = execution.as_ref().and_then(|e| e.usage) {
+            // The tools' own model calls (the advisor) are billed on the tool row.
+            if let Some(row) = built.rows.iter_mut().find(|row| row.role == Role::Tool) {
+                row.model_config_id = Some(model_config_id);
+                row.usage = Some(usage);
+            }
+        }
         let pending = outcomes
             .iter()
             .any(|outcome| matches!(outcome, CallOutcome::Pending));
@@ -404,10 +485,37 @@ async fn run_tools(
     turn: &TurnContext,
     toolset: &Toolset,
     output: &StepOutput,
+    (instructions, prompt): (&[PromptMessage], &[PromptMessage]),
     step_deadline: tokio::time::Instant,
 ) -> Result<Option<tool::execute::StepExecution>, tokio::time::error::Elapsed> {
     if output.tool_calls.is_empty() {
         return Ok(None);
+    }
+    if let (Some(advisor), [call]) = (toolset.advisor(), output.tool_calls.as_slice()) {
+        if call.name == tool::advisor::ADVISOR {
+            // Alone in its step (the exclusive policy refuses it in company): the advisor
+            // reads the conversation, which only the turn has.
+            let mut conversation = instructions.to_vec();
+            conversation.extend_from_slice(prompt);
+            let consult = advisor.advise(&call.args, &conversation);
+            return tokio::time::timeout_at(step_deadline, async {
+                tokio::select! {
+                    advice = consult => Some(tool::execute::StepExecution {
+                        outcomes: vec![advice.outcome],
+                        interrupted: false,
+                        children: Vec::new(),
+                        usage: advice.usage.map(|usage| (advisor.model.model_config_id, usage)),
+                    }),
+                    _ = turn.control.token.cancelled() => Some(tool::execute::StepExecution {
+                        outcomes: vec![CallOutcome::error(tool::execute::INTERRUPTED_RESULT)],
+                        interrupted: true,
+                        children: Vec::new(),
+                        usage: None,
+                    }),
+                }
+            })
+            .await;
+        }
     }
     let calls: Vec<CallRequest> = output
         .tool_calls

@@ -17,6 +17,18 @@ pub struct StepRows {
     pub prompt: Vec<PromptMessage>,
 }
 
+/// What a model call of `model` with `usage` stores on its row: the tokens and their cost.
+pub fn billed(model: &ModelChoice, usage: &Usage) -> RowUsage {
+    RowUsage {
+        input_tokens: usage.input_tokens,
+        output_tokens: usage.output_tokens,
+        reasoning_tokens: usage.reasoning_tokens,
+        cache_read_tokens: usage.cache_read_tokens,
+        cache_write_tokens: usage.cache_write_tokens,
+        cost_micros: cost_micros(model, usage),
+    }
+}
+
 /// The outcomes an interrupted step stores: calls waiting for the client or a sub-agent will
 /// never be answered now, so they get the interrupted result — in place, as outcomes match
 /// calls by position.
@@ -79,14 +91,7 @@ pub fn step_rows(
             role: Role::Assistant,
             content: serde_json::to_value(&parts).unwrap_or(Value::Array(Vec::new())),
             model_config_id: Some(model.model_config_id),
-            usage: Some(RowUsage {
-                input_tokens: usage.input_tokens,
-                output_tokens: usage.output_tokens,
-                reasoning_tokens: usage.reasoning_tokens,
-                cache_read_tokens: usage.cache_read_tokens,
-                cache_write_tokens: usage.cache_write_tokens,
-                cost_micros: cost_micros(model, usage),
-            }),
+            usage: Some(billed(model, usage)),
             runtime_ms: Some(runtime_ms),
             provider_response_id: output.response_id.clone(),
             compressed: false,

@@ -1,10 +1,11 @@
-//! Admin routes: `/providers` and `/model-configs`.
+//! Admin routes: `/providers`, `/model-configs` and `/mcp-servers`.
 //!
 //! Every route needs an admin token (403 `forbidden` otherwise, checked before the body is
 //! read), except the reads of `/model-configs`, which ordinary users need to pick a model
 //! and which then show only usable configs with public fields. After every committed change
 //! a hint goes out on `chatd_config` so processes drop cached configuration.
 
+pub mod mcp;
 pub mod models;
 pub mod providers;
 pub use chatd_shared::validate;
@@ -42,7 +43,7 @@ impl FromRequestParts<AppState> for AdminUser {
 /// Logs a committed change (who changed what) and publishes the `chatd_config` hint.
 /// A failed publish is logged, not returned: the change is durable and caches expire on
 /// their own.
-async fn config_changed(
+pub(crate) async fn config_changed(
     client: &deadpool_postgres::Client,
     admin: AdminUser,
     kind: ConfigKind,

@@ -283,7 +283,7 @@ pub struct PatchModelConfigRequest {
 
 /// A field that is present (possibly `null`) becomes `Some(_)`; an absent one stays `None`
 /// through `#[serde(default)]`.
-fn present<'de, T, D>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+pub(super) fn present<'de, T, D>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
 where
     T: Deserialize<'de>,
     D: Deserializer<'de>,
