@@ -37,7 +37,16 @@ pub async fn add_model(cluster: &Cluster, kind: &str, options: ModelOptions) -> 
     let provider = client
         .query_one(
             "INSERT INTO providers (kind, display_name, base_url) VALUES ($1, $1, $2) RETURNING id",
-            &[&kind, &format!("{}/v1", cluster.mock_url)],
+            // Each kind's base URL as its vendor's SDK takes it: OpenAI's with `/v1`,
+            // Anthropic's without.
+            &[
+                &kind,
+                &if kind == "anthropic" {
+                    cluster.mock_url.clone()
+                } else {
+                    format!("{}/v1", cluster.mock_url)
+                },
+            ],
         )
         .await
         .expect("insert provider");

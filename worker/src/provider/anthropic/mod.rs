@@ -50,6 +50,18 @@ pub const RAW_ARGUMENTS_KEY: &str = "_raw_arguments";
 /// `tool_result` when `is_error` is true.
 pub const EMPTY_ERROR_RESULT: &str = "the tool failed without output";
 
+/// The Messages endpoint of a base URL given either way: as Anthropic's SDKs take it
+/// (`https://api.anthropic.com`, `ANTHROPIC_BASE_URL`) or with the version
+/// (`https://api.anthropic.com/v1`, as chatd's OpenAI providers are configured).
+pub fn messages_url(base_url: &str) -> String {
+    let base = base_url.trim_end_matches('/');
+    if base.ends_with("/v1") {
+        endpoint_url(base, "messages")
+    } else {
+        endpoint_url(base, "v1/messages")
+    }
+}
+
 /// Sends one streaming request; see [`crate::provider::stream`] for the contract.
 pub async fn stream(
     http: &reqwest::Client,
@@ -57,7 +69,7 @@ pub async fn stream(
     request: &ModelRequest,
 ) -> Result<EventStream, ProviderError> {
     let mut builder = http
-        .post(endpoint_url(&endpoint.base_url, "messages"))
+        .post(messages_url(&endpoint.base_url))
         .header(ACCEPT, "text/event-stream")
         .header("anthropic-version", ANTHROPIC_VERSION)
         .json(&build_request(request));

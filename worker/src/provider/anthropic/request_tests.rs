@@ -440,3 +440,25 @@ async fn error_answer_is_classified_from_the_anthropic_body() {
     }
     server.abort();
 }
+
+/// Base URLs work as Anthropic's SDKs take them (no `/v1`) and with the version alike.
+#[test]
+fn the_messages_url_takes_base_urls_with_or_without_the_version() {
+    use super::messages_url;
+    for base in [
+        "https://api.anthropic.com",
+        "https://api.anthropic.com/",
+        "https://api.anthropic.com/v1",
+        "https://api.anthropic.com/v1/",
+    ] {
+        assert_eq!(
+            messages_url(base),
+            "https://api.anthropic.com/v1/messages",
+            "{base}"
+        );
+    }
+    assert_eq!(
+        messages_url("http://127.0.0.1:9090/proxy"),
+        "http://127.0.0.1:9090/proxy/v1/messages"
+    );
+}
