@@ -9,11 +9,13 @@ pub mod compaction;
 pub mod context;
 pub mod control;
 pub mod lease;
+pub mod limits;
 pub mod rows;
 pub mod step;
 pub mod stream;
 pub mod summary;
 pub mod title;
+pub mod tools;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,7 +29,7 @@ use crate::config::WorkerConfig;
 use crate::flusher::StreamFlusher;
 use crate::provider::{ModelRequest, PromptMessage, ProviderError, ResponseChain};
 use crate::store::{Claim, TurnEnd};
-use crate::tool::{self, execute::CallRequest, CallOutcome, Tool, Toolset};
+use crate::tool::{self, CallOutcome, Tool, Toolset};
 use context::{ContextError, LoadedChat, ModelChoice};
 use control::{StopReason, TurnControl};
 use lease::{Commit, TurnLease};
@@ -87,7 +89,7 @@ async fn run_turn_inner(deps: TurnDeps, claim: Claim, control: Arc<TurnControl>)
         return;
     };
     let mcp_tools = deps.mcp.tools_for(&loaded.mcp_server_ids).await;
-    let advisor = advisor_scope(&deps, &turn).await;
+    let advisor = tools::advisor_scope(&deps, &turn).await;
     let mut steps = Steps::new(&deps, &turn, loaded, mcp_tools, advisor);
     for _ in 0..deps.config.max_steps {
         if let Flow::End = steps.run_one(&deps, &turn).await {
@@ -103,45 +105,6 @@ async fn run_turn_inner(deps: TurnDeps, claim: Claim, control: Arc<TurnControl>)
     );
     turn.commit(&[], TurnEnd::Failed(error), Some(steps.stream.last_seq()))
         .await;
-}
-
-/// The advisor for this turn: root chats only, while it is enabled, on its model (the
-/// turn's own when none is set, or when that one cannot be resolved now).
-async fn advisor_scope(deps: &TurnDeps, turn: &TurnContext) -> Option<tool::advisor::AdvisorScope> {
-    if turn.depth > 0 {
-        return None;
-    }
-    let config = deps.models.advisor(&deps.pool).await;
-    if !config.enabled {
-        return None;
-    }
-    let model = match config.model_config_id {
-        None => turn.model.clone(),
-        Some(id) => {
-            let resolved = async {
-                let client = deps.pool.get().await?;
-                anyhow::Ok(
-                    deps.models
-                        .resolve(&client, Some(id), deps.config.encryption_key.as_ref())
-                        .await?,
-                )
-            }
-            .await;
-            match resolved {
-                Ok(model) if model.model_config_id == id => model,
-                Ok(_) | Err(_) => {
-                    tracing::warn!(model_config_id = %id, "the advisor's model is not usable; it runs on the chat's");
-                    turn.model.clone()
-                }
-            }
-        }
-    };
-    Some(tool::advisor::AdvisorScope {
-        http: deps.http.clone(),
-        model,
-        config,
-        timeout: deps.config.tool_timeout,
-    })
 }
 
 /// Loads the prompt and resolves the model; a turn that cannot start (no usable model, a
@@ -283,7 +246,7 @@ impl Steps {
             }
             None => instructions,
         };
-        if let Some(error) = spend_limit_reached(deps, turn).await {
+        if let Some(error) = limits::spend_limit_reached(deps, turn).await {
             // Before the provider call: a running turn ends at its next step boundary, a
             // claimed one before its first; the queue stays as it is.
             self.stream.error(&error);
@@ -298,7 +261,7 @@ impl Steps {
         else {
             return Flow::End;
         };
-        let Ok(execution) = run_tools(
+        let Ok(execution) = tools::run_tools(
             turn,
             &self.toolset,
             &output,
@@ -479,68 +442,6 @@ impl Steps {
     }
 }
 
-/// Runs the step's tool calls (none: `Ok(None)`), bounded by the step's deadline (`Err` when
-/// it passed).
-async fn run_tools(
-    turn: &TurnContext,
-    toolset: &Toolset,
-    output: &StepOutput,
-    (instructions, prompt): (&[PromptMessage], &[PromptMessage]),
-    step_deadline: tokio::time::Instant,
-) -> Result<Option<tool::execute::StepExecution>, tokio::time::error::Elapsed> {
-    if output.tool_calls.is_empty() {
-        return Ok(None);
-    }
-    if let (Some(advisor), [call]) = (toolset.advisor(), output.tool_calls.as_slice()) {
-        if call.name == tool::advisor::ADVISOR {
-            // Alone in its step (the exclusive policy refuses it in company): the advisor
-            // reads the conversation, which only the turn has.
-            let mut conversation = instructions.to_vec();
-            conversation.extend_from_slice(prompt);
-            let consult = advisor.advise(&call.args, &conversation);
-            return tokio::time::timeout_at(step_deadline, async {
-                tokio::select! {
-                    advice = consult => Some(tool::execute::StepExecution {
-                        outcomes: vec![advice.outcome],
-                        interrupted: false,
-                        children: Vec::new(),
-                        usage: advice.usage.map(|usage| (advisor.model.model_config_id, usage)),
-                    }),
-                    _ = turn.control.token.cancelled() => Some(tool::execute::StepExecution {
-                        outcomes: vec![CallOutcome::error(tool::execute::INTERRUPTED_RESULT)],
-                        interrupted: true,
-                        children: Vec::new(),
-                        usage: None,
-                    }),
-                }
-            })
-            .await;
-        }
-    }
-    let calls: Vec<CallRequest> = output
-        .tool_calls
-        .iter()
-        .map(|call| CallRequest {
-            id: call.id.clone(),
-            name: call.name.clone(),
-            args: call.args.clone(),
-        })
-        .collect();
-    tokio::time::timeout_at(
-        step_deadline,
-        tool::execute(
-            toolset,
-            &calls,
-            turn.chat_id,
-            turn.owner_id,
-            turn.config.tool_timeout,
-            &turn.control.token,
-        ),
-    )
-    .await
-    .map(Some)
-}
-
 enum Compacted {
     /// The summary is stored; the prompt to go on with.
     Yes(Vec<PromptMessage>),
@@ -660,45 +561,6 @@ fn step_timeout_error(step_timeout: Duration) -> ProviderError {
         format!("the step ran longer than the step timeout ({step_timeout:?})"),
         false,
     )
-}
-
-/// The `spend_limit_exceeded` error when the chat's owner is at or over their limit for the
-/// current period (`None` while limits are off, under the limit, or when the check cannot be
-/// read: a database hiccup does not fail turns; the next step checks again).
-async fn spend_limit_reached(deps: &TurnDeps, turn: &TurnContext) -> Option<ChatError> {
-    // Usually known without a connection (limits off, or a fresh status).
-    let status = match deps.spend.cached(turn.owner_id) {
-        Some(known) => Ok(known),
-        None => {
-            async {
-                let client = deps.pool.get().await?;
-                anyhow::Ok(deps.spend.status(&*client, turn.owner_id).await?)
-            }
-            .await
-        }
-    };
-    let status = match status {
-        Ok(status) => status?,
-        Err(error) => {
-            tracing::warn!(error = format!("{error:#}"), chat_id = %turn.chat_id, "read the owner's spend");
-            return None;
-        }
-    };
-    let limit = status.limit_micros?;
-    if status.spent_micros < limit {
-        return None;
-    }
-    let resets_at = status
-        .resets_at
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default();
-    Some(ChatError::new(
-        "spend_limit_exceeded",
-        format!(
-            "the spend limit is reached: {} of {} micro-dollars spent this {}; it resets at {resets_at}",
-            status.spent_micros, limit, status.period
-        ),
-    ))
 }
 
 /// Publishes the `error` event, then commits the `error` state with `last_error`.
