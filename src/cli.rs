@@ -137,6 +137,13 @@ pub struct ApiArgs {
     /// workers' key). Without it, requests that set an API key are refused.
     #[arg(long, env = "CHATD_ENCRYPTION_KEY", hide_env_values = true)]
     pub encryption_key: Option<String>,
+    /// Browser origins allowed to call the API from another origin (CORS), comma-separated
+    /// (`https://app.example.com`), or `*` for any; none by default.
+    #[arg(long, env = "CHATD_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
+    /// Serve the web UI at `/` (`false`: an API-only replica; `/` is then a 404).
+    #[arg(long, env = "CHATD_WEB_UI", default_value_t = true, action = clap::ArgAction::Set)]
+    pub web_ui: bool,
 }
 
 #[derive(Args, Debug)]
@@ -181,6 +188,14 @@ pub struct WorkerArgs {
     /// Poll for pending chats this often (ms), even when notifications work.
     #[arg(long, env = "CHATD_ACQUIRE_INTERVAL_MS", default_value_t = wd::ACQUIRE_INTERVAL_MS, value_parser = positive_ms())]
     pub acquire_interval_ms: u64,
+    /// For this long (ms) after a chat becomes pending, only the worker that ran its last turn
+    /// (and holds its prompt in memory) may claim it; then any worker. 0: any worker at once.
+    #[arg(long, env = "CHATD_AFFINITY_GRACE_MS", default_value_t = wd::AFFINITY_GRACE_MS)]
+    pub affinity_grace_ms: u64,
+    /// Bytes of chats' prompts kept in memory between turns, so a turn reads only what is new
+    /// (least recently used evicted first); 0: read the whole prompt every turn.
+    #[arg(long, env = "CHATD_PROMPT_CACHE_BYTES", default_value_t = wd::PROMPT_CACHE_BYTES)]
+    pub prompt_cache_bytes: usize,
     /// Heartbeat interval (ms).
     #[arg(long, env = "CHATD_HEARTBEAT_INTERVAL_MS", default_value_t = wd::HEARTBEAT_INTERVAL_MS, value_parser = positive_ms())]
     pub heartbeat_interval_ms: u64,
@@ -390,6 +405,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             config.max_streams_per_user = args.max_streams_per_user;
             config.rate_limit_per_second = args.rate_limit_per_second;
             config.rate_limit_burst = args.rate_limit_burst;
+            config.cors_origins = args.cors_origins.clone();
+            config.web_ui = args.web_ui;
             config.encryption_key = args
                 .encryption_key
                 .as_deref()
@@ -397,6 +414,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 .transpose()
                 .context("--encryption-key")?
                 .map(chatd_api::config::EncryptionKey);
+            // Bad flags are named before the port is taken (and whatever holds it).
+            config.validate().map_err(anyhow::Error::msg)?;
             let listener = tokio::net::TcpListener::bind(args.addr)
                 .await
                 .with_context(|| format!("listen on {}", args.addr))?;
@@ -454,6 +473,8 @@ pub fn worker_config(args: WorkerArgs) -> anyhow::Result<chatd_worker::WorkerCon
     config.archive_inactive_after_days = args.archive_inactive_after_days;
     config.acquire_batch = args.acquire_batch;
     config.acquire_interval = ms(args.acquire_interval_ms);
+    config.affinity_grace = ms(args.affinity_grace_ms);
+    config.prompt_cache_bytes = args.prompt_cache_bytes;
     config.heartbeat_interval = ms(args.heartbeat_interval_ms);
     config.stale_after = ms(args.stale_after_ms);
     config.sweep_interval = ms(args.sweep_interval_ms);

@@ -87,6 +87,7 @@ async fn run_services(
     println!();
     println!("chatd dev is running");
     println!("  URL:      {url}");
+    println!("  web UI:   open {url} in a browser and sign in with the token");
     println!("  token:    {token}");
     println!("  database: {database_url}");
     println!("  mock LLM: http://{mock_addr}/v1");

@@ -512,9 +512,33 @@ async fn the_documented_rules_hold_at_their_edges() {
     assert_eq!(document.status, 200, "{}", document.body);
     let document = document.json();
     assert_eq!(document["openapi"], "3.1.0");
-    assert_eq!(document["paths"].as_object().unwrap().len(), 39);
+    assert_eq!(document["paths"].as_object().unwrap().len(), 41);
     assert!(document["info"]["description"]
         .as_str()
         .unwrap()
         .contains("bytes (413)"));
+}
+
+/// A bad flag is named even when the replica's port is taken: `chatd api` checks its flags
+/// before it binds (it used to report "address already in use" and hide the flag).
+#[test]
+fn a_bad_flag_is_named_before_the_port_is_bound() {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").expect("hold a port");
+    let addr = busy.local_addr().expect("address").to_string();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_chatd"))
+        .args([
+            "api",
+            "--database-url",
+            "postgres://nobody@127.0.0.1:1/none",
+            "--addr",
+            &addr,
+            "--cors-origins",
+            "https://app.example/chat",
+        ])
+        .output()
+        .expect("run chatd api");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--cors-origins"), "{stderr}");
+    assert!(!stderr.contains("in use"), "{stderr}");
 }

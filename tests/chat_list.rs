@@ -185,7 +185,9 @@ async fn unread_replies_are_marked_filtered_and_watched() {
     assert!(unread(api_a.clone(), chat.clone()).await);
 
     for (body, expected) in [
-        (json!({"message_id": 999_999_999}), 404),
+        // The chat exists; the message the body names does not (a 404 would say the chat
+        // is missing).
+        (json!({"message_id": 999_999_999}), 422),
         (json!({"message_id": "x"}), 400),
         (json!({"message_id": 0}), 400),
         (json!({"other": 1}), 400),

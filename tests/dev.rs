@@ -62,6 +62,13 @@ async fn chatd_dev_answers_and_starts_again_on_its_own_data() {
             !chatd_client::content_text(&answer["content"]).is_empty(),
             "run {run}: {answer}"
         );
+        // The printed URL opens the web UI.
+        let page = reqwest::get(&url).await.expect("GET the dev URL");
+        assert_eq!(page.status(), 200, "run {run}: the dev URL serves no page");
+        assert!(
+            page.text().await.unwrap().contains("/js/main.js"),
+            "run {run}: the dev URL is not the web UI"
+        );
         let (status, providers) = api.get("/providers").await.expect("list providers");
         assert_eq!(status, 200, "{providers}");
         assert_eq!(

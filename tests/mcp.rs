@@ -384,3 +384,59 @@ async fn the_sse_transport_works_and_a_vanished_server_is_an_error_result() {
     let message = got[0].1.as_str().unwrap_or_default();
     assert!(message.contains("legacy"), "names the server: {message}");
 }
+
+/// A server that accepts connections and never answers: turns must not each wait for it.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_server_is_not_tried_again_at_every_turn() {
+    let cluster = cluster().await;
+    let api = cluster.api(0);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = connections.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            held.push(socket); // open, silent
+        }
+    });
+    let server = add_server(
+        &api,
+        json!({"name": "silent", "url": format!("http://127.0.0.1:{port}/mcp"),
+            "transport": "streamable-http", "availability": "force_on"}),
+    )
+    .await;
+    // The first turn tries it (and waits out --mcp-timeout-ms); the tool is not offered.
+    let tools = offered(&api, json!({})).await;
+    assert!(
+        !tools.iter().any(|tool| tool.starts_with("silent__")),
+        "{tools:?}"
+    );
+    let tried = connections.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(tried >= 1, "the first turn tried the server");
+    // The next turns do not try it again (within RETRY_UNREACHABLE)…
+    offered(&api, json!({})).await;
+    offered(&api, json!({})).await;
+    assert_eq!(
+        connections.load(std::sync::atomic::Ordering::SeqCst),
+        tried,
+        "later turns waited for the unreachable server again"
+    );
+    // …unless its configuration changes.
+    let (status, body) = api
+        .patch(
+            &format!("/mcp-servers/{server}"),
+            &json!({"tool_denylist": ["x"]}),
+        )
+        .await
+        .expect("patch");
+    assert_eq!(status, 200, "{body}");
+    wait_until(TURN, "the changed server tried again", || async {
+        offered(&api, json!({})).await;
+        (connections.load(std::sync::atomic::Ordering::SeqCst) > tried).then_some(())
+    })
+    .await;
+}

@@ -105,7 +105,10 @@ async fn a_retried_commit_writes_nothing_twice() {
     .expect("pool");
     let mut client = pool.get().await.expect("connection");
     let worker_id = Uuid::new_v4();
-    let claims = acquire(&client, worker_id, 10, 50).await.expect("acquire");
+    let claims = acquire(&client, worker_id, 10, 50, std::time::Duration::ZERO)
+        .await
+        .expect("acquire")
+        .claims;
     assert_eq!(claims.len(), 1);
     let lease = Lease {
         chat_id: chat_uuid,

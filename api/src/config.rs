@@ -37,6 +37,10 @@ pub struct ApiConfig {
     pub token_cache_ttl: Duration,
     /// SSE comment keep-alive interval.
     pub keep_alive: Duration,
+    /// Origins allowed to call from a browser on another origin (`*`: any); empty: none.
+    pub cors_origins: Vec<String>,
+    /// Serve the web UI at `/` (default on).
+    pub web_ui: bool,
     /// Events buffered per chat hub before a slow subscriber is resynced from the database.
     pub hub_buffer: usize,
     /// How often hubs' relayed versions are checked against the database (lost hints).
@@ -86,6 +90,8 @@ impl ApiConfig {
             rate_limit_burst: RATE_LIMIT_BURST,
             token_cache_ttl: Duration::from_secs(30),
             keep_alive: Duration::from_secs(15),
+            cors_origins: Vec::new(),
+            web_ui: true,
             hub_buffer: 128,
             hub_audit_interval: Duration::from_secs(2),
             encryption_key: None,
@@ -124,6 +130,18 @@ impl ApiConfig {
                 self.rate_limit_burst.is_finite() && self.rate_limit_burst >= 1.0,
             ),
         ];
+        for origin in &self.cors_origins {
+            // `scheme://host[:port]`: exactly the two slashes after the scheme.
+            let valid = origin == "*"
+                || ((origin.starts_with("http://") || origin.starts_with("https://"))
+                    && origin.matches('/').count() == 2
+                    && axum::http::HeaderValue::from_str(origin).is_ok());
+            if !valid {
+                return Err(format!(
+                    "--cors-origins: `{origin}` is not an origin (scheme://host[:port], no path) or `*`"
+                ));
+            }
+        }
         match checks.iter().find(|(_, ok)| !ok) {
             Some((flag, _)) if *flag == "--max-queue-len" => {
                 Err(format!("{flag} must not be negative"))

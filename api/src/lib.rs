@@ -3,6 +3,7 @@
 //! **Invariant:** this crate is the only one that knows the public API (routes, JSON DTOs,
 //! SSE). It never depends on `chatd-worker`.
 
+pub mod aisdk;
 pub mod auth;
 pub mod body;
 pub mod config;
@@ -11,10 +12,12 @@ pub mod drain;
 pub mod dto;
 pub mod error;
 pub mod hub;
+pub mod openai;
 pub mod openapi;
 pub mod routes;
 pub mod state;
 pub mod store;
+pub mod ui;
 pub(crate) mod waiting;
 
 use std::sync::Arc;

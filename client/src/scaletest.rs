@@ -96,6 +96,11 @@ pub struct ScaletestArgs {
     #[arg(long = "timeout-s", env = "CHATD_SCALETEST_TIMEOUT_S", default_value_t = 60,
         value_parser = clap::value_parser!(u64).range(1..))]
     pub timeout_s: u64,
+    /// Give every chat this many earlier messages before its first turn, written straight
+    /// into `--database-url` (user questions, tool calls with their results, answers), to
+    /// measure turns on long chats (BENCHMARKS.md B8).
+    #[arg(long, env = "CHATD_SCALETEST_HISTORY", default_value_t = 0)]
+    pub history: u32,
 }
 
 pub async fn run(args: ScaletestArgs) -> anyhow::Result<()> {
@@ -110,6 +115,16 @@ pub async fn run(args: ScaletestArgs) -> anyhow::Result<()> {
         .build()
         .context("build the HTTP client")?;
     let tokens = user_tokens(&args, config.chats).await?;
+    let prefill = match (args.history, args.database_url.as_deref()) {
+        (0, _) => None,
+        (_, None) => anyhow::bail!("--history needs --database-url (it writes the history there)"),
+        (_, Some(url)) => {
+            let client = chatd_shared::db::pool::connect_url(url, "chatd-scaletest-history")
+                .await
+                .context("connect to --database-url")?;
+            Some(Arc::new(client))
+        }
+    };
     // clients[user][replica]
     let clients: Vec<Vec<ApiClient>> = tokens
         .iter()
@@ -142,7 +157,8 @@ pub async fn run(args: ScaletestArgs) -> anyhow::Result<()> {
             .acquire_owned()
             .await
             .context("wait for a free chat slot")?;
-        let plan = chat_plan(&config, &clients[index % clients.len()], index);
+        let mut plan = chat_plan(&config, &clients[index % clients.len()], index);
+        plan.history = prefill.clone().map(|client| (client, args.history));
         let chat_recorder = Arc::clone(&recorder);
         chats.spawn(async move {
             drive_chat(plan, chat_recorder).await;
@@ -280,6 +296,7 @@ fn chat_plan(config: &RunConfig, clients: &[ApiClient], index: usize) -> ChatPla
         tokens: config.tokens,
         tokens_per_second: config.tokens_per_second,
         turn_timeout: Duration::from_secs(config.timeout_s),
+        history: None,
     }
 }
 

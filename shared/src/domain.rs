@@ -355,9 +355,9 @@ pub fn decode_parts(parts: &mut [ContentPart]) {
 
 /// A client-executed tool declared at chat creation: the request shape of `dynamic_tools` and
 /// the storage shape of `chats.dynamic_tools` (a JSON array of these), read by the worker.
+/// Requests may also use the vendors' shapes (`crate::tool_decl`); storage is always this one.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DynamicTool {
     /// 1 to 64 characters of `[A-Za-z0-9_-]`, unique within the chat.
     #[cfg_attr(feature = "openapi", schema(pattern = r"^[A-Za-z0-9_-]{1,64}(?!\n)$"))]
@@ -380,7 +380,7 @@ pub struct DynamicTool {
     pub exclusive: bool,
 }
 
-fn object_schema() -> serde_json::Value {
+pub(crate) fn object_schema() -> serde_json::Value {
     serde_json::json!({"type": "object"})
 }
 

@@ -12,4 +12,5 @@ pub mod pg_embed;
 pub mod pubsub;
 pub mod sse;
 pub mod telemetry;
+pub mod tool_decl;
 pub mod validate;

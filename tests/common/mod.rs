@@ -7,6 +7,7 @@ pub mod mcp;
 pub mod models;
 pub mod pg;
 pub mod proxy;
+pub mod sdks;
 pub mod sse;
 
 /// A server binary from a Debian package (`/usr/sbin` or `/usr/bin`, off `PATH` for

@@ -30,6 +30,11 @@ pub struct WorkerConfig {
     pub acquire_batch: usize,
     /// Poll for pending chats this often even when notifications work.
     pub acquire_interval: Duration,
+    /// A chat that became pending less than this long ago is claimed only by the worker that
+    /// ran it last (whose prompt cache has it); others take it after. Zero: any worker at once.
+    pub affinity_grace: Duration,
+    /// Bytes of chats' prompt rows kept between turns (`turn::prompt_cache`); 0: none.
+    pub prompt_cache_bytes: usize,
     pub heartbeat_interval: Duration,
     /// A lease whose heartbeat is older than this is recovered by the sweep.
     pub stale_after: Duration,
@@ -80,6 +85,8 @@ pub mod defaults {
     pub const MAX_RUNNING_CHATS_PER_USER: i64 = 50;
     pub const ACQUIRE_BATCH: usize = 64;
     pub const ACQUIRE_INTERVAL_MS: u64 = 1_000;
+    pub const AFFINITY_GRACE_MS: u64 = 25;
+    pub const PROMPT_CACHE_BYTES: usize = 64 << 20;
     pub const HEARTBEAT_INTERVAL_MS: u64 = 5_000;
     pub const STALE_AFTER_MS: u64 = 30_000;
     pub const SWEEP_INTERVAL_MS: u64 = 5_000;
@@ -127,6 +134,8 @@ impl WorkerConfig {
             archive_inactive_after_days: 0,
             acquire_batch: ACQUIRE_BATCH,
             acquire_interval: ms(ACQUIRE_INTERVAL_MS),
+            affinity_grace: ms(AFFINITY_GRACE_MS),
+            prompt_cache_bytes: PROMPT_CACHE_BYTES,
             heartbeat_interval: ms(HEARTBEAT_INTERVAL_MS),
             stale_after: ms(STALE_AFTER_MS),
             sweep_interval: ms(SWEEP_INTERVAL_MS),

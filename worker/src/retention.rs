@@ -1,5 +1,6 @@
 //! Retention: root chats idle for `--archive-inactive-after-days` are archived with their whole
-//! tree, a few per recovery sweep.
+//! tree, a few per recovery sweep; ephemeral chats (`/v1` `store: false` responses and Chat
+//! Completions requests) are purged once idle for their `purge_after_s`.
 //!
 //! Locks in the API's order (`chatd_api::store::tree`): the owner's `users` row first
 //! (`SKIP LOCKED`: an owner busy with a tree change is passed over until the next sweep), then
@@ -103,4 +104,45 @@ pub async fn archive_inactive(
 fn change_of(row: &tokio_postgres::Row) -> ChatChange {
     let status = ChatStatus::parse(row.get(3)).unwrap_or(ChatStatus::Waiting);
     ChatChange::new(row.get(0), row.get(1), row.get(2), status, row.get(4)).with_other()
+}
+
+/// Ephemeral chats idle for their `purge_after_s`: deleted (hidden from every route, as
+/// `DELETE /chats/{id}`) with their contents emptied and their queue and file links dropped;
+/// usage and cost stay on the rows, so spend still counts them. Up to 100 per sweep; returns
+/// the hints to publish (open streams end).
+pub async fn purge_ephemeral(
+    client: &deadpool_postgres::Client,
+) -> Result<Vec<(String, String)>, tokio_postgres::Error> {
+    let rows = client
+        .rows(
+            concat!(
+                "WITH purged AS ( \
+                     UPDATE chats c SET deleted = true, pin_order = 0, title = '', ",
+                bump_chat_version!(),
+                " WHERE c.id IN (SELECT id FROM chats WHERE purge_after_s IS NOT NULL \
+                     AND NOT deleted AND status IN ('waiting', 'error', 'requires_action') \
+                     AND updated_at < now() - make_interval(secs => purge_after_s) \
+                     ORDER BY updated_at LIMIT 100 FOR UPDATE SKIP LOCKED) \
+                     AND c.status IN ('waiting', 'error', 'requires_action') \
+                     RETURNING c.id, c.owner_id, c.version, c.status, c.attempt), \
+                 emptied AS (UPDATE chat_messages m SET content = '[]' FROM purged \
+                     WHERE m.chat_id = purged.id RETURNING 1), \
+                 unqueued AS (DELETE FROM chat_queued_messages q USING purged \
+                     WHERE q.chat_id = purged.id RETURNING 1), \
+                 unlinked AS (DELETE FROM chat_files f USING purged \
+                     WHERE f.chat_id = purged.id RETURNING 1) \
+                 SELECT * FROM purged"
+            ),
+            &[],
+        )
+        .await?;
+    if !rows.is_empty() {
+        tracing::info!(chats = rows.len(), "purged ephemeral chats");
+        metrics::counter!("chatd_chats_purged_total").increment(rows.len() as u64);
+    }
+    let mut changes: Vec<ChatChange> = rows.iter().map(change_of).collect();
+    for change in &mut changes {
+        change.owner_event = OwnerEventKind::Deleted;
+    }
+    Ok(changes.iter().flat_map(ChatChange::notices).collect())
 }

@@ -152,6 +152,9 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
         http,
         flusher,
         models,
+        prompts: Arc::new(crate::turn::prompt_cache::PromptCache::new(
+            config.prompt_cache_bytes,
+        )),
         spend,
         builtin_tools: Arc::new(builtin_tools),
         mcp,
@@ -203,6 +206,8 @@ async fn acquire_loop(
     let config = shared.config.clone();
     let mut ticker = tokio::time::interval(config.acquire_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // When chats left to their last worker (affinity) become claimable here.
+    let mut deferred: Option<tokio::time::Instant> = None;
     loop {
         let free = config
             .max_concurrent_turns
@@ -212,7 +217,12 @@ async fn acquire_loop(
         if free > 0 && live {
             let limit = free.min(config.acquire_batch) as i64;
             match claim(&shared, &pool, &deps, turns, limit).await {
-                Ok(count) => claimed_full_batch = count as i64 == limit,
+                Ok((count, wait)) => {
+                    claimed_full_batch = count as i64 == limit;
+                    // A millisecond past the grace, so the chat is claimable by then.
+                    deferred = wait
+                        .map(|wait| tokio::time::Instant::now() + wait + Duration::from_millis(1));
+                }
                 Err(error) => {
                     tracing::warn!(error = format!("{error:#}"), "claim pending chats");
                 }
@@ -221,9 +231,14 @@ async fn acquire_loop(
         if claimed_full_batch {
             continue; // more may be waiting
         }
+        let until_deferred =
+            deferred.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = ticker.tick() => {}
+            _ = tokio::time::sleep_until(until_deferred), if deferred.is_some() => {
+                deferred = None;
+            }
             _ = shared.wake.notified() => {}
             _ = shared.capacity_freed.notified(), if free == 0 => {}
             // Until the liveness lock is held nothing is claimed; look again soon (a wake that
@@ -233,25 +248,27 @@ async fn acquire_loop(
     }
 }
 
-/// One acquire statement; spawns a task per claimed chat. Returns how many were claimed.
+/// One acquire statement; spawns a task per claimed chat. Returns how many were claimed and,
+/// when chats were left to their last worker, when to look again.
 async fn claim(
     shared: &Arc<Shared>,
     pool: &deadpool_postgres::Pool,
     deps: &TurnDeps,
     turns: &TaskTracker,
     limit: i64,
-) -> anyhow::Result<usize> {
+) -> anyhow::Result<(usize, Option<Duration>)> {
     let client = pool.get().await.context("get a connection")?;
-    let claims = store::acquire(
+    let store::Claimed { claims, deferred } = store::acquire(
         &client,
         shared.config.worker_id,
         limit,
         shared.config.max_running_chats_per_user,
+        shared.config.affinity_grace,
     )
     .await
     .context("claim pending chats")?;
     if claims.is_empty() {
-        return Ok(0);
+        return Ok((0, deferred));
     }
     let mut notices = Vec::with_capacity(claims.len() * 2);
     for claim in &claims {
@@ -303,7 +320,7 @@ async fn claim(
             shared.capacity_freed.notify_one();
         });
     }
-    Ok(claims.len())
+    Ok((claims.len(), deferred))
 }
 
 async fn dispatch_notifications(
@@ -497,6 +514,8 @@ async fn sweep_loop(
                 round.is_multiple_of(6),
             )
             .await?;
+            let purged = crate::retention::purge_ephemeral(&client).await?;
+            chatd_shared::pubsub::publish(&client, &purged).await?;
             let days = shared.config.archive_inactive_after_days;
             if days > 0 {
                 let notices = crate::retention::archive_inactive(&mut client, days).await?;

@@ -87,7 +87,7 @@ impl OwnerHubTask {
             return Ok(());
         }
         let client = self.pool.get().await?;
-        let chat = reads::chat_by_id(&client, notice.chat_id).await?;
+        let chat = reads::listed_chat_by_id(&client, notice.chat_id).await?;
         drop(client);
         if let Some(chat) = chat.filter(|chat| chat.owner_id == self.owner_id) {
             if self.is_new(&chat) {
@@ -108,7 +108,7 @@ impl OwnerHubTask {
             .unwrap_or(OffsetDateTime::UNIX_EPOCH);
         let client = self.pool.get().await?;
         let sql = format!(
-            "SELECT {} FROM chats c WHERE c.owner_id = $1 AND c.updated_at >= $2 \
+            "SELECT {} FROM chats c WHERE c.owner_id = $1 AND c.updated_at >= $2 AND NOT c.hidden \
              ORDER BY c.updated_at LIMIT 1000",
             ChatRow::COLUMNS
         );

@@ -57,7 +57,7 @@ pub const ERRORS: &[(&str, &[u16])] = &[
     ("getChat", &[400, 404]),
     ("patchChat", &[400, 404, 409, 413]),
     ("deleteChat", &[400, 404, 409]),
-    ("markChatRead", &[400, 404, 413]),
+    ("markChatRead", &[400, 404, 413, 422]),
     ("listMessages", &[400, 404]),
     ("sendMessage", &[400, 404, 409, 413, 415, 422, 429]),
     ("editMessage", &[400, 404, 409, 413, 415, 422, 429]),
@@ -65,6 +65,9 @@ pub const ERRORS: &[(&str, &[u16])] = &[
     ("deleteQueuedMessage", &[400, 404, 409]),
     ("promoteQueuedMessage", &[400, 404, 409, 429]),
     ("streamChat", &[400, 404, 429]),
+    ("uiStreamChat", &[400, 404, 409, 413, 415, 422, 429]),
+    ("resumeUiStream", &[400, 404, 429]),
+    ("uiStreamNewChat", &[400, 409, 413, 415, 422, 429]),
     ("submitToolResults", &[400, 404, 409, 413, 429]),
     ("getChatCost", &[400, 404]),
     ("getUsage", &[400]),
@@ -124,8 +127,9 @@ pub const FREE_FORM: &[&str] = &[
     "ContentPart (tool-result): result — a tool's result",
     "ContentPart (provider-tool-result): content — a provider tool's result block",
     "PendingToolCall: args — a tool's arguments",
-    "DynamicTool: schema — a tool's JSON Schema",
+    "DynamicTool: schema, parameters, input_schema — a tool's JSON Schema (and Anthropic's cache_control)",
     "ToolResultInput: output — a client tool's result",
+    "UiMessage: parts — the AI SDK's message parts (only some are read)",
     "GET /openapi.json — this document",
 ];
 
@@ -137,6 +141,44 @@ pub fn document(config: &ApiConfig) -> String {
     let (_, api) = crate::routes::api_routes().split_for_parts();
     let value = serde_json::to_value(&api).expect("the OpenAPI document serializes");
     finish(value, config).to_string()
+}
+
+/// `canonical` (chatd's generated schema) or a vendor's shape, each closed.
+fn dynamic_tool_shapes(mut canonical: Value) -> Value {
+    canonical["additionalProperties"] = json!(false);
+    let name = canonical["properties"]["name"].clone();
+    let description = canonical["properties"]["description"].clone();
+    let schema = json!({"type": "object",
+        "description": "JSON Schema of the arguments. Free-form; its strings must not contain NUL."});
+    let function = json!({"type": "string", "enum": ["function"]});
+    let flat = |schema_key: &str, extra: Value| {
+        let mut properties = json!({"name": name, "description": description, schema_key: schema});
+        for (key, value) in extra.as_object().expect("extra properties") {
+            properties[key] = value.clone();
+        }
+        json!({"type": "object", "required": ["name"], "additionalProperties": false,
+            "properties": properties})
+    };
+    let openai_flat = flat(
+        "parameters",
+        json!({"type": function, "strict": {"type": ["boolean", "null"]}}),
+    );
+    json!({
+        "description": "A client-executed tool. Stored as chatd's shape; the vendors' shapes are \
+            read into it: OpenAI Chat Completions (`{type: \"function\", function: {…}}`), \
+            OpenAI Responses or flat (`parameters`), Anthropic (`input_schema`). `strict` and \
+            `cache_control` are accepted and not kept.",
+        "anyOf": [
+            canonical,
+            {"type": "object", "required": ["function"], "additionalProperties": false,
+                "properties": {"type": function, "function": {
+                    "type": "object", "required": ["name"], "additionalProperties": false,
+                    "properties": {"name": name, "description": description,
+                        "parameters": schema, "strict": {"type": ["boolean", "null"]}}}}},
+            openai_flat,
+            flat("input_schema", json!({"cache_control": {"type": "object"}})),
+        ],
+    })
 }
 
 /// Adds what many operations share to the generated document.
@@ -178,6 +220,8 @@ pub fn finish(mut doc: Value, config: &ApiConfig) -> Value {
             }
         }
     }
+    // Tool declarations: chatd's shape, or one of the vendors' (`chatd_shared::tool_decl`).
+    schemas["DynamicTool"] = dynamic_tool_shapes(schemas["DynamicTool"].clone());
     // A multipart upload is one `file` field.
     schemas["FileUpload"]["additionalProperties"] = json!(false);
     // A user's file part names an uploaded file or carries base64 data: exactly one of them.
@@ -257,6 +301,13 @@ fn decorate(operation: &mut Map<String, Value>) {
     match id.as_str() {
         "streamChat" => set_events(responses, events::CHAT_STREAM_EVENTS, true),
         "watchChats" => set_events(responses, events::WATCH_EVENTS, false),
+        "uiStreamChat" | "uiStreamNewChat" | "resumeUiStream" => {
+            // The AI SDK's format: `data:` lines only, each a UI message chunk or `[DONE]`.
+            let ok = responses.get_mut("200").expect("SSE routes answer 200");
+            ok["content"] = json!({"text/event-stream": {"schema": {"type": "object",
+                "required": ["data"], "properties": {"data": {"type": "string",
+                    "description": "A UI message chunk (JSON with its `type`), or `[DONE]`."}}}}});
+        }
         _ => {}
     }
     for (status, link_set) in links(&id) {
@@ -430,8 +481,11 @@ fn description(config: &ApiConfig) -> String {
          first snapshot sends at most {snapshot} messages (then `history_truncated`). Lengths \
          count characters. Rules no schema states: dynamic tool names are unique within a chat \
          and tool call ids within one submission; `from` is not after `to`; a token's \
-         `expires_at` is in the future; only user messages can be edited; free-form JSON must \
-         not contain NUL in its strings (except tool results, stored reversibly).\n\n\
+         `expires_at` is in the future; only user messages can be edited; the AI SDK stream \
+         reads only the last message, which must be a user message with a text or file part \
+         (files as base64 `data:` URLs) or, on an existing chat, an assistant message with the \
+         outputs of its pending tool calls; free-form JSON must not contain NUL in its strings \
+         (except tool results, stored reversibly).\n\n\
          Free-form JSON (any value) appears only where the data is free-form by nature:\
          {free_form}",
         body = config.max_body_bytes,

@@ -40,51 +40,8 @@ pub async fn create(
         Some(labels) => content::labels(labels)?,
         None => Value::Object(Default::default()),
     };
-    let dynamic_tools = request.dynamic_tools.unwrap_or_default();
-    if dynamic_tools.len() > 128 {
-        return Err(ApiError::field(
-            "dynamic_tools",
-            "dynamic_tools: at most 128 tools",
-        ));
-    }
-    for (index, tool) in dynamic_tools.iter().enumerate() {
-        let valid = !tool.name.is_empty()
-            && tool.name.len() <= 64
-            && tool
-                .name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-        if !valid {
-            return Err(ApiError::field(
-                format!("dynamic_tools[{index}].name"),
-                "tool names are 1 to 64 characters of [A-Za-z0-9_-]",
-            ));
-        }
-        if dynamic_tools[..index]
-            .iter()
-            .any(|other| other.name == tool.name)
-        {
-            return Err(ApiError::field(
-                format!("dynamic_tools[{index}].name"),
-                format!(
-                    "dynamic_tools[{index}].name: `{}` is declared twice",
-                    tool.name
-                ),
-            ));
-        }
-        content::plain_field(
-            &tool.description,
-            &format!("dynamic_tools[{index}].description"),
-            16 * 1024,
-        )?;
-        if !tool.schema.is_object() || chatd_shared::domain::contains_nul(&tool.schema) {
-            return Err(ApiError::field(
-                format!("dynamic_tools[{index}].schema"),
-                format!("dynamic_tools[{index}].schema must be a JSON Schema object without NUL"),
-            ));
-        }
-    }
-    let dynamic_tools = serde_json::to_value(dynamic_tools).map_err(anyhow::Error::from)?;
+    let dynamic_tools =
+        content::dynamic_tools(&request.dynamic_tools.unwrap_or_default(), "dynamic_tools")?;
     let mut client = state.pool.get().await?;
     let mut message = message;
     let mut attachments = files::Attachments::default();

@@ -7,7 +7,7 @@ mod control;
 mod files;
 pub(crate) mod health;
 mod instructions;
-mod limits;
+pub(crate) mod limits;
 mod messages;
 mod spend;
 mod stream;
@@ -43,6 +43,8 @@ pub fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(control::delete_queued))
         .routes(routes!(control::promote_queued))
         .routes(routes!(stream::stream))
+        .routes(routes!(crate::aisdk::send, crate::aisdk::resume))
+        .routes(routes!(crate::aisdk::create))
         .routes(routes!(tool_results::submit))
         .routes(routes!(spend::chat_cost))
         .routes(routes!(spend::user_usage))
@@ -104,11 +106,19 @@ pub fn router(state: AppState) -> Router {
     let (api, document) = api_routes().split_for_parts();
     let document = serde_json::to_value(&document).expect("the OpenAPI document serializes");
     let document = crate::openapi::finish(document, &state.config).to_string();
-    Router::new()
+    let mut router = Router::new()
         .nest(
             "/api/v1",
             api.layer(Extension(OpenApiDocument(document.into()))),
         )
+        .nest("/v1", crate::openai::router());
+    if state.config.web_ui {
+        router = router
+            .route("/", get(crate::ui::index))
+            .route("/ui/{build}/{*path}", get(crate::ui::asset))
+            .route("/favicon.ico", get(crate::ui::favicon));
+    }
+    let router = router
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
@@ -116,8 +126,48 @@ pub fn router(state: AppState) -> Router {
         // Every body reader here caps what it reads (`StrictJson`, uploads): axum's blanket
         // 2 MB default would cut uploads below `--max-file-bytes`.
         .layer(axum::extract::DefaultBodyLimit::disable())
-        .layer(axum::middleware::from_fn(record_http_metrics))
-        .with_state(state)
+        .layer(axum::middleware::from_fn(record_http_metrics));
+    match cors(&state.config.cors_origins) {
+        Some(cors) => router.layer(cors).with_state(state),
+        None => router.with_state(state),
+    }
+}
+
+/// `--cors-origins`: browsers on those origins may call every route with a bearer token
+/// (credentials are the `Authorization` header, never cookies) and read the headers clients
+/// need (`Retry-After`, `x-chatd-chat-id`, `x-vercel-ai-ui-message-stream`).
+fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
+    use axum::http::{header, HeaderName, Method};
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    if origins.is_empty() {
+        return None;
+    }
+    let allow = if origins.iter().any(|origin| origin == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|origin| origin.parse().ok()))
+    };
+    CorsLayer::new()
+        .allow_origin(allow)
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::PATCH,
+            Method::DELETE,
+        ])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            HeaderName::from_static("last-event-id"),
+        ])
+        .expose_headers([
+            header::RETRY_AFTER,
+            HeaderName::from_static("x-chatd-chat-id"),
+            HeaderName::from_static("x-vercel-ai-ui-message-stream"),
+        ])
+        .max_age(std::time::Duration::from_secs(600))
+        .into()
 }
 
 async fn not_found() -> ApiError {

@@ -415,9 +415,19 @@ pub async fn list_chats(
         }
         Some(_) => "(c.pin_order = 0 AND (c.updated_at, c.id) < ($8, $9))",
     };
+    // The labels index covers labelled chats only (migration 0011): a filter says so.
+    let labelled = if filter
+        .labels
+        .as_object()
+        .is_some_and(|labels| !labels.is_empty())
+    {
+        "AND c.labels <> '{}'::jsonb"
+    } else {
+        ""
+    };
     let sql = format!(
         "SELECT {columns} FROM chats c WHERE c.owner_id = $1 AND c.parent_chat_id IS NULL \
-         AND NOT c.deleted AND c.archived = $2 AND c.labels @> $3 \
+         AND NOT c.deleted AND NOT c.hidden AND c.archived = $2 AND c.labels @> $3 {labelled} \
          AND ($4::text IS NULL OR c.title ILIKE $4) \
          AND ($5::bool IS NULL OR {unread} = $5) AND {keyset} \
          ORDER BY c.pin_order = 0, c.pin_order, c.updated_at DESC, c.id DESC LIMIT $6",

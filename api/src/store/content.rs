@@ -133,6 +133,56 @@ pub fn labels(labels: &serde_json::Map<String, Value>) -> Result<Value, ApiError
     Ok(Value::Object(labels.clone()))
 }
 
+/// Validates client tool declarations (already read into chatd's shape) and returns their
+/// storage form: at most 128, names 1 to 64 characters of `[A-Za-z0-9_-]` and unique,
+/// descriptions plain text, schemas JSON objects without NUL.
+pub fn dynamic_tools(
+    dynamic_tools: &[chatd_shared::domain::DynamicTool],
+    field: &str,
+) -> Result<Value, ApiError> {
+    if dynamic_tools.len() > 128 {
+        return Err(ApiError::field(
+            field,
+            format!("{field}: at most 128 tools"),
+        ));
+    }
+    for (index, tool) in dynamic_tools.iter().enumerate() {
+        let valid = !tool.name.is_empty()
+            && tool.name.len() <= 64
+            && tool
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if !valid {
+            return Err(ApiError::field(
+                format!("{field}[{index}].name"),
+                "tool names are 1 to 64 characters of [A-Za-z0-9_-]",
+            ));
+        }
+        if dynamic_tools[..index]
+            .iter()
+            .any(|other| other.name == tool.name)
+        {
+            return Err(ApiError::field(
+                format!("{field}[{index}].name"),
+                format!("{field}[{index}].name: `{}` is declared twice", tool.name),
+            ));
+        }
+        plain_field(
+            &tool.description,
+            &format!("{field}[{index}].description"),
+            16 * 1024,
+        )?;
+        if !tool.schema.is_object() || chatd_shared::domain::contains_nul(&tool.schema) {
+            return Err(ApiError::field(
+                format!("{field}[{index}].schema"),
+                format!("{field}[{index}].schema must be a JSON Schema object without NUL"),
+            ));
+        }
+    }
+    Ok(serde_json::to_value(dynamic_tools).map_err(anyhow::Error::from)?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

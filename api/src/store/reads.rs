@@ -31,6 +31,20 @@ pub async fn chat_by_id(
     Ok(row.as_ref().map(ChatRow::from_row))
 }
 
+/// The chat unless it is hidden from chat lists (`/v1` Chat Completions and `store: false`
+/// chats), regardless of owner (the watch stream's fan-out).
+pub async fn listed_chat_by_id(
+    client: &deadpool_postgres::ClientWrapper,
+    chat_id: Uuid,
+) -> Result<Option<ChatRow>, tokio_postgres::Error> {
+    let sql = format!(
+        "SELECT {} FROM chats c WHERE c.id = $1 AND NOT c.hidden",
+        ChatRow::COLUMNS
+    );
+    let row = client.row_opt(&sql, &[&chat_id]).await?;
+    Ok(row.as_ref().map(ChatRow::from_row))
+}
+
 /// The newest `limit` visible messages after `after_id`, oldest first, and whether older ones
 /// after `after_id` were left out.
 pub async fn newest_messages_after(

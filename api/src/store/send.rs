@@ -220,6 +220,22 @@ async fn interrupt_locked(
     locked: &LockedChat,
 ) -> ApiResult<Option<Transition>> {
     let chat_id = locked.chat.id;
+    if matches!(
+        locked.chat.status,
+        ChatStatus::Running | ChatStatus::Pending | ChatStatus::AwaitingAgents
+    ) {
+        // The `/v1` response (or AI SDK turn) this stops ends `cancelled`.
+        transaction
+            .exec(
+                "UPDATE responses r SET cancelled = true WHERE r.chat_id = $1 \
+                 AND r.input_first_id = (SELECT max(input_first_id) FROM responses \
+                     WHERE chat_id = $1) \
+                 AND NOT EXISTS (SELECT 1 FROM chat_messages m WHERE m.chat_id = $1 \
+                     AND m.id > r.input_last_id AND m.role = 'user' AND NOT m.deleted)",
+                &[&chat_id],
+            )
+            .await?;
+    }
     Ok(match locked.chat.status {
         ChatStatus::Running => {
             let chat = set_status(transaction, chat_id, ChatStatus::Interrupting).await?;

@@ -236,7 +236,12 @@ pub async fn mark_read(
                 )
                 .await?;
             if found.is_none() {
-                return Err(ApiError::NotFound("message"));
+                // The chat exists; what the body names does not: 422, not 404 (a 404 would
+                // say the chat is missing — schemathesis's ST302 took it so).
+                return Err(ApiError::MissingReference {
+                    field: "message_id".into(),
+                    message: "message_id: no visible message of this chat has this id".into(),
+                });
             }
             Some(message_id)
         }

@@ -25,6 +25,8 @@ pub struct ChatPlan {
     pub tokens_per_second: f64,
     /// Bounds each turn (and the chat creation and stream opening before the first).
     pub turn_timeout: Duration,
+    /// `--history`: where to write, and how many earlier messages.
+    pub history: Option<(Arc<tokio_postgres::Client>, u32)>,
 }
 
 /// Why a chat stopped early; `kind` is the error counter it lands in.
@@ -65,6 +67,10 @@ pub async fn drive_chat(plan: ChatPlan, recorder: Arc<Recorder>) {
 
 async fn drive(plan: ChatPlan, recorder: &Arc<Recorder>) -> Result<(), Failure> {
     let chat_id = create_chat(&plan, recorder).await?;
+    let prefilled = match &plan.history {
+        Some((client, count)) => prefill(client, &chat_id, *count).await?,
+        None => 0,
+    };
     let (observations_tx, mut observations) = mpsc::unbounded_channel();
     let stop = CancellationToken::new();
     let mut subscribers = Vec::with_capacity(plan.readers.len());
@@ -95,7 +101,7 @@ async fn drive(plan: ChatPlan, recorder: &Arc<Recorder>) -> Result<(), Failure> 
                 Err(_) => return Err(Failure::new("timeout", "open the streams")),
             }
         }
-        let mut last_assistant_id = 0;
+        let mut last_assistant_id = prefilled;
         for turn in 1..=plan.turns {
             run_turn(
                 &plan,
@@ -174,6 +180,43 @@ async fn create_chat(plan: &ChatPlan, recorder: &Recorder) -> Result<String, Fai
                 format!("create the chat: no chat id in {body}"),
             )
         })
+}
+
+/// Writes `count` earlier messages into the chat, in groups of four as an agent's history
+/// holds them — a question, a tool call, its result, an answer — about 20 words each; returns
+/// the newest row's id.
+async fn prefill(
+    client: &tokio_postgres::Client,
+    chat_id: &str,
+    count: u32,
+) -> Result<i64, Failure> {
+    let chat_id: uuid::Uuid = chat_id
+        .parse()
+        .map_err(|_| Failure::new("bad_response", format!("chat id {chat_id}")))?;
+    let words = "an earlier message of about twenty words as long chats hold them: leases, \
+                 fencing tokens, heartbeats and the recovery sweep";
+    let row = client
+        .query_one(
+            "WITH rows AS ( \
+             INSERT INTO chat_messages (chat_id, role, content, attempt) \
+             SELECT $1, (ARRAY['user', 'assistant', 'tool', 'assistant'])[(k % 4 + 1)::int], \
+               CASE k % 4 \
+                 WHEN 0 THEN jsonb_build_array(jsonb_build_object('type', 'text', 'text', $3::text)) \
+                 WHEN 1 THEN jsonb_build_array(jsonb_build_object('type', 'tool-call', \
+                   'tool_call_id', 'call_h' || k, 'tool_name', 'lookup', \
+                   'args', jsonb_build_object('q', 'fencing'))) \
+                 WHEN 2 THEN jsonb_build_array(jsonb_build_object('type', 'tool-result', \
+                   'tool_call_id', 'call_h' || (k - 1), 'tool_name', 'lookup', \
+                   'result', $3::text, 'is_error', false)) \
+                 ELSE jsonb_build_array(jsonb_build_object('type', 'text', 'text', $3::text)) \
+               END, CASE WHEN k % 4 = 0 THEN NULL ELSE 0 END \
+             FROM generate_series(0, $2 - 1) k ORDER BY k RETURNING id) \
+             SELECT coalesce(max(id), 0) FROM rows",
+            &[&chat_id, &i32::try_from(count).unwrap_or(i32::MAX), &words],
+        )
+        .await
+        .map_err(|error| Failure::new("history", format!("write the history: {error}")))?;
+    Ok(row.get(0))
 }
 
 /// Sends one message and waits until every subscriber saw its assistant message followed by

@@ -87,6 +87,22 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../../../migrations/0009_mcp_servers.sql"),
         compatible_from: 8,
     },
+    // A new table and columns with defaults: builds at version 9 ignore them (they list
+    // hidden chats and never purge ephemeral ones, which a rolling update tolerates).
+    Migration {
+        version: 10,
+        name: "0010_responses",
+        sql: include_str!("../../../migrations/0010_responses.sql"),
+        compatible_from: 9,
+    },
+    // A nullable column and indexes: builds at version 10 ignore the column (they claim
+    // without preferring the chat's last worker) and their statements run unchanged.
+    Migration {
+        version: 11,
+        name: "0011_turn_cost",
+        sql: include_str!("../../../migrations/0011_turn_cost.sql"),
+        compatible_from: 10,
+    },
 ];
 
 /// This binary's version, recorded with the migrations it applies and named in errors.

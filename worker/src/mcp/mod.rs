@@ -9,7 +9,9 @@
 //!   `notifications/tools/list_changed`.
 //! - Connecting and listing are bounded by `--mcp-timeout-ms`. A server that cannot be
 //!   reached is offered with the tools it last listed (their calls then get an error result
-//!   the model reads), or not at all if it never listed any. A call that fails — unreachable
+//!   the model reads), or not at all if it never listed any, and is not tried again at a
+//!   turn's start for `RETRY_UNREACHABLE` (unless its configuration changes), so a dead server
+//!   does not add the timeout to every turn. A call that fails — unreachable
 //!   server, timeout (the worker's tool timeout), a tool error — is an error result. MCP never
 //!   fails a turn.
 
@@ -39,6 +41,10 @@ use crate::tool::{Tool, ToolContext};
 const SERVERS_TTL: Duration = Duration::from_secs(30);
 /// How long a server's tool list is reused (unless it says it changed).
 const TOOLS_TTL: Duration = Duration::from_secs(60);
+/// How long a server that could not be reached is not tried again at a turn's start (its last
+/// known tools are offered meanwhile), so a dead server does not add `--mcp-timeout-ms` to
+/// every turn. A change of its configuration tries it at once.
+const RETRY_UNREACHABLE: Duration = Duration::from_secs(30);
 /// Longest tool result kept, in bytes of JSON text (the rest is cut, and the result says so).
 const MAX_RESULT_BYTES: usize = 256 * 1024;
 
@@ -56,6 +62,8 @@ pub struct McpHub {
     sessions: tokio::sync::Mutex<HashMap<Uuid, Arc<Session>>>,
     /// The tools each server last listed, by server id (kept when it becomes unreachable).
     known_tools: Mutex<HashMap<Uuid, Arc<Vec<rmcp::model::Tool>>>>,
+    /// Servers that could not be listed: when, and the configuration (`updated_at`) tried.
+    unreachable: Mutex<HashMap<Uuid, (Instant, time::OffsetDateTime)>>,
 }
 
 struct Session {
@@ -107,6 +115,7 @@ impl McpHub {
             servers: Mutex::new(None),
             sessions: tokio::sync::Mutex::new(HashMap::new()),
             known_tools: Mutex::new(HashMap::new()),
+            unreachable: Mutex::new(HashMap::new()),
         })
     }
 
@@ -183,6 +192,22 @@ impl McpHub {
 
     /// The server's tools: fresh, or read now (bounded), or the last known ones.
     async fn list(&self, server: &McpServerConfig) -> Option<Arc<Vec<rmcp::model::Tool>>> {
+        let recently_failed = self
+            .unreachable
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&server.row.id)
+            .is_some_and(|(at, version)| {
+                *version == server.row.updated_at && at.elapsed() < RETRY_UNREACHABLE
+            });
+        if recently_failed {
+            return self
+                .known_tools
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&server.row.id)
+                .cloned();
+        }
         let read = tokio::time::timeout(self.timeout, async {
             let session = self.session(server).await?;
             let cached = session
@@ -209,6 +234,12 @@ impl McpHub {
         })
         .await
         .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within {:?}", self.timeout)));
+        let mut unreachable = self.unreachable.lock().unwrap_or_else(|p| p.into_inner());
+        match &read {
+            Ok(_) => unreachable.remove(&server.row.id),
+            Err(_) => unreachable.insert(server.row.id, (Instant::now(), server.row.updated_at)),
+        };
+        drop(unreachable);
         let mut known = self.known_tools.lock().unwrap_or_else(|p| p.into_inner());
         match read {
             Ok(tools) => {

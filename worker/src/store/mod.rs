@@ -34,19 +34,52 @@ pub struct Claim {
 }
 
 /// The end of both claim statements: the chats in CTE `picked` (`id`, `pending_since`) become
-/// this worker's, in a new attempt.
+/// this worker's, in a new attempt (`$1`: this worker); then one more row, whose last column
+/// says in how many seconds the oldest chat this claim had to leave to its last worker (the
+/// affinity grace, `$G`) becomes anyone's — NULL when there is none.
 macro_rules! claim_picked {
-    () => {
+    ($grace:literal) => {
         concat!(
-            "UPDATE chats c SET status = 'running', worker_id = $1, attempt = c.attempt + 1, \
-             heartbeat_at = now(), crash_count = c.crash_count + 1, ",
+            ", claimed AS ( \
+             UPDATE chats c SET status = 'running', worker_id = $1, last_worker_id = $1, \
+             attempt = c.attempt + 1, heartbeat_at = now(), crash_count = c.crash_count + 1, ",
             bump_chat_version!(),
             " FROM picked WHERE c.id = picked.id \
              RETURNING c.id, c.owner_id, c.attempt, c.version, c.crash_count, \
-             extract(epoch FROM (clock_timestamp() - picked.pending_since))::float8, \
-             c.parent_chat_id, c.depth"
+             extract(epoch FROM (clock_timestamp() - picked.pending_since))::float8 AS waited, \
+             c.parent_chat_id, c.depth) \
+             SELECT id, owner_id, attempt, version, crash_count, waited, parent_chat_id, depth, \
+                    NULL::float8 FROM claimed \
+             UNION ALL \
+             SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, \
+                    (SELECT extract(epoch FROM min(d.updated_at) \
+                         + make_interval(secs => ", $grace, ") - now())::float8 \
+                     FROM chats d WHERE d.status = 'pending' AND NOT d.archived \
+                         AND d.updated_at >= now() - make_interval(secs => ", $grace, ") \
+                         AND d.last_worker_id <> $1)"
         )
     };
+}
+
+/// Whether a pending chat (`c`) may be claimed by worker `$1` now: it has no last worker, or
+/// it is this one, or it has been pending longer than the affinity grace `$G`.
+macro_rules! claimable {
+    ($grace:literal) => {
+        concat!(
+            "(c.last_worker_id IS NULL OR c.last_worker_id = $1 \
+             OR c.updated_at < now() - make_interval(secs => ",
+            $grace,
+            "))"
+        )
+    };
+}
+
+/// What a claim found.
+pub struct Claimed {
+    pub claims: Vec<Claim>,
+    /// Chats left to the worker that ran them last become claimable by this one after this
+    /// long (the acquire loop looks again then).
+    pub deferred: Option<std::time::Duration>,
 }
 
 /// Claims up to `limit` pending chats in one statement and commits at once, oldest pending
@@ -56,6 +89,10 @@ macro_rules! claim_picked {
 /// workers count from their own snapshots, so the cap can be passed by what they claim in
 /// the same instant.
 ///
+/// Affinity: for `grace` after a chat becomes pending, only the worker that claimed it last
+/// may claim it (its prompt is in that worker's cache); the answer says when such a chat
+/// becomes claimable here, so a dead or busy last worker delays it by `grace` at most.
+///
 /// # Locks
 /// `FOR UPDATE SKIP LOCKED` on the candidate rows for the statement's duration only.
 pub async fn acquire(
@@ -63,7 +100,9 @@ pub async fn acquire(
     worker_id: Uuid,
     limit: i64,
     max_per_owner: i64,
-) -> Result<Vec<Claim>, tokio_postgres::Error> {
+    grace: std::time::Duration,
+) -> Result<Claimed, tokio_postgres::Error> {
+    let grace = grace.as_secs_f64();
     let rows = if max_per_owner > 0 {
         client
             .rows(
@@ -73,17 +112,17 @@ pub async fn acquire(
                      FROM chats c CROSS JOIN LATERAL ( \
                          SELECT count(*) AS running FROM chats o \
                          WHERE o.owner_id = c.owner_id AND o.worker_id IS NOT NULL) r \
-                     WHERE c.status = 'pending' AND NOT c.archived AND r.running < $3 \
-                     ORDER BY c.updated_at FOR UPDATE OF c SKIP LOCKED LIMIT $2), \
+                     WHERE c.status = 'pending' AND NOT c.archived AND r.running < $3 AND ",
+                    claimable!("$4"),
+                    " ORDER BY c.updated_at FOR UPDATE OF c SKIP LOCKED LIMIT $2), \
                  picked AS ( \
                      SELECT id, pending_since FROM ( \
                          SELECT *, row_number() OVER (PARTITION BY owner_id \
                              ORDER BY pending_since, id) AS rank FROM candidates) ranked \
-                     WHERE running + rank <= $3) \
-                 ",
-                    claim_picked!(),
+                     WHERE running + rank <= $3) ",
+                    claim_picked!("$4"),
                 ),
-                &[&worker_id, &limit, &max_per_owner],
+                &[&worker_id, &limit, &max_per_owner, &grace],
             )
             .await?
     } else {
@@ -91,29 +130,40 @@ pub async fn acquire(
             .rows(
                 concat!(
                     "WITH picked AS ( \
-                     SELECT id, updated_at AS pending_since FROM chats \
-                     WHERE status = 'pending' AND NOT archived \
-                     ORDER BY updated_at FOR UPDATE SKIP LOCKED LIMIT $2) \
-                 ",
-                    claim_picked!(),
+                     SELECT c.id, c.updated_at AS pending_since FROM chats c \
+                     WHERE c.status = 'pending' AND NOT c.archived AND ",
+                    claimable!("$3"),
+                    " ORDER BY c.updated_at FOR UPDATE SKIP LOCKED LIMIT $2) ",
+                    claim_picked!("$3"),
                 ),
-                &[&worker_id, &limit],
+                &[&worker_id, &limit, &grace],
             )
             .await?
     };
-    Ok(rows
-        .iter()
-        .map(|row| Claim {
-            chat_id: row.get(0),
-            owner_id: row.get(1),
-            attempt: row.get(2),
-            version: row.get(3),
-            crash_count: row.get(4),
-            pending_seconds: row.get(5),
-            parent_chat_id: row.get(6),
-            depth: row.get(7),
-        })
-        .collect())
+    let mut claimed = Claimed {
+        claims: Vec::with_capacity(rows.len()),
+        deferred: None,
+    };
+    for row in &rows {
+        match row.get::<_, Option<Uuid>>(0) {
+            Some(chat_id) => claimed.claims.push(Claim {
+                chat_id,
+                owner_id: row.get(1),
+                attempt: row.get(2),
+                version: row.get(3),
+                crash_count: row.get(4),
+                pending_seconds: row.get(5),
+                parent_chat_id: row.get(6),
+                depth: row.get(7),
+            }),
+            None => {
+                claimed.deferred = row
+                    .get::<_, Option<f64>>(8)
+                    .map(|seconds| std::time::Duration::from_secs_f64(seconds.max(0.0)));
+            }
+        }
+    }
+    Ok(claimed)
 }
 
 /// A lease as the heartbeat saw it.

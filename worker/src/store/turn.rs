@@ -10,60 +10,105 @@ use chatd_shared::domain::{decode_parts, ChatStatus, ContentPart, ProviderKind, 
 
 use crate::provider::{PromptMessage, ProviderEndpoint};
 use crate::turn::context::{ContextError, LoadedChat, ModelChoice};
+use crate::turn::prompt_cache::{CachedPrompt, PromptRow};
 
-/// Loads the prompt and the chat's tool and title state in one statement.
+/// Loads the prompt and the chat's tool and title state in one statement. With `cached` (the
+/// chat's rows as this worker last read them, `turn::prompt_cache`), only rows after the
+/// newest cached one are read — unless the chat's `history_epoch` moved (an edit), which makes
+/// the same statement read everything. Returns the prompt and the rows to cache.
 pub async fn load_prompt(
     client: &deadpool_postgres::ClientWrapper,
     chat_id: Uuid,
-) -> Result<LoadedChat, ContextError> {
+    cached: Option<CachedPrompt>,
+) -> Result<(LoadedChat, CachedPrompt), ContextError> {
+    let (after, epoch) = cached
+        .as_ref()
+        .map_or((0_i64, -1_i32), |cached| (cached.last_id, cached.epoch));
     let rows = client
         .rows(
-            "SELECT m.role, m.content, m.model_config_id, c.model_config_id, \
-             c.dynamic_tools, c.title = '', m.provider_response_id, c.mcp_server_ids FROM chats c \
+            "SELECT m.id, m.role, m.content, m.model_config_id, c.model_config_id, \
+             c.dynamic_tools, c.title = '', m.provider_response_id, c.mcp_server_ids, \
+             c.history_epoch, m.compressed, pg_column_size(m.content) FROM chats c \
              LEFT JOIN chat_messages m ON m.chat_id = c.id AND NOT m.deleted \
-                 AND m.visibility <> 'user' \
+                 AND m.visibility <> 'user' AND (m.id > $2 OR c.history_epoch <> $3) \
                  AND (m.role = 'system' OR m.id >= coalesce((SELECT max(id) FROM chat_messages \
                       WHERE chat_id = $1 AND compressed AND NOT deleted), 0)) \
              WHERE c.id = $1 ORDER BY m.id",
-            &[&chat_id],
+            &[&chat_id, &after, &epoch],
         )
         .await?;
     let mut loaded = LoadedChat::default();
+    let mut prompt = CachedPrompt::default();
+    let mut fresh = Vec::with_capacity(rows.len());
+    let mut bytes_read = 0_u64;
+    let mut chat_model: Option<Uuid> = None;
     for (index, row) in rows.iter().enumerate() {
         if index == 0 {
-            let tools: Value = row.get(4);
+            let tools: Value = row.get(5);
             loaded.dynamic_tools = serde_json::from_value(tools)
                 .map_err(|error| ContextError::Config(format!("stored dynamic tools: {error}")))?;
-            loaded.untitled = row.get(5);
-            loaded.wanted_model = row.get(3);
-            loaded.mcp_server_ids = row.get(7);
+            loaded.untitled = row.get(6);
+            chat_model = row.get(4);
+            loaded.wanted_model = chat_model;
+            loaded.mcp_server_ids = row.get(8);
+            let history_epoch: i32 = row.get(9);
+            prompt = match cached {
+                Some(ref cached) if cached.epoch == history_epoch => cached.clone(),
+                _ => CachedPrompt {
+                    epoch: history_epoch,
+                    ..CachedPrompt::default()
+                },
+            };
         }
-        let Some(role) = row.get::<_, Option<&str>>(0) else {
-            continue; // a chat without messages (LEFT JOIN)
+        let Some(id) = row.get::<_, Option<i64>>(0) else {
+            continue; // nothing new (LEFT JOIN)
         };
-        let role = Role::parse(role).unwrap_or(Role::User);
-        let content: Value = row.get(1);
+        let role = Role::parse(row.get(1)).unwrap_or(Role::User);
+        let content: Value = row.get(2);
+        let bytes = row.get::<_, Option<i32>>(11).unwrap_or(0).max(0) as usize;
+        bytes_read += bytes as u64;
         let mut parts: Vec<ContentPart> = serde_json::from_value(content)
             .map_err(|error| ContextError::Config(format!("stored message content: {error}")))?;
         parts.retain(|part| !part.is_blank());
         decode_parts(&mut parts);
-        if role == Role::User {
-            loaded.wanted_model = row.get::<_, Option<Uuid>>(2).or(row.get(3));
+        fresh.push(PromptRow {
+            id,
+            role,
+            parts,
+            model_config_id: row.get(3),
+            provider_response_id: row.get(7),
+            compressed: row.get(10),
+            bytes,
+        });
+    }
+    let hit = cached.is_some_and(|cached| cached.epoch == prompt.epoch);
+    metrics::counter!("chatd_prompt_loads_total", "cache" => if hit { "hit" } else { "miss" })
+        .increment(1);
+    metrics::counter!("chatd_prompt_rows_read_total").increment(fresh.len() as u64);
+    metrics::counter!("chatd_prompt_bytes_read_total").increment(bytes_read);
+    prompt.extend(fresh);
+    for row in &prompt.rows {
+        if row.role == Role::User {
+            loaded.wanted_model = row.model_config_id.or(chat_model);
         }
-        if parts.is_empty() {
+        if row.parts.is_empty() {
             continue;
         }
         loaded.prompt.push(PromptMessage {
-            role,
-            content: parts,
+            role: row.role,
+            content: row.parts.clone(),
         });
-        if role == Role::Assistant {
-            if let Some(response_id) = row.get::<_, Option<String>>(6) {
-                loaded.last_response = Some((response_id, row.get(2), loaded.prompt.len()));
+        if row.role == Role::Assistant {
+            if let Some(response_id) = &row.provider_response_id {
+                loaded.last_response = Some((
+                    response_id.clone(),
+                    row.model_config_id,
+                    loaded.prompt.len(),
+                ));
             }
         }
     }
-    Ok(loaded)
+    Ok((loaded, prompt))
 }
 
 /// Resolves the wanted model, falling back to the default when it is disabled or deleted.

@@ -10,6 +10,7 @@ pub mod context;
 pub mod control;
 pub mod lease;
 pub mod limits;
+pub mod prompt_cache;
 pub mod rows;
 pub mod step;
 pub mod stream;
@@ -60,6 +61,8 @@ pub struct TurnDeps {
     pub http: reqwest::Client,
     pub flusher: Arc<StreamFlusher>,
     pub models: Arc<context::ModelCache>,
+    /// The prompts of chats this worker ran (`--prompt-cache-bytes`).
+    pub prompts: Arc<prompt_cache::PromptCache>,
     /// Owners' spend statuses while limits are on (`chatd_config` clears them).
     pub spend: Arc<chatd_shared::db::limits::SpendCache>,
     /// The built-in tools this worker offers (`--tools`).
@@ -541,7 +544,12 @@ async fn prepare(
         .get()
         .await
         .map_err(|error| ContextError::Config(format!("database connection: {error}")))?;
-    let mut loaded = crate::store::turn::load_prompt(&client, claim.chat_id).await?;
+    let cached = deps.prompts.take(claim.chat_id);
+    let (mut loaded, rows) =
+        crate::store::turn::load_prompt(&client, claim.chat_id, cached).await?;
+    if deps.prompts.enabled() {
+        deps.prompts.put(claim.chat_id, rows);
+    }
     crate::store::turn::load_attachments(&client, &mut loaded.prompt).await?;
     let model = deps
         .models
