@@ -339,6 +339,29 @@ impl Drop for Cluster {
             let _ = process.child.kill();
             let _ = process.child.wait();
         }
+        if std::thread::panicking() {
+            print_log_tails(&self.log_dir);
+        }
+    }
+}
+
+/// A failing test shows the end of each process's log (CI keeps only the test's output).
+fn print_log_tails(log_dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(log_dir) else {
+        return;
+    };
+    let mut paths: Vec<PathBuf> = entries.flatten().map(|entry| entry.path()).collect();
+    paths.sort();
+    for path in paths {
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = &lines[lines.len().saturating_sub(40)..];
+        eprintln!("---- last {} lines of {} ----", tail.len(), path.display());
+        for line in tail {
+            eprintln!("{line}");
+        }
     }
 }
 
