@@ -197,7 +197,7 @@ async fn start(
         },
     )
     .await?;
-    transition.publish(&client).await;
+    transition.publish(&state.publisher).await;
     drop(client);
     let created = chat_id.is_none().then_some(response.chat_id);
     stream(state, user.id, response, created).await

@@ -52,6 +52,13 @@ pub async fn run(
         pooler,
         config.session_database_url(),
     )?;
+    let publisher = chatd_shared::pubsub::Publisher::spawn(build_pool(
+        &config.database_url,
+        "chatd-api-publisher",
+        1,
+        pooler,
+        config.session_database_url(),
+    )?);
     let (sink, events) = tokio::sync::mpsc::channel(65_536);
     let pubsub = Listener::spawn(
         config.session_database_url(),
@@ -82,6 +89,7 @@ pub async fn run(
     let state = state::AppState {
         config: Arc::new(config),
         pool,
+        publisher,
         listener: pubsub,
         hubs,
         tokens,

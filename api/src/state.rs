@@ -18,6 +18,8 @@ use crate::hub::Hubs;
 pub struct AppState {
     pub config: Arc<ApiConfig>,
     pub pool: PgPool,
+    /// Publishes committed changes' hints, many requests' in one statement when busy.
+    pub publisher: chatd_shared::pubsub::Publisher,
     pub listener: Listener,
     pub hubs: Arc<Hubs>,
     pub tokens: Arc<TokenCache>,

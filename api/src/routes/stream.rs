@@ -333,7 +333,9 @@ impl Session {
                     return Some(vec![self.retry_hint()]);
                 }
                 event = self.access.recv() => {
-                    if crate::auth::revoked(&self.state, &self.user, event).await {
+                    // Boxed, like `translate`: the re-check's database path stays out of every idle
+                    // stream's state.
+                    if Box::pin(crate::auth::revoked(&self.state, &self.user, event)).await {
                         return None; // the token was revoked or the user suspended
                     }
                     continue;

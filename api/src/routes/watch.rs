@@ -47,7 +47,8 @@ pub async fn watch(State(state): State<AppState>, user: CurrentUser) -> ApiResul
                             return Some((hint, (subscription, slot, None, access)));
                         }
                         event = access.recv() => {
-                            if crate::auth::revoked(&state, &user, event).await {
+                            // Boxed: the re-check's database path stays out of every idle stream.
+                            if Box::pin(crate::auth::revoked(&state, &user, event)).await {
                                 return None; // the token was revoked or the user suspended
                             }
                         }

@@ -42,21 +42,16 @@ impl Transition {
         }
     }
 
-    /// Publishes the hints for this committed change (a failure is logged: re-reads repair a
-    /// lost hint).
-    pub async fn publish(&self, client: &deadpool_postgres::Client) {
-        if self.others.is_empty() && !self.unchanged {
-            return self.change.publish(client).await;
-        }
+    /// Publishes the hints for this committed change through the replica's publisher (a
+    /// failure is logged: re-reads repair a lost hint).
+    pub async fn publish(&self, publisher: &chatd_shared::pubsub::Publisher) {
         let main = (!self.unchanged).then_some(&self.change);
         let notices: Vec<(String, String)> = main
             .into_iter()
             .chain(&self.others)
             .flat_map(ChatChange::notices)
             .collect();
-        if let Err(error) = chatd_shared::pubsub::publish(client, &notices).await {
-            tracing::warn!(chat_id = %self.chat.id, error = %error, "publish change hints");
-        }
+        publisher.publish(notices).await;
     }
 }
 

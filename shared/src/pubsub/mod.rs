@@ -15,4 +15,4 @@ pub use change::ChatChange;
 pub use config::{publish_config_change, ConfigKind, ConfigNotice};
 pub use listener::{Listener, ListenerEvent};
 pub use notices::*;
-pub use publish::publish;
+pub use publish::{publish, Publisher};

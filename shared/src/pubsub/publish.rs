@@ -31,3 +31,72 @@ pub async fn publish(
     metrics::counter!("chatd_notify_commits_total").increment(1);
     Ok(())
 }
+
+/// One publishing task per process: what concurrent callers hand it while a `publish` is in
+/// flight goes out together in the next one (group commit), so a busy API replica pays one
+/// statement for many transitions and an idle one pays no extra wait.
+///
+/// It has a connection of its own (a pool of one): callers wait for it while holding their
+/// pooled connection, so taking one from their pool could wait for them forever.
+#[derive(Clone)]
+pub struct Publisher {
+    requests: tokio::sync::mpsc::UnboundedSender<PublishRequest>,
+}
+
+struct PublishRequest {
+    notices: Vec<(String, String)>,
+    done: tokio::sync::oneshot::Sender<()>,
+}
+
+/// At most this many notices in one statement (each payload is below 8,000 bytes).
+const MAX_BATCH_NOTICES: usize = 1_000;
+
+impl Publisher {
+    pub fn spawn(pool: deadpool_postgres::Pool) -> Publisher {
+        let (requests, mut queue) = tokio::sync::mpsc::unbounded_channel::<PublishRequest>();
+        tokio::spawn(async move {
+            while let Some(first) = queue.recv().await {
+                let mut notices = first.notices;
+                let mut waiting = vec![first.done];
+                while notices.len() < MAX_BATCH_NOTICES {
+                    let Ok(more) = queue.try_recv() else {
+                        break;
+                    };
+                    notices.extend(more.notices);
+                    waiting.push(more.done);
+                }
+                let outcome = match pool.get().await {
+                    Ok(client) => publish(&client, &notices)
+                        .await
+                        .map_err(anyhow::Error::from),
+                    Err(error) => Err(anyhow::Error::from(error)),
+                };
+                if let Err(error) = outcome {
+                    // The changes are durable; re-reads repair a lost hint.
+                    tracing::warn!(
+                        error = format!("{error:#}"),
+                        notices = notices.len(),
+                        "publish change hints"
+                    );
+                }
+                metrics::histogram!("chatd_publish_batch_requests").record(waiting.len() as f64);
+                for done in waiting {
+                    let _ = done.send(());
+                }
+            }
+        });
+        Publisher { requests }
+    }
+
+    /// Publishes `notices` (after the commit of the change they describe) and returns once
+    /// they are out, or failed (logged).
+    pub async fn publish(&self, notices: Vec<(String, String)>) {
+        if notices.is_empty() {
+            return;
+        }
+        let (done, finished) = tokio::sync::oneshot::channel();
+        if self.requests.send(PublishRequest { notices, done }).is_ok() {
+            let _ = finished.await;
+        }
+    }
+}

@@ -31,12 +31,26 @@ pub struct Claim {
     pub parent_chat_id: Option<Uuid>,
     /// Depth in the chat's tree (a root is 0).
     pub depth: i16,
+    /// The chat's prompt state and newest prompt rows, as the claim read them.
+    pub prompt: turn::ClaimedPrompt,
 }
 
+/// How many of a chat's newest prompt rows the claim returns (`ClaimedPrompt`): enough for a
+/// plain turn's new rows plus one the worker's cache already has, so a cached chat (or a new
+/// one) needs no read of its own.
+pub const CLAIM_TAIL_ROWS: i64 = 6;
+
 /// The end of both claim statements: the chats in CTE `picked` (`id`, `pending_since`) become
-/// this worker's, in a new attempt (`$1`: this worker); then one more row, whose last column
-/// says in how many seconds the oldest chat this claim had to leave to its last worker (the
-/// affinity grace, `$G`) becomes anyone's — NULL when there is none.
+/// this worker's, in a new attempt (`$1`: this worker), each returned with its prompt state
+/// and its newest `CLAIM_TAIL_ROWS` prompt rows (a row per message; a chat without any gets
+/// one row of NULLs there); then one more row, whose ninth column says in how many seconds the
+/// oldest chat this claim had to leave to its last worker (the affinity grace, `$G`) becomes
+/// anyone's — NULL when there is none.
+///
+/// The tail is read with the statement's snapshot, the row lock may have followed a newer
+/// version of the chat (a change committed after the snapshot): the tail is only trusted when
+/// the snapshot's version of the chat is the one the claim bumped (every transaction that adds
+/// a prompt row also updates its chat row, under the row lock).
 macro_rules! claim_picked {
     ($grace:literal) => {
         concat!(
@@ -47,16 +61,27 @@ macro_rules! claim_picked {
             " FROM picked WHERE c.id = picked.id \
              RETURNING c.id, c.owner_id, c.attempt, c.version, c.crash_count, \
              extract(epoch FROM (clock_timestamp() - picked.pending_since))::float8 AS waited, \
-             c.parent_chat_id, c.depth) \
-             SELECT id, owner_id, attempt, version, crash_count, waited, parent_chat_id, depth, \
-                    NULL::float8 FROM claimed \
+             c.parent_chat_id, c.depth, c.model_config_id, c.dynamic_tools, \
+             c.title = '' AS untitled, c.mcp_server_ids, c.history_epoch) \
+             SELECT cl.id, cl.owner_id, cl.attempt, cl.version, cl.crash_count, cl.waited, \
+                    cl.parent_chat_id, cl.depth, NULL::float8, cl.model_config_id, \
+                    cl.dynamic_tools, cl.untitled, cl.mcp_server_ids, cl.history_epoch, \
+                    (SELECT s.version FROM chats s WHERE s.id = cl.id) = cl.version - 1, \
+                    t.id, t.role, t.content, t.model_config_id, t.provider_response_id, \
+                    t.compressed, pg_column_size(t.content) \
+             FROM claimed cl LEFT JOIN LATERAL ( \
+                 SELECT m.id, m.role, m.content, m.model_config_id, m.provider_response_id, \
+                        m.compressed FROM chat_messages m \
+                 WHERE m.chat_id = cl.id AND NOT m.deleted AND m.visibility <> 'user' \
+                 ORDER BY m.id DESC LIMIT 6) t ON true \
              UNION ALL \
              SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, \
                     (SELECT extract(epoch FROM min(d.updated_at) \
                          + make_interval(secs => ", $grace, ") - now())::float8 \
                      FROM chats d WHERE d.status = 'pending' AND NOT d.archived \
                          AND d.updated_at >= now() - make_interval(secs => ", $grace, ") \
-                         AND d.last_worker_id <> $1)"
+                         AND d.last_worker_id <> $1), \
+                    NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL"
         )
     };
 }
@@ -145,23 +170,38 @@ pub async fn acquire(
         deferred: None,
     };
     for row in &rows {
-        match row.get::<_, Option<Uuid>>(0) {
-            Some(chat_id) => claimed.claims.push(Claim {
-                chat_id,
-                owner_id: row.get(1),
-                attempt: row.get(2),
-                version: row.get(3),
-                crash_count: row.get(4),
-                pending_seconds: row.get(5),
-                parent_chat_id: row.get(6),
-                depth: row.get(7),
-            }),
+        let Some(chat_id) = row.get::<_, Option<Uuid>>(0) else {
+            claimed.deferred = row
+                .get::<_, Option<f64>>(8)
+                .map(|seconds| std::time::Duration::from_secs_f64(seconds.max(0.0)));
+            continue;
+        };
+        // A chat's rows come together, newest message first.
+        let index = match claimed
+            .claims
+            .iter()
+            .position(|claim| claim.chat_id == chat_id)
+        {
+            Some(index) => index,
             None => {
-                claimed.deferred = row
-                    .get::<_, Option<f64>>(8)
-                    .map(|seconds| std::time::Duration::from_secs_f64(seconds.max(0.0)));
+                claimed.claims.push(Claim {
+                    chat_id,
+                    owner_id: row.get(1),
+                    attempt: row.get(2),
+                    version: row.get(3),
+                    crash_count: row.get(4),
+                    pending_seconds: row.get(5),
+                    parent_chat_id: row.get(6),
+                    depth: row.get(7),
+                    prompt: turn::ClaimedPrompt::from_claim_row(row),
+                });
+                claimed.claims.len() - 1
             }
-        }
+        };
+        claimed.claims[index].prompt.push_tail_row(row);
+    }
+    for claim in &mut claimed.claims {
+        claim.prompt.finish_tail();
     }
     Ok(claimed)
 }
@@ -195,4 +235,15 @@ pub async fn heartbeat(
             attempt: row.get(2),
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use chatd_shared::bump_chat_version;
+
+    #[test]
+    fn the_claim_returns_as_many_tail_rows_as_the_turn_expects() {
+        let statement = claim_picked!("$3");
+        assert!(statement.contains(&format!("LIMIT {})", super::CLAIM_TAIL_ROWS)));
+    }
 }

@@ -12,10 +12,184 @@ use crate::provider::{PromptMessage, ProviderEndpoint};
 use crate::turn::context::{ContextError, LoadedChat, ModelChoice};
 use crate::turn::prompt_cache::{CachedPrompt, PromptRow};
 
-/// Loads the prompt and the chat's tool and title state in one statement. With `cached` (the
-/// chat's rows as this worker last read them, `turn::prompt_cache`), only rows after the
-/// newest cached one are read — unless the chat's `history_epoch` moved (an edit), which makes
-/// the same statement read everything. Returns the prompt and the rows to cache.
+/// A chat's prompt state: what a turn needs of the chat row besides the messages.
+#[derive(Debug, Clone, Default)]
+pub struct ChatPromptState {
+    model_config_id: Option<Uuid>,
+    dynamic_tools: Value,
+    untitled: bool,
+    mcp_server_ids: Vec<Uuid>,
+    history_epoch: i32,
+}
+
+/// What the claim statement read of a chat's prompt (`store::acquire`): its prompt state and
+/// its newest `CLAIM_TAIL_ROWS` prompt rows. With those, a chat this worker has cached (or a
+/// chat short enough to be all in the tail) starts its turn without a read of its own.
+#[derive(Debug, Clone, Default)]
+pub struct ClaimedPrompt {
+    state: ChatPromptState,
+    /// Whether the tail was read in the snapshot of the version the claim bumped.
+    valid: bool,
+    /// Oldest first once `finish_tail` ran.
+    tail: Vec<PromptRow>,
+    /// Rows the claim returned, readable or not.
+    rows: i64,
+    bytes: u64,
+}
+
+impl ClaimedPrompt {
+    /// The chat's columns of a claim row (see `claim_picked!`).
+    pub fn from_claim_row(row: &tokio_postgres::Row) -> ClaimedPrompt {
+        ClaimedPrompt {
+            state: ChatPromptState {
+                model_config_id: row.get(9),
+                dynamic_tools: row.get(10),
+                untitled: row.get(11),
+                mcp_server_ids: row.get(12),
+                history_epoch: row.get(13),
+            },
+            valid: row.get::<_, Option<bool>>(14).unwrap_or(false),
+            ..ClaimedPrompt::default()
+        }
+    }
+
+    /// The message columns of a claim row, if it has a message.
+    pub fn push_tail_row(&mut self, row: &tokio_postgres::Row) {
+        let Some(id) = row.get::<_, Option<i64>>(15) else {
+            return; // a chat without prompt rows
+        };
+        self.rows += 1;
+        let bytes = row.get::<_, Option<i32>>(21).unwrap_or(0).max(0) as usize;
+        self.bytes += bytes as u64;
+        let parsed = prompt_row(
+            id,
+            row.get::<_, Option<&str>>(16).unwrap_or("user"),
+            row.get::<_, Option<Value>>(17).unwrap_or(Value::Null),
+            row.get(18),
+            row.get(19),
+            row.get::<_, Option<bool>>(20).unwrap_or(false),
+            bytes,
+        );
+        match parsed {
+            Ok(parsed) => self.tail.push(parsed),
+            // The separate read names the problem.
+            Err(_) => self.valid = false,
+        }
+    }
+
+    pub fn finish_tail(&mut self) {
+        self.tail.sort_by_key(|row| row.id);
+    }
+
+    /// The prompt from the tail and `cached`, when they hold all of it; otherwise `Err` gives
+    /// `cached` back for `load_prompt`.
+    pub fn serve(
+        &self,
+        cached: Option<CachedPrompt>,
+    ) -> Result<Result<(LoadedChat, CachedPrompt), ContextError>, Option<CachedPrompt>> {
+        if !self.valid {
+            return Err(cached);
+        }
+        // Fewer rows than asked for: the tail is the chat's whole history.
+        let whole = self.rows < super::CLAIM_TAIL_ROWS;
+        let epoch = self.state.history_epoch;
+        let reaches = |cached: &CachedPrompt| {
+            whole
+                || self
+                    .tail
+                    .first()
+                    .is_some_and(|row| row.id <= cached.last_id)
+        };
+        let (base, hit) = match cached {
+            Some(cached) if cached.epoch == epoch && reaches(&cached) => (cached, true),
+            cached if !whole => return Err(cached),
+            _ => (
+                CachedPrompt {
+                    epoch,
+                    ..CachedPrompt::default()
+                },
+                false,
+            ),
+        };
+        count_load(hit, "claim", self.tail.len(), self.bytes);
+        let mut prompt = base;
+        prompt.extend(self.tail.clone());
+        Ok(assemble(&self.state, &prompt).map(|loaded| (loaded, prompt)))
+    }
+}
+
+fn count_load(hit: bool, read: &'static str, rows: usize, bytes: u64) {
+    metrics::counter!("chatd_prompt_loads_total",
+        "cache" => if hit { "hit" } else { "miss" }, "read" => read)
+    .increment(1);
+    metrics::counter!("chatd_prompt_rows_read_total").increment(rows as u64);
+    metrics::counter!("chatd_prompt_bytes_read_total").increment(bytes);
+}
+
+/// One stored prompt row, decoded.
+fn prompt_row(
+    id: i64,
+    role: &str,
+    content: Value,
+    model_config_id: Option<Uuid>,
+    provider_response_id: Option<String>,
+    compressed: bool,
+    bytes: usize,
+) -> Result<PromptRow, ContextError> {
+    let mut parts: Vec<ContentPart> = serde_json::from_value(content)
+        .map_err(|error| ContextError::Config(format!("stored message content: {error}")))?;
+    parts.retain(|part| !part.is_blank());
+    decode_parts(&mut parts);
+    Ok(PromptRow {
+        id,
+        role: Role::parse(role).unwrap_or(Role::User),
+        parts,
+        model_config_id,
+        provider_response_id,
+        compressed,
+        bytes,
+    })
+}
+
+/// The turn's view of a chat: its prompt state and its prompt rows.
+fn assemble(state: &ChatPromptState, prompt: &CachedPrompt) -> Result<LoadedChat, ContextError> {
+    let mut loaded = LoadedChat {
+        dynamic_tools: serde_json::from_value(state.dynamic_tools.clone())
+            .map_err(|error| ContextError::Config(format!("stored dynamic tools: {error}")))?,
+        untitled: state.untitled,
+        wanted_model: state.model_config_id,
+        mcp_server_ids: state.mcp_server_ids.clone(),
+        ..LoadedChat::default()
+    };
+    for row in &prompt.rows {
+        if row.role == Role::User {
+            loaded.wanted_model = row.model_config_id.or(state.model_config_id);
+        }
+        if row.parts.is_empty() {
+            continue;
+        }
+        loaded.prompt.push(PromptMessage {
+            role: row.role,
+            content: row.parts.clone(),
+        });
+        if row.role == Role::Assistant {
+            if let Some(response_id) = &row.provider_response_id {
+                loaded.last_response = Some((
+                    response_id.clone(),
+                    row.model_config_id,
+                    loaded.prompt.len(),
+                ));
+            }
+        }
+    }
+    Ok(loaded)
+}
+
+/// Loads the prompt and the chat's tool and title state in one statement (when the claim's
+/// tail did not hold it, `ClaimedPrompt::serve`). With `cached` (the chat's rows as this
+/// worker last read them, `turn::prompt_cache`), only rows after the newest cached one are
+/// read — unless the chat's `history_epoch` moved (an edit), which makes the same statement
+/// read everything. Returns the prompt and the rows to cache.
 pub async fn load_prompt(
     client: &deadpool_postgres::ClientWrapper,
     chat_id: Uuid,
@@ -37,78 +211,47 @@ pub async fn load_prompt(
             &[&chat_id, &after, &epoch],
         )
         .await?;
-    let mut loaded = LoadedChat::default();
-    let mut prompt = CachedPrompt::default();
+    let Some(first) = rows.first() else {
+        return Err(ContextError::Config("the chat is gone".into()));
+    };
+    let state = ChatPromptState {
+        model_config_id: first.get(4),
+        dynamic_tools: first.get(5),
+        untitled: first.get(6),
+        mcp_server_ids: first.get(8),
+        history_epoch: first.get(9),
+    };
+    let hit = cached
+        .as_ref()
+        .is_some_and(|cached| cached.epoch == state.history_epoch);
+    let mut prompt = match cached {
+        Some(cached) if hit => cached,
+        _ => CachedPrompt {
+            epoch: state.history_epoch,
+            ..CachedPrompt::default()
+        },
+    };
     let mut fresh = Vec::with_capacity(rows.len());
     let mut bytes_read = 0_u64;
-    let mut chat_model: Option<Uuid> = None;
-    for (index, row) in rows.iter().enumerate() {
-        if index == 0 {
-            let tools: Value = row.get(5);
-            loaded.dynamic_tools = serde_json::from_value(tools)
-                .map_err(|error| ContextError::Config(format!("stored dynamic tools: {error}")))?;
-            loaded.untitled = row.get(6);
-            chat_model = row.get(4);
-            loaded.wanted_model = chat_model;
-            loaded.mcp_server_ids = row.get(8);
-            let history_epoch: i32 = row.get(9);
-            prompt = match cached {
-                Some(ref cached) if cached.epoch == history_epoch => cached.clone(),
-                _ => CachedPrompt {
-                    epoch: history_epoch,
-                    ..CachedPrompt::default()
-                },
-            };
-        }
+    for row in &rows {
         let Some(id) = row.get::<_, Option<i64>>(0) else {
             continue; // nothing new (LEFT JOIN)
         };
-        let role = Role::parse(row.get(1)).unwrap_or(Role::User);
-        let content: Value = row.get(2);
         let bytes = row.get::<_, Option<i32>>(11).unwrap_or(0).max(0) as usize;
         bytes_read += bytes as u64;
-        let mut parts: Vec<ContentPart> = serde_json::from_value(content)
-            .map_err(|error| ContextError::Config(format!("stored message content: {error}")))?;
-        parts.retain(|part| !part.is_blank());
-        decode_parts(&mut parts);
-        fresh.push(PromptRow {
+        fresh.push(prompt_row(
             id,
-            role,
-            parts,
-            model_config_id: row.get(3),
-            provider_response_id: row.get(7),
-            compressed: row.get(10),
+            row.get(1),
+            row.get(2),
+            row.get(3),
+            row.get(7),
+            row.get(10),
             bytes,
-        });
+        )?);
     }
-    let hit = cached.is_some_and(|cached| cached.epoch == prompt.epoch);
-    metrics::counter!("chatd_prompt_loads_total", "cache" => if hit { "hit" } else { "miss" })
-        .increment(1);
-    metrics::counter!("chatd_prompt_rows_read_total").increment(fresh.len() as u64);
-    metrics::counter!("chatd_prompt_bytes_read_total").increment(bytes_read);
+    count_load(hit, "query", fresh.len(), bytes_read);
     prompt.extend(fresh);
-    for row in &prompt.rows {
-        if row.role == Role::User {
-            loaded.wanted_model = row.model_config_id.or(chat_model);
-        }
-        if row.parts.is_empty() {
-            continue;
-        }
-        loaded.prompt.push(PromptMessage {
-            role: row.role,
-            content: row.parts.clone(),
-        });
-        if row.role == Role::Assistant {
-            if let Some(response_id) = &row.provider_response_id {
-                loaded.last_response = Some((
-                    response_id.clone(),
-                    row.model_config_id,
-                    loaded.prompt.len(),
-                ));
-            }
-        }
-    }
-    Ok((loaded, prompt))
+    Ok((assemble(&state, &prompt)?, prompt))
 }
 
 /// Resolves the wanted model, falling back to the default when it is disabled or deleted.
@@ -285,4 +428,106 @@ pub async fn record_usage(
         )
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(id: i64, role: Role, text: &str) -> PromptRow {
+        PromptRow {
+            id,
+            role,
+            parts: vec![ContentPart::text(text)],
+            model_config_id: None,
+            provider_response_id: None,
+            compressed: false,
+            bytes: text.len(),
+        }
+    }
+
+    fn claimed(valid: bool, rows: i64, tail: Vec<PromptRow>) -> ClaimedPrompt {
+        ClaimedPrompt {
+            state: ChatPromptState {
+                dynamic_tools: Value::Array(Vec::new()),
+                history_epoch: 3,
+                ..ChatPromptState::default()
+            },
+            valid,
+            tail,
+            rows,
+            bytes: 0,
+        }
+    }
+
+    fn cached(last_id: i64, epoch: i32) -> CachedPrompt {
+        let mut prompt = CachedPrompt {
+            epoch,
+            ..CachedPrompt::default()
+        };
+        prompt.extend(vec![
+            row(1, Role::User, "q1"),
+            row(2, Role::Assistant, "a1"),
+        ]);
+        prompt.extend(vec![row(last_id, Role::User, "q2")]);
+        prompt
+    }
+
+    fn texts(loaded: &LoadedChat) -> Vec<String> {
+        loaded
+            .prompt
+            .iter()
+            .map(|message| format!("{:?}", message.content))
+            .collect()
+    }
+
+    #[test]
+    fn a_cached_chat_is_served_by_a_tail_that_reaches_the_cache() {
+        let full = CLAIM_TAIL_ROWS_FOR_TESTS;
+        let tail = vec![
+            row(5, Role::User, "q2"),
+            row(6, Role::Assistant, "a2"),
+            row(7, Role::User, "q3"),
+        ];
+        // A full tail whose oldest row the cache has: nothing else to read.
+        let (loaded, prompt) = claimed(true, full, tail.clone())
+            .serve(Some(cached(5, 3)))
+            .expect("served")
+            .expect("assembled");
+        assert_eq!(prompt.last_id, 7);
+        assert_eq!(loaded.prompt.len(), 5);
+        assert!(texts(&loaded)[4].contains("q3"));
+        // A full tail that starts after the cache's newest row: a gap, so the read decides.
+        let gap = claimed(true, full, tail[1..].to_vec()).serve(Some(cached(5, 3)));
+        assert!(matches!(gap, Err(Some(_))));
+        // Another history epoch (an edit): the cache is stale.
+        assert!(claimed(true, full, tail.clone())
+            .serve(Some(cached(5, 2)))
+            .is_err());
+        // A tail read in an older snapshot than the claim's version: never trusted.
+        assert!(claimed(false, 3, tail.clone()).serve(None).is_err());
+    }
+
+    #[test]
+    fn a_short_chat_is_all_in_its_tail() {
+        let tail = vec![row(8, Role::User, "hello")];
+        let (loaded, prompt) = claimed(true, 1, tail.clone())
+            .serve(None)
+            .expect("served")
+            .expect("assembled");
+        assert_eq!((prompt.epoch, prompt.last_id), (3, 8));
+        assert_eq!(loaded.prompt.len(), 1);
+        // A stale cache (other epoch) is replaced by the whole tail.
+        let (loaded, _) = claimed(true, 1, tail)
+            .serve(Some(cached(5, 2)))
+            .expect("served")
+            .expect("assembled");
+        assert_eq!(loaded.prompt.len(), 1);
+        // Without a cache, a full tail may not be the whole history.
+        assert!(claimed(true, CLAIM_TAIL_ROWS_FOR_TESTS, Vec::new())
+            .serve(None)
+            .is_err());
+    }
+
+    const CLAIM_TAIL_ROWS_FOR_TESTS: i64 = super::super::CLAIM_TAIL_ROWS;
 }

@@ -545,8 +545,10 @@ async fn prepare(
         .await
         .map_err(|error| ContextError::Config(format!("database connection: {error}")))?;
     let cached = deps.prompts.take(claim.chat_id);
-    let (mut loaded, rows) =
-        crate::store::turn::load_prompt(&client, claim.chat_id, cached).await?;
+    let (mut loaded, rows) = match claim.prompt.serve(cached) {
+        Ok(served) => served?,
+        Err(cached) => crate::store::turn::load_prompt(&client, claim.chat_id, cached).await?,
+    };
     if deps.prompts.enabled() {
         deps.prompts.put(claim.chat_id, rows);
     }
