@@ -197,7 +197,7 @@ async fn start(
         },
     )
     .await?;
-    transition.publish(&state.publisher).await;
+    transition.publish(&state.publisher, &client).await;
     drop(client);
     let created = chat_id.is_none().then_some(response.chat_id);
     stream(state, user.id, response, created).await

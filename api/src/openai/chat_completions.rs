@@ -75,7 +75,7 @@ pub async fn create(
         },
     )
     .await?;
-    transition.publish(&state.publisher).await;
+    transition.publish(&state.publisher, &client).await;
     drop(client);
     let id = format!("chatcmpl-{}", response.id.simple());
     let created = unix_seconds(response.created_at);

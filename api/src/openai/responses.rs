@@ -123,7 +123,7 @@ pub async fn create(
         },
     )
     .await?;
-    transition.publish(&state.publisher).await;
+    transition.publish(&state.publisher, &client).await;
     drop(client);
     if stream {
         return stream::sse(state, user.id, response, -1).await;
@@ -231,7 +231,7 @@ pub async fn cancel(
         let (_, transitions) =
             crate::store::send::interrupt(&mut client, response.chat_id, user.id).await?;
         for transition in transitions {
-            transition.publish(&state.publisher).await;
+            transition.publish(&state.publisher, &client).await;
         }
     }
     drop(client);
@@ -256,7 +256,7 @@ pub async fn delete(
     for row in rows {
         let mut transition = crate::store::Transition::new(row);
         transition.change.owner_event = chatd_shared::pubsub::OwnerEventKind::Deleted;
-        transition.publish(&state.publisher).await;
+        transition.publish(&state.publisher, &client).await;
     }
     Ok(
         axum::Json(json!({"id": response_id(response.id), "object": "response", "deleted": true}))

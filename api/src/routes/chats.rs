@@ -73,7 +73,7 @@ pub async fn create(
     )
     .await?;
     files::link(&*client, transition.chat.id, &attachments.file_ids).await?;
-    transition.publish(&state.publisher).await;
+    transition.publish(&state.publisher, &client).await;
     Ok(json_response(
         StatusCode::CREATED,
         CreateChatResponse {
@@ -227,7 +227,7 @@ pub async fn patch(
         },
     )
     .await?;
-    transition.publish(&state.publisher).await;
+    transition.publish(&state.publisher, &client).await;
     Ok(json_response(
         StatusCode::OK,
         ChatResponse {
@@ -247,7 +247,7 @@ pub async fn delete(
     let chat_id = parse_uuid(&chat_id, "chat_id")?;
     let mut client = state.pool.get().await?;
     let transition = store::delete_chat(&mut client, chat_id, user.id).await?;
-    transition.publish(&state.publisher).await;
+    transition.publish(&state.publisher, &client).await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -272,7 +272,7 @@ pub async fn mark_read(
     let chat = tree::mark_read(&mut client, chat_id, user.id, message_id).await?;
     let change =
         chatd_shared::pubsub::ChatChange::of_row(&chat).with_owner_event(OwnerEventKind::Read);
-    state.publisher.publish(change.notices()).await;
+    state.publisher.publish(&client, change.notices()).await;
     Ok(json_response(
         StatusCode::OK,
         ChatResponse {

@@ -27,7 +27,7 @@ pub async fn interrupt(
     let mut client = state.pool.get().await?;
     let (chat, transitions) = send::interrupt(&mut client, chat_id, user.id).await?;
     for transition in transitions {
-        transition.publish(&state.publisher).await;
+        transition.publish(&state.publisher, &client).await;
     }
     Ok(json_response(
         StatusCode::OK,
@@ -50,7 +50,7 @@ pub async fn delete_queued(
     let queued_id = parse_int_id(&queued_id, "queued_id")?;
     let mut client = state.pool.get().await?;
     let transition = send::delete_queued(&mut client, chat_id, user.id, queued_id).await?;
-    transition.publish(&state.publisher).await;
+    transition.publish(&state.publisher, &client).await;
     Ok(json_response(
         StatusCode::OK,
         DeletedResponse { deleted: queued_id },
@@ -76,6 +76,6 @@ pub async fn promote_queued(
     crate::routes::limits::ensure_within_limit(&state, &client, user.id).await?;
     let (transition, outcome) =
         send::promote_queued(&mut client, chat_id, user.id, queued_id).await?;
-    transition.publish(&state.publisher).await;
+    transition.publish(&state.publisher, &client).await;
     Ok(outcome_response(outcome))
 }

@@ -117,7 +117,7 @@ pub async fn send(
     )
     .await?;
     files::link(&*client, chat_id, &attachments.file_ids).await?;
-    transition.publish(&state.publisher).await;
+    transition.publish(&state.publisher, &client).await;
     Ok(outcome_response(outcome))
 }
 
@@ -149,7 +149,7 @@ pub async fn edit(
     let (transition, message) =
         edit::edit_message(&mut client, chat_id, user.id, message_id, &content).await?;
     files::link(&*client, chat_id, &attachments.file_ids).await?;
-    transition.publish(&state.publisher).await;
+    transition.publish(&state.publisher, &client).await;
     Ok(json_response(
         StatusCode::OK,
         MessageResponse {

@@ -56,7 +56,7 @@ pub async fn submit(
     let mut client = state.pool.get().await?;
     crate::routes::limits::ensure_within_limit(&state, &client, user.id).await?;
     let transition = tool_results::submit(&mut client, chat_id, user.id, results).await?;
-    transition.publish(&state.publisher).await;
+    transition.publish(&state.publisher, &client).await;
     Ok(json_response(
         StatusCode::OK,
         ChatResponse {

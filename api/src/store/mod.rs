@@ -44,14 +44,18 @@ impl Transition {
 
     /// Publishes the hints for this committed change through the replica's publisher (a
     /// failure is logged: re-reads repair a lost hint).
-    pub async fn publish(&self, publisher: &chatd_shared::pubsub::Publisher) {
+    pub async fn publish(
+        &self,
+        publisher: &chatd_shared::pubsub::Publisher,
+        client: &deadpool_postgres::ClientWrapper,
+    ) {
         let main = (!self.unchanged).then_some(&self.change);
         let notices: Vec<(String, String)> = main
             .into_iter()
             .chain(&self.others)
             .flat_map(ChatChange::notices)
             .collect();
-        publisher.publish(notices).await;
+        publisher.publish(client, notices).await;
     }
 }
 

@@ -32,15 +32,18 @@ pub async fn publish(
     Ok(())
 }
 
-/// One publishing task per process: what concurrent callers hand it while a `publish` is in
-/// flight goes out together in the next one (group commit), so a busy API replica pays one
-/// statement for many transitions and an idle one pays no extra wait.
+/// How a process publishes many requests' notices: a request publishes on its own
+/// connection while fewer than `DIRECT_SLOTS` others do (no added hop when the replica is not
+/// busy); past that it hands its notices to one publishing task, which sends what it was
+/// handed while its previous statement was in flight together in the next one (group commit),
+/// so a busy API replica pays one statement for many transitions.
 ///
-/// It has a connection of its own (a pool of one): callers wait for it while holding their
-/// pooled connection, so taking one from their pool could wait for them forever.
+/// The task has a connection of its own (a pool of one): callers wait for it while holding
+/// their pooled connection, so taking one from their pool could wait for them forever.
 #[derive(Clone)]
 pub struct Publisher {
     requests: tokio::sync::mpsc::UnboundedSender<PublishRequest>,
+    direct: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 struct PublishRequest {
@@ -50,6 +53,17 @@ struct PublishRequest {
 
 /// At most this many notices in one statement (each payload is below 8,000 bytes).
 const MAX_BATCH_NOTICES: usize = 1_000;
+/// Requests publishing on their own connection at once before the rest are batched.
+const DIRECT_SLOTS: usize = 2;
+
+/// A direct publisher's slot, given back however its request ends (it may be dropped).
+struct DirectSlot<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for DirectSlot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
 
 impl Publisher {
     pub fn spawn(pool: deadpool_postgres::Pool) -> Publisher {
@@ -85,15 +99,32 @@ impl Publisher {
                 }
             }
         });
-        Publisher { requests }
+        Publisher {
+            requests,
+            direct: std::sync::Arc::default(),
+        }
     }
 
-    /// Publishes `notices` (after the commit of the change they describe) and returns once
-    /// they are out, or failed (logged).
-    pub async fn publish(&self, notices: Vec<(String, String)>) {
+    /// Publishes `notices` (after the commit of the change they describe), on `client` or
+    /// with other requests' (see [`Publisher`]), and returns once they are out or failed
+    /// (logged: the change is durable, re-reads repair a lost hint).
+    pub async fn publish(
+        &self,
+        client: &deadpool_postgres::ClientWrapper,
+        notices: Vec<(String, String)>,
+    ) {
+        use std::sync::atomic::Ordering;
         if notices.is_empty() {
             return;
         }
+        if self.direct.fetch_add(1, Ordering::AcqRel) < DIRECT_SLOTS {
+            let _slot = DirectSlot(&self.direct);
+            if let Err(error) = publish(client, &notices).await {
+                tracing::warn!(error = %error, "publish change hints");
+            }
+            return;
+        }
+        drop(DirectSlot(&self.direct));
         let (done, finished) = tokio::sync::oneshot::channel();
         if self.requests.send(PublishRequest { notices, done }).is_ok() {
             let _ = finished.await;
