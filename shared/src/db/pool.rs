@@ -71,6 +71,14 @@ pub fn check_pooler(pooler: Pooler, listen_database_url: Option<&str>) -> Result
 pub const SESSION_TIMEOUTS: &str =
     "-c idle_in_transaction_session_timeout=60000 -c statement_timeout=60000";
 
+/// What a pooled connection sets besides the [`SESSION_TIMEOUTS`]: every prepared statement
+/// runs its generic plan. chatd's statements are keyed by ids and name their status and index
+/// predicates as literals, so the generic plan is the plan a custom one would be; planning
+/// each execution anew cost ≈0.4 ms of PostgreSQL CPU per turn (BENCHMARKS.md, "Issue 14,
+/// third step"). Not behind a transaction-mode pooler: unnamed statements are planned anyway.
+pub const POOL_SESSION_OPTIONS: &str = "-c idle_in_transaction_session_timeout=60000 \
+     -c statement_timeout=60000 -c plan_cache_mode=force_generic_plan";
+
 /// Parses `database_url` (TLS parameters as libpq reads them, see `db::tls`) and applies the
 /// settings every chatd connection wants: TCP keepalive (a half-open socket is noticed in
 /// seconds, not after the 2 h OS default), a connect timeout, an application name, and the
@@ -215,7 +223,10 @@ pub fn build_pool(
     pooler: Pooler,
     session_url: &str,
 ) -> anyhow::Result<PgPool> {
-    let connect = pooled_connection_config(database_url, application_name, pooler)?;
+    let mut connect = pooled_connection_config(database_url, application_name, pooler)?;
+    if pooler == Pooler::None {
+        connect.config.options(POOL_SESSION_OPTIONS);
+    }
     if pooler == Pooler::Transaction {
         // Not through the pooler: a transaction that needs a statement's types while the
         // pooler's server connections are all held by such transactions would wait forever.
