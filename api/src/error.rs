@@ -143,6 +143,11 @@ impl ApiError {
         }
     }
 
+    /// A query string named a parameter the route does not take.
+    pub fn unknown_query_parameter(name: &str) -> ApiError {
+        ApiError::field(name, format!("unknown query parameter `{name}`"))
+    }
+
     /// Seconds until a 429 may succeed (at least 1).
     fn retry_after_s(&self) -> u64 {
         match self {

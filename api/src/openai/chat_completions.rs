@@ -44,11 +44,7 @@ pub async fn create(
         None | Some(Value::Null) => None,
         Some(value) => Some(input::tools(value, "tools")?),
     };
-    let model = match body.get("model") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(text)) => Some(text.as_str()),
-        Some(_) => return Err(ApiError::field("model", "model must be a string")),
-    };
+    let model = input::model(&body)?;
     let mut client = state.pool.get().await?;
     let entry = match models::resolve(&*client, model).await? {
         Ok(entry) => entry,

@@ -408,6 +408,31 @@ async fn set_system_prompt(
     Ok(())
 }
 
+/// Stores the function outputs gathered so far as one `tool` message (none when there are
+/// none), as the worker stores a step's tool results.
+async fn flush_tool_results(
+    transaction: &deadpool_postgres::Transaction<'_>,
+    chat_id: Uuid,
+    owner_id: Uuid,
+    results: &mut Vec<ContentPart>,
+) -> ApiResult<Option<MessageRow>> {
+    if results.is_empty() {
+        return Ok(None);
+    }
+    let content = serde_json::to_value(std::mem::take(results)).expect("parts serialize");
+    let row = insert_message(
+        transaction,
+        chat_id,
+        Role::Tool,
+        &content,
+        "both",
+        Some(owner_id),
+        None,
+    )
+    .await?;
+    Ok(Some(row))
+}
+
 /// Inserts the input rows. Function outputs answer the chat's pending client calls (exactly
 /// them, as `POST /tool-results`) or, in a new conversation, calls given earlier in the input.
 async fn insert_rows(
@@ -449,26 +474,11 @@ async fn insert_rows(
         .collect();
     let mut inserted = Vec::with_capacity(rows.len());
     let mut results: Vec<ContentPart> = Vec::new();
-    let flush_results = |results: &mut Vec<ContentPart>| -> Option<Value> {
-        (!results.is_empty())
-            .then(|| serde_json::to_value(std::mem::take(results)).expect("parts serialize"))
-    };
     for (index, row) in rows.into_iter().enumerate() {
         if !matches!(row, Row::ToolOutput { .. }) {
-            if let Some(content) = flush_results(&mut results) {
-                inserted.push(
-                    insert_message(
-                        transaction,
-                        chat.id,
-                        Role::Tool,
-                        &content,
-                        "both",
-                        Some(new.owner_id),
-                        None,
-                    )
-                    .await?,
-                );
-            }
+            inserted.extend(
+                flush_tool_results(transaction, chat.id, new.owner_id, &mut results).await?,
+            );
         }
         match row {
             Row::System(_) => {}
@@ -527,20 +537,7 @@ async fn insert_rows(
             }
         }
     }
-    if let Some(content) = flush_results(&mut results) {
-        inserted.push(
-            insert_message(
-                transaction,
-                chat.id,
-                Role::Tool,
-                &content,
-                "both",
-                Some(new.owner_id),
-                None,
-            )
-            .await?,
-        );
-    }
+    inserted.extend(flush_tool_results(transaction, chat.id, new.owner_id, &mut results).await?);
     if inserted.is_empty() {
         return Err(ApiError::field(
             "input",

@@ -87,6 +87,16 @@ pub fn responses_input(input: &Value) -> Result<Vec<Item>, ApiError> {
     }
 }
 
+/// The request's `model` (a model config's id, model or display name; `models::resolve`);
+/// absent or `null` for the default model config.
+pub fn model(body: &Value) -> Result<Option<&str>, ApiError> {
+    match body.get("model") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(text)) => Ok(Some(text.as_str())),
+        Some(_) => Err(ApiError::field("model", "model must be a string")),
+    }
+}
+
 /// Chat Completions `messages`.
 pub fn chat_messages(messages: &Value) -> Result<Vec<Item>, ApiError> {
     let Value::Array(messages) = messages else {

@@ -93,11 +93,7 @@ pub async fn create(
             ))
         }
     };
-    let model = match body.get("model") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(text)) => Some(text.as_str()),
-        Some(_) => return Err(ApiError::field("model", "model must be a string")),
-    };
+    let model = input::model(&body)?;
     let mut client = state.pool.get().await?;
     let entry = match models::resolve(&*client, model).await? {
         Ok(entry) => entry,
@@ -187,12 +183,7 @@ pub async fn retrieve(
             }
             // Accepted and not needed: every response carries its output in full.
             "include" | "include[]" | "include_obfuscation" => {}
-            other => {
-                return Err(ApiError::field(
-                    other,
-                    format!("unknown query parameter `{other}`"),
-                ))
-            }
+            other => return Err(ApiError::unknown_query_parameter(other)),
         }
     }
     let response = match load(&state, &user, &id).await? {
@@ -291,12 +282,7 @@ pub async fn input_items(
             }
             "after" => after = Some(value),
             "include" | "include[]" => {}
-            other => {
-                return Err(ApiError::field(
-                    other,
-                    format!("unknown query parameter `{other}`"),
-                ))
-            }
+            other => return Err(ApiError::unknown_query_parameter(other)),
         }
     }
     let response = match load(&state, &user, &id).await? {

@@ -85,12 +85,7 @@ pub async fn upload(
                 check_name(&value, "name")?;
                 name = Some(value);
             }
-            other => {
-                return Err(ApiError::field(
-                    other,
-                    format!("unknown query parameter `{other}`"),
-                ))
-            }
+            other => return Err(ApiError::unknown_query_parameter(other)),
         }
     }
     let limit = state.config.max_file_bytes;

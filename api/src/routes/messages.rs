@@ -39,12 +39,7 @@ pub async fn list(
         match key.as_str() {
             "before_id" => before_id = Some(parse_int_id(&value, "before_id")?),
             "limit" => limit = Some(value),
-            other => {
-                return Err(ApiError::field(
-                    other,
-                    format!("unknown query parameter `{other}`"),
-                ))
-            }
+            other => return Err(ApiError::unknown_query_parameter(other)),
         }
     }
     let limit = parse_limit(limit.as_deref(), 50, 200)?;

@@ -237,12 +237,7 @@ fn usage_window(
         match key.as_str() {
             "from" => from = parse_timestamp(&value, "from")?,
             "to" => to = parse_timestamp(&value, "to")?,
-            other => {
-                return Err(ApiError::field(
-                    other,
-                    format!("unknown query parameter `{other}`"),
-                ))
-            }
+            other => return Err(ApiError::unknown_query_parameter(other)),
         }
     }
     if from > to {

@@ -178,12 +178,7 @@ pub async fn list(
                 after = Some(value);
             }
             "limit" => limit = Some(value),
-            other => {
-                return Err(ApiError::field(
-                    other,
-                    format!("unknown query parameter `{other}`"),
-                ))
-            }
+            other => return Err(ApiError::unknown_query_parameter(other)),
         }
     }
     let limit = parse_limit(limit.as_deref(), 50, 100)?;

@@ -60,12 +60,7 @@ pub async fn list(
                     }
                 }
             }
-            other => {
-                return Err(ApiError::field(
-                    other,
-                    format!("unknown query parameter `{other}`"),
-                ))
-            }
+            other => return Err(ApiError::unknown_query_parameter(other)),
         }
     }
     let client = state.pool.get().await?;
