@@ -128,7 +128,7 @@ impl Hubs {
             match event {
                 ListenerEvent::Notification { channel, payload } => {
                     if parse_chat_channel(&channel).is_some() {
-                        match serde_json::from_str::<ChatNotice>(&payload) {
+                        match ChatNotice::from_payload(&payload) {
                             Ok(ChatNotice::Change(change)) => {
                                 self.deliver_chat(change.chat_id, HubInput::Change(change))
                             }

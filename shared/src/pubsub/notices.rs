@@ -81,6 +81,32 @@ pub enum ChatNotice {
     },
 }
 
+impl ChatNotice {
+    /// Parses a chat channel payload. What chatd publishes (`serde_json::to_string`) starts
+    /// with the tag — `{"t":"c",` or `{"t":"f",` — so the variant is deserialised directly;
+    /// the derived path of an internally tagged enum first buffers the whole payload, every
+    /// frame's events included, into serde's generic `Content` (≈8 % of an API replica's CPU
+    /// in B3; `cargo run --release -p chatd-shared --example notice_parse` measures both).
+    /// Any other key order takes the derived path.
+    pub fn from_payload(payload: &str) -> serde_json::Result<ChatNotice> {
+        /// The `Frames` variant's fields (the tag is an unknown field here, ignored).
+        #[derive(Deserialize)]
+        struct Frames {
+            #[serde(rename = "fr")]
+            frames: Vec<FrameNotice>,
+        }
+        if payload.starts_with(r#"{"t":"c","#) {
+            serde_json::from_str::<ChangeNotice>(payload).map(ChatNotice::Change)
+        } else if payload.starts_with(r#"{"t":"f","#) {
+            serde_json::from_str::<Frames>(payload).map(|body| ChatNotice::Frames {
+                frames: body.frames,
+            })
+        } else {
+            serde_json::from_str(payload)
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ChangeNotice {
     #[serde(rename = "id")]
@@ -245,5 +271,63 @@ mod tests {
         );
         let back: ChatNotice = serde_json::from_str(&payload).unwrap();
         assert!(matches!(back, ChatNotice::Change(c) if c.version == 7 && c.queue && !c.messages));
+        let fast = ChatNotice::from_payload(&payload).unwrap();
+        assert!(matches!(fast, ChatNotice::Change(c) if c.version == 7 && c.queue && !c.messages));
+    }
+
+    #[test]
+    fn from_payload_reads_what_the_derived_parser_reads() {
+        let frames = ChatNotice::Frames {
+            frames: vec![FrameNotice {
+                chat_id: Uuid::from_u128(7),
+                attempt: 3,
+                seq_from: 4,
+                seq_to: 5,
+                created_at_us: 1_700_000_000_000_000,
+                events: vec![
+                    SeqEvent {
+                        seq: 4,
+                        event: "message_part".into(),
+                        data: serde_json::json!({"attempt": 3, "seq": 4, "part": {"type": "text", "text": "a \"b\""}}),
+                    },
+                    SeqEvent {
+                        seq: 5,
+                        event: "retry".into(),
+                        data: serde_json::json!({"attempt": 3, "seq": 5, "delay_ms": 100}),
+                    },
+                ],
+            }],
+        };
+        let change = ChatNotice::Change(
+            ChangeNotice {
+                chat_id: Uuid::from_u128(9),
+                version: 12,
+                status: ChatStatus::Waiting,
+                attempt: 3,
+                messages: true,
+                queue: false,
+                other: true,
+                new_messages: None,
+                last_seq: Some(40),
+            }
+            .embed_messages(Vec::new()),
+        );
+        for notice in [frames, change] {
+            let payload = to_payload(&notice);
+            let derived: ChatNotice = serde_json::from_str(&payload).unwrap();
+            let fast = ChatNotice::from_payload(&payload).unwrap();
+            assert_eq!(format!("{fast:?}"), format!("{derived:?}"));
+            // The same fields in another order (not what chatd writes): the derived path.
+            let mut object: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_str(&payload).unwrap();
+            let tag = object.remove("t").unwrap();
+            object.insert("t".into(), tag);
+            let reordered = serde_json::to_string(&object).unwrap();
+            assert!(!reordered.starts_with(r#"{"t":"#), "{reordered}");
+            let slow = ChatNotice::from_payload(&reordered).unwrap();
+            assert_eq!(format!("{slow:?}"), format!("{derived:?}"));
+        }
+        assert!(ChatNotice::from_payload(r#"{"t":"c","v":1}"#).is_err());
+        assert!(ChatNotice::from_payload(r#"{"t":"x"}"#).is_err());
     }
 }
