@@ -1,6 +1,8 @@
-//! How long an API replica takes to parse one chat notification: the derived parser of the
-//! internally tagged `ChatNotice` against `ChatNotice::from_payload`, on the payloads a B3
-//! turn publishes (a frame notice of 20 text deltas, a change notice with an embedded reply).
+//! How long an API replica takes to parse one chat notification (`ChatNotice::from_payload`)
+//! on the payloads a B3 turn publishes (a frame notice of 20 text deltas, a change notice
+//! with an embedded reply); and what relaying a frame notice costs (parse, then each event's SSE `data:` text) with the
+//! events' data kept as JSON text (`SeqEvent::data`) against building a `serde_json::Value`
+//! from it and serialising that again (how chatd relayed before).
 //!
 //!     cargo run --release -p chatd-shared --example notice_parse
 
@@ -16,11 +18,13 @@ const ROUNDS: usize = 200_000;
 
 fn frames() -> String {
     let events = (1..=20)
-        .map(|seq| SeqEvent {
-            seq,
-            event: "message_part".into(),
-            data: serde_json::json!({"attempt": 1, "seq": seq, "role": "assistant",
-                "part": {"type": "text", "text": format!("token{seq} ")}}),
+        .map(|seq| {
+            SeqEvent::new(
+                seq,
+                "message_part",
+                &serde_json::json!({"attempt": 1, "seq": seq, "role": "assistant",
+                    "part": {"type": "text", "text": format!("token{seq} ")}}),
+            )
         })
         .collect();
     to_payload(&ChatNotice::Frames {
@@ -58,7 +62,7 @@ fn change() -> String {
     ))
 }
 
-fn time(label: &str, payload: &str, parse: impl Fn(&str) -> ChatNotice) {
+fn time<T>(label: &str, payload: &str, parse: impl Fn(&str) -> T) {
     for _ in 0..ROUNDS / 10 {
         black_box(parse(black_box(payload)));
     }
@@ -70,14 +74,55 @@ fn time(label: &str, payload: &str, parse: impl Fn(&str) -> ChatNotice) {
     println!("{label:<40} {:>6} bytes {ns:>9.0} ns/notice", payload.len());
 }
 
+/// A frame notice as chatd parsed it before: each event's data built into a value.
+#[derive(serde::Deserialize)]
+struct ValueFrames {
+    fr: Vec<ValueFrame>,
+}
+
+#[derive(serde::Deserialize)]
+struct ValueFrame {
+    ev: Vec<ValueEvent>,
+}
+
+#[derive(serde::Deserialize)]
+struct ValueEvent {
+    seq: i64,
+    event: String,
+    data: serde_json::Value,
+}
+
+/// Parse, then the (seq, name, SSE data text) an API replica relays.
+fn relay_as_value(payload: &str) -> Vec<(i64, String, String)> {
+    let notice: ValueFrames = serde_json::from_str(payload).expect("parse");
+    notice
+        .fr
+        .into_iter()
+        .flat_map(|frame| frame.ev)
+        .map(|event| (event.seq, event.event, event.data.to_string()))
+        .collect()
+}
+
+fn relay_as_text(payload: &str) -> Vec<(i64, String, String)> {
+    let ChatNotice::Frames { frames } = ChatNotice::from_payload(payload).expect("parse") else {
+        panic!("a frame notice");
+    };
+    frames
+        .into_iter()
+        .flat_map(|frame| frame.events)
+        .map(|event| (event.seq, event.event, event.data.get().to_owned()))
+        .collect()
+}
+
 fn main() {
+    let payload = frames();
+    assert_eq!(relay_as_value(&payload), relay_as_text(&payload));
+    time("relay frames, data as values", &payload, relay_as_value);
+    time("relay frames, data as text", &payload, relay_as_text);
     for (name, payload) in [
         ("frames (20 deltas)", frames()),
         ("change (embedded reply)", change()),
     ] {
-        time(&format!("{name}, derived"), &payload, |p| {
-            serde_json::from_str(p).expect("parse")
-        });
         time(&format!("{name}, from_payload"), &payload, |p| {
             ChatNotice::from_payload(p).expect("parse")
         });

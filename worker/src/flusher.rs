@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use deadpool_postgres::Pool;
 use tokio::sync::{oneshot, Notify};
+use tokio_postgres::types::Json;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -73,8 +74,8 @@ fn pack_frames(frames: &[String]) -> Vec<String> {
 
 #[derive(Default)]
 struct Pending {
-    /// (chat, attempt) → events in seq order, each with its serialised length.
-    events: HashMap<(Uuid, i32), Vec<(SeqEvent, usize)>>,
+    /// (chat, attempt) → events in seq order.
+    events: HashMap<(Uuid, i32), Vec<Queued>>,
     waiters: Vec<oneshot::Sender<()>>,
     /// Post-commit hints of turns and acquires, published with the next flush.
     hints: Vec<(String, String)>,
@@ -100,12 +101,22 @@ pub struct StreamFlusher {
     wake: Notify,
 }
 
+/// An event waiting for the next flush.
+#[derive(Debug)]
+struct Queued {
+    event: SeqEvent,
+    /// When the turn produced it (µs since the epoch; `chatd_frame_publish_delay_seconds`).
+    produced_us: i64,
+}
+
 /// One frame: contiguous events of one chat's attempt. Immutable once cut.
 #[derive(Debug, Clone)]
 struct OutFrame {
     chat_id: Uuid,
     attempt: i32,
     events: Vec<SeqEvent>,
+    /// `produced_us` of each event, in the same order.
+    produced_us: Vec<i64>,
 }
 
 impl OutFrame {
@@ -120,7 +131,7 @@ impl OutFrame {
 
 /// Serialised size of an event inside a frame payload.
 fn event_size(event: &SeqEvent) -> usize {
-    event.data.to_string().len() + event.event.len() + 32
+    event.data.get().len() + event.event.len() + 32
 }
 
 impl StreamFlusher {
@@ -134,15 +145,14 @@ impl StreamFlusher {
         })
     }
 
-    /// Queues one event for the next flush.
-    pub fn push(&self, chat_id: Uuid, attempt: i32, event: SeqEvent) {
-        let size = event_size(&event);
+    /// Queues one event for the next flush; `produced_us` is when the turn made it.
+    pub fn push(&self, chat_id: Uuid, attempt: i32, event: SeqEvent, produced_us: i64) {
         let mut pending = self.lock();
         pending
             .events
             .entry((chat_id, attempt))
             .or_default()
-            .push((event, size));
+            .push(Queued { event, produced_us });
     }
 
     /// Queues hints of an already committed change; they go out with the next flush, at once
@@ -347,7 +357,8 @@ async fn write_frames(
         attempts.push(frame.attempt);
         seq_froms.push(frame.seq_from());
         seq_tos.push(frame.seq_to());
-        bodies.push(serde_json::to_value(&frame.events)?);
+        // The events' data is JSON text already: this copies it into the parameter.
+        bodies.push(Json(frame.events.as_slice()));
     }
     // `DO UPDATE` (a no-op: the same frame has the same seq_to) rather than `DO NOTHING`, so
     // an already written frame comes back in RETURNING and is published.
@@ -404,30 +415,35 @@ fn frame_notices(frames: &[(OutFrame, i64)]) -> Vec<(String, String)> {
 }
 
 /// Cuts each chat's events into frames whose payload stays under the NOTIFY limit.
-fn split_frames(events: HashMap<(Uuid, i32), Vec<(SeqEvent, usize)>>) -> Vec<OutFrame> {
+fn split_frames(events: HashMap<(Uuid, i32), Vec<Queued>>) -> Vec<OutFrame> {
     let budget = MAX_PAYLOAD_BYTES - ENVELOPE_BYTES;
     let mut frames = Vec::new();
     for ((chat_id, attempt), chat_events) in events {
-        let mut current = Vec::new();
+        let mut current = OutFrame {
+            chat_id,
+            attempt,
+            events: Vec::new(),
+            produced_us: Vec::new(),
+        };
         let mut size = 0;
-        for (event, event_size) in chat_events {
-            if !current.is_empty() && size + event_size > budget {
-                frames.push(OutFrame {
+        for queued in chat_events {
+            let event_size = event_size(&queued.event);
+            if !current.events.is_empty() && size + event_size > budget {
+                let next = OutFrame {
                     chat_id,
                     attempt,
-                    events: std::mem::take(&mut current),
-                });
+                    events: Vec::new(),
+                    produced_us: Vec::new(),
+                };
+                frames.push(std::mem::replace(&mut current, next));
                 size = 0;
             }
             size += event_size;
-            current.push(event);
+            current.events.push(queued.event);
+            current.produced_us.push(queued.produced_us);
         }
-        if !current.is_empty() {
-            frames.push(OutFrame {
-                chat_id,
-                attempt,
-                events: current,
-            });
+        if !current.events.is_empty() {
+            frames.push(current);
         }
     }
     frames
@@ -442,10 +458,8 @@ fn record_publish_delay(frames: &[(OutFrame, i64)]) {
         .map(|elapsed| elapsed.as_micros() as i64)
         .unwrap_or(0);
     let histogram = metrics::histogram!("chatd_frame_publish_delay_seconds");
-    for event in frames.iter().flat_map(|(frame, _)| &frame.events) {
-        if let Some(ts) = event.data.get("ts").and_then(serde_json::Value::as_i64) {
-            histogram.record((now_us - ts).max(0) as f64 / 1e6);
-        }
+    for ts in frames.iter().flat_map(|(frame, _)| &frame.produced_us) {
+        histogram.record((now_us - ts).max(0) as f64 / 1e6);
     }
 }
 
@@ -456,15 +470,14 @@ mod tests {
     #[test]
     fn frames_stay_under_the_payload_limit_and_keep_order() {
         let chat_id = Uuid::new_v4();
-        let events: Vec<(SeqEvent, usize)> = (1..=100)
-            .map(|seq| {
-                let event = SeqEvent {
+        let events: Vec<Queued> = (1..=100)
+            .map(|seq| Queued {
+                event: SeqEvent::new(
                     seq,
-                    event: "message_part".into(),
-                    data: serde_json::json!({"part": {"type": "text", "text": "x".repeat(500)}}),
-                };
-                let size = event.data.to_string().len() + event.event.len() + 32;
-                (event, size)
+                    "message_part",
+                    &serde_json::json!({"part": {"type": "text", "text": "x".repeat(500)}}),
+                ),
+                produced_us: seq,
             })
             .collect();
         let frames = split_frames(HashMap::from([((chat_id, 1), events)]));
@@ -473,8 +486,10 @@ mod tests {
         for frame in frames {
             let payload = serde_json::to_string(&frame.events).unwrap();
             assert!(payload.len() + ENVELOPE_BYTES < MAX_PAYLOAD_BYTES);
-            for event in frame.events {
+            assert_eq!(frame.produced_us.len(), frame.events.len());
+            for (event, produced_us) in frame.events.iter().zip(&frame.produced_us) {
                 assert_eq!(event.seq, next);
+                assert_eq!(*produced_us, next);
                 next += 1;
             }
         }
@@ -491,11 +506,11 @@ mod tests {
                     seq_from: index,
                     seq_to: index,
                     created_at_us: 0,
-                    events: vec![SeqEvent {
-                        seq: index,
-                        event: "message_part".into(),
-                        data: serde_json::json!({"part": {"type": "text", "text": "word "}}),
-                    }],
+                    events: vec![SeqEvent::new(
+                        index,
+                        "message_part",
+                        &serde_json::json!({"part": {"type": "text", "text": "word "}}),
+                    )],
                 })
                 .unwrap()
             })

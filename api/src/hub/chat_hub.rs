@@ -425,7 +425,7 @@ fn prepare(event: SeqEvent) -> PreparedEvent {
     PreparedEvent {
         seq: event.seq,
         name: Arc::from(event.event.as_str()),
-        data: Arc::from(event.data.to_string().as_str()),
+        data: Arc::from(event.data.get()),
     }
 }
 

@@ -4,6 +4,7 @@
 //! are split by the worker's flusher to guarantee it.
 
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use uuid::Uuid;
 
 use crate::db::rows::MessageRow;
@@ -66,7 +67,7 @@ pub fn parse_owner_channel(channel: &str) -> Option<Uuid> {
 }
 
 /// A notification on a chat (bucket) channel.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize)]
 #[serde(tag = "t")]
 pub enum ChatNotice {
     /// A durable change committed at `version`. Receivers drop anything not newer than what
@@ -81,28 +82,54 @@ pub enum ChatNotice {
     },
 }
 
+/// The `Frames` variant's fields (the tag is an unknown field here, ignored).
+#[derive(Deserialize)]
+struct FramesBody {
+    #[serde(rename = "fr")]
+    frames: Vec<FrameNotice>,
+}
+
 impl ChatNotice {
     /// Parses a chat channel payload. What chatd publishes (`serde_json::to_string`) starts
-    /// with the tag — `{"t":"c",` or `{"t":"f",` — so the variant is deserialised directly;
-    /// the derived path of an internally tagged enum first buffers the whole payload, every
-    /// frame's events included, into serde's generic `Content` (≈8 % of an API replica's CPU
-    /// in B3; `cargo run --release -p chatd-shared --example notice_parse` measures both).
-    /// Any other key order takes the derived path.
+    /// with the tag — `{"t":"c",` or `{"t":"f",` — so the variant is deserialised directly
+    /// from the text; any other key order goes through a `serde_json::Value` first
+    /// (`Deserialize` below). The derived parser of an internally tagged enum would buffer
+    /// the whole payload into serde's generic `Content` (≈8 % of an API replica's CPU in B3),
+    /// and cannot hold the events' data as JSON text (`SeqEvent::data`) at all.
     pub fn from_payload(payload: &str) -> serde_json::Result<ChatNotice> {
-        /// The `Frames` variant's fields (the tag is an unknown field here, ignored).
-        #[derive(Deserialize)]
-        struct Frames {
-            #[serde(rename = "fr")]
-            frames: Vec<FrameNotice>,
-        }
         if payload.starts_with(r#"{"t":"c","#) {
             serde_json::from_str::<ChangeNotice>(payload).map(ChatNotice::Change)
         } else if payload.starts_with(r#"{"t":"f","#) {
-            serde_json::from_str::<Frames>(payload).map(|body| ChatNotice::Frames {
+            serde_json::from_str::<FramesBody>(payload).map(|body| ChatNotice::Frames {
                 frames: body.frames,
             })
         } else {
             serde_json::from_str(payload)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ChatNotice {
+    /// Any key order: the payload as a value, its tag taken out, the variant read from the rest.
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<ChatNotice, D::Error> {
+        use serde::de::Error;
+        let mut value = serde_json::Value::deserialize(deserializer)?;
+        let tag = value
+            .as_object_mut()
+            .and_then(|object| object.remove("t"))
+            .ok_or_else(|| D::Error::missing_field("t"))?;
+        match tag.as_str() {
+            Some("c") => ChangeNotice::deserialize(value)
+                .map(ChatNotice::Change)
+                .map_err(D::Error::custom),
+            Some("f") => FramesBody::deserialize(value)
+                .map(|body| ChatNotice::Frames {
+                    frames: body.frames,
+                })
+                .map_err(D::Error::custom),
+            _ => Err(D::Error::custom(format!(
+                "unknown chat notice tag {tag}, expected \"c\" or \"f\""
+            ))),
         }
     }
 }
@@ -177,13 +204,39 @@ pub struct FrameNotice {
 }
 
 /// One event of an attempt's stream, numbered 1, 2, 3 … per attempt.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SeqEvent {
     pub seq: i64,
     /// SSE event name: `message_part`, `retry`, `error`.
     pub event: String,
-    /// SSE `data:` object, already in the public shape (it includes `attempt` and `seq`).
-    pub data: serde_json::Value,
+    /// SSE `data:` object, already in the public shape (it includes `attempt` and `seq`),
+    /// as JSON text: the worker serialises it once, the resume log and the notification carry
+    /// it as it is, and an API replica checks it is JSON and relays the text without building
+    /// a value from it.
+    pub data: Box<RawValue>,
+}
+
+impl SeqEvent {
+    /// An event whose data is `data` (compact JSON text).
+    pub fn new(seq: i64, event: &str, data: &serde_json::Value) -> SeqEvent {
+        SeqEvent {
+            seq,
+            event: event.to_owned(),
+            data: raw_json(data),
+        }
+    }
+}
+
+impl PartialEq for SeqEvent {
+    fn eq(&self, other: &SeqEvent) -> bool {
+        self.seq == other.seq && self.event == other.event && self.data.get() == other.data.get()
+    }
+}
+
+/// `value` as JSON text (a `serde_json::Value` always serialises: its keys are strings;
+/// `null` otherwise).
+pub fn raw_json(value: &serde_json::Value) -> Box<RawValue> {
+    serde_json::value::to_raw_value(value).unwrap_or_default()
 }
 
 /// A notification on a worker's control channel.
@@ -276,7 +329,23 @@ mod tests {
     }
 
     #[test]
-    fn from_payload_reads_what_the_derived_parser_reads() {
+    fn event_data_is_the_same_text_from_a_notice_and_from_the_resume_log() {
+        let data = serde_json::json!({"attempt": 2, "seq": 9, "ts": 5,
+            "part": {"type": "text", "text": "ünïcode \"quoted\" \u{1F600}"}});
+        let event = SeqEvent::new(9, "message_part", &data);
+        assert_eq!(event.data.get(), data.to_string());
+        // A notice carries the text as it is.
+        let from_text: SeqEvent = serde_json::from_str(&to_payload(&event)).unwrap();
+        assert_eq!(from_text, event);
+        // The resume log's jsonb arrives as a value (keys in jsonb's order): the same compact
+        // text comes out of it.
+        let stored = serde_json::json!([{"seq": 9, "event": "message_part", "data": data}]);
+        let from_log: Vec<SeqEvent> = serde_json::from_value(stored).unwrap();
+        assert_eq!(from_log, vec![event]);
+    }
+
+    #[test]
+    fn from_payload_reads_any_key_order() {
         let frames = ChatNotice::Frames {
             frames: vec![FrameNotice {
                 chat_id: Uuid::from_u128(7),
@@ -285,16 +354,16 @@ mod tests {
                 seq_to: 5,
                 created_at_us: 1_700_000_000_000_000,
                 events: vec![
-                    SeqEvent {
-                        seq: 4,
-                        event: "message_part".into(),
-                        data: serde_json::json!({"attempt": 3, "seq": 4, "part": {"type": "text", "text": "a \"b\""}}),
-                    },
-                    SeqEvent {
-                        seq: 5,
-                        event: "retry".into(),
-                        data: serde_json::json!({"attempt": 3, "seq": 5, "delay_ms": 100}),
-                    },
+                    SeqEvent::new(
+                        4,
+                        "message_part",
+                        &serde_json::json!({"attempt": 3, "seq": 4, "part": {"type": "text", "text": "a \"b\""}}),
+                    ),
+                    SeqEvent::new(
+                        5,
+                        "retry",
+                        &serde_json::json!({"attempt": 3, "seq": 5, "delay_ms": 100}),
+                    ),
                 ],
             }],
         };
@@ -314,10 +383,13 @@ mod tests {
         );
         for notice in [frames, change] {
             let payload = to_payload(&notice);
-            let derived: ChatNotice = serde_json::from_str(&payload).unwrap();
+            // Through a value (what any other key order takes) and directly from the text.
+            let via_value: ChatNotice =
+                serde_json::from_value(serde_json::from_str(&payload).unwrap()).unwrap();
             let fast = ChatNotice::from_payload(&payload).unwrap();
-            assert_eq!(format!("{fast:?}"), format!("{derived:?}"));
-            // The same fields in another order (not what chatd writes): the derived path.
+            assert_eq!(format!("{fast:?}"), format!("{via_value:?}"));
+            assert_eq!(to_payload(&fast), payload);
+            // The same fields in another order (not what chatd writes): through a value.
             let mut object: serde_json::Map<String, serde_json::Value> =
                 serde_json::from_str(&payload).unwrap();
             let tag = object.remove("t").unwrap();
@@ -325,9 +397,10 @@ mod tests {
             let reordered = serde_json::to_string(&object).unwrap();
             assert!(!reordered.starts_with(r#"{"t":"#), "{reordered}");
             let slow = ChatNotice::from_payload(&reordered).unwrap();
-            assert_eq!(format!("{slow:?}"), format!("{derived:?}"));
+            assert_eq!(format!("{slow:?}"), format!("{via_value:?}"));
         }
         assert!(ChatNotice::from_payload(r#"{"t":"c","v":1}"#).is_err());
+        assert!(ChatNotice::from_payload(r#"{"t":"f","fr":[{"id":"00000000-0000-0000-0000-000000000001","a":1,"s":1,"e":1,"ts":0,"ev":[{"seq":1,"event":"x","data":{"a":}}]}]}"#).is_err());
         assert!(ChatNotice::from_payload(r#"{"t":"x"}"#).is_err());
     }
 }

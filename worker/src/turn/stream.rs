@@ -48,20 +48,19 @@ impl TurnStream {
             data = chatd_shared::domain::replace_nul(data);
         }
         self.seq += 1;
+        let produced_us = now_micros();
         if let Value::Object(map) = &mut data {
             map.insert("attempt".into(), json!(self.attempt));
             map.insert("seq".into(), json!(self.seq));
             // When the worker produced the event (µs since the epoch): relay latency.
-            map.insert("ts".into(), json!(now_micros()));
+            map.insert("ts".into(), json!(produced_us));
         }
+        // Serialised once, here: the resume log and the notification carry this text.
         self.flusher.push(
             self.chat_id,
             self.attempt,
-            SeqEvent {
-                seq: self.seq,
-                event: event.to_string(),
-                data,
-            },
+            SeqEvent::new(self.seq, event, &data),
+            produced_us,
         );
     }
 
