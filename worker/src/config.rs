@@ -85,7 +85,7 @@ pub mod defaults {
     pub const MAX_RUNNING_CHATS_PER_USER: i64 = 50;
     pub const ACQUIRE_BATCH: usize = 64;
     pub const ACQUIRE_INTERVAL_MS: u64 = 1_000;
-    pub const AFFINITY_GRACE_MS: u64 = 25;
+    pub const AFFINITY_GRACE_MS: u64 = 100;
     pub const PROMPT_CACHE_BYTES: usize = 64 << 20;
     pub const HEARTBEAT_INTERVAL_MS: u64 = 5_000;
     pub const STALE_AFTER_MS: u64 = 30_000;

@@ -200,17 +200,25 @@ pub async fn load_prompt(
         .map_or((0_i64, -1_i32), |cached| (cached.last_id, cached.epoch));
     let rows = client
         .rows(
-            "SELECT m.id, m.role, m.content, m.model_config_id, c.model_config_id, \
-             c.dynamic_tools, c.title = '', m.provider_response_id, c.mcp_server_ids, \
-             c.history_epoch, m.compressed, pg_column_size(m.content) FROM chats c \
-             LEFT JOIN chat_messages m ON m.chat_id = c.id AND NOT m.deleted \
+            "WITH c AS (SELECT id, model_config_id, dynamic_tools, title = '' AS untitled, \
+                 mcp_server_ids, history_epoch FROM chats WHERE id = $1) \
+             SELECT NULL::bigint, NULL::text, NULL::jsonb, NULL::uuid, c.model_config_id, \
+                 c.dynamic_tools, c.untitled, NULL::text, c.mcp_server_ids, c.history_epoch, \
+                 NULL::bool, NULL::int FROM c \
+             UNION ALL \
+             SELECT m.id, m.role, m.content, m.model_config_id, NULL, NULL, NULL, \
+                 m.provider_response_id, NULL, NULL, m.compressed, pg_column_size(m.content) \
+             FROM c JOIN chat_messages m ON m.chat_id = c.id AND NOT m.deleted \
                  AND m.visibility <> 'user' AND (m.id > $2 OR c.history_epoch <> $3) \
                  AND (m.role = 'system' OR m.id >= coalesce((SELECT max(id) FROM chat_messages \
                       WHERE chat_id = $1 AND compressed AND NOT deleted), 0)) \
-             WHERE c.id = $1 ORDER BY m.id",
+             ORDER BY 1 NULLS FIRST",
             &[&chat_id, &after, &epoch],
         )
         .await?;
+    // The chat's own row comes first (its id column is NULL): its columns are not repeated
+    // on each of the (up to hundreds of) message rows, which PostgreSQL would encode again
+    // for every row.
     let Some(first) = rows.first() else {
         return Err(ContextError::Config("the chat is gone".into()));
     };
@@ -235,7 +243,7 @@ pub async fn load_prompt(
     let mut bytes_read = 0_u64;
     for row in &rows {
         let Some(id) = row.get::<_, Option<i64>>(0) else {
-            continue; // nothing new (LEFT JOIN)
+            continue; // the chat row
         };
         let bytes = row.get::<_, Option<i32>>(11).unwrap_or(0).max(0) as usize;
         bytes_read += bytes as u64;
