@@ -32,7 +32,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use self::driver::{drive_chat, ChatPlan};
+use self::driver::{drive_chat, ChatPlan, Warmup};
 use self::recorder::Recorder;
 use self::report::RunConfig;
 use super::ApiClient;
@@ -101,6 +101,16 @@ pub struct ScaletestArgs {
     /// measure turns on long chats (BENCHMARKS.md B8).
     #[arg(long, env = "CHATD_SCALETEST_HISTORY", default_value_t = 0)]
     pub history: u32,
+    /// Turns each chat runs before its `--turns`, left out of the report (their errors
+    /// count); the measured turns start once every chat is warm, so `--concurrency` must not
+    /// be below `--chats`. With `--history`, a worker first reads a chat's whole history in
+    /// the warm-up (BENCHMARKS.md B8).
+    #[arg(long, env = "CHATD_SCALETEST_WARMUP_TURNS", default_value_t = 0)]
+    pub warmup_turns: usize,
+    /// A shell command run once every chat finished its warm-up, before the measured turns
+    /// (e.g. resetting `pg_stat_statements`); the run fails if it fails.
+    #[arg(long, env = "CHATD_SCALETEST_AFTER_WARMUP", requires = "warmup_turns")]
+    pub after_warmup: Option<String>,
 }
 
 pub async fn run(args: ScaletestArgs) -> anyhow::Result<()> {
@@ -139,9 +149,14 @@ pub async fn run(args: ScaletestArgs) -> anyhow::Result<()> {
     let turns_planned = (config.chats as u64).saturating_mul(config.turns_per_chat as u64);
     let recorder = Arc::new(Recorder::new(turns_planned));
     eprintln!(
-        "scaletest: {} chats × {} turns, concurrency {}, {} subscriber(s), {} replica(s), {} user(s)",
+        "scaletest: {} chats × {} turns{}, concurrency {}, {} subscriber(s), {} replica(s), {} user(s)",
         config.chats,
         config.turns_per_chat,
+        if args.warmup_turns > 0 {
+            format!(" after {} warm-up turn(s)", args.warmup_turns)
+        } else {
+            String::new()
+        },
         config.concurrency,
         config.subscribers,
         config.api.len(),
@@ -150,6 +165,13 @@ pub async fn run(args: ScaletestArgs) -> anyhow::Result<()> {
 
     let progress_stop = CancellationToken::new();
     let progress = tokio::spawn(print_progress(Arc::clone(&recorder), progress_stop.clone()));
+    let warmup = (args.warmup_turns > 0).then(|| {
+        Arc::new(Warmup::new(
+            args.warmup_turns,
+            config.chats,
+            args.after_warmup.clone(),
+        ))
+    });
     let slots = Arc::new(Semaphore::new(config.concurrency));
     let mut chats = JoinSet::new();
     for index in 0..config.chats {
@@ -159,6 +181,7 @@ pub async fn run(args: ScaletestArgs) -> anyhow::Result<()> {
             .context("wait for a free chat slot")?;
         let mut plan = chat_plan(&config, &clients[index % clients.len()], index);
         plan.history = prefill.clone().map(|client| (client, args.history));
+        plan.warmup = warmup.clone();
         let chat_recorder = Arc::clone(&recorder);
         chats.spawn(async move {
             drive_chat(plan, chat_recorder).await;
@@ -261,6 +284,12 @@ fn run_config(args: &ScaletestArgs) -> anyhow::Result<RunConfig> {
             usize::try_from(concurrency).unwrap_or(usize::MAX)
         })
         .clamp(1, Semaphore::MAX_PERMITS);
+    if args.warmup_turns > 0 && concurrency < args.chats {
+        anyhow::bail!(
+            "--warmup-turns: every chat waits for the others' warm-up, so --concurrency ({concurrency}) must be at least --chats ({})",
+            args.chats
+        );
+    }
     Ok(RunConfig {
         api,
         chats: args.chats,
@@ -297,6 +326,7 @@ fn chat_plan(config: &RunConfig, clients: &[ApiClient], index: usize) -> ChatPla
         tokens_per_second: config.tokens_per_second,
         turn_timeout: Duration::from_secs(config.timeout_s),
         history: None,
+        warmup: None,
     }
 }
 

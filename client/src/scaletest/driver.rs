@@ -27,6 +27,50 @@ pub struct ChatPlan {
     pub turn_timeout: Duration,
     /// `--history`: where to write, and how many earlier messages.
     pub history: Option<(Arc<tokio_postgres::Client>, u32)>,
+    /// `--warmup-turns`: turns run before the measured ones, shared by every chat.
+    pub warmup: Option<Arc<Warmup>>,
+}
+
+/// Turns every chat runs before its measured ones (`--warmup-turns`): recorded apart (their
+/// errors count, nothing else does), then every chat waits for all the others, `hook`
+/// (`--after-warmup`) runs once, and the measured turns start.
+pub struct Warmup {
+    pub turns: usize,
+    pub recorder: Arc<Recorder>,
+    barrier: tokio::sync::Barrier,
+    hook: Option<String>,
+}
+
+impl Warmup {
+    /// For `chats` chats, all in flight at once.
+    pub fn new(turns: usize, chats: usize, hook: Option<String>) -> Warmup {
+        Warmup {
+            turns,
+            recorder: Arc::new(Recorder::new(0)),
+            barrier: tokio::sync::Barrier::new(chats),
+            hook,
+        }
+    }
+
+    /// Waits until every chat finished its warm-up (or failed); the last to arrive runs the
+    /// hook. A failed hook is an error of the run (`after_warmup`).
+    async fn arrive(&self, recorder: &Recorder) {
+        if !self.barrier.wait().await.is_leader() {
+            return;
+        }
+        self.recorder.move_errors_to(recorder);
+        let Some(hook) = &self.hook else { return };
+        eprintln!("scaletest: every chat is warm; running {hook}");
+        match tokio::process::Command::new("sh")
+            .args(["-c", hook])
+            .status()
+            .await
+        {
+            Ok(status) if status.success() => {}
+            Ok(status) => recorder.error("after_warmup", &format!("{hook}: {status}")),
+            Err(error) => recorder.error("after_warmup", &format!("{hook}: {error}")),
+        }
+    }
 }
 
 /// Why a chat stopped early; `kind` is the error counter it lands in.
@@ -60,12 +104,18 @@ struct SubscriberTurn {
 /// Runs the chat to its end or first failure; failures are counted, never returned.
 pub async fn drive_chat(plan: ChatPlan, recorder: Arc<Recorder>) {
     let index = plan.index;
-    if let Err(failure) = drive(plan, &recorder).await {
+    let warmup = plan.warmup.clone();
+    let mut warm = false;
+    if let Err(failure) = drive(plan, &recorder, &mut warm).await {
         recorder.error(&failure.kind, &format!("chat #{index}: {}", failure.detail));
+    }
+    // A chat that failed before the end of its warm-up must not hold the others back.
+    if let (Some(warmup), false) = (warmup, warm) {
+        warmup.arrive(&recorder).await;
     }
 }
 
-async fn drive(plan: ChatPlan, recorder: &Arc<Recorder>) -> Result<(), Failure> {
+async fn drive(plan: ChatPlan, recorder: &Arc<Recorder>, warm: &mut bool) -> Result<(), Failure> {
     let chat_id = create_chat(&plan, recorder).await?;
     let prefilled = match &plan.history {
         Some((client, count)) => prefill(client, &chat_id, *count).await?,
@@ -102,7 +152,29 @@ async fn drive(plan: ChatPlan, recorder: &Arc<Recorder>) -> Result<(), Failure> 
             }
         }
         let mut last_assistant_id = prefilled;
-        for turn in 1..=plan.turns {
+        let mut first_measured = 1;
+        if let Some(warmup) = &plan.warmup {
+            let result = async {
+                for turn in 1..=warmup.turns {
+                    run_turn(
+                        &plan,
+                        &chat_id,
+                        turn,
+                        &mut observations,
+                        &mut last_assistant_id,
+                        &warmup.recorder,
+                    )
+                    .await?;
+                }
+                Ok(())
+            }
+            .await;
+            *warm = true;
+            warmup.arrive(recorder).await;
+            result?;
+            first_measured += warmup.turns;
+        }
+        for turn in first_measured..first_measured + plan.turns {
             run_turn(
                 &plan,
                 &chat_id,

@@ -101,6 +101,19 @@ impl Recorder {
         }
     }
 
+    /// Adds this recorder's error counts to `other`'s and clears them here (warm-up turns
+    /// count their errors in the run's report, nothing else).
+    pub fn move_errors_to(&self, other: &Recorder) {
+        let errors = std::mem::take(&mut *lock(&self.errors));
+        self.error_total.store(0, Ordering::Relaxed);
+        let total: u64 = errors.values().sum();
+        other.error_total.fetch_add(total, Ordering::Relaxed);
+        let mut into = lock(&other.errors);
+        for (kind, count) in errors {
+            *into.entry(kind).or_insert(0) += count;
+        }
+    }
+
     pub fn integrity(&self, counts: IntegrityCounts) {
         if counts.is_zero() {
             return;
