@@ -154,37 +154,29 @@ async fn drive(plan: ChatPlan, recorder: &Arc<Recorder>, warm: &mut bool) -> Res
         let mut last_assistant_id = prefilled;
         let mut first_measured = 1;
         if let Some(warmup) = &plan.warmup {
-            let result = async {
-                for turn in 1..=warmup.turns {
-                    run_turn(
-                        &plan,
-                        &chat_id,
-                        turn,
-                        &mut observations,
-                        &mut last_assistant_id,
-                        &warmup.recorder,
-                    )
-                    .await?;
-                }
-                Ok(())
-            }
+            let result = run_turns(
+                &plan,
+                &chat_id,
+                1..warmup.turns + 1,
+                &mut observations,
+                &mut last_assistant_id,
+                &warmup.recorder,
+            )
             .await;
             *warm = true;
             warmup.arrive(recorder).await;
             result?;
             first_measured += warmup.turns;
         }
-        for turn in first_measured..first_measured + plan.turns {
-            run_turn(
-                &plan,
-                &chat_id,
-                turn,
-                &mut observations,
-                &mut last_assistant_id,
-                recorder,
-            )
-            .await?;
-        }
+        run_turns(
+            &plan,
+            &chat_id,
+            first_measured..first_measured + plan.turns,
+            &mut observations,
+            &mut last_assistant_id,
+            recorder,
+        )
+        .await?;
         Ok(())
     }
     .await;
@@ -289,6 +281,30 @@ async fn prefill(
         .await
         .map_err(|error| Failure::new("history", format!("write the history: {error}")))?;
     Ok(row.get(0))
+}
+
+/// Runs `turns` (their numbers) one after another, recorded in `recorder`; stops at the first
+/// failure.
+async fn run_turns(
+    plan: &ChatPlan,
+    chat_id: &str,
+    turns: std::ops::Range<usize>,
+    observations: &mut mpsc::UnboundedReceiver<Observation>,
+    last_assistant_id: &mut i64,
+    recorder: &Recorder,
+) -> Result<(), Failure> {
+    for turn in turns {
+        run_turn(
+            plan,
+            chat_id,
+            turn,
+            observations,
+            last_assistant_id,
+            recorder,
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 /// Sends one message and waits until every subscriber saw its assistant message followed by
