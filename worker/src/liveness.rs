@@ -143,7 +143,7 @@ pub async fn release_dead(
         .rows(
             concat!(
                 "WITH lost AS ( \
-                 SELECT id FROM chats WHERE worker_id = ANY($1) \
+                 SELECT id FROM chats WHERE worker_id IS NOT NULL AND worker_id = ANY($1) \
                  AND status IN ('running', 'interrupting') \
                  AND pg_try_advisory_xact_lock(hashtextextended(worker_id::text, 0)) \
                  FOR UPDATE SKIP LOCKED) ",

@@ -52,8 +52,8 @@ pub async fn sweep(
         .rows(
             concat!(
                 "WITH stale AS ( \
-                 SELECT id FROM chats WHERE status IN ('running', 'interrupting') \
-                 AND heartbeat_at < now() - ($1::bigint * interval '1 millisecond') \
+                 SELECT id FROM chats WHERE worker_id IS NOT NULL \
+                 AND status IN ('running', 'interrupting') AND heartbeat_at < now() - ($1::bigint * interval '1 millisecond') \
                  ORDER BY heartbeat_at FOR UPDATE SKIP LOCKED LIMIT 100) ",
                 release_leases_sql!("stale")
             ),

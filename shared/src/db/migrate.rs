@@ -103,6 +103,14 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../../../migrations/0011_turn_cost.sql"),
         compatible_from: 10,
     },
+    // Two indexes dropped: builds at version 11 run unchanged (their sweeps find the leased
+    // chats without them).
+    Migration {
+        version: 12,
+        name: "0012_lease_index",
+        sql: include_str!("../../../migrations/0012_lease_index.sql"),
+        compatible_from: 11,
+    },
 ];
 
 /// This binary's version, recorded with the migrations it applies and named in errors.
