@@ -10,7 +10,9 @@
 # WORKERS (default 2), MOCK_PORT (default 9090), PG_PORT (default 15432: below the ephemeral
 # port range, so the thousands of client connections of a load test cannot be holding it
 # when a cluster starts right after one),
-# PG_STAT_STATEMENTS=1 to enable pg_stat_statements (for B4), PG_SSL=1 for PostgreSQL over TLS
+# PG_STAT_STATEMENTS=1 to enable pg_stat_statements (for B4), PG_AUTO_EXPLAIN_MS=N to log
+# the plan (with actual rows) of every statement slower than N ms to pg/postgres.log (to find
+# which plan made a statement slow), PG_SSL=1 for PostgreSQL over TLS
 # (a self-signed certificate; every URL says sslmode=require), WORKER_ARGS and API_ARGS (extra
 # flags), DATABASE_POOLER=transaction (API replicas and workers run their pools as if behind a
 # transaction-mode pooler — unnamed statements — with the database URL as the direct URL).
@@ -66,7 +68,13 @@ if [ "${PG_SSL:-0}" = 1 ]; then
     url_options="?sslmode=require"
 fi
 preload=""
-[ "${PG_STAT_STATEMENTS:-0}" = 1 ] && preload="-c shared_preload_libraries=pg_stat_statements -c pg_stat_statements.track_utility=off"
+libraries=""
+[ "${PG_STAT_STATEMENTS:-0}" = 1 ] && libraries=pg_stat_statements && preload="-c pg_stat_statements.track_utility=off"
+if [ -n "${PG_AUTO_EXPLAIN_MS:-}" ]; then
+    libraries=${libraries:+$libraries,}auto_explain
+    preload="$preload -c auto_explain.log_min_duration=${PG_AUTO_EXPLAIN_MS}ms -c auto_explain.log_analyze=on -c auto_explain.log_timing=off -c auto_explain.log_nested_statements=on"
+fi
+[ -n "$libraries" ] && preload="-c shared_preload_libraries=$libraries $preload"
 echo "==> starting PostgreSQL on 127.0.0.1:$pg_port"
 as_pg "$bindir/pg_ctl" -D "$data_dir" -w -l "$data_dir/postgres.log" \
     -o "-p $pg_port -k $data_dir -c listen_addresses=127.0.0.1 -c max_connections=400 -c fsync=off -c synchronous_commit=off $preload $ssl_options" start >/dev/null

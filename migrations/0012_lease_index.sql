@@ -3,13 +3,13 @@
 -- Every status change of a chat is a non-HOT update (`status` and `updated_at` are in index
 -- predicates and keys), so each one adds an entry to every index of `chats` whose predicate
 -- the new row meets. A claim (pending → running) added five: the primary key, the owner's
--- list, and three indexes of the same rows, the leased chats — `chats_leased` (heartbeat_at,
--- for the stale-lease sweep), `chats_worker` (worker_id, for the dead-worker release) and
--- `chats_running_owner` (owner_id, for the fair-share count). A worker leases at most its
--- concurrency in chats (and `chats_check` makes `worker_id IS NOT NULL` exactly the running
--- and interrupting chats), so the sweeps can read the whole of one small index and filter;
--- `chats_running_owner` stays and serves all three (their statements say
--- `worker_id IS NOT NULL`, its predicate). Heartbeats, which change only `heartbeat_at`,
--- can be HOT updates.
+-- list and three indexes of the leased chats — `chats_leased` (heartbeat_at, for the
+-- stale-lease sweep), `chats_worker` (worker_id: the dead-worker release, a worker's
+-- heartbeat) and `chats_running_owner` (owner_id: the fair-share count). The leased chats are
+-- at most the workers' concurrency, so the stale-lease sweep can read a whole index of them
+-- and filter by `heartbeat_at` (its statement says `worker_id IS NOT NULL`,
+-- those indexes' predicate; `chats_check` makes that exactly the running and interrupting
+-- chats). `chats_leased` goes: a claim writes four entries, and a heartbeat, which changes
+-- only `heartbeat_at`, can be a HOT update. `chats_worker` stays: without it, statements
+-- that name a worker (`worker_id = $1`) turn to scanning all of `chats_running_owner`.
 DROP INDEX chats_leased;
-DROP INDEX chats_worker;

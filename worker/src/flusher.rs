@@ -339,6 +339,27 @@ impl StreamFlusher {
     }
 }
 
+/// The resume log's insert (`$1`–`$5`: the frames' chats, attempts, first and last seqs and
+/// events; `$6`: this worker), fenced by each chat's lease.
+///
+/// `DO UPDATE` (a no-op: the same frame has the same seq_to) rather than `DO NOTHING`, so
+/// an already written frame comes back in RETURNING and is published. The fence reads
+/// each frame's chat by its primary key, in a lateral subquery (`OFFSET 0` keeps it one)
+/// that names nothing else: joined as a table, the chat was found through the worker's
+/// leased chats (all of them, for every flush) or, with stale statistics, a scan of
+/// `chats`.
+pub const FRAMES_INSERT_SQL: &str =
+    "INSERT INTO chat_stream_frames (chat_id, attempt, seq_from, seq_to, events) \
+ SELECT u.chat_id, u.attempt, u.seq_from, u.seq_to, u.events \
+ FROM unnest($1::uuid[], $2::int[], $3::bigint[], $4::bigint[], $5::jsonb[]) \
+     AS u(chat_id, attempt, seq_from, seq_to, events), \
+ LATERAL (SELECT c.attempt, c.worker_id FROM chats c WHERE c.id = u.chat_id \
+     OFFSET 0) c \
+ WHERE c.attempt = u.attempt AND c.worker_id = $6 \
+ ON CONFLICT (chat_id, attempt, seq_from) DO UPDATE SET seq_to = EXCLUDED.seq_to \
+ RETURNING chat_id, attempt, seq_from, \
+     (extract(epoch FROM created_at) * 1000000)::bigint";
+
 /// Writes `frames`, fenced by the lease: only frames of attempts this worker still holds are
 /// written. Idempotent: a frame that is already there (an earlier write whose reply was lost)
 /// is returned as written, unchanged. Returns (chat, attempt, seq_from) → created_at (µs).
@@ -360,18 +381,9 @@ async fn write_frames(
         // The events' data is JSON text already: this copies it into the parameter.
         bodies.push(Json(frame.events.as_slice()));
     }
-    // `DO UPDATE` (a no-op: the same frame has the same seq_to) rather than `DO NOTHING`, so
-    // an already written frame comes back in RETURNING and is published.
     let rows = client
         .rows(
-            "INSERT INTO chat_stream_frames (chat_id, attempt, seq_from, seq_to, events) \
-             SELECT u.chat_id, u.attempt, u.seq_from, u.seq_to, u.events \
-             FROM unnest($1::uuid[], $2::int[], $3::bigint[], $4::bigint[], $5::jsonb[]) \
-                 AS u(chat_id, attempt, seq_from, seq_to, events) \
-             JOIN chats c ON c.id = u.chat_id AND c.attempt = u.attempt AND c.worker_id = $6 \
-             ON CONFLICT (chat_id, attempt, seq_from) DO UPDATE SET seq_to = EXCLUDED.seq_to \
-             RETURNING chat_id, attempt, seq_from, \
-                 (extract(epoch FROM created_at) * 1000000)::bigint",
+            FRAMES_INSERT_SQL,
             &[
                 &chat_ids, &attempts, &seq_froms, &seq_tos, &bodies, &worker_id,
             ],

@@ -42,10 +42,16 @@ pub const CLAIM_TAIL_ROWS: i64 = 6;
 
 /// The end of both claim statements: the chats in CTE `picked` (`id`, `pending_since`) become
 /// this worker's, in a new attempt (`$1`: this worker), each returned with its prompt state
-/// and its newest `CLAIM_TAIL_ROWS` prompt rows (a row per message; a chat without any gets
-/// one row of NULLs there); then one more row, whose ninth column says in how many seconds the
-/// oldest chat this claim had to leave to its last worker (the affinity grace, `$G`) becomes
-/// anyone's — NULL when there is none.
+/// and its newest `CLAIM_TAIL_ROWS` prompt rows from its last reply on (a row per message; a
+/// chat without any gets one row of NULLs there; the last column says whether the chat had a
+/// reply, i.e. whether the tail was bounded); then one more row, whose ninth column says in
+/// how many seconds the oldest chat this claim had to leave to its last worker (the affinity
+/// grace, `$G`) becomes anyone's — NULL when there is none.
+///
+/// The bound keeps the tail's read to the rows since the last reply whatever plan PostgreSQL
+/// picks: its estimate of a chat's rows is the average chat's, and for short averages it
+/// reads the chat's rows through a bitmap scan and sorts them, which without the bound read
+/// the whole history of a long chat (529 rows per claimed chat of B8's 500-message chats).
 ///
 /// The tail is read with the statement's snapshot, the row lock may have followed a newer
 /// version of the chat (a change committed after the snapshot): the tail is only trusted when
@@ -62,17 +68,18 @@ macro_rules! claim_picked {
              RETURNING c.id, c.owner_id, c.attempt, c.version, c.crash_count, \
              extract(epoch FROM (clock_timestamp() - picked.pending_since))::float8 AS waited, \
              c.parent_chat_id, c.depth, c.model_config_id, c.dynamic_tools, \
-             c.title = '' AS untitled, c.mcp_server_ids, c.history_epoch) \
+             c.title = '' AS untitled, c.mcp_server_ids, c.history_epoch, c.last_reply_id) \
              SELECT cl.id, cl.owner_id, cl.attempt, cl.version, cl.crash_count, cl.waited, \
                     cl.parent_chat_id, cl.depth, NULL::float8, cl.model_config_id, \
                     cl.dynamic_tools, cl.untitled, cl.mcp_server_ids, cl.history_epoch, \
                     (SELECT s.version FROM chats s WHERE s.id = cl.id) = cl.version - 1, \
                     t.id, t.role, t.content, t.model_config_id, t.provider_response_id, \
-                    t.compressed, pg_column_size(t.content) \
+                    t.compressed, pg_column_size(t.content), cl.last_reply_id IS NOT NULL \
              FROM claimed cl LEFT JOIN LATERAL ( \
                  SELECT m.id, m.role, m.content, m.model_config_id, m.provider_response_id, \
                         m.compressed FROM chat_messages m \
-                 WHERE m.chat_id = cl.id AND NOT m.deleted AND m.visibility <> 'user' \
+                 WHERE m.chat_id = cl.id AND m.id >= coalesce(cl.last_reply_id, 0) \
+                     AND NOT m.deleted AND m.visibility <> 'user' \
                  ORDER BY m.id DESC LIMIT 6) t ON true \
              UNION ALL \
              SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, \
@@ -81,7 +88,8 @@ macro_rules! claim_picked {
                      FROM chats d WHERE d.status = 'pending' AND NOT d.archived \
                          AND d.updated_at >= now() - make_interval(secs => ", $grace, ") \
                          AND d.last_worker_id <> $1), \
-                    NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL"
+                    NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, \
+                    NULL"
         )
     };
 }
@@ -98,6 +106,35 @@ macro_rules! claimable {
         )
     };
 }
+
+/// The claim with the fair-share cap (`$1` worker, `$2` limit, `$3` cap per owner, `$4`
+/// grace in seconds): see [`acquire`].
+pub const CLAIM_FAIR_SHARE_SQL: &str = concat!(
+    "WITH candidates AS ( \
+     SELECT c.id, c.owner_id, c.updated_at AS pending_since, r.running \
+     FROM chats c CROSS JOIN LATERAL ( \
+         SELECT count(*) AS running FROM chats o \
+         WHERE o.owner_id = c.owner_id AND o.worker_id IS NOT NULL) r \
+     WHERE c.status = 'pending' AND NOT c.archived AND r.running < $3 AND ",
+    claimable!("$4"),
+    " ORDER BY c.updated_at FOR UPDATE OF c SKIP LOCKED LIMIT $2), \
+ picked AS ( \
+     SELECT id, pending_since FROM ( \
+         SELECT *, row_number() OVER (PARTITION BY owner_id \
+             ORDER BY pending_since, id) AS rank FROM candidates) ranked \
+     WHERE running + rank <= $3) ",
+    claim_picked!("$4"),
+);
+
+/// The claim without a cap (`$1` worker, `$2` limit, `$3` grace in seconds): see [`acquire`].
+pub const CLAIM_SQL: &str = concat!(
+    "WITH picked AS ( \
+     SELECT c.id, c.updated_at AS pending_since FROM chats c \
+     WHERE c.status = 'pending' AND NOT c.archived AND ",
+    claimable!("$3"),
+    " ORDER BY c.updated_at FOR UPDATE SKIP LOCKED LIMIT $2) ",
+    claim_picked!("$3"),
+);
 
 /// What a claim found.
 pub struct Claimed {
@@ -131,38 +168,13 @@ pub async fn acquire(
     let rows = if max_per_owner > 0 {
         client
             .rows(
-                concat!(
-                    "WITH candidates AS ( \
-                     SELECT c.id, c.owner_id, c.updated_at AS pending_since, r.running \
-                     FROM chats c CROSS JOIN LATERAL ( \
-                         SELECT count(*) AS running FROM chats o \
-                         WHERE o.owner_id = c.owner_id AND o.worker_id IS NOT NULL) r \
-                     WHERE c.status = 'pending' AND NOT c.archived AND r.running < $3 AND ",
-                    claimable!("$4"),
-                    " ORDER BY c.updated_at FOR UPDATE OF c SKIP LOCKED LIMIT $2), \
-                 picked AS ( \
-                     SELECT id, pending_since FROM ( \
-                         SELECT *, row_number() OVER (PARTITION BY owner_id \
-                             ORDER BY pending_since, id) AS rank FROM candidates) ranked \
-                     WHERE running + rank <= $3) ",
-                    claim_picked!("$4"),
-                ),
+                CLAIM_FAIR_SHARE_SQL,
                 &[&worker_id, &limit, &max_per_owner, &grace],
             )
             .await?
     } else {
         client
-            .rows(
-                concat!(
-                    "WITH picked AS ( \
-                     SELECT c.id, c.updated_at AS pending_since FROM chats c \
-                     WHERE c.status = 'pending' AND NOT c.archived AND ",
-                    claimable!("$3"),
-                    " ORDER BY c.updated_at FOR UPDATE SKIP LOCKED LIMIT $2) ",
-                    claim_picked!("$3"),
-                ),
-                &[&worker_id, &limit, &grace],
-            )
+            .rows(CLAIM_SQL, &[&worker_id, &limit, &grace])
             .await?
     };
     let mut claimed = Claimed {

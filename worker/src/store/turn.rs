@@ -34,6 +34,9 @@ pub struct ClaimedPrompt {
     tail: Vec<PromptRow>,
     /// Rows the claim returned, readable or not.
     rows: i64,
+    /// Whether the tail started at the chat's last reply (then fewer rows than asked for are
+    /// not the whole history).
+    bounded: bool,
     bytes: u64,
 }
 
@@ -49,6 +52,7 @@ impl ClaimedPrompt {
                 history_epoch: row.get(13),
             },
             valid: row.get::<_, Option<bool>>(14).unwrap_or(false),
+            bounded: row.get::<_, Option<bool>>(22).unwrap_or(true),
             ..ClaimedPrompt::default()
         }
     }
@@ -90,8 +94,9 @@ impl ClaimedPrompt {
         if !self.valid {
             return Err(cached);
         }
-        // Fewer rows than asked for: the tail is the chat's whole history.
-        let whole = self.rows < super::CLAIM_TAIL_ROWS;
+        // Fewer rows than asked for from a chat without a reply: the tail is the chat's
+        // whole history.
+        let whole = !self.bounded && self.rows < super::CLAIM_TAIL_ROWS;
         let epoch = self.state.history_epoch;
         let reaches = |cached: &CachedPrompt| {
             whole
@@ -464,6 +469,7 @@ mod tests {
             valid,
             tail,
             rows,
+            bounded: false,
             bytes: 0,
         }
     }
@@ -535,6 +541,28 @@ mod tests {
         assert!(claimed(true, CLAIM_TAIL_ROWS_FOR_TESTS, Vec::new())
             .serve(None)
             .is_err());
+    }
+
+    #[test]
+    fn a_tail_from_the_last_reply_is_never_the_whole_history() {
+        let tail = vec![row(6, Role::Assistant, "a2"), row(7, Role::User, "q3")];
+        let bounded = |tail: Vec<PromptRow>| ClaimedPrompt {
+            bounded: true,
+            ..claimed(true, tail.len() as i64, tail)
+        };
+        // Two rows from the last reply on, with a cache that holds the reply: served.
+        let (loaded, prompt) = bounded(tail.clone())
+            .serve(Some(cached(6, 3)))
+            .expect("served")
+            .expect("assembled");
+        assert_eq!(prompt.last_id, 7);
+        assert!(texts(&loaded).last().unwrap().contains("q3"));
+        // Without a cache, or with one that ends before the reply, the read decides.
+        assert!(matches!(bounded(tail.clone()).serve(None), Err(None)));
+        assert!(matches!(
+            bounded(tail).serve(Some(cached(5, 3))),
+            Err(Some(_))
+        ));
     }
 
     const CLAIM_TAIL_ROWS_FOR_TESTS: i64 = super::super::CLAIM_TAIL_ROWS;

@@ -1,0 +1,125 @@
+//! Plans that stay right at any table size. Pooled sessions run generic plans, made on a
+//! connection's first run of a statement and kept until the statistics change, so a worker
+//! that started while every chat was short keeps the plan it made then (ARCHITECTURE.md,
+//! "Plans that do not depend on when they were made"). Each test builds that state on a real
+//! PostgreSQL (hundreds of three-message chats, analysed) and reads the generic plan of the
+//! worker's own statement through a pooled session.
+
+mod common;
+
+use chatd_shared::db::pool::{build_pool, Pooler};
+use common::pg::test_database;
+
+/// A database of `chats` short chats (three messages each) of one owner, analysed.
+async fn short_chats(client: &tokio_postgres::Client, chats: i32) -> anyhow::Result<()> {
+    client
+        .batch_execute(&format!(
+            "INSERT INTO users (username) VALUES ('plans'); \
+             INSERT INTO chats (owner_id, status) \
+                 SELECT (SELECT id FROM users WHERE username = 'plans'), 'waiting' \
+                 FROM generate_series(1, {chats}); \
+             INSERT INTO chat_messages (chat_id, role, content) \
+                 SELECT c.id, (ARRAY['user', 'assistant', 'user'])[k], '[]'::jsonb \
+                 FROM chats c, generate_series(1, 3) k ORDER BY k, c.id; \
+             ANALYZE chats; ANALYZE chat_messages;"
+        ))
+        .await?;
+    Ok(())
+}
+
+/// The generic plan of `sql` (parameter types `types`, arguments `arguments`) as text.
+async fn generic_plan(
+    client: &tokio_postgres::Client,
+    sql: &str,
+    types: &str,
+    arguments: &str,
+) -> anyhow::Result<String> {
+    let mode: String = client
+        .query_one("SELECT current_setting('plan_cache_mode')", &[])
+        .await?
+        .get(0);
+    assert_eq!(
+        mode, "force_generic_plan",
+        "pooled sessions run generic plans"
+    );
+    client
+        .batch_execute(&format!("PREPARE probe ({types}) AS {sql}"))
+        .await?;
+    let rows = client
+        .query(&format!("EXPLAIN EXECUTE probe ({arguments})"), &[])
+        .await?;
+    client.batch_execute("DEALLOCATE probe").await?;
+    Ok(rows
+        .iter()
+        .map(|row| row.get::<_, String>(0))
+        .collect::<Vec<_>>()
+        .join("\n"))
+}
+
+#[tokio::test]
+async fn the_claim_reads_a_chats_rows_from_its_last_reply_on() -> anyhow::Result<()> {
+    let database = test_database().await;
+    let pool = build_pool(&database.url, "chatd-test", 1, Pooler::None, &database.url)?;
+    let client = pool.get().await?;
+    short_chats(&client, 400).await?;
+
+    let worker = "'00000000-0000-0000-0000-000000000001'::uuid";
+    for (name, sql, types, arguments) in [
+        (
+            "fair-share claim",
+            chatd_worker::store::CLAIM_FAIR_SHARE_SQL,
+            "uuid, bigint, bigint, float8",
+            format!("{worker}, 8, 4, 0.1"),
+        ),
+        (
+            "claim",
+            chatd_worker::store::CLAIM_SQL,
+            "uuid, bigint, float8",
+            format!("{worker}, 8, 0.1"),
+        ),
+    ] {
+        let plan = generic_plan(&client, sql, types, &arguments).await?;
+        // The estimate of a chat's rows is the average chat's (three here): planned for it,
+        // the tail is a bitmap scan of the chat's rows and a sort, which read all of a long
+        // chat's rows (529 per claimed chat of B8's 500-message chats) until the tail was
+        // bounded by the chat's last reply. Whatever the scan, its index condition bounds it.
+        let tail_scans: Vec<&str> = plan
+            .lines()
+            .filter(|line| line.contains("Index Cond: ((chat_id = cl.id)"))
+            .collect();
+        assert!(!tail_scans.is_empty(), "the {name} reads a tail:\n{plan}");
+        for scan in tail_scans {
+            assert!(
+                scan.contains("(id >= COALESCE(cl.last_reply_id"),
+                "the {name} reads a chat's rows from its last reply on only:\n{plan}"
+            );
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_resume_log_insert_finds_each_frames_chat_by_its_key() -> anyhow::Result<()> {
+    let database = test_database().await;
+    let pool = build_pool(&database.url, "chatd-test", 1, Pooler::None, &database.url)?;
+    let client = pool.get().await?;
+    short_chats(&client, 400).await?;
+
+    let plan = generic_plan(
+        &client,
+        chatd_worker::flusher::FRAMES_INSERT_SQL,
+        "uuid[], int[], bigint[], bigint[], jsonb[], uuid",
+        "ARRAY[gen_random_uuid()], ARRAY[1], ARRAY[1::bigint], ARRAY[2::bigint], \
+         ARRAY['[]'::jsonb], gen_random_uuid()",
+    )
+    .await?;
+    assert!(
+        plan.contains("Index Scan using chats_pkey on chats"),
+        "each frame's chat is one primary-key probe:\n{plan}"
+    );
+    assert!(
+        !plan.contains("Seq Scan on chats") && !plan.contains("chats_running_owner"),
+        "no flush reads other chats than its frames':\n{plan}"
+    );
+    Ok(())
+}
