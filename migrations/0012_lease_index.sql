@@ -1,4 +1,4 @@
--- Issue 14: fewer index entries per status change.
+-- Issue 14: fewer index entries per status change, and a claim's read bounded by its anchor.
 --
 -- Every status change of a chat is a non-HOT update (`status` and `updated_at` are in index
 -- predicates and keys), so each one adds an entry to every index of `chats` whose predicate
@@ -13,3 +13,9 @@
 -- only `heartbeat_at`, can be a HOT update. `chats_worker` stays: without it, statements
 -- that name a worker (`worker_id = $1`) turn to scanning all of `chats_running_owner`.
 DROP INDEX chats_leased;
+
+-- The newest prompt row the chat's last claim saw (`worker/src/store/mod.rs`, `claim_picked!`):
+-- the next claim reads the chat's newest rows from there on, which is where a worker's cached
+-- prompt of the chat ends. Without the bound the read was planned for the average chat and,
+-- when that was short, read a long chat's whole history to return six rows.
+ALTER TABLE chats ADD COLUMN prompt_anchor_id bigint;

@@ -247,7 +247,8 @@ async fn create_chat(plan: &ChatPlan, recorder: &Recorder) -> Result<String, Fai
 }
 
 /// Writes `count` earlier messages into the chat, in groups of four as an agent's history
-/// holds them — a question, a tool call, its result, an answer — about 20 words each; returns
+/// holds them — a question, a tool call, its result, an answer — about 20 words each, and
+/// points the chat's `last_reply_id` at the newest answer as chatd's own commits do; returns
 /// the newest row's id.
 async fn prefill(
     client: &tokio_postgres::Client,
@@ -274,7 +275,10 @@ async fn prefill(
                    'result', $3::text, 'is_error', false)) \
                  ELSE jsonb_build_array(jsonb_build_object('type', 'text', 'text', $3::text)) \
                END, CASE WHEN k % 4 = 0 THEN NULL ELSE 0 END \
-             FROM generate_series(0, $2 - 1) k ORDER BY k RETURNING id) \
+             FROM generate_series(0, $2 - 1) k ORDER BY k RETURNING id, role), \
+             reply AS ( \
+             UPDATE chats SET last_reply_id = (SELECT max(id) FROM rows WHERE role = 'assistant') \
+             WHERE id = $1) \
              SELECT coalesce(max(id), 0) FROM rows",
             &[&chat_id, &i32::try_from(count).unwrap_or(i32::MAX), &words],
         )

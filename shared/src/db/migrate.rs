@@ -103,8 +103,9 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../../../migrations/0011_turn_cost.sql"),
         compatible_from: 10,
     },
-    // Two indexes dropped: builds at version 11 run unchanged (their sweeps find the leased
-    // chats without them).
+    // An index dropped and a nullable column: builds at version 11 run unchanged (their
+    // sweep finds the leased chats without the index; they neither read nor move the anchor,
+    // and a stale anchor only makes the next claim's tail miss the cache).
     Migration {
         version: 12,
         name: "0012_lease_index",

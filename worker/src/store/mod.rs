@@ -40,18 +40,22 @@ pub struct Claim {
 /// one) needs no read of its own.
 pub const CLAIM_TAIL_ROWS: i64 = 6;
 
-/// The end of both claim statements: the chats in CTE `picked` (`id`, `pending_since`) become
-/// this worker's, in a new attempt (`$1`: this worker), each returned with its prompt state
-/// and its newest `CLAIM_TAIL_ROWS` prompt rows from its last reply on (a row per message; a
-/// chat without any gets one row of NULLs there; the last column says whether the chat had a
-/// reply, i.e. whether the tail was bounded); then one more row, whose ninth column says in
-/// how many seconds the oldest chat this claim had to leave to its last worker (the affinity
-/// grace, `$G`) becomes anyone's — NULL when there is none.
+/// The end of both claim statements: the chats in CTE `picked` (`id`, `pending_since`,
+/// `anchor`: their `prompt_anchor_id`) become this worker's, in a new attempt (`$1`: this
+/// worker), each returned with its prompt state and its newest `CLAIM_TAIL_ROWS` prompt rows
+/// from its anchor on (a row per message; a chat without any gets one row of NULLs there; the
+/// last column says whether the chat had an anchor, i.e. whether the tail was bounded); then
+/// one more row, whose ninth column says in how many seconds the oldest chat this claim had to
+/// leave to its last worker (the affinity grace, `$G`) becomes anyone's — NULL when there is
+/// none.
 ///
-/// The bound keeps the tail's read to the rows since the last reply whatever plan PostgreSQL
-/// picks: its estimate of a chat's rows is the average chat's, and for short averages it
-/// reads the chat's rows through a bitmap scan and sorts them, which without the bound read
-/// the whole history of a long chat (529 rows per claimed chat of B8's 500-message chats).
+/// The anchor is the newest prompt row the previous claim saw: the row a cached prompt of the
+/// chat ends at (or after), so the tail reaches the cache whenever six rows do. Each claim
+/// moves it to the newest prompt row it sees (found from the old anchor on). The bound keeps
+/// the tail's read to the rows since the previous claim whatever plan PostgreSQL picks: its
+/// estimate of a chat's rows is the average chat's, and for short averages it reads the
+/// chat's rows through a bitmap scan and sorts them, which without the bound read the whole
+/// history of a long chat (529 rows per claimed chat of B8's 500-message chats).
 ///
 /// The tail is read with the statement's snapshot, the row lock may have followed a newer
 /// version of the chat (a change committed after the snapshot): the tail is only trusted when
@@ -62,23 +66,26 @@ macro_rules! claim_picked {
         concat!(
             ", claimed AS ( \
              UPDATE chats c SET status = 'running', worker_id = $1, last_worker_id = $1, \
-             attempt = c.attempt + 1, heartbeat_at = now(), crash_count = c.crash_count + 1, ",
+             attempt = c.attempt + 1, heartbeat_at = now(), crash_count = c.crash_count + 1, \
+             prompt_anchor_id = coalesce((SELECT max(a.id) FROM chat_messages a \
+                 WHERE a.chat_id = c.id AND a.id >= coalesce(picked.anchor, 0) \
+                     AND NOT a.deleted AND a.visibility <> 'user'), picked.anchor), ",
             bump_chat_version!(),
             " FROM picked WHERE c.id = picked.id \
              RETURNING c.id, c.owner_id, c.attempt, c.version, c.crash_count, \
              extract(epoch FROM (clock_timestamp() - picked.pending_since))::float8 AS waited, \
              c.parent_chat_id, c.depth, c.model_config_id, c.dynamic_tools, \
-             c.title = '' AS untitled, c.mcp_server_ids, c.history_epoch, c.last_reply_id) \
+             c.title = '' AS untitled, c.mcp_server_ids, c.history_epoch, picked.anchor) \
              SELECT cl.id, cl.owner_id, cl.attempt, cl.version, cl.crash_count, cl.waited, \
                     cl.parent_chat_id, cl.depth, NULL::float8, cl.model_config_id, \
                     cl.dynamic_tools, cl.untitled, cl.mcp_server_ids, cl.history_epoch, \
                     (SELECT s.version FROM chats s WHERE s.id = cl.id) = cl.version - 1, \
                     t.id, t.role, t.content, t.model_config_id, t.provider_response_id, \
-                    t.compressed, pg_column_size(t.content), cl.last_reply_id IS NOT NULL \
+                    t.compressed, pg_column_size(t.content), cl.anchor IS NOT NULL \
              FROM claimed cl LEFT JOIN LATERAL ( \
                  SELECT m.id, m.role, m.content, m.model_config_id, m.provider_response_id, \
                         m.compressed FROM chat_messages m \
-                 WHERE m.chat_id = cl.id AND m.id >= coalesce(cl.last_reply_id, 0) \
+                 WHERE m.chat_id = cl.id AND m.id >= coalesce(cl.anchor, 0) \
                      AND NOT m.deleted AND m.visibility <> 'user' \
                  ORDER BY m.id DESC LIMIT 6) t ON true \
              UNION ALL \
@@ -111,7 +118,8 @@ macro_rules! claimable {
 /// grace in seconds): see [`acquire`].
 pub const CLAIM_FAIR_SHARE_SQL: &str = concat!(
     "WITH candidates AS ( \
-     SELECT c.id, c.owner_id, c.updated_at AS pending_since, r.running \
+     SELECT c.id, c.owner_id, c.updated_at AS pending_since, c.prompt_anchor_id AS anchor, \
+         r.running \
      FROM chats c CROSS JOIN LATERAL ( \
          SELECT count(*) AS running FROM chats o \
          WHERE o.owner_id = c.owner_id AND o.worker_id IS NOT NULL) r \
@@ -119,7 +127,7 @@ pub const CLAIM_FAIR_SHARE_SQL: &str = concat!(
     claimable!("$4"),
     " ORDER BY c.updated_at FOR UPDATE OF c SKIP LOCKED LIMIT $2), \
  picked AS ( \
-     SELECT id, pending_since FROM ( \
+     SELECT id, pending_since, anchor FROM ( \
          SELECT *, row_number() OVER (PARTITION BY owner_id \
              ORDER BY pending_since, id) AS rank FROM candidates) ranked \
      WHERE running + rank <= $3) ",
@@ -129,7 +137,7 @@ pub const CLAIM_FAIR_SHARE_SQL: &str = concat!(
 /// The claim without a cap (`$1` worker, `$2` limit, `$3` grace in seconds): see [`acquire`].
 pub const CLAIM_SQL: &str = concat!(
     "WITH picked AS ( \
-     SELECT c.id, c.updated_at AS pending_since FROM chats c \
+     SELECT c.id, c.updated_at AS pending_since, c.prompt_anchor_id AS anchor FROM chats c \
      WHERE c.status = 'pending' AND NOT c.archived AND ",
     claimable!("$3"),
     " ORDER BY c.updated_at FOR UPDATE SKIP LOCKED LIMIT $2) ",

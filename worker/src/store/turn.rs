@@ -34,8 +34,8 @@ pub struct ClaimedPrompt {
     tail: Vec<PromptRow>,
     /// Rows the claim returned, readable or not.
     rows: i64,
-    /// Whether the tail started at the chat's last reply (then fewer rows than asked for are
-    /// not the whole history).
+    /// Whether the tail started at the chat's prompt anchor (then fewer rows than asked for
+    /// are not the whole history).
     bounded: bool,
     bytes: u64,
 }
@@ -94,8 +94,8 @@ impl ClaimedPrompt {
         if !self.valid {
             return Err(cached);
         }
-        // Fewer rows than asked for from a chat without a reply: the tail is the chat's
-        // whole history.
+        // Fewer rows than asked for from a chat never claimed before (no anchor): the tail is
+        // the chat's whole history.
         let whole = !self.bounded && self.rows < super::CLAIM_TAIL_ROWS;
         let epoch = self.state.history_epoch;
         let reaches = |cached: &CachedPrompt| {
@@ -544,20 +544,20 @@ mod tests {
     }
 
     #[test]
-    fn a_tail_from_the_last_reply_is_never_the_whole_history() {
+    fn a_tail_from_the_anchor_is_never_the_whole_history() {
         let tail = vec![row(6, Role::Assistant, "a2"), row(7, Role::User, "q3")];
         let bounded = |tail: Vec<PromptRow>| ClaimedPrompt {
             bounded: true,
             ..claimed(true, tail.len() as i64, tail)
         };
-        // Two rows from the last reply on, with a cache that holds the reply: served.
+        // Two rows from the anchor on, with a cache that holds the anchor: served.
         let (loaded, prompt) = bounded(tail.clone())
             .serve(Some(cached(6, 3)))
             .expect("served")
             .expect("assembled");
         assert_eq!(prompt.last_id, 7);
         assert!(texts(&loaded).last().unwrap().contains("q3"));
-        // Without a cache, or with one that ends before the reply, the read decides.
+        // Without a cache, or with one that ends before the anchor, the read decides.
         assert!(matches!(bounded(tail.clone()).serve(None), Err(None)));
         assert!(matches!(
             bounded(tail).serve(Some(cached(5, 3))),
