@@ -124,3 +124,32 @@ async fn the_resume_log_insert_finds_each_frames_chat_by_its_key() -> anyhow::Re
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn the_fenced_commit_finds_its_chat_by_its_key() -> anyhow::Result<()> {
+    let database = test_database().await;
+    let pool = build_pool(&database.url, "chatd-test", 1, Pooler::None, &database.url)?;
+    let client = pool.get().await?;
+    short_chats(&client, 400).await?;
+
+    let plan = generic_plan(
+        &client,
+        chatd_worker::store::commit::COMMIT_SQL,
+        "uuid, uuid, int, text[], jsonb[], uuid[], int8[], int8[], int8[], int8[], int8[], \
+         int8[], int8[], text[], bool, text, jsonb, bool, bool[], float8, uuid, bigint",
+        "gen_random_uuid(), gen_random_uuid(), 1, '{}', '{}', '{}', '{}', '{}', '{}', '{}', \
+         '{}', '{}', '{}', '{}', true, 'waiting', NULL, false, '{}', 0, gen_random_uuid(), NULL",
+    )
+    .await?;
+    // With no chat leased, the index of the leased chats is the cheapest scan of all: a plan
+    // made then, with `worker_id = $2`, read every leased chat on each commit ever after.
+    assert!(
+        !plan.contains("chats_running_owner") && !plan.contains("chats_worker"),
+        "the commit reads no other leased chat:\n{plan}"
+    );
+    assert!(
+        plan.contains("Index Scan using chats_pkey on chats"),
+        "the commit locks its chat by its key:\n{plan}"
+    );
+    Ok(())
+}

@@ -86,11 +86,17 @@ impl TurnEnd {
 /// head placed by an interrupting send runs next, otherwise the chat goes to `waiting` — never
 /// back to `pending`, which would re-run a turn the user stopped. The promoted queue head is
 /// inserted after the step's rows (it reads their count), so message ids stay in order.
-const COMMIT_SQL: &str = concat!(
+///
+/// The lease check says `worker_id IS NOT DISTINCT FROM $2` (the same as `=` for a non-null
+/// worker) so that no index of the leased chats can serve it: with `=`, a generic plan made
+/// while few chats were leased found the chat by scanning all of them (`chats_running_owner`)
+/// rather than by its primary key.
+pub const COMMIT_SQL: &str = concat!(
     "
 WITH owned AS (
     SELECT id, status, version FROM chats
-    WHERE id = $1 AND worker_id = $2 AND attempt = $3 AND status IN ('running', 'interrupting')
+    WHERE id = $1 AND worker_id IS NOT DISTINCT FROM $2 AND attempt = $3
+        AND status IN ('running', 'interrupting')
         AND last_commit_key IS DISTINCT FROM $21
     FOR UPDATE),
 writable AS (

@@ -234,7 +234,9 @@ pub struct LeaseState {
 }
 
 /// One statement for all of this worker's turns. Chats missing from the result lost their
-/// lease. Lease time is the database clock.
+/// lease. Lease time is the database clock. `IS NOT DISTINCT FROM` (the same as `=` for a
+/// non-null worker) keeps the chats found by their primary keys, not by a scan of every
+/// leased chat (see `commit::COMMIT_SQL`).
 pub async fn heartbeat(
     client: &deadpool_postgres::ClientWrapper,
     worker_id: Uuid,
@@ -242,7 +244,8 @@ pub async fn heartbeat(
 ) -> Result<Vec<LeaseState>, tokio_postgres::Error> {
     let rows = client
         .rows(
-            "UPDATE chats SET heartbeat_at = now() WHERE id = ANY($1) AND worker_id = $2 \
+            "UPDATE chats SET heartbeat_at = now() WHERE id = ANY($1) \
+             AND worker_id IS NOT DISTINCT FROM $2 \
              AND status IN ('running', 'interrupting') RETURNING id, status, attempt",
             &[&chat_ids, &worker_id],
         )
