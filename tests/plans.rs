@@ -27,6 +27,17 @@ async fn short_chats(client: &tokio_postgres::Client, chats: i32) -> anyhow::Res
     Ok(())
 }
 
+/// A fresh database of 400 short chats and a session of chatd's own pool on it (the database
+/// lives as long as the first element is kept).
+async fn pooled_session_on_short_chats(
+) -> anyhow::Result<(common::pg::TestDatabase, chatd_shared::db::pool::PgClient)> {
+    let database = test_database().await;
+    let pool = build_pool(&database.url, "chatd-test", 1, Pooler::None, &database.url)?;
+    let client = pool.get().await?;
+    short_chats(&client, 400).await?;
+    Ok((database, client))
+}
+
 /// The generic plan of `sql` (parameter types `types`, arguments `arguments`) as text.
 async fn generic_plan(
     client: &tokio_postgres::Client,
@@ -58,10 +69,7 @@ async fn generic_plan(
 
 #[tokio::test]
 async fn the_claim_reads_a_chats_rows_from_its_anchor_on() -> anyhow::Result<()> {
-    let database = test_database().await;
-    let pool = build_pool(&database.url, "chatd-test", 1, Pooler::None, &database.url)?;
-    let client = pool.get().await?;
-    short_chats(&client, 400).await?;
+    let (_database, client) = pooled_session_on_short_chats().await?;
 
     let worker = "'00000000-0000-0000-0000-000000000001'::uuid";
     for (name, sql, types, arguments) in [
@@ -101,10 +109,7 @@ async fn the_claim_reads_a_chats_rows_from_its_anchor_on() -> anyhow::Result<()>
 
 #[tokio::test]
 async fn the_resume_log_insert_finds_each_frames_chat_by_its_key() -> anyhow::Result<()> {
-    let database = test_database().await;
-    let pool = build_pool(&database.url, "chatd-test", 1, Pooler::None, &database.url)?;
-    let client = pool.get().await?;
-    short_chats(&client, 400).await?;
+    let (_database, client) = pooled_session_on_short_chats().await?;
 
     let plan = generic_plan(
         &client,
@@ -127,10 +132,7 @@ async fn the_resume_log_insert_finds_each_frames_chat_by_its_key() -> anyhow::Re
 
 #[tokio::test]
 async fn the_fenced_commit_finds_its_chat_by_its_key() -> anyhow::Result<()> {
-    let database = test_database().await;
-    let pool = build_pool(&database.url, "chatd-test", 1, Pooler::None, &database.url)?;
-    let client = pool.get().await?;
-    short_chats(&client, 400).await?;
+    let (_database, client) = pooled_session_on_short_chats().await?;
 
     let plan = generic_plan(
         &client,
