@@ -1,9 +1,9 @@
 //! Plans that stay right at any table size. Pooled sessions run generic plans, made on a
-//! connection's first run of a statement and kept until the statistics change, so a worker
+//! connection's first run of a statement and kept until the statistics change, so a replica
 //! that started while every chat was short keeps the plan it made then (ARCHITECTURE.md,
-//! "Plans that do not depend on when they were made"). Each test builds that state on a real
-//! PostgreSQL (hundreds of three-message chats, analysed) and reads the generic plan of the
-//! worker's own statement through a pooled session.
+//! "Plans that hold for every chat"). Each test builds that state on a real PostgreSQL
+//! (hundreds of three-message chats, analysed) and reads the generic plan, or the buffers an
+//! execution touched, of chatd's own statement through a pooled session.
 
 mod common;
 
@@ -153,5 +153,103 @@ async fn the_fenced_commit_finds_its_chat_by_its_key() -> anyhow::Result<()> {
         plan.contains("Index Scan using chats_pkey on chats"),
         "the commit locks its chat by its key:\n{plan}"
     );
+    Ok(())
+}
+
+/// Shared buffers (hit or read) the execution of prepared `probe (arguments)` touched, inner
+/// functions included, on its second run (the first also fills the session's catalog caches).
+async fn buffers_touched(client: &tokio_postgres::Client, arguments: &str) -> anyhow::Result<i64> {
+    let mut touched = 0;
+    for _ in 0..2 {
+        let row = client
+            .query_one(
+                &format!("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) EXECUTE probe ({arguments})"),
+                &[],
+            )
+            .await?;
+        let explained: serde_json::Value = row.get(0);
+        let plan = &explained[0]["Plan"];
+        touched = plan["Shared Hit Blocks"].as_i64().unwrap_or(0)
+            + plan["Shared Read Blocks"].as_i64().unwrap_or(0);
+    }
+    Ok(touched)
+}
+
+#[tokio::test]
+async fn a_page_of_a_long_chats_messages_reads_the_page() -> anyhow::Result<()> {
+    let (_database, client) = pooled_session_on_short_chats().await?;
+
+    // The statistics stay those of the short chats (as when the API replica made its plan);
+    // then one chat grows to 5,000 messages, interleaved with another's as chats' rows are.
+    client
+        .batch_execute(
+            "ALTER TABLE chat_messages SET (autovacuum_enabled = off); \
+             INSERT INTO chat_messages (chat_id, role, content) \
+                 SELECT (SELECT id FROM chats ORDER BY id OFFSET (k % 2) LIMIT 1), \
+                        'user', '[]'::jsonb \
+                 FROM generate_series(1, 10000) k ORDER BY k;",
+        )
+        .await?;
+    let long: uuid::Uuid = client
+        .query_one(
+            "SELECT chat_id FROM chat_messages GROUP BY chat_id ORDER BY count(*) DESC LIMIT 1",
+            &[],
+        )
+        .await?
+        .get(0);
+    let newest: Vec<i64> = client
+        .query(
+            "SELECT id FROM chat_messages WHERE chat_id = $1 ORDER BY id DESC LIMIT 51",
+            &[&long],
+        )
+        .await?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let oldest: i64 = client
+        .query_one(
+            "SELECT min(id) FROM chat_messages WHERE chat_id = $1",
+            &[&long],
+        )
+        .await?
+        .get(0);
+
+    let sql = chatd_api::store::reads::newest_messages_sql();
+    let page = chatd_api::store::reads::newest_messages(&client, long, None, None, 51).await?;
+    assert_eq!(
+        page.iter().map(|message| message.id).collect::<Vec<_>>(),
+        newest,
+        "the newest page is the chat's 51 newest messages"
+    );
+
+    let plan = generic_plan(
+        &client,
+        &sql,
+        "uuid, bigint, bigint, bigint",
+        &format!("'{long}', NULL, NULL, 51"),
+    )
+    .await?;
+    client
+        .batch_execute(&format!(
+            "PREPARE probe (uuid, bigint, bigint, bigint) AS {sql}"
+        ))
+        .await?;
+    // `GET /chats/{id}/messages` (no cursor) and a stream's snapshot from the chat's start.
+    for (name, arguments) in [
+        ("the newest page", format!("'{long}', NULL, NULL, 51")),
+        (
+            "a snapshot from the start",
+            format!("'{long}', {oldest}, NULL, 51"),
+        ),
+    ] {
+        let touched = buffers_touched(&client, &arguments).await?;
+        // The chat's 5,000 rows fill over a hundred pages; a page of 51 rows is a few index
+        // pages and the two or three heap pages they sit on. Planned for the average chat
+        // (three rows here), the read was a bitmap scan of all 5,000 and a sort.
+        assert!(
+            touched < 30,
+            "{name} of a 5,000-message chat touched {touched} buffers:\n{plan}"
+        );
+    }
     Ok(())
 }

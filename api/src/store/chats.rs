@@ -498,14 +498,7 @@ pub async fn list_messages(
     before_id: Option<i64>,
     limit: i64,
 ) -> ApiResult<Vec<MessageRow>> {
-    let sql = format!(
-        "SELECT {} FROM chat_messages m WHERE m.chat_id = $1 AND NOT m.deleted \
-         AND m.visibility <> 'model' AND ($2::bigint IS NULL OR m.id < $2) \
-         ORDER BY m.id DESC LIMIT $3",
-        MessageRow::COLUMNS
-    );
-    let rows = client.rows(&sql, &[&chat_id, &before_id, &limit]).await?;
-    Ok(rows.iter().map(MessageRow::from_row).collect())
+    Ok(reads::newest_messages(client, chat_id, None, before_id, limit).await?)
 }
 
 /// The caller's chat, or `NotFound`.

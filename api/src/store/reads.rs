@@ -45,6 +45,35 @@ pub async fn listed_chat_by_id(
     Ok(row.as_ref().map(ChatRow::from_row))
 }
 
+/// The statement of a page of a chat's messages: its newest `$4` visible rows between the
+/// exclusive bounds `$2` (after) and `$3` (before), newest first. The page is read by
+/// `chat_messages_newest` (migration 0013), whose plan is the backward scan of the chat's
+/// index whatever the statistics: it stops after the page, however long the chat.
+pub fn newest_messages_sql() -> String {
+    format!(
+        "SELECT {} FROM chat_messages_newest($1, $2, $3, $4) m",
+        MessageRow::COLUMNS
+    )
+}
+
+/// The chat's newest `limit` visible messages with `after_id < id < before_id` (`None`: no
+/// bound), newest first.
+pub async fn newest_messages(
+    client: &deadpool_postgres::ClientWrapper,
+    chat_id: Uuid,
+    after_id: Option<i64>,
+    before_id: Option<i64>,
+    limit: i64,
+) -> Result<Vec<MessageRow>, tokio_postgres::Error> {
+    let rows = client
+        .rows(
+            &newest_messages_sql(),
+            &[&chat_id, &after_id, &before_id, &limit],
+        )
+        .await?;
+    Ok(rows.iter().map(MessageRow::from_row).collect())
+}
+
 /// The newest `limit` visible messages after `after_id`, oldest first, and whether older ones
 /// after `after_id` were left out.
 pub async fn newest_messages_after(
@@ -53,15 +82,7 @@ pub async fn newest_messages_after(
     after_id: i64,
     limit: i64,
 ) -> Result<(Vec<MessageRow>, bool), tokio_postgres::Error> {
-    let sql = format!(
-        "SELECT {} FROM chat_messages m WHERE m.chat_id = $1 AND m.id > $2 AND NOT m.deleted \
-         AND m.visibility <> 'model' ORDER BY m.id DESC LIMIT $3",
-        MessageRow::COLUMNS
-    );
-    let rows = client
-        .rows(&sql, &[&chat_id, &after_id, &(limit + 1)])
-        .await?;
-    let mut messages: Vec<MessageRow> = rows.iter().map(MessageRow::from_row).collect();
+    let mut messages = newest_messages(client, chat_id, Some(after_id), None, limit + 1).await?;
     let truncated = messages.len() as i64 > limit;
     messages.truncate(limit.max(0) as usize);
     messages.reverse();

@@ -112,6 +112,13 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../../../migrations/0012_lease_index.sql"),
         compatible_from: 11,
     },
+    // A function only this build calls: builds at version 12 run unchanged.
+    Migration {
+        version: 13,
+        name: "0013_message_pages",
+        sql: include_str!("../../../migrations/0013_message_pages.sql"),
+        compatible_from: 12,
+    },
 ];
 
 /// This binary's version, recorded with the migrations it applies and named in errors.
