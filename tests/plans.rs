@@ -31,10 +31,17 @@ async fn short_chats(client: &tokio_postgres::Client, chats: i32) -> anyhow::Res
 /// lives as long as the first element is kept).
 async fn pooled_session_on_short_chats(
 ) -> anyhow::Result<(common::pg::TestDatabase, chatd_shared::db::pool::PgClient)> {
+    pooled_session_on(400).await
+}
+
+/// A fresh database of `chats` short chats and a session of chatd's own pool on it.
+async fn pooled_session_on(
+    chats: i32,
+) -> anyhow::Result<(common::pg::TestDatabase, chatd_shared::db::pool::PgClient)> {
     let database = test_database().await;
     let pool = build_pool(&database.url, "chatd-test", 1, Pooler::None, &database.url)?;
     let client = pool.get().await?;
-    short_chats(&client, 400).await?;
+    short_chats(&client, chats).await?;
     Ok((database, client))
 }
 
@@ -249,6 +256,51 @@ async fn a_page_of_a_long_chats_messages_reads_the_page() -> anyhow::Result<()> 
         assert!(
             touched < 30,
             "{name} of a 5,000-message chat touched {touched} buffers:\n{plan}"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_claim_updates_the_chats_it_picked_by_key() -> anyhow::Result<()> {
+    // Statistics taken under load: half of 2,000 chats pending, a hundred leased.
+    let (_database, client) = pooled_session_on(2000).await?;
+    client
+        .batch_execute(
+            "UPDATE chats SET status = 'pending' WHERE id IN (SELECT id FROM chats LIMIT 1000); \
+             UPDATE chats SET status = 'running', worker_id = gen_random_uuid(), \
+                 heartbeat_at = now() \
+             WHERE id IN (SELECT id FROM chats WHERE status = 'waiting' LIMIT 100); \
+             ANALYZE chats;",
+        )
+        .await?;
+
+    let worker = "'00000000-0000-0000-0000-000000000001'::uuid";
+    for (name, sql, types, arguments) in [
+        (
+            "fair-share claim",
+            chatd_worker::store::CLAIM_FAIR_SHARE_SQL,
+            "uuid, bigint, bigint, float8",
+            format!("{worker}, 8, 4, 0.1"),
+        ),
+        (
+            "claim",
+            chatd_worker::store::CLAIM_SQL,
+            "uuid, bigint, float8",
+            format!("{worker}, 8, 0.1"),
+        ),
+    ] {
+        let plan = generic_plan(&client, sql, types, &arguments).await?;
+        // A batch's size is a parameter, estimated at a tenth of the pending chats: joined
+        // to that many, the update was a hash join over a scan of every chat, on every claim
+        // while the plan lasted.
+        assert!(
+            !plan.contains("Seq Scan on chats"),
+            "the {name} reads no chat it did not pick:\n{plan}"
+        );
+        assert!(
+            plan.contains("Index Scan using chats_pending on chats"),
+            "the {name} takes the oldest pending chats in order:\n{plan}"
         );
     }
     Ok(())

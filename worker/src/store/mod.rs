@@ -68,24 +68,24 @@ macro_rules! claim_picked {
              UPDATE chats c SET status = 'running', worker_id = $1, last_worker_id = $1, \
              attempt = c.attempt + 1, heartbeat_at = now(), crash_count = c.crash_count + 1, \
              prompt_anchor_id = coalesce((SELECT max(a.id) FROM chat_messages a \
-                 WHERE a.chat_id = c.id AND a.id >= coalesce(picked.anchor, 0) \
-                     AND NOT a.deleted AND a.visibility <> 'user'), picked.anchor), ",
+                 WHERE a.chat_id = c.id AND a.id >= coalesce(c.prompt_anchor_id, 0) \
+                     AND NOT a.deleted AND a.visibility <> 'user'), c.prompt_anchor_id), ",
             bump_chat_version!(),
-            " FROM picked WHERE c.id = picked.id \
+            " WHERE c.id = ANY (ARRAY(SELECT id FROM picked)) \
              RETURNING c.id, c.owner_id, c.attempt, c.version, c.crash_count, \
-             extract(epoch FROM (clock_timestamp() - picked.pending_since))::float8 AS waited, \
              c.parent_chat_id, c.depth, c.model_config_id, c.dynamic_tools, \
-             c.title = '' AS untitled, c.mcp_server_ids, c.history_epoch, picked.anchor) \
-             SELECT cl.id, cl.owner_id, cl.attempt, cl.version, cl.crash_count, cl.waited, \
+             c.title = '' AS untitled, c.mcp_server_ids, c.history_epoch) \
+             SELECT cl.id, cl.owner_id, cl.attempt, cl.version, cl.crash_count, \
+                    extract(epoch FROM (clock_timestamp() - p.pending_since))::float8, \
                     cl.parent_chat_id, cl.depth, NULL::float8, cl.model_config_id, \
                     cl.dynamic_tools, cl.untitled, cl.mcp_server_ids, cl.history_epoch, \
                     (SELECT s.version FROM chats s WHERE s.id = cl.id) = cl.version - 1, \
                     t.id, t.role, t.content, t.model_config_id, t.provider_response_id, \
-                    t.compressed, pg_column_size(t.content), cl.anchor IS NOT NULL \
-             FROM claimed cl LEFT JOIN LATERAL ( \
+                    t.compressed, pg_column_size(t.content), p.anchor IS NOT NULL \
+             FROM claimed cl JOIN picked p ON p.id = cl.id LEFT JOIN LATERAL ( \
                  SELECT m.id, m.role, m.content, m.model_config_id, m.provider_response_id, \
                         m.compressed FROM chat_messages m \
-                 WHERE m.chat_id = cl.id AND m.id >= coalesce(cl.anchor, 0) \
+                 WHERE m.chat_id = cl.id AND m.id >= coalesce(p.anchor, 0) \
                      AND NOT m.deleted AND m.visibility <> 'user' \
                  ORDER BY m.id DESC LIMIT 6) t ON true \
              UNION ALL \
