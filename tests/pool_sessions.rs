@@ -1,7 +1,8 @@
 //! What every pooled chatd connection sets for its session on a real PostgreSQL: the
-//! timeouts that keep a stuck transaction from holding the notify queue, and generic plans
-//! for prepared statements (planning each execution anew was a measured share of a turn's
-//! database CPU; BENCHMARKS.md, "Issue 14, third step").
+//! timeouts that keep a stuck transaction from holding the notify queue, generic plans for
+//! prepared statements (planning each execution anew was a measured share of a turn's
+//! database CPU; BENCHMARKS.md, "Issue 14, third step") and random pages priced for cached
+//! data.
 
 mod common;
 
@@ -18,13 +19,15 @@ async fn pooled_sessions_set_the_timeouts_and_run_generic_plans() -> anyhow::Res
     let settings = client
         .query_one(
             "SELECT current_setting('plan_cache_mode'), current_setting('statement_timeout'), \
-             current_setting('idle_in_transaction_session_timeout')",
+             current_setting('idle_in_transaction_session_timeout'), \
+             current_setting('random_page_cost')",
             &[],
         )
         .await?;
     assert_eq!(settings.get::<_, String>(0), "force_generic_plan");
     assert_eq!(settings.get::<_, String>(1), "1min");
     assert_eq!(settings.get::<_, String>(2), "1min");
+    assert_eq!(settings.get::<_, String>(3), "1.1");
 
     // A statement through the store's path (prepared once, cached) runs its generic plan from
     // its first execution on, where the default would plan the first five anew.

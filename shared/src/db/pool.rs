@@ -75,9 +75,14 @@ pub const SESSION_TIMEOUTS: &str =
 /// runs its generic plan. chatd's statements are keyed by ids and name their status and index
 /// predicates as literals, so the generic plan is the plan a custom one would be; planning
 /// each execution anew cost ≈0.4 ms of PostgreSQL CPU per turn (BENCHMARKS.md, "Issue 14,
-/// third step"). Not behind a transaction-mode pooler: unnamed statements are planned anyway.
+/// third step"). And a random page is priced at 1.1 sequential ones instead of 4 (the setting
+/// PostgreSQL's documentation suggests for data that is cached or on SSDs): chatd reads hot
+/// rows by key, and at 4 the planner preferred scanning a table of a thousand chats to ten
+/// primary-key probes (0.2 ms against 0.01 ms; ARCHITECTURE.md, "Plans that hold for every
+/// chat"). Not behind a transaction-mode pooler: unnamed statements are planned anyway.
 pub const POOL_SESSION_OPTIONS: &str = "-c idle_in_transaction_session_timeout=60000 \
-     -c statement_timeout=60000 -c plan_cache_mode=force_generic_plan";
+     -c statement_timeout=60000 -c plan_cache_mode=force_generic_plan \
+     -c random_page_cost=1.1";
 
 /// Parses `database_url` (TLS parameters as libpq reads them, see `db::tls`) and applies the
 /// settings every chatd connection wants: TCP keepalive (a half-open socket is noticed in

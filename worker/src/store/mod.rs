@@ -64,10 +64,10 @@ pub const CLAIM_TAIL_ROWS: i64 = 6;
 ///
 /// The update names the picked chats as an array rather than joining them: a batch's size is
 /// a parameter, estimated at a tenth of the pending chats, and joined to that many the update
-/// was a hash join over every chat (`tests/plans.rs`). The array is estimated at ten, and the
-/// repeated `status = 'pending' AND NOT archived` (true of every picked chat, which the
-/// statement holds locked) lets the few pending chats' index serve it where ten primary-key
-/// probes would be priced above a scan of a small table.
+/// was a hash join over every chat (`tests/plans.rs`). The array is estimated at ten: ten
+/// primary-key probes, as long as random pages are priced for cached data (pooled sessions
+/// set `random_page_cost`, `db::pool::POOL_SESSION_OPTIONS`; at the default a table of a few
+/// hundred chats is scanned instead).
 macro_rules! claim_picked {
     ($grace:literal) => {
         concat!(
@@ -79,7 +79,6 @@ macro_rules! claim_picked {
                      AND NOT a.deleted AND a.visibility <> 'user'), c.prompt_anchor_id), ",
             bump_chat_version!(),
             " WHERE c.id = ANY (ARRAY(SELECT id FROM picked)) \
-                 AND c.status = 'pending' AND NOT c.archived \
              RETURNING c.id, c.owner_id, c.attempt, c.version, c.crash_count, \
              c.parent_chat_id, c.depth, c.model_config_id, c.dynamic_tools, \
              c.title = '' AS untitled, c.mcp_server_ids, c.history_epoch) \
