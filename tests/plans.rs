@@ -74,12 +74,11 @@ async fn generic_plan(
         .join("\n"))
 }
 
-#[tokio::test]
-async fn the_claim_reads_a_chats_rows_from_its_anchor_on() -> anyhow::Result<()> {
-    let (_database, client) = pooled_session_on_short_chats().await?;
-
+/// The worker's two claim statements: (name, text, parameter types, arguments of a batch of
+/// eight, a cap of four per owner where the statement has one).
+fn claim_statements() -> [(&'static str, &'static str, &'static str, String); 2] {
     let worker = "'00000000-0000-0000-0000-000000000001'::uuid";
-    for (name, sql, types, arguments) in [
+    [
         (
             "fair-share claim",
             chatd_worker::store::CLAIM_FAIR_SHARE_SQL,
@@ -92,7 +91,14 @@ async fn the_claim_reads_a_chats_rows_from_its_anchor_on() -> anyhow::Result<()>
             "uuid, bigint, float8",
             format!("{worker}, 8, 0.1"),
         ),
-    ] {
+    ]
+}
+
+#[tokio::test]
+async fn the_claim_reads_a_chats_rows_from_its_anchor_on() -> anyhow::Result<()> {
+    let (_database, client) = pooled_session_on_short_chats().await?;
+
+    for (name, sql, types, arguments) in claim_statements() {
         let plan = generic_plan(&client, sql, types, &arguments).await?;
         // The estimate of a chat's rows is the average chat's (three here): planned for it,
         // the tail is a bitmap scan of the chat's rows and a sort, which read all of a long
@@ -278,21 +284,7 @@ async fn the_claim_reads_no_chat_it_did_not_pick() -> anyhow::Result<()> {
             ))
             .await?;
 
-        let worker = "'00000000-0000-0000-0000-000000000001'::uuid";
-        for (name, sql, types, arguments) in [
-            (
-                "fair-share claim",
-                chatd_worker::store::CLAIM_FAIR_SHARE_SQL,
-                "uuid, bigint, bigint, float8",
-                format!("{worker}, 8, 4, 0.1"),
-            ),
-            (
-                "claim",
-                chatd_worker::store::CLAIM_SQL,
-                "uuid, bigint, float8",
-                format!("{worker}, 8, 0.1"),
-            ),
-        ] {
+        for (name, sql, types, arguments) in claim_statements() {
             let plan = generic_plan(&client, sql, types, &arguments).await?;
             // A batch's size is a parameter, estimated at a tenth of the pending chats:
             // joined to that many, the update was a hash join over a scan of every chat
