@@ -127,9 +127,9 @@ async fn the_resume_log_insert_finds_each_frames_chat_by_its_key() -> anyhow::Re
     let plan = generic_plan(
         &client,
         chatd_worker::flusher::FRAMES_INSERT_SQL,
-        "uuid[], int[], bigint[], bigint[], jsonb[], uuid",
+        "uuid[], int[], bigint[], bigint[], json[], uuid",
         "ARRAY[gen_random_uuid()], ARRAY[1], ARRAY[1::bigint], ARRAY[2::bigint], \
-         ARRAY['[]'::jsonb], gen_random_uuid()",
+         ARRAY['[]'::json], gen_random_uuid()",
     )
     .await?;
     assert!(
@@ -147,25 +147,32 @@ async fn the_resume_log_insert_finds_each_frames_chat_by_its_key() -> anyhow::Re
 async fn the_fenced_commit_finds_its_chat_by_its_key() -> anyhow::Result<()> {
     let (_database, client) = pooled_session_on_short_chats().await?;
 
-    let plan = generic_plan(
-        &client,
+    for sql in [
         chatd_worker::store::commit::COMMIT_SQL,
-        "uuid, uuid, int, text[], jsonb[], uuid[], int8[], int8[], int8[], int8[], int8[], \
-         int8[], int8[], text[], bool, text, jsonb, bool, bool[], float8, uuid, bigint",
-        "gen_random_uuid(), gen_random_uuid(), 1, '{}', '{}', '{}', '{}', '{}', '{}', '{}', \
-         '{}', '{}', '{}', '{}', true, 'waiting', NULL, false, '{}', 0, gen_random_uuid(), NULL",
-    )
-    .await?;
-    // With no chat leased, the index of the leased chats is the cheapest scan of all: a plan
-    // made then, with `worker_id = $2`, read every leased chat on each commit ever after.
-    assert!(
-        !plan.contains("chats_running_owner") && !plan.contains("chats_worker"),
-        "the commit reads no other leased chat:\n{plan}"
-    );
-    assert!(
-        plan.contains("Index Scan using chats_pkey on chats"),
-        "the commit locks its chat by its key:\n{plan}"
-    );
+        chatd_worker::store::commit::COMMIT_WITH_QUEUE_SQL,
+    ] {
+        let plan = generic_plan(
+            &client,
+            sql,
+            "uuid, uuid, int, text[], jsonb[], uuid[], int8[], int8[], int8[], int8[], int8[], \
+             int8[], int8[], text[], bool, text, jsonb, bool, bool[], float8, uuid, bigint",
+            "gen_random_uuid(), gen_random_uuid(), 1, '{}', '{}', '{}', '{}', '{}', '{}', '{}', \
+             '{}', '{}', '{}', '{}', true, 'waiting', NULL, false, '{}', 0, gen_random_uuid(), \
+             NULL",
+        )
+        .await?;
+        // With no chat leased, the index of the leased chats is the cheapest scan of all: a
+        // plan made then, with `worker_id = $2`, read every leased chat on each commit ever
+        // after.
+        assert!(
+            !plan.contains("chats_running_owner") && !plan.contains("chats_worker"),
+            "the commit reads no other leased chat:\n{plan}"
+        );
+        assert!(
+            plan.contains("Index Scan using chats_pkey on chats"),
+            "the commit locks its chat by its key:\n{plan}"
+        );
+    }
     Ok(())
 }
 

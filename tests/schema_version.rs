@@ -224,3 +224,59 @@ async fn a_newer_schema_is_run_against_only_when_compatible() {
         );
     }
 }
+
+/// Migration 14 (`chat_stream_frames.events` from `jsonb` to `json`) says builds at version 13
+/// keep running: their resume-log insert, which sends `jsonb` frames, still writes, and the
+/// frames read back as the JSON they wrote.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_version_13_worker_still_writes_resume_frames() {
+    let db = test_database().await;
+    let sql = db.connect().await.expect("connect");
+    let worker_id = uuid::Uuid::new_v4();
+    let chat_id: uuid::Uuid = sql
+        .query_one(
+            "WITH u AS (INSERT INTO users (username) VALUES ('v13') RETURNING id) \
+             INSERT INTO chats (owner_id, status, worker_id, attempt) \
+             SELECT id, 'running', $1, 3 FROM u RETURNING id",
+            &[&worker_id],
+        )
+        .await
+        .expect("a leased chat")
+        .get(0);
+    let events = serde_json::json!([{"seq": 1, "event": "message_part",
+                                     "data": {"part": {"type": "text", "text": "hi"}}}]);
+    // Version 13's statement, word for word.
+    let written = sql
+        .query(
+            "INSERT INTO chat_stream_frames (chat_id, attempt, seq_from, seq_to, events) \
+             SELECT u.chat_id, u.attempt, u.seq_from, u.seq_to, u.events \
+             FROM unnest($1::uuid[], $2::int[], $3::bigint[], $4::bigint[], $5::jsonb[]) \
+                 AS u(chat_id, attempt, seq_from, seq_to, events), \
+             LATERAL (SELECT c.attempt, c.worker_id FROM chats c WHERE c.id = u.chat_id \
+                 OFFSET 0) c \
+             WHERE c.attempt = u.attempt AND c.worker_id = $6 \
+             ON CONFLICT (chat_id, attempt, seq_from) DO UPDATE SET seq_to = EXCLUDED.seq_to \
+             RETURNING chat_id, attempt, seq_from, \
+                 (extract(epoch FROM created_at) * 1000000)::bigint",
+            &[
+                &vec![chat_id],
+                &vec![3_i32],
+                &vec![1_i64],
+                &vec![1_i64],
+                &vec![tokio_postgres::types::Json(&events)],
+                &worker_id,
+            ],
+        )
+        .await
+        .expect("version 13's frame insert");
+    assert_eq!(written.len(), 1, "the frame is written");
+    let stored: serde_json::Value = sql
+        .query_one(
+            "SELECT events FROM chat_stream_frames WHERE chat_id = $1",
+            &[&chat_id],
+        )
+        .await
+        .expect("read the frame")
+        .get(0);
+    assert_eq!(stored, events);
+}

@@ -195,6 +195,175 @@ async fn a_retried_commit_writes_nothing_twice() {
     );
 }
 
+/// The rows `ids` as stored, encoded as the change hints carry them.
+async fn stored_rows(sql: &tokio_postgres::Client, ids: &[i64]) -> Vec<Value> {
+    use chatd_shared::db::rows::MessageRow;
+    let rows = sql
+        .query(
+            &format!(
+                "SELECT {} FROM chat_messages m WHERE m.id = ANY($1) ORDER BY m.id",
+                MessageRow::COLUMNS
+            ),
+            &[&ids],
+        )
+        .await
+        .expect("read the rows");
+    rows.iter()
+        .map(|row| serde_json::to_value(MessageRow::from_row(row)).expect("encode"))
+        .collect()
+}
+
+/// A commit returns the rows it wrote as they are stored (the worker builds them from what it
+/// sent and the ids and times the statement returns), and a normal end with a queued message
+/// promotes it after the step's rows: the statement for an empty queue finds the message
+/// (nothing written) and the queue's form writes both.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_commit_returns_its_rows_and_promotes_the_queue_head_after_them() {
+    let cluster = Cluster::start(1, 0).await;
+    let (chat_id, _) = create_chat(&cluster.api(0), "hello").await;
+    let chat_uuid = Uuid::parse_str(&chat_id).expect("uuid");
+    let pool = chatd_shared::db::pool::build_pool(
+        &cluster.db.url,
+        "test-worker",
+        1,
+        Default::default(),
+        &cluster.db.url,
+    )
+    .expect("pool");
+    let mut client = pool.get().await.expect("connection");
+    let worker_id = Uuid::new_v4();
+    let claims = acquire(&client, worker_id, 10, 50, std::time::Duration::ZERO)
+        .await
+        .expect("acquire")
+        .claims;
+    assert_eq!(claims.len(), 1);
+    let lease = Lease {
+        chat_id: chat_uuid,
+        worker_id,
+        attempt: claims[0].attempt,
+    };
+    let sql = cluster.sql().await;
+    let step = [
+        NewRow {
+            role: Role::Assistant,
+            content: json!([{"type": "text", "text": "calling"},
+                            {"type": "tool_call", "id": "c1", "name": "echo", "arguments": {"n": 2}}]),
+            model_config_id: None,
+            usage: Some(chatd_worker::store::RowUsage {
+                input_tokens: 12,
+                output_tokens: 3,
+                reasoning_tokens: 1,
+                cache_read_tokens: 4,
+                cache_write_tokens: 0,
+                cost_micros: Some(7),
+            }),
+            runtime_ms: Some(15),
+            provider_response_id: Some("resp-1".into()),
+            compressed: false,
+        },
+        NewRow {
+            role: Role::Tool,
+            content: json!([{"type": "tool_result", "call_id": "c1", "output": "2"}]),
+            model_config_id: None,
+            usage: None,
+            runtime_ms: Some(1),
+            provider_response_id: None,
+            compressed: false,
+        },
+    ];
+    let CommitOutcome::Committed(change, _) = commit(
+        &mut client,
+        lease,
+        &step,
+        &[],
+        &TurnEnd::Continue,
+        Uuid::new_v4(),
+        Some(9),
+    )
+    .await
+    .expect("commit a step") else {
+        panic!("the step is committed");
+    };
+    let returned: Vec<Value> = change
+        .new_messages
+        .iter()
+        .map(|row| serde_json::to_value(row).expect("encode"))
+        .collect();
+    assert_eq!(returned.len(), 2, "both rows come back");
+    let ids: Vec<i64> = change.new_messages.iter().map(|row| row.id).collect();
+    assert_eq!(
+        returned,
+        stored_rows(&sql, &ids).await,
+        "the rows as stored"
+    );
+    assert!(!change.queue);
+
+    // A message queued while the turn runs (the API's send to a busy chat).
+    let (status, _) = cluster
+        .api(0)
+        .post(
+            &format!("/chats/{chat_id}/messages"),
+            &json!({"content": "next"}),
+        )
+        .await
+        .expect("send");
+    assert_eq!(status, 202, "queued behind the running turn");
+    let answer = [NewRow {
+        role: Role::Assistant,
+        content: json!([{"type": "text", "text": "done"}]),
+        model_config_id: None,
+        usage: None,
+        runtime_ms: None,
+        provider_response_id: None,
+        compressed: false,
+    }];
+    let CommitOutcome::Committed(change, _) = commit(
+        &mut client,
+        lease,
+        &answer,
+        &[],
+        &TurnEnd::Done,
+        Uuid::new_v4(),
+        None,
+    )
+    .await
+    .expect("commit the end") else {
+        panic!("the end is committed");
+    };
+    assert!(change.queue, "the queue changed");
+    assert_eq!(
+        change.status.as_str(),
+        "pending",
+        "the promoted message runs next"
+    );
+    let ids: Vec<i64> = change.new_messages.iter().map(|row| row.id).collect();
+    assert_eq!(ids.len(), 2, "the answer and the promoted message: {ids:?}");
+    assert!(
+        ids[0] < ids[1],
+        "the promoted message comes after the answer"
+    );
+    assert_eq!(change.new_messages[1].role, Role::User);
+    let returned: Vec<Value> = change
+        .new_messages
+        .iter()
+        .map(|row| serde_json::to_value(row).expect("encode"))
+        .collect();
+    assert_eq!(
+        returned,
+        stored_rows(&sql, &ids).await,
+        "the rows as stored"
+    );
+    let queued: i64 = client
+        .query_one(
+            "SELECT count(*) FROM chat_queued_messages WHERE chat_id = $1",
+            &[&chat_uuid],
+        )
+        .await
+        .expect("the queue")
+        .get(0);
+    assert_eq!(queued, 0, "the head left the queue");
+}
+
 /// An interrupt committed while the worker's `requires_action` commit waited for the row lock
 /// wins: before, the commit overwrote `interrupting` and the interrupt was lost (the chat sat
 /// in `requires_action`). Now the client calls get synthetic results and the chat is idle.
@@ -222,7 +391,7 @@ async fn an_interrupt_beats_a_concurrent_requires_action_commit() {
     let lock = RowLock::take(&cluster, chat_uuid).await;
     let interrupt = post(&cluster, format!("/chats/{chat_id}/interrupt"), json!({})).await;
     wait_blocked(&cluster, "chatd-api", "chats").await;
-    wait_blocked(&cluster, "chatd-worker", "WITH owned").await;
+    wait_blocked(&cluster, "chatd-worker", "owned AS (").await;
     lock.release().await;
     interrupt.await.expect("interrupt");
 
@@ -295,7 +464,7 @@ async fn a_shutdown_release_keeps_an_interrupt() {
     let interrupt = post(&cluster, format!("/chats/{chat_id}/interrupt"), json!({})).await;
     wait_blocked(&cluster, "chatd-api", "chats").await;
     cluster.signal_worker(0, libc::SIGTERM);
-    wait_blocked(&cluster, "chatd-worker", "WITH owned").await;
+    wait_blocked(&cluster, "chatd-worker", "owned AS (").await;
     lock.release().await;
     interrupt.await.expect("interrupt");
 
@@ -342,7 +511,7 @@ async fn a_message_queued_during_the_final_commit_runs_next() {
     )
     .await;
     wait_blocked(&cluster, "chatd-api", "chats").await;
-    wait_blocked(&cluster, "chatd-worker", "WITH owned").await;
+    wait_blocked(&cluster, "chatd-worker", "owned AS (").await;
     lock.release().await;
     assert_eq!(
         send.await.expect("send"),

@@ -351,7 +351,7 @@ impl StreamFlusher {
 pub const FRAMES_INSERT_SQL: &str =
     "INSERT INTO chat_stream_frames (chat_id, attempt, seq_from, seq_to, events) \
  SELECT u.chat_id, u.attempt, u.seq_from, u.seq_to, u.events \
- FROM unnest($1::uuid[], $2::int[], $3::bigint[], $4::bigint[], $5::jsonb[]) \
+ FROM unnest($1::uuid[], $2::int[], $3::bigint[], $4::bigint[], $5::json[]) \
      AS u(chat_id, attempt, seq_from, seq_to, events), \
  LATERAL (SELECT c.attempt, c.worker_id FROM chats c WHERE c.id = u.chat_id \
      OFFSET 0) c \

@@ -119,6 +119,14 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../../../migrations/0013_message_pages.sql"),
         compatible_from: 12,
     },
+    // A column's type from `jsonb` to `json`: builds at version 13 write `jsonb` frames,
+    // which the assignment cast stores, and read the column as JSON either way.
+    Migration {
+        version: 14,
+        name: "0014_frame_text",
+        sql: include_str!("../../../migrations/0014_frame_text.sql"),
+        compatible_from: 13,
+    },
 ];
 
 /// This binary's version, recorded with the migrations it applies and named in errors.

@@ -7,6 +7,7 @@
 
 use chatd_shared::db::sql::Sql;
 use serde_json::Value;
+use time::OffsetDateTime;
 use uuid::Uuid;
 
 use chatd_shared::bump_chat_version;
@@ -70,30 +71,17 @@ impl TurnEnd {
     }
 }
 
-/// The single statement behind `commit`. Every write hangs off `writable`: the fenced row
-/// lock (`owned`), and only when
-/// - this commit's key is not already applied (`last_commit_key`): a commit retried after its
-///   reply was lost writes nothing twice (I11);
-/// - the row did not change between the statement's snapshot and the lock: if the API
-///   committed (say, queued a message) while this statement waited for the lock, the queue
-///   read of this snapshot would miss it, so nothing is written and the caller runs the
-///   statement again at once ('changed');
-/// - a turn that wants `requires_action` or `awaiting_agents` was not asked to stop meanwhile
-///   ('interrupting': the caller honours the interrupt instead, writing synthetic results for
-///   the calls that wait).
-///
-/// A `Released` turn (shutdown) whose chat is `interrupting` honours the interrupt: the queue
-/// head placed by an interrupting send runs next, otherwise the chat goes to `waiting` — never
-/// back to `pending`, which would re-run a turn the user stopped. The promoted queue head is
-/// inserted after the step's rows (it reads their count), so message ids stay in order.
-///
-/// The lease check says `worker_id IS NOT DISTINCT FROM $2` (the same as `=` for a non-null
-/// worker) so that no index of the leased chats can serve it: with `=`, a generic plan made
-/// while few chats were leased found the chat by scanning all of them (`chats_running_owner`)
-/// rather than by its primary key.
-pub const COMMIT_SQL: &str = concat!(
-    "
-WITH owned AS (
+/// The commit statement, in two forms that share everything but the queue (see
+/// [`COMMIT_SQL`] and [`COMMIT_WITH_QUEUE_SQL`]). `$queue_check` goes into `writable`,
+/// `$head` are the queue-head CTEs, `$promoted` the promoted head as a source row of `step`,
+/// `$head_status` the status a promoted head sets.
+macro_rules! commit_sql {
+    ($queue_check:literal, $head:literal, $promoted:literal, $head_status:literal) => {
+        concat!(
+            "
+WITH snap AS (
+    SELECT version, status, attempt, last_commit_key, owner_id FROM chats WHERE id = $1),
+owned AS (
     SELECT id, status, version FROM chats
     WHERE id = $1 AND worker_id IS NOT DISTINCT FROM $2 AND attempt = $3
         AND status IN ('running', 'interrupting')
@@ -101,40 +89,44 @@ WITH owned AS (
     FOR UPDATE),
 writable AS (
     SELECT owned.id, owned.status FROM owned
-    WHERE owned.version = (SELECT s.version FROM chats s WHERE s.id = $1)
+    WHERE owned.version = (SELECT version FROM snap)
         AND NOT ($16::text IN ('requires_action', 'awaiting_agents')
-                 AND owned.status = 'interrupting')),
+                 AND owned.status = 'interrupting')",
+            $queue_check,
+            "),",
+            $head,
+            "
 step AS (
     INSERT INTO chat_messages (chat_id, role, content, visibility, model_config_id,
         input_tokens, output_tokens, reasoning_tokens, cache_read_tokens, cache_write_tokens,
-        cost_micros, runtime_ms, provider_response_id, attempt, compressed, stream_seq)
-    SELECT writable.id, r.role, r.content, 'both', r.model_config_id, r.input_tokens,
-        r.output_tokens, r.reasoning_tokens, r.cache_read_tokens, r.cache_write_tokens,
-        r.cost_micros, r.runtime_ms, r.provider_response_id, $3, r.compressed, $22::bigint
-    FROM writable, unnest($4::text[], $5::jsonb[], $6::uuid[], $7::int8[], $8::int8[], $9::int8[],
-        $10::int8[], $11::int8[], $12::int8[], $13::int8[], $14::text[], $19::bool[])
-        WITH ORDINALITY
-        AS r(role, content, model_config_id, input_tokens, output_tokens, reasoning_tokens,
-             cache_read_tokens, cache_write_tokens, cost_micros, runtime_ms,
-             provider_response_id, compressed, ordinal)
-    ORDER BY r.ordinal
-    RETURNING id, chat_id, role, content, created_at, model_config_id, input_tokens, output_tokens, reasoning_tokens, cache_read_tokens, cache_write_tokens, cost_micros, runtime_ms, attempt, stream_seq),
-head AS (
-    DELETE FROM chat_queued_messages
-    WHERE ($15 OR ($18 AND EXISTS (SELECT 1 FROM writable WHERE status = 'interrupting')))
-        AND EXISTS (SELECT 1 FROM writable) AND id = (
-        SELECT q.id FROM chat_queued_messages q WHERE q.chat_id = $1
-        ORDER BY q.position, q.id LIMIT 1)
-    RETURNING content, model_config_id, created_by),
-promoted AS (
-    INSERT INTO chat_messages (chat_id, role, content, visibility, created_by, model_config_id)
-    SELECT $1, 'user', head.content, 'both', head.created_by, head.model_config_id
-    FROM head, (SELECT count(*) FROM step) AS written
+        cost_micros, runtime_ms, provider_response_id, attempt, compressed, stream_seq,
+        created_by)
+    SELECT w.chat_id, w.role, w.content, 'both', w.model_config_id, w.input_tokens,
+        w.output_tokens, w.reasoning_tokens, w.cache_read_tokens, w.cache_write_tokens,
+        w.cost_micros, w.runtime_ms, w.provider_response_id, w.attempt, w.compressed,
+        w.stream_seq, w.created_by
+    FROM (
+        SELECT writable.id AS chat_id, r.role, r.content, r.model_config_id, r.input_tokens,
+            r.output_tokens, r.reasoning_tokens, r.cache_read_tokens, r.cache_write_tokens,
+            r.cost_micros, r.runtime_ms, r.provider_response_id, $3 AS attempt, r.compressed,
+            $22::bigint AS stream_seq, NULL::uuid AS created_by, r.ordinal
+        FROM writable, unnest($4::text[], $5::jsonb[], $6::uuid[], $7::int8[], $8::int8[],
+            $9::int8[], $10::int8[], $11::int8[], $12::int8[], $13::int8[], $14::text[],
+            $19::bool[])
+            WITH ORDINALITY
+            AS r(role, content, model_config_id, input_tokens, output_tokens, reasoning_tokens,
+                 cache_read_tokens, cache_write_tokens, cost_micros, runtime_ms,
+                 provider_response_id, compressed, ordinal)",
+            $promoted,
+            "
+    ) AS w
+    ORDER BY w.ordinal
     RETURNING id, chat_id, role, content, created_at, model_config_id, input_tokens, output_tokens, reasoning_tokens, cache_read_tokens, cache_write_tokens, cost_micros, runtime_ms, attempt, stream_seq),
 updated AS (
     UPDATE chats c SET
-        status = CASE WHEN $16::text IS NULL THEN c.status
-                      WHEN EXISTS (SELECT 1 FROM head) THEN 'pending'
+        status = CASE WHEN $16::text IS NULL THEN c.status",
+            $head_status,
+            "
                       WHEN $18 AND w.status = 'interrupting' THEN 'waiting'
                       ELSE $16::text END,
         worker_id = CASE WHEN $16::text IS NULL THEN c.worker_id END,
@@ -147,24 +139,88 @@ updated AS (
         last_reply_id = coalesce((SELECT max(id) FROM step WHERE role = 'assistant'),
                                  c.last_reply_id),
         last_commit_key = $21, ",
-    bump_chat_version!(),
-    "
+            bump_chat_version!(),
+            "
     FROM writable w WHERE c.id = w.id
     RETURNING c.version, c.status, c.attempt)
 SELECT coalesce(u.version, a.version), coalesce(u.status, a.status),
     coalesce(u.attempt, a.attempt),
-    (SELECT count(*) FROM step), (SELECT count(*) FROM promoted),
-    (SELECT coalesce(json_agg(x ORDER BY x.id), '[]'::json)
-     FROM (SELECT * FROM step UNION ALL SELECT * FROM promoted) x),
+    (SELECT array_agg(s.id ORDER BY s.id) FROM step s WHERE s.attempt IS NOT NULL),
+    (SELECT array_agg(s.created_at ORDER BY s.id) FROM step s WHERE s.attempt IS NOT NULL),
+    (SELECT json_agg(s ORDER BY s.id) FROM step s WHERE s.attempt IS NULL),
     CASE WHEN u.version IS NOT NULL THEN 'committed'
          WHEN a.last_commit_key = $21 THEN 'already'
          WHEN NOT EXISTS (SELECT 1 FROM owned) THEN 'lost'
          WHEN (SELECT version FROM owned) <> a.version THEN 'changed'
-         ELSE 'interrupting' END,
+         WHEN $16::text IN ('requires_action', 'awaiting_agents')
+              AND (SELECT status FROM owned) = 'interrupting' THEN 'interrupting'
+         ELSE 'queued' END,
     a.owner_id
 FROM (SELECT 1) AS one
 LEFT JOIN updated u ON true
-LEFT JOIN chats a ON a.id = $1"
+LEFT JOIN snap a ON true"
+        )
+    };
+}
+
+/// The single statement behind `commit`, for a chat with nothing queued (almost every
+/// commit). Every write hangs off `writable`: the fenced row lock (`owned`), and only when
+/// - this commit's key is not already applied (`last_commit_key`): a commit retried after its
+///   reply was lost writes nothing twice (I11);
+/// - the row did not change between the statement's snapshot (`snap`, which also answers for
+///   the chat when nothing is written) and the lock: if the API committed (say, queued a
+///   message) while this statement waited for the lock, the queue read of this snapshot would
+///   miss it, so nothing is written and the caller runs the statement again at once
+///   ('changed');
+/// - a turn that wants `requires_action` or `awaiting_agents` was not asked to stop meanwhile
+///   ('interrupting': the caller honours the interrupt instead, writing synthetic results for
+///   the calls that wait);
+/// - an end that promotes the queue head (`$15`) finds no queued message ('queued': nothing
+///   is written, and the caller runs [`COMMIT_WITH_QUEUE_SQL`] instead).
+///
+/// It has no queue-head CTEs because a statement pays for each table it may write whether it
+/// writes it or not: the delete of the head and its insert as a message were a sixth of the
+/// commit's time with an empty queue (BENCHMARKS.md, "Issue 14, seventh step").
+///
+/// The written rows come back as their ids and creation times only (the caller has the rest),
+/// a promoted head as JSON rows.
+///
+/// The lease check says `worker_id IS NOT DISTINCT FROM $2` (the same as `=` for a non-null
+/// worker) so that no index of the leased chats can serve it: with `=`, a generic plan made
+/// while few chats were leased found the chat by scanning all of them (`chats_running_owner`)
+/// rather than by its primary key.
+pub const COMMIT_SQL: &str = commit_sql!(
+    "
+        AND NOT ($15 AND EXISTS (SELECT 1 FROM chat_queued_messages q WHERE q.chat_id = $1))",
+    "",
+    "",
+    ""
+);
+
+/// [`COMMIT_SQL`] with the queue: `$15` (a normal end) promotes the queue head — it leaves
+/// the queue and becomes a user message after the step's rows, and the chat `pending` — as
+/// does a `Released` turn (`$18`, shutdown) whose chat is `interrupting`: the queue head
+/// placed by an interrupting send runs next, otherwise the chat goes to `waiting` — never
+/// back to `pending`, which would re-run a turn the user stopped. The promoted head is
+/// inserted with the step's rows, after them (its ordinal is null), so message ids stay in
+/// order.
+pub const COMMIT_WITH_QUEUE_SQL: &str = commit_sql!(
+    "",
+    "
+head AS (
+    DELETE FROM chat_queued_messages
+    WHERE ($15 OR ($18 AND EXISTS (SELECT 1 FROM writable WHERE status = 'interrupting')))
+        AND EXISTS (SELECT 1 FROM writable) AND id = (
+        SELECT q.id FROM chat_queued_messages q WHERE q.chat_id = $1
+        ORDER BY q.position, q.id LIMIT 1)
+    RETURNING content, model_config_id, created_by),",
+    "
+        UNION ALL
+        SELECT $1, 'user', head.content, head.model_config_id, NULL, NULL, NULL, NULL, NULL,
+            NULL, NULL, NULL, NULL, false, NULL, head.created_by, NULL
+        FROM head",
+    "
+                      WHEN EXISTS (SELECT 1 FROM head) THEN 'pending'"
 );
 
 /// The lease a worker write is fenced by.
@@ -194,7 +250,8 @@ pub enum CommitOutcome {
     LeaseLost,
 }
 
-/// Writes `rows` and applies `end` in one statement (one round trip, atomic), fenced by the
+/// Writes `rows` and applies `end` in one statement (one round trip, atomic; a second when the
+/// chat has queued messages, the first having written nothing), fenced by the
 /// lease and idempotent under `key` (retry a failed call with the same key). `stream_seq`: the
 /// last seq the attempt streamed before this commit, stored with the rows.
 ///
@@ -333,35 +390,42 @@ async fn commit_statement<C: Sql>(
         TurnEnd::Released => (false, Some(ChatStatus::Pending), None, true),
     };
     let status = status.map(ChatStatus::as_str);
-    let row = client
-        .row_opt(
-            COMMIT_SQL,
-            &[
-                &chat_id,
-                &worker_id,
-                &attempt,
-                &roles,
-                &contents,
-                &models,
-                &input,
-                &output,
-                &reasoning,
-                &cache_read,
-                &cache_write,
-                &cost,
-                &runtime,
-                &response_ids,
-                &pop_queue,
-                &status,
-                &last_error,
-                &released,
-                &compressed,
-                &action_seconds,
-                &key,
-                &stream_seq,
-            ],
-        )
-        .await?;
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 22] = [
+        &chat_id,
+        &worker_id,
+        &attempt,
+        &roles,
+        &contents,
+        &models,
+        &input,
+        &output,
+        &reasoning,
+        &cache_read,
+        &cache_write,
+        &cost,
+        &runtime,
+        &response_ids,
+        &pop_queue,
+        &status,
+        &last_error,
+        &released,
+        &compressed,
+        &action_seconds,
+        &key,
+        &stream_seq,
+    ];
+    // A shutdown may promote the queue head of an interrupted chat, so it takes the queue's
+    // form at once; every other end takes it only when the chat has something queued.
+    let mut row = None;
+    if !released {
+        row = client.row_opt(COMMIT_SQL, &params).await?;
+    }
+    let queued = row
+        .as_ref()
+        .is_some_and(|row| row.get::<_, &str>(6) == "queued");
+    if released || queued {
+        row = client.row_opt(COMMIT_WITH_QUEUE_SQL, &params).await?;
+    }
     let Some(row) = row else {
         return Ok(CommitOutcome::LeaseLost);
     };
@@ -382,22 +446,68 @@ async fn commit_statement<C: Sql>(
     change.other = last_error.is_some();
     Ok(match outcome {
         "committed" => {
-            let written: i64 = row.get(3);
-            let promoted: i64 = row.get(4);
-            if written > 0 || promoted > 0 {
-                // Decoding our own rows cannot fail; if it did, receivers would re-read.
-                let rows: Vec<MessageRow> = serde_json::from_value(row.get(5)).unwrap_or_default();
-                change = change.with_messages(rows);
+            let ids: Vec<i64> = row.get::<_, Option<Vec<i64>>>(3).unwrap_or_default();
+            let created: Vec<OffsetDateTime> = row
+                .get::<_, Option<Vec<OffsetDateTime>>>(4)
+                .unwrap_or_default();
+            // The promoted head, whole (decoding our own rows cannot fail; if it did,
+            // receivers would re-read).
+            let promoted: Vec<MessageRow> = row
+                .get::<_, Option<Value>>(5)
+                .and_then(|rows| serde_json::from_value(rows).ok())
+                .unwrap_or_default();
+            if !ids.is_empty() || !promoted.is_empty() {
+                change.queue = !promoted.is_empty();
+                let written = written_rows(lease, rows, &ids, &created, stream_seq);
+                change = change.with_messages(written.into_iter().chain(promoted));
             }
-            change.queue = promoted > 0;
             CommitOutcome::Committed(change, Vec::new())
         }
         // Whatever that try wrote: replicas re-read (messages and queue flagged as changed).
         "already" => CommitOutcome::AlreadyCommitted(change.with_messages([]).with_queue()),
-        "changed" => CommitOutcome::Changed,
+        // 'queued' from the queue's form cannot happen; looking again is the safe answer.
+        "changed" | "queued" => CommitOutcome::Changed,
         "interrupting" => CommitOutcome::Interrupting,
         _ => CommitOutcome::LeaseLost,
     })
+}
+
+/// The step's rows as written: the caller's values with the ids and creation times the
+/// statement returned (in insertion order, which is the rows' order). A count that does not
+/// match returns none: receivers then re-read the chat's messages.
+fn written_rows(
+    lease: Lease,
+    rows: &[NewRow],
+    ids: &[i64],
+    created: &[OffsetDateTime],
+    stream_seq: Option<i64>,
+) -> Vec<MessageRow> {
+    if ids.len() != rows.len() || created.len() != rows.len() {
+        return Vec::new();
+    }
+    rows.iter()
+        .zip(ids.iter().zip(created))
+        .map(|(row, (&id, &created_at))| {
+            let usage = row.usage.as_ref();
+            MessageRow {
+                id,
+                chat_id: lease.chat_id,
+                role: row.role,
+                content: row.content.clone(),
+                created_at,
+                model_config_id: row.model_config_id,
+                input_tokens: usage.map(|u| u.input_tokens),
+                output_tokens: usage.map(|u| u.output_tokens),
+                reasoning_tokens: usage.map(|u| u.reasoning_tokens),
+                cache_read_tokens: usage.map(|u| u.cache_read_tokens),
+                cache_write_tokens: usage.map(|u| u.cache_write_tokens),
+                cost_micros: usage.and_then(|u| u.cost_micros),
+                runtime_ms: row.runtime_ms,
+                attempt: Some(lease.attempt),
+                stream_seq,
+            }
+        })
+        .collect()
 }
 
 /// What renewing the lease epoch found.
