@@ -280,3 +280,91 @@ async fn a_version_13_worker_still_writes_resume_frames() {
         .get(0);
     assert_eq!(stored, events);
 }
+
+/// Migration 15 rewrote the CHECK constraints of `chats` and `chat_messages` (NOT VALID, in a
+/// cheaper stored form): they still refuse what they refused before, and accept the rest.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_turn_tables_checks_still_hold() {
+    let db = test_database().await;
+    let sql = db.connect().await.expect("connect");
+    let owner: uuid::Uuid = sql
+        .query_one(
+            "INSERT INTO users (username) VALUES ('checks') RETURNING id",
+            &[],
+        )
+        .await
+        .expect("a user")
+        .get(0);
+    let refused = |statement: &'static str, constraint: &'static str| {
+        let sql = &sql;
+        async move {
+            let error = sql
+                .execute(statement, &[&owner])
+                .await
+                .expect_err(statement);
+            let name = error
+                .as_db_error()
+                .and_then(|db| db.constraint())
+                .unwrap_or_default()
+                .to_string();
+            assert_eq!(name, constraint, "{statement}: {error}");
+        }
+    };
+    refused(
+        "INSERT INTO chats (owner_id, status) VALUES ($1, 'bogus')",
+        "chats_status_check",
+    )
+    .await;
+    refused(
+        "INSERT INTO chats (owner_id, status) VALUES ($1, 'running')",
+        "chats_check",
+    )
+    .await;
+    refused(
+        "INSERT INTO chats (owner_id, status, worker_id) VALUES ($1, 'waiting', $1)",
+        "chats_check",
+    )
+    .await;
+    let chat: uuid::Uuid = sql
+        .query_one(
+            "INSERT INTO chats (owner_id, status, worker_id) VALUES ($1, 'running', $1) \
+             RETURNING id",
+            &[&owner],
+        )
+        .await
+        .expect("a leased chat passes")
+        .get(0);
+    for status in [
+        "interrupting",
+        "awaiting_agents",
+        "requires_action",
+        "error",
+    ] {
+        let worker = (status == "interrupting").then_some(owner);
+        sql.execute(
+            "UPDATE chats SET status = $2, worker_id = $3 WHERE id = $1",
+            &[&chat, &status, &worker],
+        )
+        .await
+        .unwrap_or_else(|error| panic!("{status} passes: {error}"));
+    }
+    refused(
+        "INSERT INTO chat_messages (chat_id, role, content) \
+         SELECT id, 'robot', '[]' FROM chats WHERE owner_id = $1",
+        "chat_messages_role_check",
+    )
+    .await;
+    refused(
+        "INSERT INTO chat_messages (chat_id, role, content, visibility) \
+         SELECT id, 'user', '[]', 'nobody' FROM chats WHERE owner_id = $1",
+        "chat_messages_visibility_check",
+    )
+    .await;
+    sql.execute(
+        "INSERT INTO chat_messages (chat_id, role, content, visibility) \
+         SELECT id, 'tool', '[]', 'model' FROM chats WHERE owner_id = $1",
+        &[&owner],
+    )
+    .await
+    .expect("a valid message passes");
+}
