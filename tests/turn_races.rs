@@ -87,12 +87,9 @@ async fn post(cluster: &Cluster, path: String, body: Value) -> tokio::task::Join
     })
 }
 
-/// I11: a commit retried with the same key (its first reply was lost) writes nothing twice.
-/// Before, a `Continue` commit retried after a lost reply passed the same fence and inserted
-/// the assistant and tool rows again.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_retried_commit_writes_nothing_twice() {
-    let cluster = Cluster::start(1, 0).await;
+/// A chat (first message "hello") claimed by a worker this test plays: a pooled connection
+/// set up as the worker's are, and the lease its commits are fenced by.
+async fn leased_chat(cluster: &Cluster) -> (String, Uuid, chatd_shared::db::pool::PgClient, Lease) {
     let (chat_id, _) = create_chat(&cluster.api(0), "hello").await;
     let chat_uuid = Uuid::parse_str(&chat_id).expect("uuid");
     let pool = chatd_shared::db::pool::build_pool(
@@ -103,7 +100,7 @@ async fn a_retried_commit_writes_nothing_twice() {
         &cluster.db.url,
     )
     .expect("pool");
-    let mut client = pool.get().await.expect("connection");
+    let client = pool.get().await.expect("connection");
     let worker_id = Uuid::new_v4();
     let claims = acquire(&client, worker_id, 10, 50, std::time::Duration::ZERO)
         .await
@@ -115,6 +112,16 @@ async fn a_retried_commit_writes_nothing_twice() {
         worker_id,
         attempt: claims[0].attempt,
     };
+    (chat_id, chat_uuid, client, lease)
+}
+
+/// I11: a commit retried with the same key (its first reply was lost) writes nothing twice.
+/// Before, a `Continue` commit retried after a lost reply passed the same fence and inserted
+/// the assistant and tool rows again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retried_commit_writes_nothing_twice() {
+    let cluster = Cluster::start(1, 0).await;
+    let (chat_id, chat_uuid, mut client, lease) = leased_chat(&cluster).await;
     let row = || NewRow {
         role: Role::Assistant,
         content: json!([{"type": "text", "text": "a step"}]),
@@ -220,28 +227,7 @@ async fn stored_rows(sql: &tokio_postgres::Client, ids: &[i64]) -> Vec<Value> {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_commit_returns_its_rows_and_promotes_the_queue_head_after_them() {
     let cluster = Cluster::start(1, 0).await;
-    let (chat_id, _) = create_chat(&cluster.api(0), "hello").await;
-    let chat_uuid = Uuid::parse_str(&chat_id).expect("uuid");
-    let pool = chatd_shared::db::pool::build_pool(
-        &cluster.db.url,
-        "test-worker",
-        1,
-        Default::default(),
-        &cluster.db.url,
-    )
-    .expect("pool");
-    let mut client = pool.get().await.expect("connection");
-    let worker_id = Uuid::new_v4();
-    let claims = acquire(&client, worker_id, 10, 50, std::time::Duration::ZERO)
-        .await
-        .expect("acquire")
-        .claims;
-    assert_eq!(claims.len(), 1);
-    let lease = Lease {
-        chat_id: chat_uuid,
-        worker_id,
-        attempt: claims[0].attempt,
-    };
+    let (chat_id, chat_uuid, mut client, lease) = leased_chat(&cluster).await;
     let sql = cluster.sql().await;
     let step = [
         NewRow {
