@@ -13,25 +13,6 @@ use common::cluster::{create_chat, directive_message, messages, wait_until, Clus
 use common::sse::Reader;
 
 const TURN: Duration = Duration::from_secs(30);
-/// The value of gauge `name` on API replica `index` (0 when not yet set).
-async fn api_gauge(cluster: &Cluster, index: usize, name: &str) -> f64 {
-    let text = cluster
-        .http
-        .get(format!("{}/metrics", cluster.apis[index].url))
-        .send()
-        .await
-        .expect("scrape")
-        .text()
-        .await
-        .expect("metrics text");
-    text.lines()
-        .find_map(|line| {
-            line.strip_prefix(name)
-                .filter(|rest| rest.starts_with(' '))
-                .and_then(|rest| rest.trim().parse().ok())
-        })
-        .unwrap_or(0.0)
-}
 
 /// Abandoned subscribes leak nothing: streams of random ids or of another user's chat are
 /// refused before a hub exists, and clients that give up while the database is slow (here: the
@@ -48,7 +29,7 @@ async fn abandoned_and_foreign_subscribes_leave_no_hub_behind() {
         let error = stranger.stream(&id, None).await.err().expect("refused");
         assert!(format!("{error:#}").contains("404"), "{error:#}");
     }
-    assert_eq!(api_gauge(&cluster, 0, "chatd_hubs").await, 0.0);
+    assert_eq!(cluster.api_metric(0, "chatd_hubs").await, 0.0);
 
     // The database stalls; clients give up after 300 ms.
     let locker = cluster.sql().await;
@@ -74,18 +55,18 @@ async fn abandoned_and_foreign_subscribes_leave_no_hub_behind() {
     }
     locker.batch_execute("COMMIT").await.expect("unlock");
     wait_until(TURN, "hubs and subscribers back to 0", || async {
-        let hubs = api_gauge(&cluster, 0, "chatd_hubs").await;
-        let subscribers = api_gauge(&cluster, 0, "chatd_stream_subscribers").await;
+        let hubs = cluster.api_metric(0, "chatd_hubs").await;
+        let subscribers = cluster.api_metric(0, "chatd_stream_subscribers").await;
         (hubs == 0.0 && subscribers == 0.0).then_some(())
     })
     .await;
     // A live stream counts one hub while open.
     let mut reader = Reader::open(&api, &chat_id, None).await;
     reader.next(TURN).await;
-    assert_eq!(api_gauge(&cluster, 0, "chatd_hubs").await, 1.0);
+    assert_eq!(cluster.api_metric(0, "chatd_hubs").await, 1.0);
     drop(reader);
     wait_until(TURN, "the hub to go", || async {
-        (api_gauge(&cluster, 0, "chatd_hubs").await == 0.0).then_some(())
+        (cluster.api_metric(0, "chatd_hubs").await == 0.0).then_some(())
     })
     .await;
 }

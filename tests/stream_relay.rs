@@ -161,7 +161,7 @@ async fn late_and_duplicate_notifications_change_nothing() {
     let attempt: i32 = before.get(1);
 
     // Replay stale hints: an old "pending" change, an old frame, a wake, an old interrupt.
-    let channel = format!("chatd_chat_{chat_id}");
+    let channel = chatd_shared::pubsub::chat_channel(chat_uuid);
     let stale_change =
         json!({"t": "c", "v": version - 2, "s": "pending", "a": attempt - 1}).to_string();
     let stale_frame = json!({"t": "f", "a": attempt, "s": 1, "e": 1, "ts": 0,
@@ -418,4 +418,77 @@ async fn a_resume_after_the_turn_ended_sends_the_answer_before_waiting() {
     );
     stream.extend(resumed.seen.iter().cloned());
     assert_eq!(assert_contiguous(&stream), reply_text(&message, 40));
+}
+
+/// Change notices of one chat come from different publishers (the API's send, the worker's
+/// claim and commit), so a listener can get them out of version order. A complete notice
+/// ahead of the relayed version waits for the one before it: both are relayed in version
+/// order, without reading the database. Before, the early one made the hub re-read the chat
+/// and the late one was dropped (one read for about one turn in ten under load). A
+/// predecessor that never comes costs a read after a short wait, not a lost change.
+#[tokio::test(flavor = "multi_thread")]
+async fn change_notices_out_of_order_are_relayed_in_version_order_without_a_read() {
+    let cluster = Cluster::start(1, 1).await;
+    let api = cluster.api(0);
+    let message = directive_message("order", json!({"tokens": 3}));
+    let (chat_id, message_id) = create_chat(&api, &message).await;
+    let mut reader = Reader::open(&api, &chat_id, Some(&format!("{message_id}-0-0"))).await;
+    reader.until_turn_done(TURN).await;
+    let sql = cluster.sql().await;
+    let chat_uuid = uuid::Uuid::parse_str(&chat_id).unwrap();
+    let channel = chatd_shared::pubsub::chat_channel(chat_uuid);
+    let reads_before = cluster.api_metric(0, "chatd_hub_resyncs_total").await;
+
+    // Two title changes committed, announced newest first.
+    let row = sql
+        .query_one(
+            "UPDATE chats SET title = 'second', version = version + 2 WHERE id = $1 \
+             RETURNING version, attempt",
+            &[&chat_uuid],
+        )
+        .await
+        .unwrap();
+    let (version, attempt): (i64, i32) = (row.get(0), row.get(1));
+    let notice = |version: i64, title: &str| {
+        json!({"t": "c", "id": chat_id, "v": version, "s": "waiting", "a": attempt,
+               "o": true, "ti": title})
+        .to_string()
+    };
+    for payload in [notice(version, "second"), notice(version - 1, "first")] {
+        sql.execute("SELECT pg_notify($1, $2)", &[&channel, &payload])
+            .await
+            .unwrap();
+    }
+    let mut titles = Vec::new();
+    while titles.len() < 2 {
+        let event = reader.until(TURN, |event| event.event == "title").await;
+        titles.push(event.data["title"].as_str().unwrap_or_default().to_owned());
+    }
+    assert_eq!(titles, ["first", "second"], "titles in version order");
+    assert_eq!(
+        cluster.api_metric(0, "chatd_hub_resyncs_total").await,
+        reads_before,
+        "the hub read the database for notices that carried everything"
+    );
+
+    // A notice whose predecessor never comes: after a short wait, one read relays the change.
+    let row = sql
+        .query_one(
+            "UPDATE chats SET title = 'fourth', version = version + 2 WHERE id = $1 \
+             RETURNING version",
+            &[&chat_uuid],
+        )
+        .await
+        .unwrap();
+    let payload = notice(row.get(0), "fourth");
+    sql.execute("SELECT pg_notify($1, $2)", &[&channel, &payload])
+        .await
+        .unwrap();
+    let title = reader.until(TURN, |event| event.event == "title").await;
+    assert_eq!(title.data["title"], "fourth");
+    assert_eq!(
+        cluster.api_metric(0, "chatd_hub_resyncs_total").await,
+        reads_before + 1.0,
+        "one read when the predecessor did not come"
+    );
 }

@@ -55,6 +55,7 @@ fn change() -> String {
             messages: true,
             queue: false,
             other: false,
+            title: None,
             new_messages: None,
             last_seq: Some(20),
         }

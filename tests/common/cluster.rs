@@ -204,6 +204,27 @@ impl Cluster {
         ApiClient::new(&self.apis[index].url, &self.token, self.http.clone())
     }
 
+    /// The value of metric `name` on API replica `index`, summed over its label sets (0 when
+    /// not yet set).
+    pub async fn api_metric(&self, index: usize, name: &str) -> f64 {
+        let text = self
+            .http
+            .get(format!("{}/metrics", self.apis[index].url))
+            .send()
+            .await
+            .expect("scrape")
+            .text()
+            .await
+            .expect("metrics text");
+        text.lines()
+            .filter(|line| {
+                line.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with([' ', '{']))
+            })
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
     /// A client of API replica `index` with another token.
     pub fn api_as(&self, index: usize, token: &str) -> ApiClient {
         ApiClient::new(&self.apis[index].url, token, self.http.clone())

@@ -69,6 +69,16 @@ struct HubState {
     history_epoch: i32,
 }
 
+/// How long a complete change notice that arrived ahead of its predecessor waits for it
+/// before the hub reads the database instead. Changes of one chat are announced by different
+/// processes (the API's send, a worker's claim and commit), each after its own commit, so
+/// their notices can reach a listener in another order than their versions: under load, about
+/// one turn in ten did, and each cost a database read.
+pub const HOLD_AHEAD: Duration = Duration::from_millis(200);
+
+/// At most this many notices wait for a missing predecessor; one more reads the database.
+const MAX_HELD: usize = 32;
+
 pub struct ChatHubTask {
     chat_id: Uuid,
     pool: PgPool,
@@ -76,6 +86,10 @@ pub struct ChatHubTask {
     state: HubState,
     /// `state.version`, shared with the audit.
     relayed_version: Arc<AtomicI64>,
+    /// Complete change notices ahead of `state.version + 1`, by version, and when the first
+    /// of them stops waiting for the ones before it.
+    held: std::collections::BTreeMap<i64, ChangeNotice>,
+    hold_until: Option<tokio::time::Instant>,
 }
 
 impl ChatHubTask {
@@ -91,6 +105,8 @@ impl ChatHubTask {
             sender,
             state: HubState::default(),
             relayed_version,
+            held: std::collections::BTreeMap::new(),
+            hold_until: None,
         }
     }
 
@@ -117,17 +133,23 @@ impl ChatHubTask {
         }
         let _ = ready.send(true);
         loop {
+            let hold_until = self.hold_until;
             let input = tokio::select! {
                 _ = cancel.cancelled() => return,
-                input = inbox.recv() => match input { Some(input) => input, None => return },
+                input = inbox.recv() => match input { Some(input) => Some(input), None => return },
+                _ = tokio::time::sleep_until(hold_until.unwrap_or_else(tokio::time::Instant::now)),
+                    if hold_until.is_some() => None,
             };
             // Boxed: the database paths are large state machines, and thousands of idle hubs
             // would each carry them inline.
             let result = match input {
-                HubInput::Frame(frame) => Box::pin(self.on_frame(frame)).await,
-                HubInput::Change(change) => Box::pin(self.on_change(change)).await,
-                HubInput::Notification(_) => Ok(()), // owner payloads never come here
-                HubInput::Resync => Box::pin(self.resync()).await,
+                Some(HubInput::Frame(frame)) => Box::pin(self.on_frame(frame)).await,
+                Some(HubInput::Change(change)) => Box::pin(self.on_change(change)).await,
+                Some(HubInput::Notification(_)) => Ok(()), // owner payloads never come here
+                Some(HubInput::Resync) => Box::pin(self.resync()).await,
+                // The notice before the held ones did not come in time (lost, or its
+                // publisher died after committing): read what they missed.
+                None => Box::pin(self.resync_because("gap")).await,
             };
             if let Err(error) = result {
                 tracing::warn!(chat_id = %self.chat_id, error = format!("{error:#}"), "hub update failed; resyncing");
@@ -296,32 +318,82 @@ impl ChatHubTask {
         if change.version <= self.state.version {
             return Ok(()); // late or duplicate
         }
-        let contiguous = change.version == self.state.version + 1;
-        let complete = !change.messages || change.new_messages.is_some();
-        if contiguous && complete && !change.queue && !change.other {
-            // The notice carries everything this change needs (status, and the new messages
-            // when there are any): no read. Contiguity means no other change was missed; a
-            // frame notification that went missing shows as `last_seq` ahead of ours.
-            if let Some(last_seq) = change.last_seq {
-                if change.attempt == self.state.attempt && last_seq > self.state.last_seq {
-                    self.fill_frames().await?;
-                }
-            }
-            if let Some(messages) = change.new_messages {
-                let last_message_id = self.state.last_message_id;
-                let messages: Vec<_> = messages
-                    .into_iter()
-                    .filter(|message| message.id > last_message_id)
-                    .collect();
-                if let Some(last) = messages.last() {
-                    self.state.last_message_id = last.id;
-                    self.broadcast(HubEvent::Messages(messages));
-                }
-            }
-            self.apply_status(change.status, change.version, change.attempt, None);
-            return self.announce_action(change.status, change.version).await;
+        let complete = change.is_complete();
+        if change.version > self.state.version + 1 && complete && self.held.len() < MAX_HELD {
+            // Ahead of a change not relayed yet, whose notice is probably still on its way
+            // from another publisher: wait for it a little before reading the database.
+            self.held.insert(change.version, change);
+            self.hold_until
+                .get_or_insert_with(|| tokio::time::Instant::now() + HOLD_AHEAD);
+            return Ok(());
         }
-        self.resync_with(change.queue || !contiguous).await
+        if change.version == self.state.version + 1 && complete {
+            self.apply_complete(change).await?;
+            // The notices that waited for this one, as long as they follow on.
+            while let Some(entry) = self.held.first_entry() {
+                if *entry.key() > self.state.version + 1 {
+                    break;
+                }
+                let next = entry.remove();
+                if next.version == self.state.version + 1 {
+                    self.apply_complete(next).await?;
+                }
+            }
+            if self.held.is_empty() {
+                self.hold_until = None;
+            }
+            return Ok(());
+        }
+        let reason = if change.version > self.state.version + 1 {
+            "gap"
+        } else if change.queue {
+            "queue"
+        } else if change.other {
+            "other"
+        } else {
+            "large_messages"
+        };
+        self.resync_because(reason).await
+    }
+
+    /// Applies a complete notice that follows the relayed version: no database read, unless
+    /// the resume log holds frames the hub has not relayed.
+    async fn apply_complete(&mut self, change: ChangeNotice) -> anyhow::Result<()> {
+        // Contiguity means no other change was missed; a frame notification that went
+        // missing shows as `last_seq` ahead of ours.
+        if let Some(last_seq) = change.last_seq {
+            if change.attempt == self.state.attempt && last_seq > self.state.last_seq {
+                self.fill_frames().await?;
+            }
+        }
+        if let Some(messages) = change.new_messages {
+            let last_message_id = self.state.last_message_id;
+            let messages: Vec<_> = messages
+                .into_iter()
+                .filter(|message| message.id > last_message_id)
+                .collect();
+            if let Some(last) = messages.last() {
+                self.state.last_message_id = last.id;
+                self.broadcast(HubEvent::Messages(messages));
+            }
+        }
+        if let Some(title) = change.title {
+            if title != self.state.title {
+                self.state.title = title.clone();
+                self.broadcast(HubEvent::Title(title));
+            }
+        }
+        self.apply_status(change.status, change.version, change.attempt, None);
+        self.announce_action(change.status, change.version).await
+    }
+
+    /// A resync after a change notice the hub could not apply on its own (`reason`, counted in
+    /// `chatd_hub_resyncs_total`). It needs the queue too unless the notice was contiguous
+    /// and said the queue did not change.
+    async fn resync_because(&mut self, reason: &'static str) -> anyhow::Result<()> {
+        metrics::counter!("chatd_hub_resyncs_total", "reason" => reason).increment(1);
+        self.resync_with(reason != "other" && reason != "large_messages")
+            .await
     }
 
     /// After a `requires_action` status: reads the pending calls (published after the commit
@@ -367,6 +439,9 @@ impl ChatHubTask {
     /// broadcasts what changed. `with_queue` is false only when the notice said the queue did
     /// not change and no notice was missed.
     async fn resync_with(&mut self, with_queue: bool) -> anyhow::Result<()> {
+        // The read covers every held notice: each was sent after its change committed.
+        self.held.clear();
+        self.hold_until = None;
         let client = self.pool.get().await?;
         let sync = reads::chat_sync(
             &client,

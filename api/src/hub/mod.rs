@@ -103,6 +103,60 @@ pub struct OwnerSubscription {
 
 const INBOX_CAPACITY: usize = 4096;
 
+/// The hub audit's memory between rounds: the chats found behind, with the database version
+/// they were behind.
+#[derive(Default)]
+struct Audit {
+    behind: HashMap<Uuid, i64>,
+}
+
+impl Audit {
+    /// One round over `chat_ids`: `read` returns their database versions, `relayed` a hub's
+    /// relayed version. Returns the hubs to resync — behind now and still short of the version
+    /// they were found behind in the previous round — as (chat, relayed, database version).
+    ///
+    /// Relayed versions are taken *after* the read: a read that waits for a pooled connection
+    /// (seconds when the replica is saturated) would otherwise compare versions of different
+    /// moments, and every active chat would look behind in two rounds running — a resync
+    /// storm that only adds load (under B3 about one chat in ten of a replica every round).
+    async fn round<Read, Reading>(
+        &mut self,
+        chat_ids: Vec<Uuid>,
+        read: Read,
+        relayed: impl Fn(&Uuid) -> Option<i64>,
+    ) -> anyhow::Result<Vec<(Uuid, i64, i64)>>
+    where
+        Read: FnOnce(Vec<Uuid>) -> Reading,
+        Reading: std::future::Future<Output = anyhow::Result<Vec<(Uuid, i64)>>>,
+    {
+        if chat_ids.is_empty() {
+            self.behind.clear();
+            return Ok(Vec::new());
+        }
+        let current = read(chat_ids).await?;
+        let mut lagging = Vec::new();
+        let mut still_behind = HashMap::new();
+        for (chat_id, version) in current {
+            let Some(relayed_version) = relayed(&chat_id) else {
+                continue; // retired meanwhile
+            };
+            if relayed_version >= version {
+                continue;
+            }
+            match self.behind.get(&chat_id) {
+                Some(seen) if relayed_version < *seen => {
+                    lagging.push((chat_id, relayed_version, version))
+                }
+                _ => {
+                    still_behind.insert(chat_id, version);
+                }
+            }
+        }
+        self.behind = still_behind;
+        Ok(lagging)
+    }
+}
+
 impl Hubs {
     pub fn new(
         pool: PgPool,
@@ -183,7 +237,7 @@ impl Hubs {
     /// version with the database; a hub still behind at the next round (so not merely waiting
     /// for a notification in flight) resyncs.
     pub async fn audit(self: Arc<Hubs>, interval: Duration, shutdown: CancellationToken) {
-        let mut behind: HashMap<Uuid, i64> = HashMap::new();
+        let mut audit = Audit::default();
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -191,57 +245,33 @@ impl Hubs {
                 _ = shutdown.cancelled() => return,
                 _ = ticker.tick() => {}
             }
-            let relayed: HashMap<Uuid, i64> = self
-                .chats
-                .iter()
-                .map(|slot| (*slot.key(), slot.0.version.load(Ordering::Relaxed)))
-                .collect();
-            if relayed.is_empty() {
-                behind.clear();
-                continue;
-            }
-            let chat_ids: Vec<Uuid> = relayed.keys().copied().collect();
-            let current = async {
-                let client = self.pool.get().await?;
-                anyhow::Ok(
-                    client
-                        .rows(
-                            "SELECT id, version FROM chats WHERE id = ANY($1)",
-                            &[&chat_ids],
-                        )
-                        .await?,
-                )
-            }
-            .await;
-            let rows = match current {
-                Ok(rows) => rows,
-                Err(error) => {
-                    tracing::warn!(error = format!("{error:#}"), "hub audit");
-                    continue;
-                }
+            let chat_ids: Vec<Uuid> = self.chats.iter().map(|slot| *slot.key()).collect();
+            let pool = &self.pool;
+            let read = |chat_ids: Vec<Uuid>| async move {
+                let client = pool.get().await?;
+                let rows = client
+                    .rows(
+                        "SELECT id, version FROM chats WHERE id = ANY($1)",
+                        &[&chat_ids],
+                    )
+                    .await?;
+                anyhow::Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
             };
-            let mut still_behind = HashMap::new();
-            for row in rows {
-                let chat_id: Uuid = row.get(0);
-                let version: i64 = row.get(1);
-                let Some(relayed_version) = relayed.get(&chat_id) else {
-                    continue;
-                };
-                if *relayed_version >= version {
-                    continue;
-                }
-                match behind.get(&chat_id) {
-                    Some(seen) if *relayed_version < *seen => {
+            let relayed = |chat_id: &Uuid| {
+                self.chats
+                    .get(chat_id)
+                    .map(|slot| slot.0.version.load(Ordering::Relaxed))
+            };
+            match audit.round(chat_ids, read, relayed).await {
+                Ok(lagging) => {
+                    for (chat_id, relayed_version, version) in lagging {
                         tracing::warn!(%chat_id, relayed = relayed_version, version, "hub missed a hint; resyncing");
                         metrics::counter!("chatd_hub_audit_resyncs_total").increment(1);
                         self.deliver_chat(chat_id, HubInput::Resync);
                     }
-                    _ => {
-                        still_behind.insert(chat_id, version);
-                    }
                 }
+                Err(error) => tracing::warn!(error = format!("{error:#}"), "hub audit"),
             }
-            behind = still_behind;
         }
     }
 
@@ -436,5 +466,84 @@ impl Drop for ChatSubscription {
 impl Drop for OwnerSubscription {
     fn drop(&mut self) {
         self.hubs.unsubscribe_owner(self.owner_id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicI64;
+
+    use super::*;
+
+    /// A round whose read waits while the hub relays on: the read returns the versions of
+    /// its own moment, and the hub has relayed them by the time the read answers.
+    async fn round_while_relaying(
+        audit: &mut Audit,
+        chat: Uuid,
+        relayed: &AtomicI64,
+        database: i64,
+    ) -> Vec<(Uuid, i64, i64)> {
+        audit
+            .round(
+                vec![chat],
+                |_| async {
+                    // The hub relays up to one notice short of the database meanwhile (the
+                    // last notice is still in flight when the read answers).
+                    relayed.store(database - 1, Ordering::Relaxed);
+                    Ok(vec![(chat, database)])
+                },
+                |_| Some(relayed.load(Ordering::Relaxed)),
+            )
+            .await
+            .expect("a round")
+    }
+
+    #[tokio::test]
+    async fn a_hub_that_keeps_up_while_the_audit_waits_is_not_resynced() {
+        let chat = Uuid::new_v4();
+        let relayed = AtomicI64::new(4);
+        let mut audit = Audit::default();
+        // Every round finds the chat a notice behind (its last notice in flight), but past
+        // the version it was behind in the round before: never a resync. Comparing the
+        // relayed version taken before the read (4, then 9, …) with the database's of after
+        // it (10, 20, …) resynced it in the second round.
+        for database in [10, 20, 30, 40] {
+            assert!(round_while_relaying(&mut audit, chat, &relayed, database)
+                .await
+                .is_empty());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_hub_that_stays_behind_is_resynced_in_the_second_round() {
+        let chat = Uuid::new_v4();
+        let stuck = AtomicI64::new(7);
+        let mut audit = Audit::default();
+        let read = |version: i64| move |_| async move { Ok(vec![(chat, version)]) };
+        let relayed = |_: &Uuid| Some(stuck.load(Ordering::Relaxed));
+        assert!(audit
+            .round(vec![chat], read(9), relayed)
+            .await
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            audit.round(vec![chat], read(9), relayed).await.unwrap(),
+            vec![(chat, 7, 9)]
+        );
+        // Caught up: nothing, and nothing remembered.
+        stuck.store(9, Ordering::Relaxed);
+        assert!(audit
+            .round(vec![chat], read(9), relayed)
+            .await
+            .unwrap()
+            .is_empty());
+        assert!(audit.behind.is_empty());
+        // A retired hub is skipped.
+        let gone = |_: &Uuid| None;
+        assert!(audit
+            .round(vec![chat], read(12), gone)
+            .await
+            .unwrap()
+            .is_empty());
     }
 }

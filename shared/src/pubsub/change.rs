@@ -39,6 +39,10 @@ pub struct ChatChange {
     pub queue: bool,
     /// Anything else readers show changed (title, labels, `last_error`, archived).
     pub other: bool,
+    /// The new title, when it is the only other change ([`ChatChange::with_title`]).
+    pub title: Option<String>,
+    /// `other` stands for more than the title: receivers must re-read.
+    other_than_title: bool,
     /// The last seq the attempt published before this change (worker commits).
     pub last_seq: Option<i64>,
     /// How the owner's chat lists hear of it.
@@ -66,6 +70,8 @@ impl ChatChange {
             new_messages: Vec::new(),
             queue: false,
             other: false,
+            title: None,
+            other_than_title: false,
             last_seq: None,
             owner_event: OwnerEventKind::Updated,
             control: None,
@@ -110,6 +116,15 @@ impl ChatChange {
 
     pub fn with_other(mut self) -> ChatChange {
         self.other = true;
+        self.other_than_title = true;
+        self
+    }
+
+    /// The title changed, and nothing else `other` would stand for: receivers take the
+    /// title from the notice instead of re-reading the chat.
+    pub fn with_title(mut self, title: impl Into<String>) -> ChatChange {
+        self.other = true;
+        self.title = Some(title.into());
         self
     }
 
@@ -139,6 +154,7 @@ impl ChatChange {
             messages: self.messages,
             queue: self.queue,
             other: self.other,
+            title: self.title.clone().filter(|_| !self.other_than_title),
             new_messages: None,
             last_seq: self.last_seq,
         };
@@ -239,6 +255,26 @@ mod tests {
         // Messages flagged without rows: a re-read.
         let reread = decode(&base.clone().with_messages([]).notices());
         assert!(reread.messages && reread.new_messages.is_none());
+    }
+
+    #[test]
+    fn a_title_travels_in_the_notice_unless_something_else_changed_too() {
+        let base = ChatChange::new(Uuid::nil(), Uuid::nil(), 5, ChatStatus::Running, 1);
+        let titled = decode(&base.clone().with_title("Paris trip").notices());
+        // `other` stays set: a build that does not know `title` re-reads, as before.
+        assert!(titled.other);
+        assert_eq!(titled.title.as_deref(), Some("Paris trip"));
+        assert!(titled.is_complete());
+        for more in [
+            base.clone().with_title("Paris trip").with_other(),
+            base.clone().with_other().with_title("Paris trip"),
+        ] {
+            let notice = decode(&more.notices());
+            assert!(notice.other && notice.title.is_none() && !notice.is_complete());
+        }
+        assert!(!decode(&base.clone().with_queue().notices()).is_complete());
+        assert!(decode(&base.clone().with_messages([message(1)]).notices()).is_complete());
+        assert!(!decode(&base.with_messages([]).notices()).is_complete());
     }
 
     #[test]

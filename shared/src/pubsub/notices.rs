@@ -156,6 +156,10 @@ pub struct ChangeNotice {
     /// Anything else changed (title, labels, last_error, history edits): re-read the chat.
     #[serde(rename = "o", default, skip_serializing_if = "std::ops::Not::not")]
     pub other: bool,
+    /// The new title, when the title is all `other` stands for: a receiver relays it without
+    /// reading the database. (Builds before it read `other` alone and re-read, as before.)
+    #[serde(rename = "ti", default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
     /// The new visible messages themselves, when they fit the payload: a receiver whose
     /// version is exactly `version - 1` relays them without reading the database.
     #[serde(rename = "ms", default, skip_serializing_if = "Option::is_none")]
@@ -170,6 +174,16 @@ pub struct ChangeNotice {
 const MAX_EMBEDDED_BYTES: usize = 6000;
 
 impl ChangeNotice {
+    /// Whether the notice carries everything its change needs: the new messages (when there
+    /// are any) and the title (when that is the other change), and no queue change. A
+    /// receiver that has relayed exactly the version before applies such a notice without
+    /// reading the database.
+    pub fn is_complete(&self) -> bool {
+        (!self.messages || self.new_messages.is_some())
+            && !self.queue
+            && (!self.other || self.title.is_some())
+    }
+
     /// Embeds `rows` when they are all visible and small enough; otherwise receivers re-read.
     pub fn embed_messages(mut self, rows: Vec<MessageRow>) -> ChangeNotice {
         self.messages = self.messages || !rows.is_empty();
@@ -314,6 +328,7 @@ mod tests {
             messages: false,
             queue: true,
             other: false,
+            title: None,
             new_messages: None,
             last_seq: None,
         });
@@ -376,6 +391,7 @@ mod tests {
                 messages: true,
                 queue: false,
                 other: true,
+                title: Some("Paris trip".into()),
                 new_messages: None,
                 last_seq: Some(40),
             }

@@ -153,7 +153,7 @@ async fn store(deps: &TurnDeps, chat_id: Uuid, owner_id: Uuid, title: &str) -> a
         return Ok(()); // a user titled it meanwhile
     };
     let change = ChatChange::new(chat_id, owner_id, version, status, attempt)
-        .with_other()
+        .with_title(title)
         .with_owner_event(OwnerEventKind::Title);
     deps.flusher.publish_soon(change.notices());
     Ok(())
