@@ -79,6 +79,34 @@ pub const HOLD_AHEAD: Duration = Duration::from_millis(200);
 /// At most this many notices wait for a missing predecessor; one more reads the database.
 const MAX_HELD: usize = 32;
 
+/// Why a change notice made the hub read the database.
+#[derive(Debug, Clone, Copy)]
+enum ResyncReason {
+    /// A version was missed (or its notice did not come within [`HOLD_AHEAD`]).
+    Gap,
+    Queue,
+    /// Something other than a title, which the notice does not carry.
+    Other,
+    /// New messages too big to embed in the notice.
+    LargeMessages,
+}
+
+impl ResyncReason {
+    fn label(self) -> &'static str {
+        match self {
+            ResyncReason::Gap => "gap",
+            ResyncReason::Queue => "queue",
+            ResyncReason::Other => "other",
+            ResyncReason::LargeMessages => "large_messages",
+        }
+    }
+
+    /// The queue is read too unless the notice followed on and said it did not change.
+    fn needs_queue(self) -> bool {
+        matches!(self, ResyncReason::Gap | ResyncReason::Queue)
+    }
+}
+
 pub struct ChatHubTask {
     chat_id: Uuid,
     pool: PgPool,
@@ -149,7 +177,7 @@ impl ChatHubTask {
                 Some(HubInput::Resync) => Box::pin(self.resync()).await,
                 // The notice before the held ones did not come in time (lost, or its
                 // publisher died after committing): read what they missed.
-                None => Box::pin(self.resync_because("gap")).await,
+                None => Box::pin(self.resync_because(ResyncReason::Gap)).await,
             };
             if let Err(error) = result {
                 tracing::warn!(chat_id = %self.chat_id, error = format!("{error:#}"), "hub update failed; resyncing");
@@ -345,13 +373,13 @@ impl ChatHubTask {
             return Ok(());
         }
         let reason = if change.version > self.state.version + 1 {
-            "gap"
+            ResyncReason::Gap
         } else if change.queue {
-            "queue"
+            ResyncReason::Queue
         } else if change.other {
-            "other"
+            ResyncReason::Other
         } else {
-            "large_messages"
+            ResyncReason::LargeMessages
         };
         self.resync_because(reason).await
     }
@@ -387,13 +415,11 @@ impl ChatHubTask {
         self.announce_action(change.status, change.version).await
     }
 
-    /// A resync after a change notice the hub could not apply on its own (`reason`, counted in
-    /// `chatd_hub_resyncs_total`). It needs the queue too unless the notice was contiguous
-    /// and said the queue did not change.
-    async fn resync_because(&mut self, reason: &'static str) -> anyhow::Result<()> {
-        metrics::counter!("chatd_hub_resyncs_total", "reason" => reason).increment(1);
-        self.resync_with(reason != "other" && reason != "large_messages")
-            .await
+    /// A resync after a change notice the hub could not apply on its own, counted in
+    /// `chatd_hub_resyncs_total` by `reason`.
+    async fn resync_because(&mut self, reason: ResyncReason) -> anyhow::Result<()> {
+        metrics::counter!("chatd_hub_resyncs_total", "reason" => reason.label()).increment(1);
+        self.resync_with(reason.needs_queue()).await
     }
 
     /// After a `requires_action` status: reads the pending calls (published after the commit

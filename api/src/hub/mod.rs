@@ -118,7 +118,7 @@ impl Audit {
     /// Relayed versions are taken *after* the read: a read that waits for a pooled connection
     /// (seconds when the replica is saturated) would otherwise compare versions of different
     /// moments, and every active chat would look behind in two rounds running — a resync
-    /// storm that only adds load (under B3 about one chat in ten of a replica every round).
+    /// storm that only adds load (under B3 about a thousand resyncs per run).
     async fn round<Read, Reading>(
         &mut self,
         chat_ids: Vec<Uuid>,
