@@ -176,6 +176,34 @@ async fn the_fenced_commit_finds_its_chat_by_its_key() -> anyhow::Result<()> {
     Ok(())
 }
 
+#[tokio::test]
+async fn the_batched_send_finds_each_chat_by_its_key() -> anyhow::Result<()> {
+    // 2,000 idle chats: a scan of them all would be the plan for a batch estimated at many.
+    let (_database, client) = pooled_session_on(2_000).await?;
+
+    let plan = generic_plan(
+        &client,
+        chatd_api::store::send_batch::send_batch_sql(),
+        "uuid[], uuid[], jsonb[]",
+        "ARRAY[gen_random_uuid()], ARRAY[gen_random_uuid()], ARRAY['[]'::jsonb]",
+    )
+    .await?;
+    // The sent chats are found through the primary key (probes, or a bitmap of their keys).
+    assert!(
+        plan.contains("Index Scan using chats_pkey on chats")
+            || plan.contains("Bitmap Index Scan on chats_pkey"),
+        "each sent chat is found by its key:\n{plan}"
+    );
+    let other_chat_index = plan.lines().any(|line| {
+        line.contains("Index Scan") && line.contains(" on chats") && !line.contains("chats_pkey")
+    });
+    assert!(
+        !plan.contains("Seq Scan on chats") && !other_chat_index,
+        "a send reads no chat it does not send to:\n{plan}"
+    );
+    Ok(())
+}
+
 /// Shared buffers (hit or read) the execution of prepared `probe (arguments)` touched, inner
 /// functions included, on its second run (the first also fills the session's catalog caches).
 async fn buffers_touched(client: &tokio_postgres::Client, arguments: &str) -> anyhow::Result<i64> {

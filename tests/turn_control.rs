@@ -125,6 +125,69 @@ async fn messages_sent_while_busy_run_in_fifo_order_exactly_once() {
     }
 }
 
+/// Sends that arrive together share one statement (the API's send batcher); two at once to
+/// the same chat must still give one send and one queued message, and every message runs
+/// exactly once.
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_sends_to_many_chats_each_run_exactly_once() {
+    let cluster = Cluster::start(1, 2).await;
+    let api = cluster.api(0);
+    let mut chats = Vec::new();
+    for index in 0..12 {
+        let first = directive_message(&format!("chat {index} first"), json!({"tokens": 3}));
+        chats.push(create_chat(&api, &first).await.0);
+    }
+    for chat_id in &chats {
+        wait_idle(&api, chat_id).await;
+    }
+    let text = |chat: usize, copy: usize| {
+        directive_message(&format!("chat {chat} copy {copy}"), json!({"tokens": 3}))
+    };
+    let sends = chats.iter().enumerate().flat_map(|(index, chat_id)| {
+        let api = &api;
+        (0..2).map(move |copy| async move {
+            let (status, body) = send(api, chat_id, json!({"content": text(index, copy)})).await;
+            (index, status, body)
+        })
+    });
+    let outcomes = futures::future::join_all(sends).await;
+    for index in 0..chats.len() {
+        let mut statuses: Vec<u16> = outcomes
+            .iter()
+            .filter(|(chat, _, _)| *chat == index)
+            .map(|(_, status, _)| *status)
+            .collect();
+        statuses.sort_unstable();
+        // Both sent happens only when the first turn ended before the second send.
+        assert!(
+            statuses == [201, 202] || statuses == [201, 201],
+            "chat {index}: {statuses:?} {outcomes:?}"
+        );
+    }
+    for (index, chat_id) in chats.iter().enumerate() {
+        wait_idle(&api, chat_id).await;
+        let stored = messages(&api, chat_id).await;
+        let users: Vec<String> = stored
+            .iter()
+            .filter(|m| m["role"] == "user")
+            .map(|m| content_text(&m["content"]))
+            .collect();
+        assert_eq!(users.len(), 3, "chat {index}: {stored:?}");
+        let mut later = users[1..].to_vec();
+        later.sort();
+        assert_eq!(later, [text(index, 0), text(index, 1)], "chat {index}");
+        let answers: Vec<String> = stored
+            .iter()
+            .filter(|m| m["role"] == "assistant")
+            .map(|m| content_text(&m["content"]))
+            .collect();
+        assert_eq!(answers.len(), 3, "chat {index}: one answer per message");
+        for (user, answer) in users.iter().zip(&answers) {
+            assert_eq!(*answer, reply_text(user, 3), "chat {index}");
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn busy_behavior_interrupt_jumps_the_queue() {
     let cluster = Cluster::start(1, 1).await;

@@ -59,6 +59,13 @@ pub async fn run(
         pooler,
         config.session_database_url(),
     )?);
+    let sender = store::send_batch::SendBatcher::spawn(build_pool(
+        &config.database_url,
+        "chatd-api-sender",
+        1,
+        pooler,
+        config.session_database_url(),
+    )?);
     let (sink, events) = tokio::sync::mpsc::channel(65_536);
     let pubsub = Listener::spawn(
         config.session_database_url(),
@@ -90,6 +97,7 @@ pub async fn run(
         config: Arc::new(config),
         pool,
         publisher,
+        sender,
         listener: pubsub,
         hubs,
         tokens,

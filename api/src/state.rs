@@ -20,6 +20,8 @@ pub struct AppState {
     pub pool: PgPool,
     /// Publishes committed changes' hints, many requests' in one statement when busy.
     pub publisher: chatd_shared::pubsub::Publisher,
+    /// Sends to idle chats, many requests' in one statement when busy.
+    pub sender: crate::store::send_batch::SendBatcher,
     pub listener: Listener,
     pub hubs: Arc<Hubs>,
     pub tokens: Arc<TokenCache>,

@@ -101,6 +101,7 @@ pub async fn send(
     .await?;
     let (transition, outcome) = send::send_message(
         &mut client,
+        &state.sender,
         NewMessage {
             chat_id,
             owner_id: user.id,

@@ -11,6 +11,7 @@ pub mod edit;
 pub mod files;
 pub mod reads;
 pub mod send;
+pub mod send_batch;
 pub mod spend;
 pub mod tool_results;
 pub mod tree;

@@ -9,6 +9,7 @@ use chatd_shared::domain::{ChatStatus, Role};
 use chatd_shared::pubsub::ControlKind;
 
 use super::chats::{check_model_config, insert_message, lock_chat, LockedChat};
+use super::send_batch::{Batched, IdleSend, SendBatcher};
 use super::tool_results::close_if_waiting;
 use super::{update_chat_sql, Transition};
 use crate::dto::BusyBehavior;
@@ -34,63 +35,31 @@ enum QueueEnd {
     Tail,
 }
 
-/// The common case in one statement: the chat is idle with an empty queue, so the message is
-/// inserted and the chat becomes pending. Returns `None` (nothing written) otherwise.
-///
-/// # Locks
-/// Row lock on the chat for the statement. Under READ COMMITTED a concurrent change to the
-/// row is re-checked after the lock is granted, so a chat that just became busy is not
-/// matched and the caller falls back to the full transition.
-async fn send_to_idle_chat(
-    client: &deadpool_postgres::Client,
-    message: &NewMessage,
-) -> ApiResult<Option<(ChatRow, MessageRow)>> {
-    let sql = format!(
-        concat!(
-            "WITH target AS ( \
-             SELECT c.id FROM chats c \
-             WHERE c.id = $1 AND c.owner_id = $2 AND c.status IN ('waiting', 'error') \
-             AND NOT c.archived AND NOT c.deleted \
-             AND NOT EXISTS (SELECT 1 FROM chat_queued_messages q WHERE q.chat_id = c.id) \
-             FOR UPDATE), \
-         inserted AS ( \
-             INSERT INTO chat_messages AS m (chat_id, role, content, visibility, created_by) \
-             SELECT target.id, 'user', $3, 'both', $2 FROM target \
-             RETURNING {message_columns}), \
-         updated AS ( \
-             UPDATE chats c SET status = 'pending', last_error = NULL, action_deadline_at = NULL, ",
-            chatd_shared::bump_chat_version!(),
-            " FROM target WHERE c.id = target.id \
-             RETURNING {chat_columns}) \
-         SELECT * FROM updated c, inserted m"
-        ),
-        message_columns = MessageRow::COLUMNS,
-        chat_columns = ChatRow::COLUMNS,
-    );
-    let row = client
-        .row_opt(
-            &sql,
-            &[&message.chat_id, &message.owner_id, &message.content],
-        )
-        .await?;
-    Ok(row.map(|row| {
-        let chat = ChatRow::from_row(&row);
-        let message = MessageRow::from_row_at(&row, ChatRow::LEN);
-        (chat, message)
-    }))
-}
-
+/// Sends `message`: the common case — an idle chat with an empty queue, no model change —
+/// through `batcher` (one statement, shared with concurrent sends); everything else, and
+/// what the batch left out, as a transaction on `client`.
 pub async fn send_message(
     client: &mut deadpool_postgres::Client,
+    batcher: &SendBatcher,
     message: NewMessage,
     max_queue_len: i64,
 ) -> ApiResult<(Transition, SendOutcome)> {
     if message.model_config_id.is_none() && message.busy_behavior == BusyBehavior::Queue {
-        if let Some((chat, row)) = send_to_idle_chat(client, &message).await? {
-            let mut transition = Transition::new(chat);
-            transition.change.messages = true;
-            transition.change.new_messages = vec![row.clone()];
-            return Ok((transition, SendOutcome::Sent(row)));
+        let idle = IdleSend {
+            chat_id: message.chat_id,
+            owner_id: message.owner_id,
+            content: message.content.clone(),
+        };
+        match batcher.send(idle).await {
+            Batched::Sent(sent) => {
+                let (chat, row) = *sent;
+                let mut transition = Transition::new(chat);
+                transition.change.messages = true;
+                transition.change.new_messages = vec![row.clone()];
+                return Ok((transition, SendOutcome::Sent(row)));
+            }
+            Batched::Failed(error) => return Err(ApiError::Unavailable(error)),
+            Batched::NotSent => {}
         }
     }
     let transaction = client.transaction().await?;
