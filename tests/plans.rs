@@ -176,6 +176,41 @@ async fn the_fenced_commit_finds_its_chat_by_its_key() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Whether `plan` finds chats through the primary key only (probes, or a bitmap of keys) and
+/// reads no other chat.
+fn chats_by_key_only(plan: &str) -> bool {
+    let by_key = plan.contains("Index Scan using chats_pkey on chats")
+        || plan.contains("Bitmap Index Scan on chats_pkey");
+    let other_chat_index = plan.lines().any(|line| {
+        line.contains("Index Scan") && line.contains(" on chats") && !line.contains("chats_pkey")
+    });
+    by_key && !other_chat_index && !plan.contains("Seq Scan on chats")
+}
+
+#[tokio::test]
+async fn the_batched_commit_finds_each_chat_by_its_key() -> anyhow::Result<()> {
+    // 2,000 chats: a scan of them all would be the plan for a batch estimated at many.
+    let (_database, client) = pooled_session_on(2_000).await?;
+
+    let plan = generic_plan(
+        &client,
+        chatd_worker::store::commit_batch::commit_batch_sql(),
+        "uuid[], uuid[], int4[], bool[], text[], jsonb[], float8[], uuid[], int8[], int8[], \
+         text[], jsonb[], uuid[], int8[], int8[], int8[], int8[], int8[], int8[], int8[], \
+         text[], bool[]",
+        "ARRAY[gen_random_uuid()], ARRAY[gen_random_uuid()], ARRAY[1], ARRAY[true], \
+         ARRAY['waiting'], ARRAY[NULL::jsonb], ARRAY[0::float8], ARRAY[gen_random_uuid()], \
+         ARRAY[NULL::int8], ARRAY[1::int8], ARRAY['assistant'], ARRAY['[]'::jsonb], \
+         ARRAY[NULL::uuid], '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', ARRAY[false]",
+    )
+    .await?;
+    assert!(
+        chats_by_key_only(&plan),
+        "the batch reads and writes its chats by key only:\n{plan}"
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn the_batched_send_finds_each_chat_by_its_key() -> anyhow::Result<()> {
     // 2,000 idle chats: a scan of them all would be the plan for a batch estimated at many.
@@ -188,17 +223,8 @@ async fn the_batched_send_finds_each_chat_by_its_key() -> anyhow::Result<()> {
         "ARRAY[gen_random_uuid()], ARRAY[gen_random_uuid()], ARRAY['[]'::jsonb]",
     )
     .await?;
-    // The sent chats are found through the primary key (probes, or a bitmap of their keys).
     assert!(
-        plan.contains("Index Scan using chats_pkey on chats")
-            || plan.contains("Bitmap Index Scan on chats_pkey"),
-        "each sent chat is found by its key:\n{plan}"
-    );
-    let other_chat_index = plan.lines().any(|line| {
-        line.contains("Index Scan") && line.contains(" on chats") && !line.contains("chats_pkey")
-    });
-    assert!(
-        !plan.contains("Seq Scan on chats") && !other_chat_index,
+        chats_by_key_only(&plan),
         "a send reads no chat it does not send to:\n{plan}"
     );
     Ok(())

@@ -11,38 +11,18 @@ use uuid::Uuid;
 
 use chatd_mock_llm::reply_text;
 use chatd_shared::domain::Role;
-use chatd_worker::store::{acquire, commit, CommitOutcome, Lease, NewRow, TurnEnd};
+use chatd_worker::store::{commit, CommitOutcome, NewRow, TurnEnd};
 use chatd_worker::tool::agents::NewChild;
 use common::cluster::{
     assistant_texts, chat_status, create_chat, directive_message, messages, wait_until, Cluster,
 };
+use common::leases::{leased_chat, stored_rows, RowLock};
 
 const TURN: Duration = Duration::from_secs(40);
 
 /// While the test holds a chat's row lock the worker's heartbeats wait too; a lease timeout
 /// longer than the test's lock keeps the lease (and the turn) alive meanwhile.
 const HELD_LOCK_LEASES: &[&str] = &["--stale-after-ms", "30000"];
-
-/// A test session holding a chat's row lock until `release`.
-struct RowLock {
-    client: tokio_postgres::Client,
-}
-
-impl RowLock {
-    async fn take(cluster: &Cluster, chat_id: Uuid) -> RowLock {
-        let client = cluster.sql().await;
-        client.batch_execute("BEGIN").await.expect("begin");
-        client
-            .query_one("SELECT 1 FROM chats WHERE id = $1 FOR UPDATE", &[&chat_id])
-            .await
-            .expect("lock the chat row");
-        RowLock { client }
-    }
-
-    async fn release(self) {
-        self.client.batch_execute("COMMIT").await.expect("commit");
-    }
-}
 
 /// Waits until a backend of `application` whose query contains `query_part` waits for a lock.
 async fn wait_blocked(cluster: &Cluster, application: &str, query_part: &str) {
@@ -85,34 +65,6 @@ async fn post(cluster: &Cluster, path: String, body: Value) -> tokio::task::Join
         assert!(status < 300, "{path}: {status} {body}");
         status
     })
-}
-
-/// A chat (first message "hello") claimed by a worker this test plays: a pooled connection
-/// set up as the worker's are, and the lease its commits are fenced by.
-async fn leased_chat(cluster: &Cluster) -> (String, Uuid, chatd_shared::db::pool::PgClient, Lease) {
-    let (chat_id, _) = create_chat(&cluster.api(0), "hello").await;
-    let chat_uuid = Uuid::parse_str(&chat_id).expect("uuid");
-    let pool = chatd_shared::db::pool::build_pool(
-        &cluster.db.url,
-        "test-worker",
-        1,
-        Default::default(),
-        &cluster.db.url,
-    )
-    .expect("pool");
-    let client = pool.get().await.expect("connection");
-    let worker_id = Uuid::new_v4();
-    let claims = acquire(&client, worker_id, 10, 50, std::time::Duration::ZERO)
-        .await
-        .expect("acquire")
-        .claims;
-    assert_eq!(claims.len(), 1);
-    let lease = Lease {
-        chat_id: chat_uuid,
-        worker_id,
-        attempt: claims[0].attempt,
-    };
-    (chat_id, chat_uuid, client, lease)
 }
 
 /// I11: a commit retried with the same key (its first reply was lost) writes nothing twice.
@@ -200,24 +152,6 @@ async fn a_retried_commit_writes_nothing_twice() {
         assistant_texts(&cluster.api(0), &chat_id).await,
         ["a step", "a step"]
     );
-}
-
-/// The rows `ids` as stored, encoded as the change hints carry them.
-async fn stored_rows(sql: &tokio_postgres::Client, ids: &[i64]) -> Vec<Value> {
-    use chatd_shared::db::rows::MessageRow;
-    let rows = sql
-        .query(
-            &format!(
-                "SELECT {} FROM chat_messages m WHERE m.id = ANY($1) ORDER BY m.id",
-                MessageRow::COLUMNS
-            ),
-            &[&ids],
-        )
-        .await
-        .expect("read the rows");
-    rows.iter()
-        .map(|row| serde_json::to_value(MessageRow::from_row(row)).expect("encode"))
-        .collect()
 }
 
 /// A commit returns the rows it wrote as they are stored (the worker builds them from what it
@@ -581,5 +515,51 @@ async fn a_reclaimed_chat_stops_its_old_turn() {
     assert_eq!(
         assistant_texts(&cluster.api(0), &chat_id).await,
         [reply_text(&message, 100)]
+    );
+}
+
+/// A chat whose row another transaction holds for longer than a heartbeat interval does not
+/// stop the worker's other turns. Before, each heartbeat that timed out waiting for the row
+/// lock gave its connection back to the pool with the statement still running; every later
+/// statement on that connection (another chat's claim, flush or commit) queued behind it
+/// until the lock was released.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_chat_locked_for_seconds_does_not_stop_the_workers_other_turns() {
+    let mut cluster = Cluster::start(1, 0).await;
+    cluster
+        .add_worker(&["--pool-size", "2", "--stale-after-ms", "60000"])
+        .await
+        .expect("worker");
+    let api = cluster.api(0);
+    let slow = directive_message("slow", json!({"tokens": 30, "tokens_per_second": 10}));
+    let (slow_chat, _) = create_chat(&api, &slow).await;
+    wait_status(&cluster, &slow_chat, "running").await;
+    let lock = RowLock::take(&cluster, Uuid::parse_str(&slow_chat).expect("uuid")).await;
+    // Several heartbeats time out on the held row.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let quick = directive_message("quick", json!({"tokens": 3}));
+    let (quick_chat, _) = create_chat(&api, &quick).await;
+    let answered = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            if assistant_texts(&api, &quick_chat).await.len() == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    lock.release().await;
+    assert!(
+        answered.is_ok(),
+        "the other chat's turn waited for the held row"
+    );
+    assert_eq!(
+        assistant_texts(&api, &quick_chat).await,
+        [reply_text(&quick, 3)]
+    );
+    wait_status(&cluster, &slow_chat, "waiting").await;
+    assert_eq!(
+        assistant_texts(&api, &slow_chat).await,
+        [reply_text(&slow, 30)]
     );
 }

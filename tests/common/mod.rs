@@ -3,6 +3,7 @@
 
 pub mod chats;
 pub mod cluster;
+pub mod leases;
 pub mod mcp;
 pub mod models;
 pub mod pg;

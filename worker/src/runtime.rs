@@ -70,6 +70,14 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
         pooler,
         config.session_database_url(),
     )?;
+    // The batched commits' own connection (turns wait for it without holding one of `pool`).
+    let committer = crate::store::commit_batch::CommitBatcher::spawn(build_pool(
+        &config.database_url,
+        "chatd-worker-committer",
+        1,
+        pooler,
+        config.session_database_url(),
+    )?);
     let http = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
         // Reset by every chunk of the body (keep-alive comments and pings included): a provider
@@ -149,6 +157,7 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
     let deps = TurnDeps {
         config: config.clone(),
         pool: pool.clone(),
+        committer,
         http,
         flusher,
         models,
@@ -377,6 +386,29 @@ fn control(shared: &Shared, notice: ControlNotice) {
     }
 }
 
+/// One heartbeat statement, given up at `deadline`. A statement given up on is still running
+/// on its connection (waiting for a row lock, or on a hung network), and whoever got that
+/// connection from the pool next would wait behind it: the connection leaves the pool instead
+/// (closed; the server ends the statement's backend when it next writes to it).
+async fn heartbeat_by(
+    pool: &deadpool_postgres::Pool,
+    worker_id: Uuid,
+    chat_ids: &[Uuid],
+    deadline: tokio::time::Instant,
+) -> anyhow::Result<Vec<store::LeaseState>> {
+    let timed_out = || anyhow::anyhow!("the heartbeat timed out");
+    let client = tokio::time::timeout_at(deadline, pool.get())
+        .await
+        .map_err(|_| timed_out())??;
+    match tokio::time::timeout_at(deadline, store::heartbeat(&client, worker_id, chat_ids)).await {
+        Ok(leases) => Ok(leases?),
+        Err(_) => {
+            drop(deadpool_postgres::Client::take(client));
+            Err(timed_out())
+        }
+    }
+}
+
 /// One batched heartbeat per interval. Turns missing from the result (or whose attempt
 /// changed) lost their lease; `interrupting` ones are interrupted (fallback for a lost
 /// control notification).
@@ -406,16 +438,11 @@ async fn heartbeat_loop(
             continue;
         }
         let chat_ids: Vec<Uuid> = owned.iter().map(|(chat_id, _)| *chat_id).collect();
-        // Bounded: a connection that hangs (a black-holed network) must not stop the loop.
-        let result = tokio::time::timeout(
-            shared.config.heartbeat_interval.max(Duration::from_secs(1)),
-            async {
-                let client = pool.get().await?;
-                anyhow::Ok(store::heartbeat(&client, shared.config.worker_id, &chat_ids).await?)
-            },
-        )
-        .await
-        .unwrap_or_else(|_| Err(anyhow::anyhow!("the heartbeat timed out")));
+        // Bounded: a connection that hangs (a black-holed network) or a row another
+        // transaction holds must not stop the loop.
+        let deadline = tokio::time::Instant::now()
+            + shared.config.heartbeat_interval.max(Duration::from_secs(1));
+        let result = heartbeat_by(&pool, shared.config.worker_id, &chat_ids, deadline).await;
         let leases = match result {
             Ok(leases) => {
                 last_renewed = tokio::time::Instant::now();

@@ -18,6 +18,7 @@ use chatd_shared::pubsub::{ChatChange, OwnerEventKind};
 use crate::tool::agents::NewChild;
 
 /// A message row the turn writes (assistant or tool), encoded before the transaction.
+#[derive(Debug, Clone)]
 pub struct NewRow {
     pub role: Role,
     pub content: Value,
@@ -369,27 +370,13 @@ async fn commit_statement<C: Sql>(
         .map(|row| row.provider_response_id.as_deref())
         .collect();
     let compressed: Vec<bool> = rows.iter().map(|row| row.compressed).collect();
-    let mut action_seconds = 0.0_f64;
-    let (pop_queue, status, last_error, released) = match end {
-        TurnEnd::Continue => (false, None, None, false),
-        TurnEnd::RequiresAction(timeout) => {
-            action_seconds = timeout.as_secs_f64();
-            (false, Some(ChatStatus::RequiresAction), None, false)
-        }
-        TurnEnd::AwaitAgents(timeout) => {
-            action_seconds = timeout.as_secs_f64();
-            (false, Some(ChatStatus::AwaitingAgents), None, false)
-        }
-        TurnEnd::Done | TurnEnd::Interrupted => (true, Some(ChatStatus::Waiting), None, false),
-        TurnEnd::Failed(error) => (
-            false,
-            Some(ChatStatus::Error),
-            Some(error.to_value()),
-            false,
-        ),
-        TurnEnd::Released => (false, Some(ChatStatus::Pending), None, true),
-    };
-    let status = status.map(ChatStatus::as_str);
+    let EndParams {
+        pop_queue,
+        status,
+        last_error,
+        released,
+        action_seconds,
+    } = EndParams::of(end);
     let params: [&(dyn tokio_postgres::types::ToSql + Sync); 22] = [
         &chat_id,
         &worker_id,
@@ -433,17 +420,14 @@ async fn commit_statement<C: Sql>(
     let Some(owner_id) = row.get::<_, Option<Uuid>>(7) else {
         return Ok(CommitOutcome::LeaseLost); // the chat is gone
     };
-    let mut change = ChatChange::new(
+    let mut change = end_change(
         chat_id,
         owner_id,
         row.get::<_, Option<i64>>(0).unwrap_or(0),
-        row.get::<_, Option<&str>>(1)
-            .and_then(ChatStatus::parse)
-            .unwrap_or(ChatStatus::Error),
+        row.get::<_, Option<&str>>(1),
         row.get::<_, Option<i32>>(2).unwrap_or(attempt),
-    )
-    .with_owner_event(OwnerEventKind::Status);
-    change.other = last_error.is_some();
+        last_error.is_some(),
+    );
     Ok(match outcome {
         "committed" => {
             let ids: Vec<i64> = row.get::<_, Option<Vec<i64>>>(3).unwrap_or_default();
@@ -472,10 +456,79 @@ async fn commit_statement<C: Sql>(
     })
 }
 
+/// The parameters a turn end gives the commit statements.
+pub(crate) struct EndParams {
+    /// A normal end: the queue head, if any, runs next.
+    pub pop_queue: bool,
+    /// The chat's new status; none while the turn goes on.
+    pub status: Option<&'static str>,
+    pub last_error: Option<Value>,
+    /// A shutdown release.
+    pub released: bool,
+    /// How long a `requires_action` or `awaiting_agents` wait lasts.
+    pub action_seconds: f64,
+}
+
+impl EndParams {
+    pub(crate) fn of(end: &TurnEnd) -> EndParams {
+        let mut action_seconds = 0.0_f64;
+        let (pop_queue, status, last_error, released) = match end {
+            TurnEnd::Continue => (false, None, None, false),
+            TurnEnd::RequiresAction(timeout) => {
+                action_seconds = timeout.as_secs_f64();
+                (false, Some(ChatStatus::RequiresAction), None, false)
+            }
+            TurnEnd::AwaitAgents(timeout) => {
+                action_seconds = timeout.as_secs_f64();
+                (false, Some(ChatStatus::AwaitingAgents), None, false)
+            }
+            TurnEnd::Done | TurnEnd::Interrupted => (true, Some(ChatStatus::Waiting), None, false),
+            TurnEnd::Failed(error) => (
+                false,
+                Some(ChatStatus::Error),
+                Some(error.to_value()),
+                false,
+            ),
+            TurnEnd::Released => (false, Some(ChatStatus::Pending), None, true),
+        };
+        EndParams {
+            pop_queue,
+            status: status.map(ChatStatus::as_str),
+            last_error,
+            released,
+            action_seconds,
+        }
+    }
+}
+
+/// The change a commit publishes, before its rows: the chat's state after it, an owner
+/// `status` event, and `other` when the end stored an error.
+pub(crate) fn end_change(
+    chat_id: Uuid,
+    owner_id: Uuid,
+    version: i64,
+    status: Option<&str>,
+    attempt: i32,
+    stored_error: bool,
+) -> ChatChange {
+    let mut change = ChatChange::new(
+        chat_id,
+        owner_id,
+        version,
+        status
+            .and_then(ChatStatus::parse)
+            .unwrap_or(ChatStatus::Error),
+        attempt,
+    )
+    .with_owner_event(OwnerEventKind::Status);
+    change.other = stored_error;
+    change
+}
+
 /// The step's rows as written: the caller's values with the ids and creation times the
 /// statement returned (in insertion order, which is the rows' order). A count that does not
 /// match returns none: receivers then re-read the chat's messages.
-fn written_rows(
+pub(crate) fn written_rows(
     lease: Lease,
     rows: &[NewRow],
     ids: &[i64],

@@ -7,6 +7,7 @@
 //! lost its lease: the caller stops and writes nothing more.
 
 pub mod commit;
+pub mod commit_batch;
 pub mod turn;
 
 pub use commit::{commit, renew_attempt, CommitOutcome, Lease, NewRow, Renewal, RowUsage, TurnEnd};

@@ -13,6 +13,7 @@ use uuid::Uuid;
 use super::control::{StopReason, TurnControl};
 use crate::config::WorkerConfig;
 use crate::flusher::StreamFlusher;
+use crate::store::commit_batch::{Batched, BatchedCommit, CommitBatcher};
 use crate::store::{self, NewRow, TurnEnd};
 use crate::tool::agents::NewChild;
 
@@ -20,6 +21,7 @@ use crate::tool::agents::NewChild;
 pub struct TurnLease {
     pub config: Arc<WorkerConfig>,
     pub pool: Pool,
+    pub committer: CommitBatcher,
     pub control: Arc<TurnControl>,
     /// Publishes this turn's post-commit hints (batched with other turns' under load).
     pub flusher: Arc<StreamFlusher>,
@@ -42,6 +44,7 @@ impl TurnLease {
         TurnLease {
             config: deps.config.clone(),
             pool: deps.pool.clone(),
+            committer: deps.committer.clone(),
             control,
             flusher: deps.flusher.clone(),
             chat_id: claim.chat_id,
@@ -137,6 +140,29 @@ impl TurnLease {
         last_seq: Option<i64>,
     ) -> Commit {
         let key = Uuid::new_v4();
+        if CommitBatcher::eligible(children.is_empty(), &end) {
+            let batched = self
+                .committer
+                .commit(BatchedCommit {
+                    lease: store::Lease {
+                        chat_id: self.chat_id,
+                        worker_id: self.config.worker_id,
+                        attempt: self.attempt(),
+                    },
+                    rows: rows.to_vec(),
+                    end: end.clone(),
+                    key,
+                    stream_seq: last_seq,
+                })
+                .await;
+            if let Batched::Committed(change) = batched {
+                self.flusher
+                    .publish_soon(change.with_last_seq(last_seq).notices());
+                self.after_commit(&end).await;
+                return Commit::Owned;
+            }
+            // Not written by the batch: the single statement decides, with the same key.
+        }
         let mut delay = Duration::from_millis(100);
         let mut changed = 0;
         let mut tries = 0;

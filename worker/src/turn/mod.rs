@@ -58,6 +58,8 @@ impl std::ops::Deref for TurnContext {
 pub struct TurnDeps {
     pub config: Arc<WorkerConfig>,
     pub pool: Pool,
+    /// Commits many turns' steps in one statement when they come together.
+    pub committer: crate::store::commit_batch::CommitBatcher,
     pub http: reqwest::Client,
     pub flusher: Arc<StreamFlusher>,
     pub models: Arc<context::ModelCache>,
