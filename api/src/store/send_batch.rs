@@ -19,7 +19,8 @@
 //! caller takes the full transition (which waits for the lock and queues, refuses or sends
 //! as the chat's state says). When PostgreSQL refuses the statement (it rolled back, nothing
 //! was written) every request is answered `NotSent` the same way; when the outcome is
-//! unknown (the connection failed) every request gets the error.
+//! unknown (the connection failed, or the statement did not answer within 10 s: its
+//! connection is then closed, not reused) every request gets the error.
 
 use std::collections::HashSet;
 
@@ -33,6 +34,9 @@ use chatd_shared::db::sql::Sql;
 
 /// At most this many sends in one statement.
 pub const MAX_BATCH: usize = 64;
+/// How long a batch statement may take before its connection is given up (as long as a
+/// request waits for a pooled connection).
+const BATCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// What became of one send handed to the batcher.
 #[derive(Debug)]
@@ -82,7 +86,21 @@ impl SendBatcher {
                     .map(|request| (request.send, request.done))
                     .unzip();
                 let outcomes = match pool.get().await {
-                    Ok(client) => send_batch(&*client, &sends).await,
+                    Ok(client) => {
+                        let sent =
+                            tokio::time::timeout(BATCH_TIMEOUT, send_batch(&*client, &sends)).await;
+                        sent.unwrap_or_else(|_| {
+                            // Still running on the connection (a hung network): it leaves the
+                            // pool, closed, and the outcome is unknown.
+                            drop(deadpool_postgres::Client::take(client));
+                            tracing::warn!(sends = sends.len(), "send batch timed out");
+                            let failed = "the database did not answer the send in time";
+                            sends
+                                .iter()
+                                .map(|_| Batched::Failed(failed.into()))
+                                .collect()
+                        })
+                    }
                     // Nothing was sent: the callers' own connections decide.
                     Err(error) => {
                         tracing::warn!(error = %error, "send batch: no connection");

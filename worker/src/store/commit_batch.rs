@@ -18,7 +18,8 @@
 //! [`Batched::Single`] and its turn runs the single statement on its own connection, which
 //! waits for the lock and tells a lost lease, a retried key, a change, an interrupt and a
 //! queue apart exactly as before. The batch wrote nothing for it, so that is the same as the
-//! first try. A batch whose outcome is unknown (the connection failed) is answered `Single`
+//! first try. A batch whose outcome is unknown (the connection failed, or the statement did
+//! not answer within 10 s: its connection is then closed, not reused) is answered `Single`
 //! too: the commit is idempotent under its key, so the single statement then finds it
 //! applied ('already') or applies it.
 
@@ -38,6 +39,9 @@ use super::commit::{end_change, written_rows, EndParams, Lease, NewRow, RowUsage
 
 /// At most this many commits in one statement.
 pub const MAX_BATCH: usize = 64;
+/// How long a batch statement may take before its connection is given up (and its commits
+/// run the single statement, idempotent under their keys).
+const BATCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// One turn's commit, as the batch takes it (see [`CommitBatcher::eligible`]).
 #[derive(Debug, Clone)]
@@ -88,7 +92,18 @@ impl CommitBatcher {
                     .map(|request| (request.commit, request.done))
                     .unzip();
                 let outcomes = match pool.get().await {
-                    Ok(client) => commit_batch(&*client, &commits).await,
+                    Ok(client) => {
+                        let committed =
+                            tokio::time::timeout(BATCH_TIMEOUT, commit_batch(&*client, &commits))
+                                .await;
+                        committed.unwrap_or_else(|_| {
+                            // Still running on the connection (a hung network): it leaves the
+                            // pool, closed; each commit's single statement finds out.
+                            drop(deadpool_postgres::Client::take(client));
+                            tracing::warn!(commits = commits.len(), "commit batch timed out");
+                            commits.iter().map(|_| Batched::Single).collect()
+                        })
+                    }
                     Err(error) => {
                         tracing::warn!(error = %error, "commit batch: no connection");
                         commits.iter().map(|_| Batched::Single).collect()
